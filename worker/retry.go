@@ -1,0 +1,165 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// DefaultSchedule is the Standard Webhooks retry schedule: the first attempt
+// immediately, then retries 5 seconds, 5 minutes, 30 minutes, 2, 5, 10, 14,
+// 20 and 24 hours after the previous attempt.
+var DefaultSchedule = []time.Duration{
+	0,
+	5 * time.Second,
+	5 * time.Minute,
+	30 * time.Minute,
+	2 * time.Hour,
+	5 * time.Hour,
+	10 * time.Hour,
+	14 * time.Hour,
+	20 * time.Hour,
+	24 * time.Hour,
+}
+
+// Defaults of RetryPolicy and SenderOptions.
+const (
+	// DefaultJitter is the default RetryPolicy.Jitter (±10%).
+	DefaultJitter = 0.1
+	// DefaultMaxRetryAfter is the longest Retry-After honoured by default.
+	DefaultMaxRetryAfter = 24 * time.Hour
+	// defaultThrottleWait is used when a ThrottledError carries no Wait.
+	defaultThrottleWait = time.Second
+)
+
+// RetryPolicy computes when a failed webhook:deliver task runs again. Its
+// zero value is the Standard Webhooks schedule with ±10% jitter.
+type RetryPolicy struct {
+	// Schedule lists the delay before each attempt; Schedule[0] is the
+	// first attempt (immediate) and Schedule[i] the delay between attempt i
+	// and attempt i+1. The default is DefaultSchedule.
+	Schedule []time.Duration
+	// Jitter is the fraction by which each scheduled delay is randomly
+	// lengthened or shortened, so retries of many deliveries spread out.
+	// Zero means the default 0.1 (±10%); a negative value disables jitter.
+	Jitter float64
+	// MaxRetryAfter bounds how long a Retry-After or throttle wait may
+	// postpone a retry. Zero means the default 24h.
+	MaxRetryAfter time.Duration
+}
+
+func (p RetryPolicy) schedule() []time.Duration {
+	if len(p.Schedule) == 0 {
+		return DefaultSchedule
+	}
+	return p.Schedule
+}
+
+func (p RetryPolicy) jitter() float64 {
+	switch {
+	case p.Jitter < 0:
+		return 0
+	case p.Jitter == 0:
+		return DefaultJitter
+	case p.Jitter > 1:
+		return 1
+	}
+	return p.Jitter
+}
+
+func (p RetryPolicy) maxRetryAfter() time.Duration {
+	if p.MaxRetryAfter <= 0 {
+		return DefaultMaxRetryAfter
+	}
+	return p.MaxRetryAfter
+}
+
+// MaxRetry returns how many retries follow the first attempt,
+// len(Schedule)-1: the asynq.MaxRetry value for webhook:deliver tasks.
+func (p RetryPolicy) MaxRetry() int {
+	return len(p.schedule()) - 1
+}
+
+// Delay is an asynq Config.RetryDelayFunc: it returns the delay before retry
+// number n+1, n being the number of retries made so far (asynq passes 0 after
+// the first attempt failed). It follows the schedule with jitter; past the
+// end of the schedule the last delay repeats. When err is or wraps a
+// *RetryAfterError, the delay is the longer of the scheduled delay and the
+// receiver's Retry-After (bounded by MaxRetryAfter). When err is or wraps a
+// *ThrottledError, the delay is its Wait (bounded by MaxRetryAfter, 1s when
+// unset) and the schedule does not apply.
+func (p RetryPolicy) Delay(n int, err error, _ *asynq.Task) time.Duration {
+	maxRA := p.maxRetryAfter()
+	if te, ok := errors.AsType[*ThrottledError](err); ok {
+		w := te.Wait
+		if w <= 0 {
+			w = defaultThrottleWait
+		}
+		return min(w, maxRA)
+	}
+	sched := p.schedule()
+	i := max(n+1, 0)
+	if i >= len(sched) {
+		i = len(sched) - 1
+	}
+	d := sched[i]
+	if j := p.jitter(); j > 0 && d > 0 {
+		// Uniform in [d*(1-j), d*(1+j)].
+		f := 1 + j*(2*rand.Float64()-1)
+		d = time.Duration(float64(d) * f)
+	}
+	if ra, ok := errors.AsType[*RetryAfterError](err); ok && ra.After > 0 {
+		d = max(d, min(ra.After, maxRA))
+	}
+	return max(d, 0)
+}
+
+// RetryAfterError reports a failed delivery whose receiver asked, with a
+// Retry-After header, not to be called again before After.
+type RetryAfterError struct {
+	// After is how long the receiver asked to wait.
+	After time.Duration
+	// Err is the delivery failure.
+	Err error
+}
+
+func (e *RetryAfterError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("receiver asked to retry after %s", e.After)
+	}
+	return fmt.Sprintf("%v (receiver asked to retry after %s)", e.Err, e.After)
+}
+
+// Unwrap returns the delivery failure.
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// ThrottledError reports that a delivery was not attempted because the
+// endpoint's own concurrency or rate limit was reached. It is not a failure:
+// IsFailure returns false, so asynq does not count the attempt against the
+// retry budget, and Delay retries after Wait.
+type ThrottledError struct {
+	// Wait is how long to wait before trying again.
+	Wait time.Duration
+	// Reason names the limit that was hit.
+	Reason string
+}
+
+func (e *ThrottledError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("endpoint throttled, trying again in %s", e.Wait)
+	}
+	return fmt.Sprintf("endpoint throttled (%s), trying again in %s", e.Reason, e.Wait)
+}
+
+// IsFailure is an asynq Config.IsFailureFunc: a *ThrottledError (possibly
+// wrapped) is not a failure, every other error is.
+func IsFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	_, throttled := errors.AsType[*ThrottledError](err)
+	return !throttled
+}

@@ -1,0 +1,381 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Defaults of SendRequest and SenderOptions.
+const (
+	// DefaultTimeout bounds one delivery attempt, response included.
+	DefaultTimeout = 15 * time.Second
+	// DefaultMaxResponseBytes caps how much of a response body is read.
+	DefaultMaxResponseBytes = 64 << 10
+	// DefaultUserAgent is sent with every delivery.
+	DefaultUserAgent = "authtap-webhooks/1"
+	// MaxExcerptBytes is the longest SendResult.ResponseExcerpt.
+	MaxExcerptBytes = 1 << 10
+	// MaxRedirects is how many redirects one attempt follows.
+	MaxRedirects = 3
+)
+
+// SendRequest is one delivery attempt of one message to one endpoint.
+type SendRequest struct {
+	// URL is the endpoint URL.
+	URL string
+	// MsgID is sent as webhook-id: the event id, the same on every retry.
+	MsgID string
+	// EventType is the event name, sent in EventHeader when that is set.
+	EventType string
+	// Body holds the exact bytes signed and sent.
+	Body []byte
+	// Secrets are the decoded endpoint secrets; every one signs, so that
+	// receivers accept the message during a rotation.
+	Secrets [][]byte
+	// BearerToken, when set, is sent as "Authorization: Bearer <token>".
+	BearerToken string
+	// EventHeader, when set, names a header (e.g. "X-Defguard-Event") that
+	// carries EventType.
+	EventHeader string
+	// Timeout bounds the attempt, from connecting to reading the response.
+	// Zero means DefaultTimeout (15s).
+	Timeout time.Duration
+	// Live marks a live endpoint: HTTPS only, and the address guard applies
+	// (see DefaultDeniedRanges). Test endpoints (false) may use plain HTTP
+	// and local addresses.
+	Live bool
+}
+
+// SendResult describes one delivery attempt, as the delivery log records it.
+type SendResult struct {
+	// AttemptedAt is when the attempt started; its unix seconds are the
+	// webhook-timestamp that was signed.
+	AttemptedAt time.Time
+	// StatusCode is the final HTTP status, 0 when there was no response.
+	StatusCode int
+	// Latency is the time from sending to having read the response.
+	Latency time.Duration
+	// ResponseExcerpt holds the first bytes (at most MaxExcerptBytes) of the
+	// response body, as valid UTF-8 cut at a character boundary.
+	ResponseExcerpt string
+	// Err describes a transport or policy error; it is empty whenever there
+	// was an HTTP response.
+	Err string
+	// Success is true for a 2xx response within the timeout.
+	Success bool
+	// RetryAfter is the Retry-After of a non-2xx response (seconds or HTTP
+	// date), clamped to [0, MaxRetryAfter]; 0 when absent or unparsable.
+	RetryAfter time.Duration
+	// Gone is true for 410 Gone: the caller disables the endpoint.
+	Gone bool
+	// Permanent is true when retrying cannot help: a blocked address, an
+	// invalid or non-HTTPS live URL, an invalid header, missing secrets.
+	Permanent bool
+}
+
+// SenderOptions configure a Sender. The zero value is ready to use.
+type SenderOptions struct {
+	// Allowlist lists ranges live endpoints may reach even though
+	// DefaultDeniedRanges denies them. Empty by default.
+	Allowlist []netip.Prefix
+	// MaxResponseBytes caps how much of a response body is read (the
+	// excerpt keeps MaxExcerptBytes of it). Zero means 64 KiB.
+	MaxResponseBytes int64
+	// MaxRetryAfter bounds SendResult.RetryAfter. Zero means 24h.
+	MaxRetryAfter time.Duration
+	// UserAgent is sent with every delivery. Empty means
+	// "authtap-webhooks/1".
+	UserAgent string
+	// Now returns the current time, used for AttemptedAt, the signed
+	// timestamp and Retry-After dates. Nil means time.Now.
+	Now func() time.Time
+	// TLSClientConfig is used for HTTPS deliveries; nil means Go's default
+	// (system roots). Tests set RootCAs to trust an httptest server.
+	TLSClientConfig *tls.Config
+	// MaxIdleConnsPerHost is how many idle connections to one endpoint each
+	// mode's transport keeps. Zero means 128.
+	MaxIdleConnsPerHost int
+}
+
+// Sender signs and delivers webhooks. It keeps one HTTP transport for live
+// endpoints, whose connections go through the address guard and never through
+// a proxy, and one for test endpoints. A Sender is safe for concurrent use.
+type Sender struct {
+	opts   SenderOptions
+	now    func() time.Time
+	live   *http.Client
+	test   *http.Client
+	liveTr *http.Transport
+	testTr *http.Transport
+}
+
+// errPolicy marks URL policy failures (bad URL, plain HTTP for a live
+// endpoint, too many redirects): retrying cannot help.
+var errPolicy = errors.New("endpoint URL policy")
+
+// NewSender returns a Sender configured by o.
+func NewSender(o SenderOptions) *Sender {
+	if o.MaxResponseBytes <= 0 {
+		o.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if o.MaxRetryAfter <= 0 {
+		o.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = DefaultUserAgent
+	}
+	if o.MaxIdleConnsPerHost <= 0 {
+		o.MaxIdleConnsPerHost = 128
+	}
+	s := &Sender{opts: o, now: o.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	base := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+
+	s.liveTr = s.newTransport()
+	s.liveTr.Proxy = nil
+	s.liveTr.DialContext = newGuardedDialer(newAddressGuard(o.Allowlist), base).DialContext
+
+	s.testTr = s.newTransport()
+	s.testTr.Proxy = http.ProxyFromEnvironment
+	s.testTr.DialContext = base.DialContext
+
+	s.live = &http.Client{Transport: s.liveTr, CheckRedirect: checkRedirect(true)}
+	s.test = &http.Client{Transport: s.testTr, CheckRedirect: checkRedirect(false)}
+	return s
+}
+
+func (s *Sender) newTransport() *http.Transport {
+	var tc *tls.Config
+	if s.opts.TLSClientConfig != nil {
+		tc = s.opts.TLSClientConfig.Clone()
+	}
+	return &http.Transport{
+		TLSClientConfig:        tc,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           4 * s.opts.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:    s.opts.MaxIdleConnsPerHost,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+}
+
+// CloseIdleConnections closes idle connections of both transports.
+func (s *Sender) CloseIdleConnections() {
+	s.liveTr.CloseIdleConnections()
+	s.testTr.CloseIdleConnections()
+}
+
+// checkRedirect follows at most MaxRedirects redirects that keep the method
+// (307 and 308; a 301, 302 or 303 would turn the POST into a GET without the
+// body, so that response is returned as is and counts as a failure), each
+// re-checked against the URL policy. The dial guard applies to every hop.
+func checkRedirect(live bool) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if req.Method != http.MethodPost {
+			return http.ErrUseLastResponse
+		}
+		if len(via) > MaxRedirects {
+			return fmt.Errorf("stopped after %d redirects: %w", MaxRedirects, errPolicy)
+		}
+		if err := ValidateEndpointURL(req.URL.String(), live); err != nil {
+			return fmt.Errorf("redirect: %w", err)
+		}
+		return nil
+	}
+}
+
+// ValidateEndpointURL checks an endpoint URL without connecting: it must be
+// an absolute http or https URL with a host and without user information, and
+// https when live. The error names the problem. Addresses are checked at
+// connect time, since DNS answers change.
+func ValidateEndpointURL(raw string, live bool) error {
+	if strings.TrimSpace(raw) == "" {
+		return fmt.Errorf("endpoint URL is empty: %w", errPolicy)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("endpoint URL does not parse: %w", errors.Join(errPolicy, errors.Unwrap(err)))
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("endpoint URL scheme must be http or https, not %q: %w", u.Scheme, errPolicy)
+	case live && u.Scheme != "https":
+		return fmt.Errorf("live endpoint URL must use https: %w", errPolicy)
+	case u.Opaque != "":
+		return fmt.Errorf("endpoint URL must be absolute (scheme://host/path): %w", errPolicy)
+	case u.User != nil:
+		return fmt.Errorf("endpoint URL must not contain user information; use a bearer token: %w", errPolicy)
+	case u.Hostname() == "":
+		return fmt.Errorf("endpoint URL has no host: %w", errPolicy)
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("endpoint URL port %q is out of range: %w", p, errPolicy)
+		}
+	}
+	return nil
+}
+
+// Send makes one delivery attempt: it signs r.Body with every secret for
+// the current time, POSTs it with the Standard Webhooks headers and reports
+// what happened. It never returns an error: failures are described in the
+// result, whose Success, Gone, Permanent and RetryAfter tell the caller what
+// to do next.
+func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
+	now := s.now()
+	res := SendResult{AttemptedAt: now}
+	fail := func(permanent bool, err error) SendResult {
+		res.Err = err.Error()
+		res.Permanent = permanent
+		return res
+	}
+
+	if err := ValidateEndpointURL(r.URL, r.Live); err != nil {
+		return fail(true, err)
+	}
+	sig, err := Sign(r.Secrets, r.MsgID, now, r.Body)
+	if err != nil {
+		return fail(true, err)
+	}
+	if r.BearerToken != "" && !httpguts.ValidHeaderFieldValue(r.BearerToken) {
+		return fail(true, errors.New("bearer token contains characters not allowed in a header"))
+	}
+	if r.EventHeader != "" {
+		if !httpguts.ValidHeaderFieldName(r.EventHeader) {
+			return fail(true, fmt.Errorf("event header name %q is not a valid header name", r.EventHeader))
+		}
+		if !httpguts.ValidHeaderFieldValue(r.EventType) {
+			return fail(true, fmt.Errorf("event type %q is not a valid header value", r.EventType))
+		}
+	}
+
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
+	if err != nil {
+		return fail(true, fmt.Errorf("building request: %w", err))
+	}
+	h := req.Header
+	h.Set(HeaderWebhookID, r.MsgID)
+	h.Set(HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
+	h.Set(HeaderWebhookSignature, sig)
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", s.opts.UserAgent)
+	if r.BearerToken != "" {
+		h.Set("Authorization", "Bearer "+r.BearerToken)
+	}
+	if r.EventHeader != "" {
+		h.Set(r.EventHeader, r.EventType)
+	}
+
+	client := s.test
+	if r.Live {
+		client = s.live
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		res.Latency = time.Since(start)
+		return s.transportFailure(res, err, timeout)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, s.opts.MaxResponseBytes))
+	res.Latency = time.Since(start)
+
+	res.StatusCode = resp.StatusCode
+	res.ResponseExcerpt = excerpt(body, MaxExcerptBytes)
+	res.Success = resp.StatusCode >= 200 && resp.StatusCode <= 299
+	res.Gone = resp.StatusCode == http.StatusGone
+	if !res.Success {
+		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), s.now(), s.opts.MaxRetryAfter)
+	}
+	return res
+}
+
+// transportFailure fills res for an attempt that got no HTTP response.
+func (s *Sender) transportFailure(res SendResult, err error, timeout time.Duration) SendResult {
+	res.Permanent = errors.Is(err, ErrBlockedAddress) || errors.Is(err, errPolicy)
+	var ue *url.Error
+	inner := err
+	if errors.As(err, &ue) {
+		inner = ue.Err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		res.Err = fmt.Sprintf("no response within %s", timeout)
+	case errors.Is(err, context.Canceled):
+		res.Err = "delivery canceled"
+	default:
+		res.Err = inner.Error()
+	}
+	return res
+}
+
+// excerpt returns at most n bytes of b as valid UTF-8, never cutting a
+// character in two; invalid bytes become U+FFFD.
+func excerpt(b []byte, n int) string {
+	if len(b) > 4*n {
+		b = b[:4*n] // enough input for n output bytes
+	}
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
+}
+
+// parseRetryAfter reads a Retry-After value, delay-seconds or HTTP date,
+// as a duration from now clamped to [0, limit]. Anything else gives 0.
+func parseRetryAfter(v string, now time.Time, limit time.Duration) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			if errors.Is(err, strconv.ErrRange) {
+				return limit
+			}
+			return 0
+		}
+		if secs >= uint64(limit/time.Second) {
+			return limit
+		}
+		return time.Duration(secs) * time.Second
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	d := t.Sub(now)
+	return min(max(d, 0), limit)
+}
