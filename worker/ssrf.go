@@ -156,9 +156,11 @@ func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 // Control hook checks the socket address once more right before connect, so
 // neither DNS rebinding nor a resolver surprise can reach a denied address.
 type guardedDialer struct {
-	guard    *addressGuard
-	dialer   *net.Dialer
-	resolver *net.Resolver
+	guard  *addressGuard
+	dialer *net.Dialer
+	// lookup resolves a host name; net.DefaultResolver.LookupNetIP unless
+	// a test injects a fake.
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 func newGuardedDialer(g *addressGuard, base net.Dialer) *guardedDialer {
@@ -170,7 +172,7 @@ func newGuardedDialer(g *addressGuard, base net.Dialer) *guardedDialer {
 		}
 		return g.check(ap.Addr())
 	}
-	return &guardedDialer{guard: g, dialer: &d, resolver: net.DefaultResolver}
+	return &guardedDialer{guard: g, dialer: &d, lookup: net.DefaultResolver.LookupNetIP}
 }
 
 // DialContext has the signature of http.Transport.DialContext.
@@ -183,7 +185,7 @@ func (d *guardedDialer) DialContext(ctx context.Context, network, address string
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
 	} else {
-		ips, err = d.resolver.LookupNetIP(ctx, "ip", host)
+		ips, err = d.lookup(ctx, "ip", host)
 		if err != nil {
 			return nil, fmt.Errorf("resolving %s: %w", host, err)
 		}
