@@ -123,9 +123,16 @@ type Sender struct {
 	testTr *http.Transport
 }
 
-// errPolicy marks URL policy failures (bad URL, plain HTTP for a live
+// policyError marks URL policy failures (bad URL, plain HTTP for a live
 // endpoint, too many redirects): retrying cannot help.
-var errPolicy = errors.New("endpoint URL policy")
+type policyError struct{ err error }
+
+func (e *policyError) Error() string { return e.err.Error() }
+func (e *policyError) Unwrap() error { return e.err }
+
+func policyErrorf(format string, a ...any) error {
+	return &policyError{err: fmt.Errorf(format, a...)}
+}
 
 // NewSender returns a Sender configured by o.
 func NewSender(o SenderOptions) *Sender {
@@ -193,7 +200,7 @@ func checkRedirect(live bool) func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		}
 		if len(via) > MaxRedirects {
-			return fmt.Errorf("stopped after %d redirects: %w", MaxRedirects, errPolicy)
+			return policyErrorf("stopped after %d redirects", MaxRedirects)
 		}
 		if err := ValidateEndpointURL(req.URL.String(), live); err != nil {
 			return fmt.Errorf("redirect: %w", err)
@@ -208,28 +215,28 @@ func checkRedirect(live bool) func(*http.Request, []*http.Request) error {
 // connect time, since DNS answers change.
 func ValidateEndpointURL(raw string, live bool) error {
 	if strings.TrimSpace(raw) == "" {
-		return fmt.Errorf("endpoint URL is empty: %w", errPolicy)
+		return policyErrorf("endpoint URL is empty")
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("endpoint URL does not parse: %w", errors.Join(errPolicy, errors.Unwrap(err)))
+		return policyErrorf("endpoint URL does not parse: %w", errors.Unwrap(err))
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("endpoint URL scheme must be http or https, not %q: %w", u.Scheme, errPolicy)
+		return policyErrorf("endpoint URL scheme must be http or https, not %q", u.Scheme)
 	case live && u.Scheme != "https":
-		return fmt.Errorf("live endpoint URL must use https: %w", errPolicy)
+		return policyErrorf("live endpoint URL must use https")
 	case u.Opaque != "":
-		return fmt.Errorf("endpoint URL must be absolute (scheme://host/path): %w", errPolicy)
+		return policyErrorf("endpoint URL must be absolute (scheme://host/path)")
 	case u.User != nil:
-		return fmt.Errorf("endpoint URL must not contain user information; use a bearer token: %w", errPolicy)
+		return policyErrorf("endpoint URL must not contain user information; use a bearer token")
 	case u.Hostname() == "":
-		return fmt.Errorf("endpoint URL has no host: %w", errPolicy)
+		return policyErrorf("endpoint URL has no host")
 	}
 	if p := u.Port(); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("endpoint URL port %q is out of range: %w", p, errPolicy)
+			return policyErrorf("endpoint URL port %q is out of range", p)
 		}
 	}
 	return nil
@@ -318,7 +325,8 @@ func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
 
 // transportFailure fills res for an attempt that got no HTTP response.
 func (s *Sender) transportFailure(res SendResult, err error, timeout time.Duration) SendResult {
-	res.Permanent = errors.Is(err, ErrBlockedAddress) || errors.Is(err, errPolicy)
+	_, policy := errors.AsType[*policyError](err)
+	res.Permanent = policy || errors.Is(err, ErrBlockedAddress)
 	var ue *url.Error
 	inner := err
 	if errors.As(err, &ue) {

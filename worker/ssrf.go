@@ -193,12 +193,15 @@ func (d *guardedDialer) DialContext(ctx context.Context, network, address string
 			return nil, fmt.Errorf("resolving %s: no addresses", host)
 		}
 	}
+	for i, ip := range ips {
+		ips[i] = ip.Unmap() // the resolver reports IPv4 answers in mapped form
+	}
 	// Refuse the host when any of its addresses is denied: a name that
 	// mixes public and private addresses is a rebinding attempt or a
 	// misconfiguration, never something to connect to at random.
 	for _, ip := range ips {
 		if err := d.guard.check(ip); err != nil {
-			return nil, fmt.Errorf("dialing %s: %w", host, err)
+			return nil, fmt.Errorf("connecting to %s: %w", host, err)
 		}
 	}
 	var firstErr error

@@ -1,0 +1,539 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+	svix "github.com/svix/svix-webhooks/go"
+)
+
+// received is what a test receiver saw of one delivery.
+type received struct {
+	header http.Header
+	body   []byte
+	path   string
+}
+
+// receiver starts an httptest server that records every request on a
+// buffered channel and answers with handle (200 when nil).
+func receiver(t *testing.T, tlsServer bool, handle http.HandlerFunc) (*httptest.Server, chan received) {
+	t.Helper()
+	ch := make(chan received, 64)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		ch <- received{header: r.Header.Clone(), body: b, path: r.URL.Path}
+		if handle != nil {
+			handle(w, r)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	var srv *httptest.Server
+	if tlsServer {
+		srv = httptest.NewTLSServer(h)
+	} else {
+		srv = httptest.NewServer(h)
+	}
+	t.Cleanup(srv.Close)
+	return srv, ch
+}
+
+func next(t *testing.T, ch chan received) received {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("receiver got no request")
+		return received{}
+	}
+}
+
+// trusting returns sender options that trust srv's certificate.
+func trusting(srv *httptest.Server) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	return &tls.Config{RootCAs: pool}
+}
+
+func verifyBoth(t *testing.T, secret string, rc received) {
+	t.Helper()
+	sw, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Verify(rc.body, rc.header); err != nil {
+		t.Errorf("standardwebhooks.Verify: %v", err)
+	}
+	sv, err := svix.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Verify(rc.body, rc.header); err != nil {
+		t.Errorf("svix.Verify: %v", err)
+	}
+}
+
+func TestSendDeliversVerifiableWebhook(t *testing.T) {
+	oldS, oldK := mustSecret(t)
+	newS, newK := mustSecret(t)
+	srv, ch := receiver(t, false, nil)
+	s := NewSender(SenderOptions{})
+	defer s.CloseIdleConnections()
+
+	body := []byte(`{"id":"evt_01","type":"user.created","data":{"id":"u_1","email":"a@x.test","name":"Zoë"}}`)
+	req := SendRequest{
+		URL:         srv.URL + "/hooks",
+		MsgID:       "evt_01",
+		EventType:   "user.created",
+		Body:        body,
+		Secrets:     [][]byte{oldK, newK},
+		BearerToken: "tok-123",
+		EventHeader: "X-Defguard-Event",
+	}
+	res := s.Send(context.Background(), req)
+	if !res.Success || res.StatusCode != 200 || res.Err != "" || res.Permanent || res.Gone {
+		t.Fatalf("Send = %+v, want success", res)
+	}
+	if res.Latency <= 0 || res.AttemptedAt.IsZero() {
+		t.Errorf("Latency %s, AttemptedAt %s", res.Latency, res.AttemptedAt)
+	}
+	rc := next(t, ch)
+	if !bytes.Equal(rc.body, body) {
+		t.Fatalf("body sent %q, want %q", rc.body, body)
+	}
+	for name, want := range map[string]string{
+		"webhook-id":        "evt_01",
+		"webhook-timestamp": strconv.FormatInt(res.AttemptedAt.Unix(), 10),
+		"Content-Type":      "application/json",
+		"User-Agent":        DefaultUserAgent,
+		"Authorization":     "Bearer tok-123",
+		"X-Defguard-Event":  "user.created",
+	} {
+		if got := rc.header.Get(name); got != want {
+			t.Errorf("header %s = %q, want %q", name, got, want)
+		}
+	}
+	if sigs := strings.Fields(rc.header.Get("webhook-signature")); len(sigs) != 2 {
+		t.Errorf("webhook-signature %q, want two signatures", rc.header.Get("webhook-signature"))
+	}
+	if rc.path != "/hooks" {
+		t.Errorf("path %q", rc.path)
+	}
+	// During rotation a receiver with either secret accepts the message.
+	verifyBoth(t, oldS, rc)
+	verifyBoth(t, newS, rc)
+
+	// A retry sends the same bytes and the same webhook-id.
+	res2 := s.Send(context.Background(), req)
+	if !res2.Success {
+		t.Fatalf("second Send = %+v", res2)
+	}
+	rc2 := next(t, ch)
+	if !bytes.Equal(rc2.body, rc.body) || rc2.header.Get("webhook-id") != rc.header.Get("webhook-id") {
+		t.Errorf("retry differs: body %q id %q", rc2.body, rc2.header.Get("webhook-id"))
+	}
+	verifyBoth(t, oldS, rc2)
+
+	// Without the optional headers none are sent.
+	res3 := s.Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_02", Body: []byte(`{}`), Secrets: [][]byte{oldK}})
+	if !res3.Success {
+		t.Fatalf("plain Send = %+v", res3)
+	}
+	rc3 := next(t, ch)
+	if rc3.header.Get("Authorization") != "" || rc3.header.Get("X-Defguard-Event") != "" {
+		t.Errorf("unexpected optional headers: %v", rc3.header)
+	}
+	verifyBoth(t, oldS, rc3)
+}
+
+func TestSendUsesInjectedClock(t *testing.T) {
+	_, key := mustSecret(t)
+	srv, ch := receiver(t, false, nil)
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	s := NewSender(SenderOptions{Now: func() time.Time { return at }, UserAgent: "custom/2"})
+	res := s.Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}})
+	if !res.Success || !res.AttemptedAt.Equal(at) {
+		t.Fatalf("Send = %+v", res)
+	}
+	rc := next(t, ch)
+	if got := rc.header.Get("webhook-timestamp"); got != strconv.FormatInt(at.Unix(), 10) {
+		t.Errorf("webhook-timestamp %s, want %d", got, at.Unix())
+	}
+	if got := rc.header.Get("User-Agent"); got != "custom/2" {
+		t.Errorf("User-Agent %q", got)
+	}
+	want, _ := Sign([][]byte{key}, "evt_1", at, []byte("{}"))
+	if got := rc.header.Get("webhook-signature"); got != want {
+		t.Errorf("signature %q, want %q", got, want)
+	}
+}
+
+func TestSendStatuses(t *testing.T) {
+	_, key := mustSecret(t)
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	for i, tc := range []struct {
+		status     int
+		retryAfter string
+		body       string
+		success    bool
+		gone       bool
+		wantRA     time.Duration
+	}{
+		{status: 200, success: true},
+		{status: 201, success: true},
+		{status: 204, success: true},
+		{status: 299, success: true},
+		{status: 200, retryAfter: "60", success: true}, // ignored on success
+		{status: 400, body: `{"error":"bad"}`},
+		{status: 404},
+		{status: 410, gone: true},
+		{status: 429, retryAfter: "120", wantRA: 2 * time.Minute},
+		{status: 503, retryAfter: now.Add(90 * time.Second).Format(http.TimeFormat), wantRA: 90 * time.Second},
+		{status: 503, retryAfter: "soon"},
+		{status: 500, retryAfter: "3"},
+		{status: 500, body: "boom"},
+		{status: 302},       // a POST is not turned into a GET: the 302 itself is the answer
+		{status: 101 + 199}, // 300
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tc.retryAfter != "" {
+				w.Header().Set("Retry-After", tc.retryAfter)
+			}
+			if tc.status == 302 {
+				w.Header().Set("Location", "/elsewhere")
+			}
+			w.WriteHeader(tc.status)
+			io.WriteString(w, tc.body)
+		}))
+		s := NewSender(SenderOptions{Now: func() time.Time { return now }})
+		res := s.Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}})
+		srv.Close()
+		if res.StatusCode != tc.status || res.Success != tc.success || res.Gone != tc.gone || res.Permanent || res.Err != "" {
+			t.Errorf("%d status %d: got %+v", i, tc.status, res)
+		}
+		wantRA := tc.wantRA
+		if tc.retryAfter == "3" {
+			wantRA = 3 * time.Second
+		}
+		if res.RetryAfter != wantRA {
+			t.Errorf("%d status %d: RetryAfter %s, want %s", i, tc.status, res.RetryAfter, wantRA)
+		}
+		if res.ResponseExcerpt != tc.body {
+			t.Errorf("%d status %d: excerpt %q, want %q", i, tc.status, res.ResponseExcerpt, tc.body)
+		}
+	}
+}
+
+func TestSendTimeout(t *testing.T) {
+	_, key := mustSecret(t)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	s := NewSender(SenderOptions{})
+	start := time.Now()
+	res := s.Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 100 * time.Millisecond})
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("Send took %s despite a 100ms timeout", el)
+	}
+	if res.Success || res.StatusCode != 0 || res.Permanent || res.Err != "no response within 100ms" {
+		t.Errorf("Send = %+v, want timeout failure", res)
+	}
+
+	// A canceled caller context is reported as such.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	res = s.Send(ctx, SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}})
+	if res.Success || res.Err != "delivery canceled" {
+		t.Errorf("canceled Send = %+v", res)
+	}
+}
+
+func TestSendConnectionRefusedIsRetryable(t *testing.T) {
+	_, key := mustSecret(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	res := NewSender(SenderOptions{}).Send(context.Background(), SendRequest{URL: "http://" + addr, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}})
+	if res.Success || res.Permanent || res.StatusCode != 0 || res.Err == "" {
+		t.Errorf("Send = %+v, want retryable transport error", res)
+	}
+}
+
+func TestSendResponseCap(t *testing.T) {
+	_, key := mustSecret(t)
+	var wrote atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(500)
+		chunk := []byte(strings.Repeat("é", 512)) // 1 KiB of 2-byte characters
+		for range 4096 {                          // 4 MiB
+			n, err := w.Write(chunk)
+			wrote.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	s := NewSender(SenderOptions{MaxResponseBytes: 8 << 10})
+	res := s.Send(context.Background(), SendRequest{URL: srv.URL + "/", MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 5 * time.Second})
+	if res.StatusCode != 500 || res.Err != "" {
+		t.Fatalf("Send = %+v", res)
+	}
+	if len(res.ResponseExcerpt) > MaxExcerptBytes || len(res.ResponseExcerpt) < MaxExcerptBytes-3 {
+		t.Errorf("excerpt is %d bytes, want about %d", len(res.ResponseExcerpt), MaxExcerptBytes)
+	}
+	if !utf8.ValidString(res.ResponseExcerpt) {
+		t.Error("excerpt is not valid UTF-8")
+	}
+}
+
+func TestExcerpt(t *testing.T) {
+	for i, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"", 10, ""},
+		{"hello", 10, "hello"},
+		{"hello", 5, "hello"},
+		{"hello", 4, "hell"},
+		{"héllo", 2, "h"}, // é is 2 bytes: not cut in half
+		{"héllo", 3, "hé"},
+		{"日本語", 4, "日"},
+		{"日本語", 6, "日本"},
+		{"a\xffb", 10, "a\uFFFDb"}, // invalid byte replaced
+		{"a\xffb", 3, "a"},         // replacement is 3 bytes
+		{"€€€", 0, ""},
+	} {
+		got := excerpt([]byte(tc.in), tc.n)
+		if got != tc.want || len(got) > tc.n || !utf8.ValidString(got) {
+			t.Errorf("%d excerpt(%q, %d) = %q, want %q", i, tc.in, tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	limit := 24 * time.Hour
+	for i, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"1", time.Second},
+		{" 30 ", 30 * time.Second},
+		{"3600", time.Hour},
+		{"86400", limit},
+		{"999999999", limit},
+		{"99999999999999999999999", limit}, // overflows uint64: clamped
+		{"-5", 0},
+		{"1.5", 0},
+		{"10s", 0},
+		{"soon", 0},
+		{now.Add(2 * time.Minute).Format(http.TimeFormat), 2 * time.Minute},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},         // in the past
+		{now.Add(72 * time.Hour).Format(http.TimeFormat), limit}, // clamped
+		{now.Add(time.Minute).Format(time.RFC850), time.Minute},  // obsolete RFC 850 form
+		{now.Add(time.Minute).Format(time.ANSIC), time.Minute},   // asctime form
+		{"Mon, 32 Nov 2026 10:00:00 GMT", 0},                     // invalid date
+	} {
+		if got := parseRetryAfter(tc.in, now, limit); got != tc.want {
+			t.Errorf("%d parseRetryAfter(%q) = %s, want %s", i, tc.in, got, tc.want)
+		}
+	}
+	if got := parseRetryAfter("120", now, time.Minute); got != time.Minute {
+		t.Errorf("custom limit: %s", got)
+	}
+}
+
+func TestValidateEndpointURL(t *testing.T) {
+	for i, tc := range []struct {
+		url     string
+		live    bool
+		wantErr string
+	}{
+		{url: "https://hooks.example.com/in", live: true},
+		{url: "https://hooks.example.com:8443/in?x=1", live: true},
+		{url: "https://[2001:db8::1]/in", live: true}, // addresses are checked at dial time
+		{url: "http://localhost:9000/hook"},
+		{url: "https://hooks.example.com/in"},
+		{url: "", wantErr: "empty"},
+		{url: "   ", wantErr: "empty"},
+		{url: "http://hooks.example.com/in", live: true, wantErr: "must use https"},
+		{url: "ftp://hooks.example.com/in", wantErr: `scheme must be http or https, not "ftp"`},
+		{url: "hooks.example.com/in", wantErr: "scheme must be http or https"},
+		{url: "/relative", wantErr: "scheme must be http or https"},
+		{url: "https:opaque", wantErr: "must be absolute"},
+		{url: "https:///path", wantErr: "no host"},
+		{url: "https://:443/path", wantErr: "no host"},
+		{url: "https://user:pass@hooks.example.com/", wantErr: "user information"},
+		{url: "https://hooks.example.com:0/", wantErr: "port"},
+		{url: "https://hooks.example.com:70000/", wantErr: "port"},
+		{url: "https://hooks.example.com/%zz", wantErr: "does not parse"},
+		{url: "https://exa mple.com/", wantErr: "does not parse"},
+	} {
+		err := ValidateEndpointURL(tc.url, tc.live)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%d %q live=%v: %v", i, tc.url, tc.live, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%d %q live=%v: error %v, want %q", i, tc.url, tc.live, err, tc.wantErr)
+		}
+	}
+}
+
+func TestSendPermanentFailures(t *testing.T) {
+	_, key := mustSecret(t)
+	srv, ch := receiver(t, false, nil)
+	s := NewSender(SenderOptions{})
+	ok := SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}}
+	for i, tc := range []struct {
+		name    string
+		edit    func(*SendRequest)
+		wantErr string
+	}{
+		{"invalid URL", func(r *SendRequest) { r.URL = "ftp://x" }, "scheme"},
+		{"http for live", func(r *SendRequest) { r.Live = true }, "must use https"},
+		{"no secrets", func(r *SendRequest) { r.Secrets = nil }, "no secret"},
+		{"short secret", func(r *SendRequest) { r.Secrets = [][]byte{[]byte("short")} }, "5 bytes"},
+		{"no id", func(r *SendRequest) { r.MsgID = "" }, "empty message id"},
+		{"bad token", func(r *SendRequest) { r.BearerToken = "abc\r\nX-Evil: 1" }, "bearer token"},
+		{"bad event header", func(r *SendRequest) { r.EventHeader = "X Event" }, "not a valid header name"},
+		{"bad event type", func(r *SendRequest) { r.EventHeader = "X-Event"; r.EventType = "a\nb" }, "not a valid header value"},
+	} {
+		r := ok
+		tc.edit(&r)
+		res := s.Send(context.Background(), r)
+		if res.Success || !res.Permanent || !strings.Contains(res.Err, tc.wantErr) {
+			t.Errorf("%d %s: %+v, want permanent %q", i, tc.name, res, tc.wantErr)
+		}
+		if strings.Contains(res.Err, "abc") {
+			t.Errorf("%d %s: error echoes the token: %q", i, tc.name, res.Err)
+		}
+	}
+	select {
+	case rc := <-ch:
+		t.Errorf("a refused request reached the receiver: %v", rc.header)
+	default:
+	}
+}
+
+func TestSendLiveGuard(t *testing.T) {
+	_, key := mustSecret(t)
+	srv, ch := receiver(t, true, nil)
+	req := SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Live: true, Timeout: 5 * time.Second}
+
+	// Loopback is denied for live endpoints.
+	s := NewSender(SenderOptions{TLSClientConfig: trusting(srv)})
+	res := s.Send(context.Background(), req)
+	if res.Success || !res.Permanent || res.StatusCode != 0 || !strings.Contains(res.Err, ErrBlockedAddress.Error()) {
+		t.Fatalf("live Send to loopback = %+v, want permanent block", res)
+	}
+	// The same URL is fine as a test endpoint.
+	tr := req
+	tr.Live = false
+	if res := s.Send(context.Background(), tr); !res.Success {
+		t.Fatalf("test Send = %+v", res)
+	}
+	next(t, ch)
+
+	// An allowlist opens the range.
+	s = NewSender(SenderOptions{TLSClientConfig: trusting(srv), Allowlist: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	if res := s.Send(context.Background(), req); !res.Success {
+		t.Fatalf("allowlisted live Send = %+v", res)
+	}
+	next(t, ch)
+}
+
+func TestSendRedirects(t *testing.T) {
+	sec, key := mustSecret(t)
+	final, ch := receiver(t, false, nil)
+	// hop/N redirects N more times (307), then to the final receiver.
+	var hops *httptest.Server
+	hops = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n int
+		fmt.Sscanf(r.URL.Path, "/hop/%d", &n)
+		io.Copy(io.Discard, r.Body)
+		if n <= 0 {
+			http.Redirect(w, r, final.URL+"/final", http.StatusTemporaryRedirect)
+			return
+		}
+		http.Redirect(w, r, fmt.Sprintf("%s/hop/%d", hops.URL, n-1), http.StatusPermanentRedirect)
+	}))
+	defer hops.Close()
+	s := NewSender(SenderOptions{})
+	body := []byte(`{"id":"evt_1"}`)
+
+	// Three redirects are followed; method, body and signature survive.
+	res := s.Send(context.Background(), SendRequest{URL: hops.URL + "/hop/2", MsgID: "evt_1", Body: body, Secrets: [][]byte{key}})
+	if !res.Success {
+		t.Fatalf("3 redirects: %+v", res)
+	}
+	rc := next(t, ch)
+	if rc.path != "/final" || !bytes.Equal(rc.body, body) {
+		t.Errorf("final hop got path %q body %q", rc.path, rc.body)
+	}
+	verifyBoth(t, sec, rc)
+
+	// A fourth is not.
+	res = s.Send(context.Background(), SendRequest{URL: hops.URL + "/hop/3", MsgID: "evt_1", Body: body, Secrets: [][]byte{key}})
+	if res.Success || !res.Permanent || !strings.Contains(res.Err, "stopped after 3 redirects") {
+		t.Errorf("4 redirects: %+v", res)
+	}
+}
+
+func TestSendLiveRedirectPolicy(t *testing.T) {
+	_, key := mustSecret(t)
+	var target atomic.Value
+	srv, _ := receiver(t, true, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.Load().(string), http.StatusTemporaryRedirect)
+	})
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	s := NewSender(SenderOptions{
+		TLSClientConfig: trusting(srv),
+		Allowlist:       []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, // the first hop only
+	})
+	for i, tc := range []struct {
+		location string
+		wantErr  string
+	}{
+		{"https://127.0.0.2:" + port + "/", ErrBlockedAddress.Error()},           // other loopback address
+		{"https://[::1]:" + port + "/", ErrBlockedAddress.Error()},               // IPv6 loopback
+		{"https://169.254.169.254/latest/meta-data/", ErrBlockedAddress.Error()}, // cloud metadata
+		{"https://10.0.0.1/", ErrBlockedAddress.Error()},
+		{"http://127.0.0.1:" + port + "/", "must use https"}, // downgrade
+		{"ftp://example.com/", "scheme"},
+	} {
+		target.Store(tc.location)
+		res := s.Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Live: true, Timeout: 5 * time.Second})
+		if res.Success || !res.Permanent || res.StatusCode != 0 || !strings.Contains(res.Err, tc.wantErr) {
+			t.Errorf("%d redirect to %s: %+v, want permanent %q", i, tc.location, res, tc.wantErr)
+		}
+	}
+}
