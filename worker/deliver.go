@@ -1,0 +1,234 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// EventEndpointDisabled is the type of the event authtap emits when it
+// disables an endpoint (410 Gone, or failing for Config.DisableAfter).
+const EventEndpointDisabled = "endpoint.disabled"
+
+// SourceName is the Source.Name of the events authtap emits itself.
+const SourceName = "authtap"
+
+// Delivery outcomes, as recorded in metrics.
+const (
+	outcomeSuccess   = "success"
+	outcomeFailure   = "failure"
+	outcomeGone      = "gone"
+	outcomePermanent = "permanent"
+	outcomeThrottled = "throttled"
+	outcomeSkipped   = "skipped"
+)
+
+// deliverHandler processes webhook:deliver tasks.
+type deliverHandler struct {
+	store   *Store
+	sender  *Sender
+	limiter *limiter
+	q       enqueuer
+	// timeout bounds one attempt.
+	timeout time.Duration
+	// disableAfter disables an endpoint that has failed without a success for this long.
+	disableAfter time.Duration
+	log          *zap.Logger
+	metrics      *metrics
+	now          func() time.Time
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	p, err := tasks.ParseDeliver(t)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	taskID, _ := asynq.GetTaskID(ctx)
+	if taskID == "" {
+		taskID = tasks.DeliverTaskID(p.EventID, p.EndpointID)
+	}
+	r, err := h.store.lookup(ctx, p.EndpointID)
+	if err != nil {
+		return fmt.Errorf("delivering %s: %w", taskID, err)
+	}
+	if r == nil {
+		h.metrics.observe(outcomeSkipped, 0)
+		h.log.Info("skipping delivery: endpoint was deleted", zap.String("delivery_id", taskID), zap.String("endpoint_id", p.EndpointID))
+		return fmt.Errorf("delivering %s: endpoint %s: %w: %w", taskID, p.EndpointID, ErrNotFound, asynq.SkipRetry)
+	}
+	if !r.Enabled {
+		h.metrics.observe(outcomeSkipped, 0)
+		h.log.Info("skipping delivery: endpoint is disabled", zap.String("delivery_id", taskID),
+			zap.String("endpoint_id", r.ID), zap.String("reason", r.DisabledReason))
+		return fmt.Errorf("delivering %s: endpoint %s is disabled (%s): %w", taskID, r.ID, r.DisabledReason, asynq.SkipRetry)
+	}
+	keys, err := r.signingKeys(h.now())
+	if err != nil {
+		return fmt.Errorf("delivering %s: %w: %w", taskID, err, asynq.SkipRetry)
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	release, err := h.limiter.acquire(ctx, r, taskID+"@"+strconv.FormatInt(h.now().UnixNano(), 36))
+	if err != nil {
+		if _, ok := errors.AsType[*ThrottledError](err); ok {
+			h.metrics.observe(outcomeThrottled, 0)
+		}
+		return err
+	}
+	res := h.sender.Send(ctx, SendRequest{
+		URL: r.URL, MsgID: p.EventID, EventType: p.EventType, Body: p.Body, Secrets: keys,
+		BearerToken: r.BearerToken, EventHeader: r.EventHeader, Timeout: h.timeout, Live: r.Mode == rules.ModeLive,
+	})
+	release()
+
+	a := Attempt{
+		DeliveryID: taskID, EventID: p.EventID, EventType: p.EventType, EndpointID: r.ID, Attempt: retried + 1,
+		Time: res.AttemptedAt.UTC(), Status: res.StatusCode, LatencyMS: float64(res.Latency.Microseconds()) / 1000,
+		ResponseExcerpt: res.ResponseExcerpt, Error: res.Err, Success: res.Success, Replay: p.Replay,
+	}
+	if a.Time.IsZero() {
+		a.Time = h.now().UTC()
+	}
+	// Record even when the task's context ended (shutdown, deadline).
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	failingSince, logErr := h.store.recordAttempt(rctx, a)
+	if logErr != nil {
+		h.log.Error("recording delivery attempt", zap.String("delivery_id", taskID), zap.Error(logErr))
+	}
+
+	fields := func() []zap.Field {
+		return []zap.Field{
+			zap.String("delivery_id", taskID), zap.String("event_type", p.EventType), zap.Int("attempt", a.Attempt),
+			zap.Int("status", res.StatusCode), zap.Duration("latency", res.Latency), zap.String("error", res.Err),
+		}
+	}
+	switch {
+	case res.Success:
+		h.metrics.observe(outcomeSuccess, res.Latency)
+		if c := h.log.Check(zapcore.DebugLevel, "delivered"); c != nil {
+			c.Write(fields()...)
+		}
+		return nil
+	case res.Gone:
+		h.metrics.observe(outcomeGone, res.Latency)
+		h.log.Warn("endpoint answered 410 Gone; disabling it", append(fields(), zap.String("endpoint_id", r.ID))...)
+		h.disable(rctx, r, "410 Gone", a.Time)
+		return fmt.Errorf("delivering %s: endpoint %s answered 410 Gone and was disabled: %w", taskID, r.ID, asynq.SkipRetry)
+	case res.Permanent:
+		h.metrics.observe(outcomePermanent, res.Latency)
+		h.log.Warn("delivery failed permanently", append(fields(), zap.String("endpoint_id", r.ID))...)
+		return fmt.Errorf("delivering %s: %s: %w", taskID, res.Err, asynq.SkipRetry)
+	}
+	h.metrics.observe(outcomeFailure, res.Latency)
+	if c := h.log.Check(zapcore.InfoLevel, "delivery failed"); c != nil {
+		c.Write(fields()...)
+	}
+	if !failingSince.IsZero() && h.disableAfter > 0 && a.Time.Sub(failingSince) >= h.disableAfter {
+		reason := fmt.Sprintf("deliveries failed without a success since %s", failingSince.UTC().Format(time.RFC3339))
+		h.log.Warn("disabling failing endpoint", zap.String("endpoint_id", r.ID), zap.Time("failing_since", failingSince))
+		h.disable(rctx, r, reason, failingSince)
+		return fmt.Errorf("delivering %s: endpoint %s disabled after failing since %s: %w",
+			taskID, r.ID, failingSince.UTC().Format(time.RFC3339), asynq.SkipRetry)
+	}
+	var err2 error
+	if res.StatusCode != 0 {
+		err2 = fmt.Errorf("delivering %s: endpoint answered %d", taskID, res.StatusCode)
+	} else {
+		err2 = fmt.Errorf("delivering %s: %s", taskID, res.Err)
+	}
+	if res.RetryAfter > 0 {
+		return &RetryAfterError{After: res.RetryAfter, Err: err2}
+	}
+	return err2
+}
+
+// disable disables r and, when that changed its state, announces it with an
+// endpoint.disabled event fanned out like any other.
+func (h *deliverHandler) disable(ctx context.Context, r *endpointRecord, reason string, failingSince time.Time) {
+	changed, err := h.store.SetEnabled(ctx, r.ID, false, reason)
+	if err != nil {
+		h.log.Error("disabling endpoint", zap.String("endpoint_id", r.ID), zap.Error(err))
+		return
+	}
+	if !changed {
+		return
+	}
+	data, err := json.Marshal(map[string]string{
+		"endpoint_id": r.ID, "url": r.URL, "reason": reason,
+		"failing_since": failingSince.UTC().Format(rules.TimestampFormat),
+	})
+	if err != nil {
+		h.log.Error("encoding endpoint.disabled event", zap.Error(err))
+		return
+	}
+	now := h.now().UTC()
+	ev := rules.Event{
+		ID:        rules.DedupeEventID(SourceName, EventEndpointDisabled, r.ID+"@"+strconv.FormatInt(now.UnixMilli(), 10)),
+		Type:      EventEndpointDisabled,
+		Timestamp: now.Truncate(time.Millisecond),
+		Subject:   r.ID,
+		Data:      data,
+		Source:    rules.Source{Name: SourceName, Rule: EventEndpointDisabled},
+		Mode:      r.Mode,
+	}
+	task, err := tasks.NewFanoutTask(ev)
+	if err == nil {
+		_, err = h.q.EnqueueContext(ctx, task)
+	}
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		h.log.Error("enqueuing endpoint.disabled event", zap.String("endpoint_id", r.ID), zap.Error(err))
+	}
+}
+
+// metrics are the worker's Prometheus collectors; a nil *metrics records nothing.
+type metrics struct {
+	deliveries *prometheus.CounterVec
+	latency    prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	m := &metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "authtap", Subsystem: "worker", Name: "deliveries_total",
+			Help: "Webhook delivery attempts by outcome (success, failure, gone, permanent, throttled, skipped).",
+		}, []string{"outcome"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "authtap", Subsystem: "worker", Name: "delivery_duration_seconds",
+			Help:    "Time from sending a webhook to having read the response.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.deliveries, m.latency} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering worker metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observe(outcome string, latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.deliveries.WithLabelValues(outcome).Inc()
+	if latency > 0 {
+		m.latency.Observe(latency.Seconds())
+	}
+}
+
+var _ asynq.Handler = (*deliverHandler)(nil)

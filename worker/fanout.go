@@ -1,0 +1,116 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// enqueuer is the part of *asynq.Client the handlers use.
+type enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// DeliverPayloadFor returns the webhook:deliver payload of ev for ep: the body
+// is the envelope or, for the "data" format, the event's data alone. The body
+// is fixed here, so that every retry sends the same bytes.
+func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverPayload, error) {
+	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Replay: replay}
+	if ep.Format == FormatData {
+		p.Body = ev.Data
+		if len(p.Body) == 0 {
+			p.Body = json.RawMessage("null")
+		}
+		return p, nil
+	}
+	b, err := ev.Envelope()
+	if err != nil {
+		return p, fmt.Errorf("encoding event %s: %w", ev.ID, err)
+	}
+	p.Body = b
+	return p, nil
+}
+
+// fanoutHandler processes event:fanout tasks: it enqueues one webhook:deliver
+// task per enabled endpoint of the event's mode whose filters take the event.
+type fanoutHandler struct {
+	store *Store
+	q     enqueuer
+	// maxRetry is the asynq.MaxRetry of the deliveries (RetryPolicy.MaxRetry).
+	maxRetry int
+	// dedupe is how long a completed delivery task is kept, refusing a second
+	// enqueue of the same event and endpoint.
+	dedupe time.Duration
+	log    *zap.Logger
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *fanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	p, err := tasks.ParseFanout(t)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	ev := p.Event
+	mode := ev.Mode
+	if mode == "" {
+		mode = rules.ModeLive
+	}
+	eps, err := h.store.Match(ctx, ev.Type, mode)
+	if err != nil {
+		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
+	}
+	envelope, err := ev.Envelope()
+	if err != nil {
+		return fmt.Errorf("fanning out %s: encoding envelope: %w (%w)", ev.ID, err, asynq.SkipRetry)
+	}
+	ids := make([]string, len(eps))
+	for i, ep := range eps {
+		ids[i] = ep.ID
+	}
+	// Keep the event first, so that it can be replayed even if an enqueue below fails.
+	if err := h.store.recordEvent(ctx, ev, envelope, ids); err != nil {
+		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
+	}
+	var errs []error
+	queued := 0
+	for _, ep := range eps {
+		dp, err := DeliverPayloadFor(ev, ep, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		task, err := tasks.NewDeliverTask(dp, asynq.MaxRetry(h.maxRetry), asynq.Retention(h.dedupe))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, err = h.q.EnqueueContext(ctx, task)
+		switch {
+		case err == nil:
+			queued++
+		case errors.Is(err, asynq.ErrTaskIDConflict):
+			// Already queued (or done) by an earlier run of this fan-out.
+		default:
+			errs = append(errs, fmt.Errorf("enqueuing delivery to %s: %w", ep.ID, err))
+		}
+	}
+	if c := h.log.Check(zapcore.DebugLevel, "event fanned out"); c != nil {
+		c.Write(zap.String("event_id", ev.ID), zap.String("event_type", ev.Type), zap.String("mode", mode),
+			zap.Int("endpoints", len(eps)), zap.Int("queued", queued))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("fanning out %s: %w", ev.ID, errors.Join(errs...))
+	}
+	return nil
+}
+
+var _ asynq.Handler = (*fanoutHandler)(nil)

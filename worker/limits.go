@@ -1,0 +1,97 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Per-endpoint limits are kept in Redis so that they hold across every worker
+// on the same Redis. The keys of one endpoint share a hash tag (Redis Cluster).
+func inflightKey(id string) string { return keyPrefix + "limit:{" + id + "}:inflight" }
+func bucketKey(id string) string   { return keyPrefix + "limit:{" + id + "}:bucket" }
+
+// acquireScript takes one concurrency slot and one rate token for an endpoint.
+//
+// KEYS[1] in-flight ZSET (member = slot token, score = lease expiry in ms: a
+// slot of a killed worker frees itself), KEYS[2] token bucket HASH.
+// ARGV: now (ms), lease (ms), slot token, max concurrency (0 = none),
+// rate per second (0 = none), burst.
+// Returns {1, 0} when granted, {0, wait ms, reason} when not.
+var acquireScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local maxc = tonumber(ARGV[4])
+local rate = tonumber(ARGV[5])
+local burst = tonumber(ARGV[6])
+if maxc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= maxc then
+    return {0, 0, 'concurrency'}
+  end
+end
+if rate > 0 then
+  local b = redis.call('HMGET', KEYS[2], 't', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  if now > ts then
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  end
+  if tokens < 1 then
+    return {0, math.ceil((1 - tokens) * 1000 / rate), 'rate'}
+  end
+  redis.call('HSET', KEYS[2], 't', tostring(tokens - 1), 'ts', tostring(math.max(now, ts)))
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+end
+if maxc > 0 then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+return {1, 0}
+`)
+
+// limiter enforces an endpoint's MaxConcurrency and RateLimit.
+type limiter struct {
+	rdb redis.UniversalClient
+	now func() time.Time
+	// lease bounds how long a slot outlives a worker that died holding it.
+	lease time.Duration
+	// concurrencyWait is the base re-delay when all slots are taken.
+	concurrencyWait time.Duration
+}
+
+// acquire takes a slot for one delivery. It returns a release func when
+// granted, and a *ThrottledError when a limit is reached.
+func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) (release func(), err error) {
+	maxc := r.maxConcurrency()
+	burst := max(1, r.RateLimit)
+	now := l.now()
+	res, err := acquireScript.Run(ctx, l.rdb, []string{inflightKey(r.ID), bucketKey(r.ID)},
+		now.UnixMilli(), l.lease.Milliseconds(), token, maxc, r.RateLimit, burst).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("checking limits of endpoint %s: %w", r.ID, err)
+	}
+	if len(res) >= 2 && res[0] == int64(1) {
+		return func() {
+			// Release even when the task's context is done (shutdown, deadline).
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = l.rdb.ZRem(ctx, inflightKey(r.ID), token).Err()
+		}, nil
+	}
+	reason, _ := res[len(res)-1].(string)
+	wait := l.concurrencyWait
+	if ms, ok := res[1].(int64); ok && ms > 0 {
+		wait = time.Duration(ms) * time.Millisecond
+	}
+	// Spread re-tries so that throttled deliveries do not come back in lockstep.
+	wait += time.Duration(rand.Int64N(int64(wait)/2 + 1))
+	return nil, &ThrottledError{Wait: wait, Reason: reason + " limit of endpoint " + r.ID}
+}

@@ -1,0 +1,246 @@
+package worker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// Worker defaults.
+const (
+	// DefaultConcurrency is how many tasks one worker processes at once.
+	DefaultConcurrency = 20
+	// DefaultDisableAfter is how long an endpoint may fail without a success before it is disabled.
+	DefaultDisableAfter = 5 * 24 * time.Hour
+	// DefaultShutdownTimeout is how long Shutdown waits for deliveries in flight.
+	DefaultShutdownTimeout = 20 * time.Second
+	// DefaultDedupeRetention is how long a completed delivery task is kept so that a
+	// repeated fan-out of the same event cannot enqueue it again.
+	DefaultDedupeRetention = 24 * time.Hour
+	// DefaultTaskCheckInterval is how often an idle worker polls its queues.
+	DefaultTaskCheckInterval = 20 * time.Millisecond
+	// DefaultDelayedTaskCheckInterval is how often retries and throttled deliveries that are due are queued again.
+	DefaultDelayedTaskCheckInterval = time.Second
+	// DefaultThrottleWait is the base re-delay of a delivery whose endpoint has all its slots in use.
+	DefaultThrottleWait = 500 * time.Millisecond
+)
+
+// Config configures a Worker.
+type Config struct {
+	// Redis says how to reach Redis (see ParseRedisURL). Required.
+	Redis asynq.RedisConnOpt
+	// Concurrency is how many tasks (fan-outs and deliveries) this worker
+	// processes at once. Default 20.
+	Concurrency int
+	// Endpoints are declared in the configuration: read-only through the API
+	// and merged with the endpoints stored in Redis. Default none.
+	Endpoints []EndpointConfig
+	// Allowlist lists address ranges that live endpoints may reach although they
+	// are loopback, private, link-local or otherwise denied. Default none.
+	Allowlist []netip.Prefix
+	// DeliveryTimeout bounds one delivery attempt, response included. Default 15s.
+	DeliveryTimeout time.Duration
+	// Retry is the retry schedule of deliveries. The zero value is the Standard
+	// Webhooks schedule (0, 5s, 5m, 30m, 2h, 5h, 10h, 14h, 20h, 24h) with ±10% jitter.
+	Retry RetryPolicy
+	// DisableAfter disables an endpoint whose deliveries have failed without a
+	// success for this long, and emits an endpoint.disabled event. Default 5 days.
+	DisableAfter time.Duration
+	// Retention is how long delivery attempts and events are kept. Default 14 days.
+	Retention time.Duration
+	// MaxAttemptsPerEndpoint caps the delivery attempts kept per endpoint. Default 10000.
+	MaxAttemptsPerEndpoint int
+	// DedupeRetention is how long a completed delivery task stays in Redis so that
+	// a repeated fan-out of the same event cannot deliver it twice. Default 24h.
+	DedupeRetention time.Duration
+	// ShutdownTimeout is how long Shutdown waits for deliveries in flight before
+	// it puts them back in the queue. Default 20s.
+	ShutdownTimeout time.Duration
+	// TaskCheckInterval is how often an idle worker polls the queues; lower means
+	// lower latency and more Redis commands while idle. Default 20ms.
+	TaskCheckInterval time.Duration
+	// DelayedTaskCheckInterval is how often due retries and throttled deliveries
+	// are moved back into their queue. Default 1s.
+	DelayedTaskCheckInterval time.Duration
+	// ThrottleWait is the base re-delay (plus up to 50% jitter) of a delivery whose
+	// endpoint has reached its MaxConcurrency. Default 500ms.
+	ThrottleWait time.Duration
+	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
+	TLSClientConfig *tls.Config
+	// Logger receives the worker's logs (asynq's included). Default: no logs.
+	Logger *zap.Logger
+	// Metrics, when set, receives the worker's Prometheus collectors. Default nil: no metrics.
+	Metrics prometheus.Registerer
+	// Now returns the current time; tests inject a clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Worker processes authtap's event:fanout and webhook:deliver tasks.
+type Worker struct {
+	cfg    Config
+	rdb    redis.UniversalClient
+	srv    *asynq.Server
+	client *asynq.Client
+	store  *Store
+	sender *Sender
+	mux    *asynq.ServeMux
+	log    *zap.Logger
+
+	once    sync.Once
+	started bool
+	mu      sync.Mutex
+}
+
+// New builds a worker from cfg; Start starts it.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Redis == nil {
+		return nil, errors.New("configuring worker: no redis connection options")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.DeliveryTimeout <= 0 {
+		cfg.DeliveryTimeout = DefaultTimeout
+	}
+	if cfg.DisableAfter <= 0 {
+		cfg.DisableAfter = DefaultDisableAfter
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.DedupeRetention <= 0 {
+		cfg.DedupeRetention = DefaultDedupeRetention
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.TaskCheckInterval <= 0 {
+		cfg.TaskCheckInterval = DefaultTaskCheckInterval
+	}
+	if cfg.DelayedTaskCheckInterval <= 0 {
+		cfg.DelayedTaskCheckInterval = DefaultDelayedTaskCheckInterval
+	}
+	if cfg.ThrottleWait <= 0 {
+		cfg.ThrottleWait = DefaultThrottleWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	// Each task may hold a connection while the store and limiter use others.
+	if o, ok := cfg.Redis.(asynq.RedisClientOpt); ok && o.PoolSize == 0 {
+		o.PoolSize = 2*cfg.Concurrency + 10
+		cfg.Redis = o
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	rdb, err := RedisClient(cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	store, err := NewStore(rdb, StoreOptions{
+		Endpoints: cfg.Endpoints, Retention: cfg.Retention, MaxAttemptsPerEndpoint: cfg.MaxAttemptsPerEndpoint, Now: cfg.Now,
+	})
+	if err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("configuring worker: %w", err)
+	}
+	log := cfg.Logger.Named("worker")
+	w := &Worker{cfg: cfg, rdb: rdb, store: store, log: log, client: asynq.NewClientFromRedisClient(rdb)}
+	w.sender = NewSender(SenderOptions{
+		Allowlist: cfg.Allowlist, MaxRetryAfter: cfg.Retry.MaxRetryAfter, Now: cfg.Now,
+		TLSClientConfig: cfg.TLSClientConfig, MaxIdleConnsPerHost: max(cfg.Concurrency, 16),
+	})
+	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   tasks.Queues,
+		RetryDelayFunc:           cfg.Retry.Delay,
+		IsFailure:                IsFailure,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		TaskCheckInterval:        cfg.TaskCheckInterval,
+		DelayedTaskCheckInterval: cfg.DelayedTaskCheckInterval,
+		Logger:                   log.Named("asynq").Sugar(),
+		LogLevel:                 asynq.WarnLevel,
+		ErrorHandler:             asynq.ErrorHandlerFunc(w.taskError),
+	})
+	w.mux = asynq.NewServeMux()
+	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
+		store: store, q: w.client, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
+	})
+	w.mux.Handle(tasks.TypeDeliver, &deliverHandler{
+		store: store, sender: w.sender, q: w.client, timeout: cfg.DeliveryTimeout, disableAfter: cfg.DisableAfter,
+		log: log, metrics: m, now: cfg.Now,
+		limiter: &limiter{
+			rdb: rdb, now: cfg.Now, lease: cfg.DeliveryTimeout + 30*time.Second, concurrencyWait: cfg.ThrottleWait,
+		},
+	})
+	return w, nil
+}
+
+// taskError logs failed fan-outs; deliveries log their own outcome.
+func (w *Worker) taskError(ctx context.Context, t *asynq.Task, err error) {
+	if t.Type() != tasks.TypeFanout {
+		return
+	}
+	id, _ := asynq.GetTaskID(ctx)
+	w.log.Error("fan-out failed", zap.String("event_id", id), zap.Error(err))
+}
+
+// Start starts processing in the background; it fails when Redis cannot be reached.
+func (w *Worker) Start() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
+		return errors.New("starting worker: already started")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("starting worker: reaching redis: %w", err)
+	}
+	if err := w.srv.Start(w.mux); err != nil {
+		return fmt.Errorf("starting worker: %w", err)
+	}
+	w.started = true
+	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.Int("configured_endpoints", len(w.cfg.Endpoints)))
+	return nil
+}
+
+// Shutdown stops taking tasks, waits up to Config.ShutdownTimeout for those in
+// flight (then puts the rest back in their queue) and closes the connections.
+// It is safe to call more than once and without Start.
+func (w *Worker) Shutdown() {
+	w.once.Do(func() {
+		w.mu.Lock()
+		started := w.started
+		w.mu.Unlock()
+		if started {
+			w.srv.Shutdown()
+		}
+		w.sender.CloseIdleConnections()
+		_ = w.rdb.Close()
+		w.log.Info("worker stopped")
+	})
+}
+
+// Store returns the endpoint store and delivery log, for the management API.
+func (w *Worker) Store() *Store { return w.store }
+
+// Client returns the asynq client on the worker's Redis connection, for
+// enqueuing replays and test deliveries.
+func (w *Worker) Client() *asynq.Client { return w.client }
