@@ -1,0 +1,21 @@
+// Package rules is authtap's rule language: it parses rule files (YAML or
+// JSON), validates them strictly with file:line:col errors, indexes the rules by
+// method and path, matches HTTP exchanges against them, and builds the events
+// they emit. It is pure: no I/O beyond reading the rule files, and nothing of
+// Caddy, asynq or Redis.
+//
+// The language is documented in README.md beside this file, with a JSON Schema
+// in schema.json and complete rule packs in examples/.
+//
+//	set, err := rules.Load("/etc/authtap/*.yaml")
+//	if err != nil { ... }                         // every problem, as file:line:col: field: message
+//	if !set.CanMatch(r.Method, r.URL.Path) { ... } // cheap: no rule can match, stream untouched
+//	ex := &rules.Exchange{Method: "POST", Path: "/api/users", Status: 201, ResponseBody: body}
+//	for _, m := range set.Match(ex) {
+//		for i := 0; i < m.NumLookups(); i++ {     // optional: GET m.Lookup(i, ex).Path upstream,
+//			ex.SetLookup(...)                     // then record the answer
+//		}
+//		events, errs := m.Events(ex, rules.EmitOptions{Source: "legacy-auth"})
+//		...
+//	}
+package rules

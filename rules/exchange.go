@@ -1,0 +1,194 @@
+package rules
+
+import (
+	"bytes"
+	"mime"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+
+	"github.com/tidwall/gjson"
+)
+
+// Exchange is one observed HTTP request and its response. Fill the fields you
+// have; bodies may be nil when no rule needs them (see Set.Plan).
+type Exchange struct {
+	Method string
+	// Host is the request host, with or without a port.
+	Host string
+	// Path is the URL path without the query string.
+	Path string
+	// RawQuery is the query string without "?".
+	RawQuery       string
+	RequestHeader  http.Header
+	RequestBody    []byte
+	Status         int
+	ResponseHeader http.Header
+	// ResponseBody is the decoded (not compressed) response body.
+	ResponseBody []byte
+	// Lookups holds lookup results by their `as` name; see Match.Lookups.
+	Lookups map[string]LookupResult
+
+	parsedQuery url.Values
+	cookies     map[string]string
+	respCookies map[string]bool
+	bodies      [2]parsedBody
+}
+
+type parsedBody struct {
+	done bool
+	ok   bool
+	json []byte
+}
+
+// LookupResult is the upstream's answer to a rule's lookup.
+type LookupResult struct {
+	Status int
+	Header http.Header
+	Body   []byte
+	// Err describes a failed lookup (timeout, connection refused); empty on any HTTP answer.
+	Err string
+
+	parsed parsedBody
+}
+
+// SetLookup records the result of the lookup named as.
+func (ex *Exchange) SetLookup(as string, r LookupResult) {
+	if ex.Lookups == nil {
+		ex.Lookups = map[string]LookupResult{}
+	}
+	ex.Lookups[as] = r
+}
+
+// Param is a path template parameter and its value.
+type Param struct {
+	Name, Value string
+}
+
+func (ex *Exchange) query() url.Values {
+	if ex.parsedQuery == nil {
+		q, _ := url.ParseQuery(ex.RawQuery)
+		if q == nil {
+			q = url.Values{}
+		}
+		ex.parsedQuery = q
+	}
+	return ex.parsedQuery
+}
+
+func (ex *Exchange) requestCookie(name string) (string, bool) {
+	if ex.cookies == nil {
+		ex.cookies = map[string]string{}
+		for _, line := range ex.RequestHeader["Cookie"] {
+			cs, err := http.ParseCookie(line)
+			if err != nil {
+				// fall back to lenient splitting so one bad cookie does not hide the rest
+				for _, part := range strings.Split(line, ";") {
+					k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+					if ok && k != "" {
+						if _, dup := ex.cookies[k]; !dup {
+							ex.cookies[k] = strings.Trim(v, `"`)
+						}
+					}
+				}
+				continue
+			}
+			for _, c := range cs {
+				if _, dup := ex.cookies[c.Name]; !dup {
+					ex.cookies[c.Name] = c.Value
+				}
+			}
+		}
+	}
+	v, ok := ex.cookies[name]
+	return v, ok
+}
+
+func (ex *Exchange) responseCookie(name string) (string, bool) {
+	for _, line := range ex.ResponseHeader["Set-Cookie"] {
+		if c, err := http.ParseSetCookie(line); err == nil && c.Name == name {
+			return c.Value, true
+		}
+	}
+	return "", false
+}
+
+// jsonBody returns the request or response body as JSON: as is when it is
+// valid JSON, converted to an object of fields when it is form-encoded.
+func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
+	i, body, h := 0, ex.RequestBody, ex.RequestHeader
+	if response {
+		i, body, h = 1, ex.ResponseBody, ex.ResponseHeader
+	}
+	pb := &ex.bodies[i]
+	if !pb.done {
+		pb.done = true
+		pb.json, pb.ok = bodyAsJSON(body, h.Get("Content-Type"))
+	}
+	return pb.json, pb.ok
+}
+
+func (lr *LookupResult) jsonBody() ([]byte, bool) {
+	if !lr.parsed.done {
+		lr.parsed.done = true
+		lr.parsed.json, lr.parsed.ok = bodyAsJSON(lr.Body, lr.Header.Get("Content-Type"))
+	}
+	return lr.parsed.json, lr.parsed.ok
+}
+
+func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, false
+	}
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if mt == "application/x-www-form-urlencoded" {
+		vals, err := url.ParseQuery(string(trimmed))
+		if err != nil {
+			return nil, false
+		}
+		return formJSON(vals), true
+	}
+	if gjson.ValidBytes(trimmed) {
+		return trimmed, true
+	}
+	return nil, false
+}
+
+// formJSON renders form fields as a JSON object; repeated fields become lists.
+func formJSON(vals url.Values) []byte {
+	out := []byte{'{'}
+	for i, k := range sortedKeys(vals) {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendQuote(out, k)
+		out = append(out, ':')
+		vs := vals[k]
+		if len(vs) == 1 {
+			out = appendQuote(out, vs[0])
+			continue
+		}
+		out = append(out, '[')
+		for j, v := range vs {
+			if j > 0 {
+				out = append(out, ',')
+			}
+			out = appendQuote(out, v)
+		}
+		out = append(out, ']')
+	}
+	return append(out, '}')
+}
+
+func canonicalHeader(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }
+
+// hostOnly lower-cases a host and strips its port.
+func hostOnly(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+		h = h[:i]
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	return strings.ToLower(strings.TrimSuffix(h, "."))
+}

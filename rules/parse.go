@@ -1,0 +1,552 @@
+package rules
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// File is one parsed rule file.
+type File struct {
+	// Name is the file name as given.
+	Name  string
+	rules []*Rule
+	tests []*Test
+}
+
+// Rules returns the file's rules in order.
+func (f *File) Rules() []*Rule { return f.rules }
+
+// Rule is one compiled rule. It is immutable once parsed.
+type Rule struct {
+	// Name is unique across a Set.
+	Name        string
+	Description string
+	// File and Line say where the rule is defined.
+	File string
+	Line int
+
+	methods []string // upper-case; "*" = any
+	paths   []*pathTmpl
+	hosts   []string // lower-case; "*.x" wildcard
+	status  statusSpec
+	req     *condSet
+	resp    *condSet
+	lookups []*lookupSpec
+	emits   []*emitSpec
+	need    Need
+	index   int // position in the Set
+}
+
+// Need says which bodies a rule reads.
+type Need struct {
+	RequestBody  bool
+	ResponseBody bool
+}
+
+type lookupSpec struct {
+	as      string
+	get     *tmpl
+	timeout time.Duration
+}
+
+type emitSpec struct {
+	typ         *tmpl
+	subject     *tmpl
+	data        *dataNode
+	omit        []string
+	redact      []string
+	keepSecrets map[string]bool
+	mode        string
+	dedupeKey   *tmpl
+	dedupeWin   time.Duration
+}
+
+var (
+	ruleNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	eventTypeRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+	methodRE    = regexp.MustCompile(`^[A-Z][A-Z0-9_-]*$`)
+	hostRE      = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+)
+
+// DefaultLookupTimeout and MaxLookupTimeout bound a lookup.
+const (
+	DefaultLookupTimeout = 2 * time.Second
+	MaxLookupTimeout     = 10 * time.Second
+	DefaultDedupeWindow  = 24 * time.Hour
+)
+
+// Parse parses one rule file (YAML or JSON). The error, if any, is an
+// ErrorList naming every problem with file:line:col.
+func Parse(filename string, data []byte) (*File, error) {
+	d := &dec{file: filename}
+	f := &File{Name: filename}
+	var doc yaml.Node
+	dc := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dc.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			d.errf(nil, "", "the file is empty: want a mapping with version: 1 and rules:")
+			return nil, d.errs.err()
+		}
+		d.errs = append(d.errs, yamlSyntaxError(filename, err))
+		return nil, d.errs.err()
+	}
+	var extra yaml.Node
+	if err := dc.Decode(&extra); err == nil {
+		d.errf(&extra, "", "want a single document; found a second one (remove the \"---\")")
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+		root = root.Content[0]
+	}
+	root = resolve(root)
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		d.errf(root, "", "the file is empty: want a mapping with version: 1 and rules:")
+		return nil, d.errs.err()
+	}
+	var rulesNode, testsNode *yaml.Node
+	d.mapping(root, "",
+		field{name: "version", required: true, fn: func(v *yaml.Node, p string) {
+			if n, ok := d.intVal(v, p); ok && n != 1 {
+				d.errf(v, p, "want 1 (the only version so far), got %d", n)
+			}
+		}},
+		field{name: "rules", required: true, fn: func(v *yaml.Node, p string) { rulesNode = v }},
+		field{name: "tests", fn: func(v *yaml.Node, p string) { testsNode = v }},
+	)
+	if rulesNode != nil {
+		rn := resolve(rulesNode)
+		if rn.Kind != yaml.SequenceNode {
+			d.errf(rn, "rules", "want a list of rules, got %s", kindName(rn))
+		} else if len(rn.Content) == 0 {
+			d.errf(rn, "rules", "want at least one rule, got an empty list")
+		} else {
+			names := map[string]*Rule{}
+			for _, c := range rn.Content {
+				r := d.parseRule(resolve(c))
+				if r == nil {
+					continue
+				}
+				if prev, dup := names[r.Name]; dup {
+					d.errf(c, "name", "duplicate rule name %q (first defined at line %d)", r.Name, prev.Line)
+					continue
+				}
+				names[r.Name] = r
+				f.rules = append(f.rules, r)
+			}
+		}
+	}
+	if testsNode != nil {
+		f.tests = d.parseTests(resolve(testsNode))
+	}
+	if err := d.errs.err(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlSyntaxError turns a yaml.v3 syntax error into an Error with the line it names.
+func yamlSyntaxError(file string, err error) *Error {
+	msg := err.Error()
+	e := &Error{File: file, Msg: "invalid YAML/JSON syntax: " + strings.TrimPrefix(msg, "yaml: ")}
+	m := yamlLineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return e
+	}
+	fmt.Sscanf(m[1], "%d", &e.Line)
+	e.Column = 1
+	e.Msg = "invalid YAML/JSON syntax: " + m[2]
+	// yaml.v3 reports parser errors at the 0-based line where the enclosing
+	// collection starts, and scanner errors at the 1-based line of the problem.
+	for _, pe := range yamlParserErrors {
+		if strings.Contains(m[2], pe) {
+			e.Line++
+			break
+		}
+	}
+	if strings.Contains(m[2], "',' or '}'") || strings.Contains(m[2], "',' or ']'") {
+		e.Msg += " in the flow collection that starts on this line; inside {…} or […] quote values that contain braces, brackets or commas, e.g. path: \"/api/users/{id}\""
+	}
+	return e
+}
+
+var yamlParserErrors = []string{"did not find expected <document start>", "did not find expected node content", "did not find expected key", "did not find expected '-' indicator", "did not find expected ',' or ']'", "did not find expected ',' or '}'"}
+
+func (d *dec) parseRule(n *yaml.Node) *Rule {
+	if n.Kind != yaml.MappingNode {
+		d.errf(n, "rules", "want a rule (a mapping with name, match and emit), got %s", kindName(n))
+		return nil
+	}
+	r := &Rule{File: d.file, Line: n.Line}
+	before := len(d.errs)
+	var matchNode, lookupNode, emitNode *yaml.Node
+	d.mapping(n, "",
+		field{name: "name", required: true, fn: func(v *yaml.Node, p string) {
+			if s, ok := d.str(v, p); ok {
+				if !ruleNameRE.MatchString(s) {
+					d.errf(v, p, "want a name of lower-case letters, digits, '.', '_' and '-' such as user-created, got %q", s)
+				}
+				r.Name = s
+			}
+		}},
+		field{name: "description", fn: func(v *yaml.Node, p string) { r.Description, _ = d.str(v, p) }},
+		field{name: "match", required: true, fn: func(v *yaml.Node, p string) { matchNode = v }},
+		field{name: "lookup", fn: func(v *yaml.Node, p string) { lookupNode = v }},
+		field{name: "emit", required: true, fn: func(v *yaml.Node, p string) { emitNode = v }},
+	)
+	if matchNode != nil {
+		d.parseMatch(r, matchNode)
+	}
+	sc := &scope{lookups: map[string]bool{}}
+	for _, pt := range r.paths {
+		sc.params = append(sc.params, pt.params)
+	}
+	if lookupNode != nil {
+		d.parseLookups(r, lookupNode, sc)
+	}
+	if emitNode != nil {
+		items := d.listOrOne(emitNode)
+		if len(items) == 0 {
+			d.errf(emitNode, "emit", "want at least one event, got an empty list")
+		}
+		for i, item := range items {
+			p := "emit"
+			if resolve(emitNode).Kind == yaml.SequenceNode {
+				p = index("emit", i)
+			}
+			if e := d.parseEmit(item, p, sc); e != nil {
+				r.emits = append(r.emits, e)
+			}
+		}
+	}
+	// Unused lookups are a mistake worth reporting: they cost an upstream call.
+	used := map[string]bool{}
+	for _, e := range r.emits {
+		for _, t := range []*tmpl{e.typ, e.subject, e.dedupeKey} {
+			t.lookupNames(used)
+		}
+		e.data.lookupNames(used)
+	}
+	for _, lk := range r.lookups {
+		lk.get.lookupNames(used)
+	}
+	for _, lk := range r.lookups {
+		if !used[lk.as] {
+			d.errf(n, "lookup", "lookup %q is never used: reference it as {%s.body…} in emit, or remove it", lk.as, lk.as)
+		}
+	}
+	r.computeNeed()
+	if len(d.errs) > before {
+		return nil
+	}
+	return r
+}
+
+func (d *dec) parseMatch(r *Rule, n *yaml.Node) {
+	d.mapping(n, "match",
+		field{name: "method", required: true, fn: func(v *yaml.Node, p string) {
+			seen := map[string]bool{}
+			for i, m := range d.strOrList(v, p) {
+				ip := p
+				if resolve(v).Kind == yaml.SequenceNode {
+					ip = index(p, i)
+				}
+				s, ok := d.str(m, ip)
+				if !ok {
+					continue
+				}
+				up := strings.ToUpper(s)
+				if up != "*" && !methodRE.MatchString(up) {
+					d.errf(m, ip, "want an HTTP method such as POST, PUT, PATCH, DELETE, or \"*\" for any, got %q", s)
+					continue
+				}
+				if !seen[up] {
+					seen[up] = true
+					r.methods = append(r.methods, up)
+				}
+			}
+		}},
+		field{name: "path", required: true, fn: func(v *yaml.Node, p string) {
+			for i, pn := range d.strOrList(v, p) {
+				ip := p
+				if resolve(v).Kind == yaml.SequenceNode {
+					ip = index(p, i)
+				}
+				s, ok := d.str(pn, ip)
+				if !ok {
+					continue
+				}
+				pt, err := parsePathTmpl(s)
+				if err != nil {
+					d.errf(pn, ip, "%v", err)
+					continue
+				}
+				r.paths = append(r.paths, pt)
+			}
+		}},
+		field{name: "host", fn: func(v *yaml.Node, p string) {
+			for i, hn := range d.strOrList(v, p) {
+				ip := p
+				if resolve(v).Kind == yaml.SequenceNode {
+					ip = index(p, i)
+				}
+				s, ok := d.str(hn, ip)
+				if !ok {
+					continue
+				}
+				h := strings.ToLower(strings.TrimSuffix(s, "."))
+				if !hostRE.MatchString(h) {
+					d.errf(hn, ip, "want a host name such as auth.example.com or *.example.com (no scheme, port or path), got %q", s)
+					continue
+				}
+				r.hosts = append(r.hosts, h)
+			}
+		}},
+		field{name: "status", fn: func(v *yaml.Node, p string) { r.status = d.parseStatus(v, p) }},
+		field{name: "request", fn: func(v *yaml.Node, p string) { r.req = d.parseCondSet(v, p, true) }},
+		field{name: "response", fn: func(v *yaml.Node, p string) { r.resp = d.parseCondSet(v, p, false) }},
+	)
+	if r.status == nil {
+		r.status = statusSpec{{200, 299}}
+	}
+}
+
+var reservedLookupNames = map[string]bool{"request": true, "response": true, "path": true}
+
+func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
+	items := d.listOrOne(n)
+	for i, item := range items {
+		p := "lookup"
+		if resolve(n).Kind == yaml.SequenceNode {
+			p = index("lookup", i)
+		}
+		lk := &lookupSpec{timeout: DefaultLookupTimeout}
+		var getNode *yaml.Node
+		d.mapping(item, p,
+			field{name: "get", required: true, fn: func(v *yaml.Node, fp string) { getNode = v }},
+			field{name: "as", required: true, fn: func(v *yaml.Node, fp string) {
+				s, ok := d.str(v, fp)
+				if !ok {
+					return
+				}
+				switch {
+				case !validParamName(s):
+					d.errf(v, fp, "want a name of letters, digits and _ such as me, got %q", s)
+				case reservedLookupNames[s]:
+					d.errf(v, fp, "%q is reserved for placeholders; pick another name such as me or user", s)
+				case sc.lookups[s]:
+					d.errf(v, fp, "lookup %q is declared twice in this rule", s)
+				default:
+					lk.as = s
+				}
+			}},
+			field{name: "timeout", fn: func(v *yaml.Node, fp string) {
+				if dur, ok := d.duration(v, fp); ok {
+					if dur <= 0 || dur > MaxLookupTimeout {
+						d.errf(v, fp, "want a timeout between 1ms and %s, got %s", MaxLookupTimeout, dur)
+						return
+					}
+					lk.timeout = dur
+				}
+			}},
+		)
+		if getNode != nil {
+			if s, ok := d.str(getNode, join(p, "get")); ok {
+				if !strings.HasPrefix(s, "/") {
+					d.errf(getNode, join(p, "get"), "want a path on the same upstream starting with \"/\", such as /api/me, got %q", s)
+				} else if t, err := parseTmpl(s, sc); err != nil {
+					d.errf(getNode, join(p, "get"), "%v", err)
+				} else {
+					lk.get = t
+				}
+			}
+		}
+		if lk.as != "" && lk.get != nil {
+			sc.lookups[lk.as] = true
+			r.lookups = append(r.lookups, lk)
+		}
+	}
+}
+
+func (d *dec) duration(n *yaml.Node, path string) (time.Duration, bool) {
+	s, ok := d.str(n, path)
+	if !ok {
+		return 0, false
+	}
+	dur, err := parseDuration(s)
+	if err != nil {
+		d.errf(n, path, "want a duration such as 500ms, 2s, 10m, 24h or 7d, got %q", s)
+		return 0, false
+	}
+	return dur, true
+}
+
+// parseDuration accepts Go durations plus a "d" (day) unit.
+func parseDuration(s string) (time.Duration, error) {
+	if strings.HasSuffix(s, "d") {
+		var days int
+		if _, err := fmt.Sscanf(s, "%dd", &days); err == nil && fmt.Sprintf("%dd", days) == s && days >= 0 {
+			return time.Duration(days) * 24 * time.Hour, nil
+		}
+		return 0, fmt.Errorf("bad duration %q", s)
+	}
+	return time.ParseDuration(s)
+}
+
+func (d *dec) tmplField(n *yaml.Node, path string, sc *scope) *tmpl {
+	s, ok := d.str(n, path)
+	if !ok {
+		return nil
+	}
+	t, err := parseTmpl(s, sc)
+	if err != nil {
+		d.errf(n, path, "%v", err)
+		return nil
+	}
+	return t
+}
+
+func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
+	e := &emitSpec{dedupeWin: DefaultDedupeWindow}
+	before := len(d.errs)
+	keyList := func(into *[]string) func(v *yaml.Node, p string) {
+		return func(v *yaml.Node, p string) {
+			v = resolve(v)
+			if v.Kind != yaml.SequenceNode {
+				d.errf(v, p, "want a list of key names or dotted paths, got %s", kindName(v))
+				return
+			}
+			for i, c := range v.Content {
+				if s, ok := d.str(c, index(p, i)); ok {
+					if s == "" || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") {
+						d.errf(c, index(p, i), "want a key name such as phone or a dotted path such as user.phone, got %q", s)
+						continue
+					}
+					*into = append(*into, s)
+				}
+			}
+		}
+	}
+	d.mapping(n, path,
+		field{name: "type", required: true, fn: func(v *yaml.Node, p string) {
+			t := d.tmplField(v, p, sc)
+			if t == nil {
+				return
+			}
+			if len(t.phs) == 0 && !eventTypeRE.MatchString(t.raw) {
+				d.errf(v, p, "want a dot-separated event name of letters, digits, '_' and '-' such as user.created, got %q", t.raw)
+				return
+			}
+			for _, l := range t.lits {
+				if strings.ContainsAny(l, " \t/\\\"'") {
+					d.errf(v, p, "want a dot-separated event name of letters, digits, '_' and '-' such as user.{request.body.action}, got %q", t.raw)
+					return
+				}
+			}
+			e.typ = t
+		}},
+		field{name: "subject", fn: func(v *yaml.Node, p string) { e.subject = d.tmplField(v, p, sc) }},
+		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
+		field{name: "omit", fn: keyList(&e.omit)},
+		field{name: "redact", fn: keyList(&e.redact)},
+		field{name: "keep_secrets", fn: func(v *yaml.Node, p string) {
+			var keys []string
+			keyList(&keys)(v, p)
+			e.keepSecrets = map[string]bool{}
+			for _, k := range keys {
+				e.keepSecrets[normKey(lastElement(k))] = true
+			}
+		}},
+		field{name: "mode", fn: func(v *yaml.Node, p string) {
+			if s, ok := d.str(v, p); ok {
+				if s != ModeLive && s != ModeTest {
+					d.errf(v, p, "want live or test, got %q", s)
+					return
+				}
+				e.mode = s
+			}
+		}},
+		field{name: "dedupe", fn: func(v *yaml.Node, p string) {
+			v = resolve(v)
+			if v.Kind == yaml.ScalarNode {
+				e.dedupeKey = d.tmplField(v, p, sc)
+				return
+			}
+			d.mapping(v, p,
+				field{name: "key", required: true, fn: func(kv *yaml.Node, kp string) { e.dedupeKey = d.tmplField(kv, kp, sc) }},
+				field{name: "window", fn: func(wv *yaml.Node, wp string) {
+					if dur, ok := d.duration(wv, wp); ok {
+						if dur <= 0 {
+							d.errf(wv, wp, "want a positive duration such as 24h, got %q", wv.Value)
+							return
+						}
+						e.dedupeWin = dur
+					}
+				}},
+			)
+			if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
+				d.errf(v, p, "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
+			}
+		}},
+	)
+	if len(d.errs) > before {
+		return nil
+	}
+	return e
+}
+
+func (r *Rule) computeNeed() {
+	var n Need
+	for _, cs := range []*condSet{r.req, r.resp} {
+		if cs != nil && len(cs.body) > 0 {
+			if cs == r.req {
+				n.RequestBody = true
+			} else {
+				n.ResponseBody = true
+			}
+		}
+	}
+	for _, lk := range r.lookups {
+		lk.get.needs(&n)
+	}
+	for _, e := range r.emits {
+		e.typ.needs(&n)
+		e.subject.needs(&n)
+		e.dedupeKey.needs(&n)
+		e.data.needs(&n)
+	}
+	r.need = n
+}
+
+// Need reports which bodies the rule reads.
+func (r *Rule) Need() Need { return r.need }
+
+// EventTypes returns the event types the rule emits, as written (a templated
+// type keeps its placeholders).
+func (r *Rule) EventTypes() []string {
+	out := make([]string, len(r.emits))
+	for i, e := range r.emits {
+		out[i] = e.typ.raw
+	}
+	return out
+}
+
+// Methods returns the methods the rule matches ("*" for any).
+func (r *Rule) Methods() []string { return append([]string(nil), r.methods...) }
+
+// Paths returns the rule's path templates as written.
+func (r *Rule) Paths() []string {
+	out := make([]string, len(r.paths))
+	for i, p := range r.paths {
+		out[i] = p.raw
+	}
+	return out
+}

@@ -1,0 +1,281 @@
+package rules
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Set is an immutable, indexed collection of rules from one or more files.
+// It is safe for concurrent use.
+type Set struct {
+	files    []*File
+	rules    []*Rule
+	byMethod map[string]*trie
+	anyMeth  *trie
+}
+
+// Load reads rule files named by paths or glob patterns and merges them into a
+// Set. A pattern that matches no file, an unreadable file, a parse problem or a
+// rule name used twice is an error; the error is an ErrorList with every problem.
+func Load(patterns ...string) (*Set, error) {
+	files, err := ExpandPatterns(patterns...)
+	if err != nil {
+		return nil, err
+	}
+	var errs ErrorList
+	var parsed []*File
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			errs = append(errs, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)})
+			continue
+		}
+		f, err := Parse(name, data)
+		if err != nil {
+			errs = append(errs, asErrorList(name, err)...)
+			continue
+		}
+		parsed = append(parsed, f)
+	}
+	if len(errs) > 0 {
+		return nil, errs.err()
+	}
+	return NewSet(parsed...)
+}
+
+// ExpandPatterns turns file names and glob patterns into a sorted list of files.
+func ExpandPatterns(patterns ...string) ([]string, error) {
+	if len(patterns) == 0 {
+		return nil, fmt.Errorf("loading rules: no rule files given")
+	}
+	seen := map[string]bool{}
+	var out []string
+	var errs ErrorList
+	for _, p := range patterns {
+		var matches []string
+		if strings.ContainsAny(p, "*?[") {
+			m, err := filepath.Glob(p)
+			if err != nil {
+				errs = append(errs, &Error{File: p, Msg: fmt.Sprintf("bad glob pattern: %v", err)})
+				continue
+			}
+			if len(m) == 0 {
+				errs = append(errs, &Error{File: p, Msg: "no rule files match this pattern"})
+				continue
+			}
+			matches = m
+		} else {
+			st, err := os.Stat(p)
+			if err != nil {
+				errs = append(errs, &Error{File: p, Msg: fmt.Sprintf("reading rules: %v", err)})
+				continue
+			}
+			if st.IsDir() {
+				errs = append(errs, &Error{File: p, Msg: "is a directory; want a file or a glob such as " + filepath.Join(p, "*.yaml")})
+				continue
+			}
+			matches = []string{p}
+		}
+		sort.Strings(matches)
+		for _, m := range matches {
+			if st, err := os.Stat(m); err == nil && st.IsDir() {
+				continue
+			}
+			if !seen[m] {
+				seen[m] = true
+				out = append(out, m)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return out, nil
+}
+
+func asErrorList(file string, err error) ErrorList {
+	if l, ok := err.(ErrorList); ok {
+		return l
+	}
+	return ErrorList{{File: file, Msg: err.Error()}}
+}
+
+// NewSet merges parsed files into a Set; a rule name defined in two files is an error.
+func NewSet(files ...*File) (*Set, error) {
+	s := &Set{files: files, byMethod: map[string]*trie{}, anyMeth: &trie{}}
+	names := map[string]*Rule{}
+	var errs ErrorList
+	for _, f := range files {
+		for _, r := range f.rules {
+			if prev, dup := names[r.Name]; dup {
+				errs = append(errs, &Error{File: r.File, Line: r.Line, Column: 1, Field: "name",
+					Msg: fmt.Sprintf("duplicate rule name %q (also defined at %s:%d)", r.Name, prev.File, prev.Line)})
+				continue
+			}
+			names[r.Name] = r
+			r.index = len(s.rules)
+			s.rules = append(s.rules, r)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs.err()
+	}
+	for _, r := range s.rules {
+		for _, m := range r.methods {
+			t := s.anyMeth
+			if m != "*" {
+				t = s.byMethod[m]
+				if t == nil {
+					t = &trie{}
+					s.byMethod[m] = t
+				}
+			}
+			for _, p := range r.paths {
+				t.insert(p, r.index)
+			}
+		}
+	}
+	return s, nil
+}
+
+// Rules returns every rule in file order.
+func (s *Set) Rules() []*Rule { return append([]*Rule(nil), s.rules...) }
+
+// Files returns the names of the files the Set was built from.
+func (s *Set) Files() []string {
+	out := make([]string, len(s.files))
+	for i, f := range s.files {
+		out[i] = f.Name
+	}
+	return out
+}
+
+// EventTypes returns the distinct event types the rules emit, sorted; templated
+// types appear as written (e.g. "user.{request.body.action}").
+func (s *Set) EventTypes() []EventType {
+	byType := map[string]*EventType{}
+	for _, r := range s.rules {
+		for _, e := range r.emits {
+			et := byType[e.typ.raw]
+			if et == nil {
+				et = &EventType{Type: e.typ.raw, Templated: len(e.typ.phs) > 0}
+				byType[e.typ.raw] = et
+			}
+			et.Rules = append(et.Rules, r.Name)
+		}
+	}
+	out := make([]EventType, 0, len(byType))
+	for _, k := range sortedKeys(byType) {
+		out = append(out, *byType[k])
+	}
+	return out
+}
+
+// EventType describes one event type the loaded rules can emit.
+type EventType struct {
+	Type      string   `json:"type"`
+	Templated bool     `json:"templated,omitempty"`
+	Rules     []string `json:"rules"`
+}
+
+// CanMatch reports whether any rule could match an exchange with this method
+// and path, before anything is buffered. It does not allocate.
+func (s *Set) CanMatch(method, path string) bool {
+	if s == nil || path == "" || path[0] != '/' {
+		return false
+	}
+	if t := s.byMethod[method]; t != nil && t.any(path, 1) {
+		return true
+	}
+	return s.anyMeth.any(path, 1)
+}
+
+// Plan reports whether any rule could match method and path, and which bodies
+// the candidate rules read, so the caller buffers only what is needed.
+func (s *Set) Plan(method, path string) (Need, bool) {
+	var need Need
+	if !s.CanMatch(method, path) {
+		return need, false
+	}
+	for _, i := range s.candidates(method, path, nil) {
+		n := s.rules[i].need
+		need.RequestBody = need.RequestBody || n.RequestBody
+		need.ResponseBody = need.ResponseBody || n.ResponseBody
+	}
+	return need, true
+}
+
+func (s *Set) candidates(method, path string, buf []int) []int {
+	if t := s.byMethod[method]; t != nil {
+		buf = t.collect(path, 1, buf)
+	}
+	buf = s.anyMeth.collect(path, 1, buf)
+	return sortUnique(buf)
+}
+
+// Match is a rule that matched an exchange.
+type Match struct {
+	Rule   *Rule
+	Params []Param
+}
+
+// Match returns the rules that match the exchange, in file order. Status,
+// host and every request/response condition are checked.
+func (s *Set) Match(ex *Exchange) []*Match {
+	if s == nil || ex.Path == "" || ex.Path[0] != '/' {
+		return nil
+	}
+	var buf [8]int
+	cands := s.candidates(ex.Method, ex.Path, buf[:0])
+	if len(cands) == 0 {
+		return nil
+	}
+	var out []*Match
+	for _, i := range cands {
+		r := s.rules[i]
+		if m, ok := r.match(ex); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (r *Rule) match(ex *Exchange) (*Match, bool) {
+	if !r.status.match(ex.Status) {
+		return nil, false
+	}
+	if len(r.hosts) > 0 && !r.matchHost(ex.Host) {
+		return nil, false
+	}
+	var params []Param
+	ok := false
+	for _, pt := range r.paths {
+		if params, ok = pt.match(ex.Path, params[:0]); ok {
+			break
+		}
+	}
+	if !ok {
+		return nil, false
+	}
+	if !r.req.eval(ex, false) || !r.resp.eval(ex, true) {
+		return nil, false
+	}
+	return &Match{Rule: r, Params: params}, true
+}
+
+func (r *Rule) matchHost(host string) bool {
+	h := hostOnly(host)
+	for _, want := range r.hosts {
+		if strings.HasPrefix(want, "*.") {
+			if strings.HasSuffix(h, want[1:]) && len(h) > len(want)-1 {
+				return true
+			}
+		} else if h == want {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,383 @@
+package rules
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/gjson"
+)
+
+// phKind is what a placeholder reads.
+type phKind uint8
+
+const (
+	phRequestBody phKind = iota + 1
+	phResponseBody
+	phPath
+	phQuery
+	phRequestHeader
+	phRequestCookie
+	phResponseHeader
+	phStatus
+	phMethod
+	phRequestPath
+	phHost
+	phLookupBody
+	phLookupStatus
+)
+
+// placeholder is one {…} reference.
+type placeholder struct {
+	raw    string // as written, without braces
+	kind   phKind
+	name   string // path param, query/header/cookie name, or lookup name
+	gpath  string // gjson path into a body; "" for the whole body
+	secret bool   // the last element of the reference is password-like
+}
+
+// tmpl is a string with placeholders. When the string is exactly one
+// placeholder, whole is set and the value keeps its JSON type.
+type tmpl struct {
+	raw   string
+	lits  []string       // lits[i] precedes phs[i]; len(lits) == len(phs)+1
+	phs   []*placeholder // in order
+	whole *placeholder
+}
+
+// scope says which placeholders a template may use.
+type scope struct {
+	params  []map[string]bool // per path template: its parameter names
+	lookups map[string]bool   // lookups declared so far
+}
+
+// parseTmpl parses s; errors describe the problem without position (the caller adds it).
+func parseTmpl(s string, sc *scope) (*tmpl, error) {
+	t := &tmpl{raw: s}
+	var lit strings.Builder
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '{' && i+1 < len(s) && s[i+1] == '{':
+			lit.WriteByte('{')
+			i += 2
+		case c == '}' && i+1 < len(s) && s[i+1] == '}':
+			lit.WriteByte('}')
+			i += 2
+		case c == '}':
+			return nil, fmt.Errorf("unmatched \"}\" at offset %d (write \"}}\" for a literal brace)", i)
+		case c == '{':
+			end, depth := -1, 0
+			for j := i + 1; j < len(s); j++ {
+				if s[j] == '{' {
+					depth++
+				} else if s[j] == '}' {
+					if depth == 0 {
+						end = j
+						break
+					}
+					depth--
+				}
+			}
+			if end < 0 {
+				return nil, fmt.Errorf("unclosed placeholder %q: want {…} (write \"{{\" for a literal brace)", s[i:])
+			}
+			ph, err := parsePlaceholder(strings.TrimSpace(s[i+1:end]), sc)
+			if err != nil {
+				return nil, err
+			}
+			t.lits = append(t.lits, lit.String())
+			lit.Reset()
+			t.phs = append(t.phs, ph)
+			i = end + 1
+		default:
+			lit.WriteByte(c)
+			i++
+		}
+	}
+	t.lits = append(t.lits, lit.String())
+	if len(t.phs) == 1 && t.lits[0] == "" && t.lits[1] == "" {
+		t.whole = t.phs[0]
+	}
+	return t, nil
+}
+
+const placeholderHelp = "want one of request.body…, response.body…, path.<param>, request.query.<name>, request.header.<Name>, request.cookie.<name>, response.header.<Name>, response.status, request.method, request.path, request.host, <lookup>.body…, <lookup>.status"
+
+func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
+	if raw == "" {
+		return nil, fmt.Errorf("empty placeholder {}: %s", placeholderHelp)
+	}
+	ph := &placeholder{raw: raw}
+	head, rest, _ := strings.Cut(raw, ".")
+	switch head {
+	case "request", "response":
+		sub, rest2, _ := strings.Cut(rest, ".")
+		switch {
+		case sub == "body":
+			ph.kind = phRequestBody
+			if head == "response" {
+				ph.kind = phResponseBody
+			}
+			ph.gpath = rest2
+		case head == "request" && sub == "query" && rest2 != "":
+			ph.kind, ph.name = phQuery, rest2
+		case sub == "header" && rest2 != "":
+			ph.kind, ph.name = phRequestHeader, canonicalHeader(rest2)
+			if head == "response" {
+				ph.kind = phResponseHeader
+			}
+		case head == "request" && sub == "cookie" && rest2 != "":
+			ph.kind, ph.name = phRequestCookie, rest2
+		case head == "response" && sub == "status" && rest2 == "":
+			ph.kind = phStatus
+		case head == "request" && sub == "method" && rest2 == "":
+			ph.kind = phMethod
+		case head == "request" && sub == "path" && rest2 == "":
+			ph.kind = phRequestPath
+		case head == "request" && sub == "host" && rest2 == "":
+			ph.kind = phHost
+		default:
+			return nil, fmt.Errorf("unknown placeholder {%s}: %s", raw, placeholderHelp)
+		}
+	case "path":
+		if rest == "" {
+			return nil, fmt.Errorf("placeholder {path} needs a parameter name, e.g. {path.id}")
+		}
+		ph.kind, ph.name = phPath, rest
+		if sc != nil {
+			for _, p := range sc.params {
+				if !p[rest] {
+					return nil, fmt.Errorf("placeholder {%s}: the path template has no parameter {%s}; it has: %s", raw, rest, paramList(p))
+				}
+			}
+		}
+	default:
+		sub, rest2, _ := strings.Cut(rest, ".")
+		if sc == nil || !sc.lookups[head] {
+			if sc != nil && len(sc.lookups) > 0 {
+				return nil, fmt.Errorf("unknown placeholder {%s}: %q is not a lookup of this rule (lookups: %s); %s", raw, head, strings.Join(sortedKeys(sc.lookups), ", "), placeholderHelp)
+			}
+			return nil, fmt.Errorf("unknown placeholder {%s}: %s", raw, placeholderHelp)
+		}
+		ph.name = head
+		switch {
+		case sub == "body":
+			ph.kind, ph.gpath = phLookupBody, rest2
+		case sub == "status" && rest2 == "":
+			ph.kind = phLookupStatus
+		default:
+			return nil, fmt.Errorf("unknown placeholder {%s}: a lookup offers {%s.body}, {%s.body.<path>} and {%s.status}", raw, head, head, head)
+		}
+	}
+	ph.secret = isSecretKey(lastElement(raw))
+	return ph, nil
+}
+
+func paramList(p map[string]bool) string {
+	if len(p) == 0 {
+		return "none"
+	}
+	keys := sortedKeys(p)
+	for i, k := range keys {
+		keys[i] = "{" + k + "}"
+	}
+	return strings.Join(keys, ", ")
+}
+
+// lastElement returns the last dotted element of a reference, ignoring gjson modifiers.
+func lastElement(ref string) string {
+	if i := strings.LastIndexByte(ref, '.'); i >= 0 {
+		ref = ref[i+1:]
+	}
+	return strings.TrimLeft(ref, "@#")
+}
+
+// needs reports which bodies a template reads.
+func (t *tmpl) needs(n *Need) {
+	if t == nil {
+		return
+	}
+	for _, ph := range t.phs {
+		switch ph.kind {
+		case phRequestBody:
+			n.RequestBody = true
+		case phResponseBody:
+			n.ResponseBody = true
+		}
+	}
+}
+
+// usesLookup reports whether any placeholder reads a lookup.
+func (t *tmpl) lookupNames(into map[string]bool) {
+	if t == nil {
+		return
+	}
+	for _, ph := range t.phs {
+		if ph.kind == phLookupBody || ph.kind == phLookupStatus {
+			into[ph.name] = true
+		}
+	}
+}
+
+// value is a resolved placeholder.
+type value struct {
+	found  bool
+	isJSON bool   // raw holds JSON; otherwise text holds a plain string
+	raw    string // JSON text
+	text   string
+}
+
+func (v value) String() string {
+	if !v.isJSON {
+		return v.text
+	}
+	r := gjson.Parse(v.raw)
+	if r.Type == gjson.Null {
+		return ""
+	}
+	return r.String()
+}
+
+func (v value) appendJSON(dst []byte) []byte {
+	if !v.found {
+		return append(dst, "null"...)
+	}
+	if v.isJSON {
+		return append(dst, v.raw...)
+	}
+	return appendQuote(dst, v.text)
+}
+
+func textValue(s string, ok bool) value { return value{found: ok, text: s} }
+
+func jsonResult(r gjson.Result) value {
+	if !r.Exists() {
+		return value{}
+	}
+	return value{found: true, isJSON: true, raw: r.Raw}
+}
+
+// resolve reads ph from the exchange.
+func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
+	switch ph.kind {
+	case phRequestBody, phResponseBody:
+		body, ok := ex.jsonBody(ph.kind == phResponseBody)
+		if !ok {
+			return value{}
+		}
+		if ph.gpath == "" {
+			return value{found: true, isJSON: true, raw: string(body)}
+		}
+		return jsonResult(gjson.GetBytes(body, ph.gpath))
+	case phPath:
+		for _, p := range params {
+			if p.Name == ph.name {
+				return textValue(p.Value, true)
+			}
+		}
+		return value{}
+	case phQuery:
+		vals, ok := ex.query()[ph.name]
+		if !ok || len(vals) == 0 {
+			return value{}
+		}
+		return textValue(vals[0], true)
+	case phRequestHeader:
+		return headerValue(ex.RequestHeader, ph.name)
+	case phResponseHeader:
+		return headerValue(ex.ResponseHeader, ph.name)
+	case phRequestCookie:
+		v, ok := ex.requestCookie(ph.name)
+		return textValue(v, ok)
+	case phStatus:
+		return value{found: true, isJSON: true, raw: strconv.Itoa(ex.Status)}
+	case phMethod:
+		return textValue(ex.Method, true)
+	case phRequestPath:
+		return textValue(ex.Path, true)
+	case phHost:
+		return textValue(ex.Host, ex.Host != "")
+	case phLookupBody, phLookupStatus:
+		lr, ok := ex.Lookups[ph.name]
+		if !ok || lr.Err != "" || lr.Status < 200 || lr.Status > 299 {
+			if ph.kind == phLookupStatus && ok && lr.Status != 0 {
+				return value{found: true, isJSON: true, raw: strconv.Itoa(lr.Status)}
+			}
+			return value{}
+		}
+		if ph.kind == phLookupStatus {
+			return value{found: true, isJSON: true, raw: strconv.Itoa(lr.Status)}
+		}
+		body, ok := lr.jsonBody()
+		if !ok {
+			return value{}
+		}
+		if ph.gpath == "" {
+			return value{found: true, isJSON: true, raw: string(body)}
+		}
+		return jsonResult(gjson.GetBytes(body, ph.gpath))
+	}
+	return value{}
+}
+
+func headerValue(h map[string][]string, name string) value {
+	if vals := h[name]; len(vals) > 0 {
+		return textValue(vals[0], true)
+	}
+	return value{}
+}
+
+// render evaluates the template. missing collects unresolved placeholders.
+// A whole-value template yields its value's JSON; otherwise a JSON string.
+func (t *tmpl) renderJSON(dst []byte, ex *Exchange, params []Param, missing *[]string) []byte {
+	if t.whole != nil {
+		v := t.whole.resolve(ex, params)
+		if !v.found {
+			addMissing(missing, t.whole.raw)
+		}
+		return v.appendJSON(dst)
+	}
+	return appendQuote(dst, t.renderText(ex, params, missing))
+}
+
+// renderText evaluates the template as text.
+func (t *tmpl) renderText(ex *Exchange, params []Param, missing *[]string) string {
+	if len(t.phs) == 0 {
+		return t.lits[0]
+	}
+	var b strings.Builder
+	for i, ph := range t.phs {
+		b.WriteString(t.lits[i])
+		v := ph.resolve(ex, params)
+		if !v.found {
+			addMissing(missing, ph.raw)
+		}
+		b.WriteString(v.String())
+	}
+	b.WriteString(t.lits[len(t.phs)])
+	return b.String()
+}
+
+// hasSecret reports whether any placeholder reads a password-like value.
+func (t *tmpl) secretRefs() []string {
+	var out []string
+	for _, ph := range t.phs {
+		if ph.secret {
+			out = append(out, lastElement(ph.raw))
+		}
+	}
+	return out
+}
+
+func addMissing(missing *[]string, raw string) {
+	if missing == nil {
+		return
+	}
+	for _, m := range *missing {
+		if m == raw {
+			return
+		}
+	}
+	*missing = append(*missing, raw)
+}
