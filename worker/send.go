@@ -263,6 +263,9 @@ func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
 	if err != nil {
 		return fail(true, err)
 	}
+	if !httpguts.ValidHeaderFieldValue(r.MsgID) {
+		return fail(true, errors.New("message id contains characters not allowed in a header"))
+	}
 	if r.BearerToken != "" && !httpguts.ValidHeaderFieldValue(r.BearerToken) {
 		return fail(true, errors.New("bearer token contains characters not allowed in a header"))
 	}
@@ -287,9 +290,12 @@ func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
 		return fail(true, fmt.Errorf("building request: %w", err))
 	}
 	h := req.Header
-	h.Set(HeaderWebhookID, r.MsgID)
-	h.Set(HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
-	h.Set(HeaderWebhookSignature, sig)
+	// The Standard Webhooks headers go out spelled exactly as the spec
+	// writes them (lower case), not in Go's canonical form; receivers
+	// compare names case-insensitively either way.
+	h[HeaderWebhookID] = []string{r.MsgID}
+	h[HeaderWebhookTimestamp] = []string{strconv.FormatInt(now.Unix(), 10)}
+	h[HeaderWebhookSignature] = []string{sig}
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", s.opts.UserAgent)
 	if r.BearerToken != "" {

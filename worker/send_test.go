@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -423,6 +424,7 @@ func TestSendPermanentFailures(t *testing.T) {
 		{"no secrets", func(r *SendRequest) { r.Secrets = nil }, "no secret"},
 		{"short secret", func(r *SendRequest) { r.Secrets = [][]byte{[]byte("short")} }, "5 bytes"},
 		{"no id", func(r *SendRequest) { r.MsgID = "" }, "empty message id"},
+		{"bad id", func(r *SendRequest) { r.MsgID = "evt\n1" }, "message id"},
 		{"bad token", func(r *SendRequest) { r.BearerToken = "abc\r\nX-Evil: 1" }, "bearer token"},
 		{"bad event header", func(r *SendRequest) { r.EventHeader = "X Event" }, "not a valid header name"},
 		{"bad event type", func(r *SendRequest) { r.EventHeader = "X-Event"; r.EventType = "a\nb" }, "not a valid header value"},
@@ -536,4 +538,68 @@ func TestSendLiveRedirectPolicy(t *testing.T) {
 			t.Errorf("%d redirect to %s: %+v, want permanent %q", i, tc.location, res, tc.wantErr)
 		}
 	}
+}
+
+// TestSendWireHeaderNames checks the raw request: the Standard Webhooks
+// headers are spelled in lower case as the spec writes them.
+func TestSendWireHeaderNames(t *testing.T) {
+	_, key := mustSecret(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	head := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			head <- ""
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		var sb strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			sb.WriteString(line)
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		io.WriteString(c, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+		head <- sb.String()
+	}()
+	res := NewSender(SenderOptions{}).Send(context.Background(), SendRequest{URL: "http://" + ln.Addr().String() + "/", MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 5 * time.Second})
+	if !res.Success {
+		t.Fatalf("Send = %+v", res)
+	}
+	h := <-head
+	for _, want := range []string{"POST / HTTP/1.1\r\n", "\r\nwebhook-id: evt_1\r\n", "\r\nwebhook-timestamp: ", "\r\nwebhook-signature: v1,", "\r\nContent-Type: application/json\r\n"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("request head lacks %q:\n%s", want, h)
+		}
+	}
+}
+
+// ExampleSender_Send delivers one signed event to a test endpoint.
+func ExampleSender_Send() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "thanks")
+	}))
+	defer srv.Close()
+
+	secret, _ := NewSecret() // stored with the endpoint, shown to its owner once
+	key, _ := DecodeSecret(secret)
+
+	s := NewSender(SenderOptions{})
+	res := s.Send(context.Background(), SendRequest{
+		URL:       srv.URL,
+		MsgID:     "evt_01",
+		EventType: "user.created",
+		Body:      []byte(`{"id":"evt_01","type":"user.created","data":{"id":"u_1"}}`),
+		Secrets:   [][]byte{key},
+	})
+	fmt.Println(res.Success, res.StatusCode, res.ResponseExcerpt)
+	// Output: true 202 thanks
 }

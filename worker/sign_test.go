@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -132,4 +133,12 @@ func TestSignVerifiesWithReferenceLibraries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ExampleSign signs the Standard Webhooks reference message.
+func ExampleSign() {
+	key, _ := DecodeSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	sig, _ := Sign([][]byte{key}, "msg_p5jXN8AQM9LWM0D4loKWxJek", time.Unix(1614265330, 0), []byte(`{"test": 2432232314}`))
+	fmt.Println(sig)
+	// Output: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=
 }
