@@ -350,10 +350,20 @@ func (s *Sender) transportFailure(res SendResult, err error, timeout time.Durati
 }
 
 // excerpt returns at most n bytes of b as valid UTF-8, never cutting a
-// character in two; invalid bytes become U+FFFD.
+// character in two: a character the cut (or the read cap) split is dropped,
+// and other invalid bytes become U+FFFD.
 func excerpt(b []byte, n int) string {
-	if len(b) > 4*n {
-		b = b[:4*n] // enough input for n output bytes
+	if len(b) > n {
+		b = b[:n]
+	}
+	// Drop a trailing incomplete character.
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				b = b[:i]
+			}
+			break
+		}
 	}
 	s := strings.ToValidUTF8(string(b), "\uFFFD")
 	if len(s) <= n {

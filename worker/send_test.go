@@ -285,31 +285,71 @@ func TestSendConnectionRefusedIsRetryable(t *testing.T) {
 	}
 }
 
+// endlessBody is a response body that never ends and counts what was read.
+type endlessBody struct {
+	read   atomic.Int64
+	closed atomic.Bool
+}
+
+func (b *endlessBody) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = "日本"[i%6/3*3+i%3] // valid 3-byte characters, when read in whole
+	}
+	b.read.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func (b *endlessBody) Close() error { b.closed.Store(true); return nil }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
 func TestSendResponseCap(t *testing.T) {
 	_, key := mustSecret(t)
-	var wrote atomic.Int64
+	for i, tc := range []struct {
+		max  int64
+		want int64 // bytes read at most
+	}{
+		{max: 0, want: DefaultMaxResponseBytes},
+		{max: 4096, want: 4096},
+		{max: 100, want: 100},
+	} {
+		body := &endlessBody{}
+		s := NewSender(SenderOptions{MaxResponseBytes: tc.max})
+		s.test.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			return &http.Response{StatusCode: 500, Header: http.Header{}, Body: body, Request: r}, nil
+		})
+		res := s.Send(context.Background(), SendRequest{URL: "http://receiver.test/", MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}})
+		if res.StatusCode != 500 || res.Err != "" {
+			t.Fatalf("%d: Send = %+v", i, res)
+		}
+		if got := body.read.Load(); got > tc.want {
+			t.Errorf("%d: read %d bytes of the response, cap %d", i, got, tc.want)
+		}
+		if !body.closed.Load() {
+			t.Errorf("%d: response body not closed", i)
+		}
+		wantEx := min(int(tc.want), MaxExcerptBytes)
+		if n := len(res.ResponseExcerpt); n > wantEx || n < wantEx-3 || !utf8.ValidString(res.ResponseExcerpt) {
+			t.Errorf("%d: excerpt of %d bytes (valid=%v), want about %d", i, n, utf8.ValidString(res.ResponseExcerpt), wantEx)
+		}
+	}
+
+	// Over a real connection, a huge response does not hold the sender up.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(500)
-		chunk := []byte(strings.Repeat("é", 512)) // 1 KiB of 2-byte characters
-		for range 4096 {                          // 4 MiB
-			n, err := w.Write(chunk)
-			wrote.Add(int64(n))
-			if err != nil {
+		w.WriteHeader(502)
+		chunk := []byte(strings.Repeat("é", 512))
+		for range 4096 { // 4 MiB
+			if _, err := w.Write(chunk); err != nil {
 				return
 			}
 		}
 	}))
 	defer srv.Close()
-	s := NewSender(SenderOptions{MaxResponseBytes: 8 << 10})
-	res := s.Send(context.Background(), SendRequest{URL: srv.URL + "/", MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 5 * time.Second})
-	if res.StatusCode != 500 || res.Err != "" {
-		t.Fatalf("Send = %+v", res)
-	}
-	if len(res.ResponseExcerpt) > MaxExcerptBytes || len(res.ResponseExcerpt) < MaxExcerptBytes-3 {
-		t.Errorf("excerpt is %d bytes, want about %d", len(res.ResponseExcerpt), MaxExcerptBytes)
-	}
-	if !utf8.ValidString(res.ResponseExcerpt) {
-		t.Error("excerpt is not valid UTF-8")
+	res := NewSender(SenderOptions{MaxResponseBytes: 8 << 10}).Send(context.Background(), SendRequest{URL: srv.URL, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 5 * time.Second})
+	if res.StatusCode != 502 || len(res.ResponseExcerpt) != MaxExcerptBytes || !utf8.ValidString(res.ResponseExcerpt) {
+		t.Errorf("Send = status %d excerpt %d bytes, err %q", res.StatusCode, len(res.ResponseExcerpt), res.Err)
 	}
 }
 
@@ -330,6 +370,9 @@ func TestExcerpt(t *testing.T) {
 		{"a\xffb", 10, "a\uFFFDb"}, // invalid byte replaced
 		{"a\xffb", 3, "a"},         // replacement is 3 bytes
 		{"€€€", 0, ""},
+		{"ab\xe6\x97", 10, "ab"},       // body ends inside a character (read cap): dropped
+		{"ab\xe6\x97\xa5", 4, "ab"},    // cut inside a character: dropped
+		{"\xff\xfeok", 10, "\uFFFDok"}, // a run of invalid bytes becomes one U+FFFD
 	} {
 		got := excerpt([]byte(tc.in), tc.n)
 		if got != tc.want || len(got) > tc.n || !utf8.ValidString(got) {

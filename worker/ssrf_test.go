@@ -93,6 +93,40 @@ func TestGuardDeniedRanges(t *testing.T) {
 	}
 }
 
+// TestGuardBlocksEveryDeniedRange checks the first and last address of every
+// range DefaultDeniedRanges lists.
+func TestGuardBlocksEveryDeniedRange(t *testing.T) {
+	g := newAddressGuard(nil)
+	for _, p := range DefaultDeniedRanges() {
+		first := p.Masked().Addr()
+		last := first
+		for a := first; a.IsValid() && p.Contains(a); a = a.Next() {
+			last = a
+			if p.Bits() < p.Addr().BitLen()-8 {
+				break // large range: the last address is checked below
+			}
+		}
+		if p.Bits() < p.Addr().BitLen()-8 {
+			b := first.AsSlice()
+			for i := p.Bits(); i < len(b)*8; i++ {
+				b[i/8] |= 1 << (7 - i%8)
+			}
+			last, _ = netip.AddrFromSlice(b)
+		}
+		for _, a := range []netip.Addr{first, last} {
+			if err := g.check(a); !errors.Is(err, ErrBlockedAddress) {
+				t.Errorf("%s in %s: %v, want blocked", a, p, err)
+			}
+		}
+	}
+	// Ranges listed in the brief, by a sample address each.
+	for _, s := range []string{"2001::1", "2001:2::1", "64:ff9b:1::5", "::ffff:100.64.0.1", "::ffff:255.255.255.255"} {
+		if err := g.check(netip.MustParseAddr(s)); !errors.Is(err, ErrBlockedAddress) {
+			t.Errorf("%s: %v, want blocked", s, err)
+		}
+	}
+}
+
 func TestGuardAllowlist(t *testing.T) {
 	g := newAddressGuard([]netip.Prefix{
 		netip.MustParsePrefix("10.1.0.0/16"),
