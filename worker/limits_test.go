@@ -1,0 +1,79 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestLimiterConcurrency(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	_, rdb := newTestRedis(t)
+	l := &limiter{rdb: rdb, now: clock.Now, lease: time.Minute, concurrencyWait: 100 * time.Millisecond}
+	r := &endpointRecord{ID: "ep", MaxConcurrency: 2}
+	var releases []func()
+	for i := range 2 {
+		rel, err := l.acquire(ctx, r, fmt.Sprint(i))
+		if err != nil {
+			t.Fatalf("slot %d: %v", i, err)
+		}
+		releases = append(releases, rel)
+	}
+	_, err := l.acquire(ctx, r, "3")
+	var te *ThrottledError
+	if !errors.As(err, &te) || te.Wait < 100*time.Millisecond || te.Wait > 150*time.Millisecond {
+		t.Fatalf("third slot: %v, want a ThrottledError of 100–150ms", err)
+	}
+	if IsFailure(err) {
+		t.Error("throttling counts as a failure")
+	}
+	releases[0]()
+	if _, err := l.acquire(ctx, r, "4"); err != nil {
+		t.Fatalf("slot after release: %v", err)
+	}
+	// A slot held by a worker that died frees itself when its lease ends.
+	clock.Add(time.Minute + time.Millisecond)
+	for i := range 2 {
+		if _, err := l.acquire(ctx, r, fmt.Sprint("late", i)); err != nil {
+			t.Fatalf("slot %d after lease expiry: %v", i, err)
+		}
+	}
+}
+
+func TestLimiterRate(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	_, rdb := newTestRedis(t)
+	l := &limiter{rdb: rdb, now: clock.Now, lease: time.Minute, concurrencyWait: time.Second}
+	r := &endpointRecord{ID: "ep", RateLimit: 10, MaxConcurrency: 1000}
+	granted := 0
+	for i := range 20 {
+		rel, err := l.acquire(ctx, r, fmt.Sprint(i))
+		if err == nil {
+			granted++
+			rel()
+			continue
+		}
+		var te *ThrottledError
+		if !errors.As(err, &te) || te.Wait <= 0 || te.Wait > 200*time.Millisecond {
+			t.Fatalf("acquire %d: %v", i, err)
+		}
+	}
+	if granted != 10 {
+		t.Errorf("granted %d of 20 at once, want the burst of 10", granted)
+	}
+	clock.Add(500 * time.Millisecond)
+	granted = 0
+	for i := range 10 {
+		if rel, err := l.acquire(ctx, r, fmt.Sprint("b", i)); err == nil {
+			granted++
+			rel()
+		}
+	}
+	if granted != 5 {
+		t.Errorf("granted %d after 500ms at 10/s, want 5", granted)
+	}
+}
