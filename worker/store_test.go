@@ -196,7 +196,10 @@ func TestStoreConfiguredEndpointsAreReadOnly(t *testing.T) {
 		"update": func() error { _, err := s.Update(ctx, "gitops", EndpointPatch{Description: &desc}); return err }(),
 		"delete": s.Delete(ctx, "gitops"),
 		"rotate": func() error { _, err := s.RotateSecret(ctx, "gitops", 0); return err }(),
-		"create": func() error { _, err := s.Create(ctx, EndpointConfig{ID: "gitops", URL: "https://x.example"}); return err }(),
+		"create": func() error {
+			_, err := s.Create(ctx, EndpointConfig{ID: "gitops", URL: "https://x.example"})
+			return err
+		}(),
 	} {
 		want := ErrReadOnly
 		if name == "create" {
