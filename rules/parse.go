@@ -29,8 +29,8 @@ type Rule struct {
 	Name        string
 	Description string
 	// File and Line say where the rule is defined.
-	File string
-	Line int
+	File         string
+	Line, Column int
 
 	methods []string // upper-case; "*" = any
 	paths   []*pathTmpl
@@ -185,7 +185,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		d.errf(n, "rules", "want a rule (a mapping with name, match and emit), got %s", kindName(n))
 		return nil
 	}
-	r := &Rule{File: d.file, Line: n.Line}
+	r := &Rule{File: d.file, Line: n.Line, Column: n.Column}
 	before := len(d.errs)
 	var matchNode, lookupNode, emitNode *yaml.Node
 	d.mapping(n, "",
@@ -492,11 +492,11 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 					}
 				}},
 			)
-			if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
-				d.errf(v, p, "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
-			}
 		}},
 	)
+	if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
+		d.errf(n, join(path, "dedupe"), "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
+	}
 	if len(d.errs) > before {
 		return nil
 	}

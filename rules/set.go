@@ -111,7 +111,7 @@ func NewSet(files ...*File) (*Set, error) {
 	for _, f := range files {
 		for _, r := range f.rules {
 			if prev, dup := names[r.Name]; dup {
-				errs = append(errs, &Error{File: r.File, Line: r.Line, Column: 1, Field: "name",
+				errs = append(errs, &Error{File: r.File, Line: r.Line, Column: r.Column, Field: "name",
 					Msg: fmt.Sprintf("duplicate rule name %q (also defined at %s:%d)", r.Name, prev.File, prev.Line)})
 				continue
 			}

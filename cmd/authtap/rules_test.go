@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const packYAML = `version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users}
+    emit:
+      type: user.created
+      subject: "{response.body.user.id}"
+      data: {id: "{response.body.user.id}", email: "{request.body.email}"}
+tests:
+  - name: sign-up emits user.created
+    request:  {method: POST, path: /api/users, body: {email: a@x.test, password: s3cret}}
+    response: {status: 201, body: {user: {id: u_1}}}
+    expect:   [{type: user.created, subject: u_1, data: {id: u_1, email: a@x.test}}]
+  - name: conflict emits nothing
+    request:  {method: POST, path: /api/users}
+    response: {status: 409}
+    expect:   []
+`
+
+func write(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRulesCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := write(t, dir, "good.yaml", packYAML)
+	var out, errb bytes.Buffer
+	if code := run([]string{"rules", "check", good}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ok    ") || !strings.Contains(lines[0], "good.yaml:10: sign-up emits user.created") ||
+		lines[2] != "1 rules in 1 files; tests: 2 passed, 0 failed" {
+		t.Fatalf("output:\n%s", out.String())
+	}
+
+	failing := write(t, dir, "failing.yaml", strings.Replace(packYAML, "subject: u_1", "subject: u_2", 1))
+	out.Reset()
+	if code := run([]string{"rules", "check", failing}, &out, &errb); code != 1 {
+		t.Fatalf("failing test: exit %d", code)
+	}
+	if !strings.Contains(out.String(), `FAIL  `+failing+`:10: sign-up emits user.created: event 1 (line 13): want subject "u_2", got "u_1"`) ||
+		!strings.Contains(out.String(), "1 passed, 1 failed") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+
+	bad := write(t, dir, "bad.yaml", strings.Replace(packYAML, "path: /api/users}\n    emit", "path: /api/users, status: ok}\n    emit", 1))
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"rules", "check", bad}, &out, &errb); code != 1 {
+		t.Fatalf("invalid file: exit %d", code)
+	}
+	if !strings.Contains(errb.String(), bad+`:4:53: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "ok"`) {
+		t.Fatalf("stderr:\n%s", errb.String())
+	}
+	if code := run([]string{"rules", "check"}, &out, &errb); code != 2 {
+		t.Fatalf("no files: exit %d", code)
+	}
+}
+
+func TestRulesTest(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "pack.yaml", packYAML)
+	for _, tc := range []struct{ name, req, resp string }{
+		{"json", `{"method":"POST","path":"/api/users","body":{"email":"b@x.test"}}`, `{"status":201,"body":{"user":{"id":"u_9"}}}`},
+		{"raw", "POST /api/users HTTP/1.1\nHost: auth.test\nContent-Type: application/json\n\n{\"email\":\"b@x.test\"}", "HTTP/1.1 201 Created\nContent-Type: application/json\n\n{\"user\":{\"id\":\"u_9\"}}"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := write(t, dir, tc.name+"-req", tc.req)
+			resp := write(t, dir, tc.name+"-resp", tc.resp)
+			var out, errb bytes.Buffer
+			if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp, "--source", "legacy-auth"}, &out, &errb); code != 0 {
+				t.Fatalf("exit %d: %s", code, errb.String())
+			}
+			var evs []map[string]any
+			if err := json.Unmarshal(out.Bytes(), &evs); err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			if len(evs) != 1 || evs[0]["type"] != "user.created" || evs[0]["subject"] != "u_9" ||
+				evs[0]["data"].(map[string]any)["email"] != "b@x.test" || evs[0]["source"].(map[string]any)["name"] != "legacy-auth" {
+				t.Fatalf("events %s", out.String())
+			}
+		})
+	}
+	var out, errb bytes.Buffer
+	req := write(t, dir, "get-req", `{"method":"GET","path":"/api/users"}`)
+	if code := run([]string{"rules", "test", pack, "--request", req}, &out, &errb); code != 0 || strings.TrimSpace(out.String()) != "[]" {
+		t.Fatalf("no match: exit %d out %q", code, out.String())
+	}
+	badReq := write(t, dir, "bad-req", `{"method":"GET"}`)
+	if code := run([]string{"rules", "test", pack, "--request", badReq}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `missing required key "path"`) {
+		t.Fatalf("bad request: exit %d err %q", code, errb.String())
+	}
+}

@@ -1,0 +1,5 @@
+package rules
+
+import "os"
+
+func writeFile(path, body string) error { return os.WriteFile(path, []byte(body), 0o644) }
