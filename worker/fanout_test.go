@@ -119,4 +119,3 @@ func TestFanout(t *testing.T) {
 		t.Errorf("malformed fan-out: %v, want SkipRetry", err)
 	}
 }
-
