@@ -121,6 +121,9 @@ type Sender struct {
 	test   *http.Client
 	liveTr *http.Transport
 	testTr *http.Transport
+	// liveDial is the live transport's guarded dialer (tests swap its
+	// resolver).
+	liveDial *guardedDialer
 }
 
 // policyError marks URL policy failures (bad URL, plain HTTP for a live
@@ -156,7 +159,8 @@ func NewSender(o SenderOptions) *Sender {
 
 	s.liveTr = s.newTransport()
 	s.liveTr.Proxy = nil
-	s.liveTr.DialContext = newGuardedDialer(newAddressGuard(o.Allowlist), base).DialContext
+	s.liveDial = newGuardedDialer(newAddressGuard(o.Allowlist), base)
+	s.liveTr.DialContext = s.liveDial.DialContext
 
 	s.testTr = s.newTransport()
 	s.testTr.Proxy = http.ProxyFromEnvironment

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +40,32 @@ func BenchmarkSendLoopback(b *testing.B) {
 		Timeout:     10 * time.Second,
 	}
 	b.SetParallelism(8) // 8 × GOMAXPROCS concurrent deliveries, like a worker pool
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if res := s.Send(context.Background(), req); !res.Success {
+				b.Errorf("delivery failed: %+v", res)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// BenchmarkSendLoopbackLiveTLS is BenchmarkSendLoopback for a live endpoint:
+// HTTPS through the guarded dialer, loopback opened by the allowlist.
+func BenchmarkSendLoopbackLiveTLS(b *testing.B) {
+	_, key := mustSecret(b)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	s := NewSender(SenderOptions{TLSClientConfig: trusting(srv), Allowlist: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	defer s.CloseIdleConnections()
+	req := SendRequest{URL: srv.URL + "/hook", MsgID: "evt_1", EventType: "user.created", Body: benchBody, Secrets: [][]byte{key}, Live: true, Timeout: 10 * time.Second}
+	b.SetParallelism(8)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

@@ -646,3 +646,42 @@ func ExampleSender_Send() {
 	fmt.Println(res.Success, res.StatusCode, res.ResponseExcerpt)
 	// Output: true 202 thanks
 }
+
+// TestSendLiveResolvesThroughGuard sends to live endpoints by name, with the
+// guarded dialer's resolver under test control: a name with any denied
+// answer is refused (DNS rebinding), an allowlisted answer is dialed.
+func TestSendLiveResolvesThroughGuard(t *testing.T) {
+	_, key := mustSecret(t)
+	srv, ch := receiver(t, true, nil) // its certificate is valid for example.com
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	names := map[string][]string{
+		"example.com":   {"127.0.0.1"},
+		"rebind.test":   {"93.184.216.34", "127.0.0.1"},
+		"metadata.test": {"169.254.169.254"},
+	}
+	for i, tc := range []struct {
+		host    string
+		allow   []netip.Prefix
+		success bool
+	}{
+		{host: "example.com"}, // loopback answer, no allowlist
+		{host: "example.com", allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, success: true},
+		{host: "rebind.test", allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		{host: "metadata.test", allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}},
+	} {
+		s := NewSender(SenderOptions{TLSClientConfig: trusting(srv), Allowlist: tc.allow})
+		s.liveDial.lookup = fakeLookup(names)
+		res := s.Send(context.Background(), SendRequest{URL: "https://" + net.JoinHostPort(tc.host, port) + "/", MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Live: true, Timeout: 5 * time.Second})
+		if tc.success {
+			if !res.Success {
+				t.Errorf("%d %s: %+v, want success", i, tc.host, res)
+				continue
+			}
+			next(t, ch)
+			continue
+		}
+		if res.Success || !res.Permanent || !strings.Contains(res.Err, ErrBlockedAddress.Error()) {
+			t.Errorf("%d %s: %+v, want permanent block", i, tc.host, res)
+		}
+	}
+}
