@@ -1,0 +1,384 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/authtap/authtap/internal/redistest"
+	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// fastRetry is a retry schedule for tests: quick retries, then archive.
+var fastRetry = RetryPolicy{Schedule: []time.Duration{0, 100 * time.Millisecond, 100 * time.Millisecond}, Jitter: -1}
+
+// startWorker starts a worker on srv with fast polling; it is shut down when the test ends.
+func startWorker(t *testing.T, srv *redistest.Server, cfg Config) *Worker {
+	t.Helper()
+	opt, err := ParseRedisURL(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Redis = opt
+	if cfg.Logger == nil {
+		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	if cfg.DelayedTaskCheckInterval == 0 {
+		cfg.DelayedTaskCheckInterval = 100 * time.Millisecond
+	}
+	if len(cfg.Retry.Schedule) == 0 {
+		cfg.Retry = fastRetry
+	}
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Shutdown)
+	return w
+}
+
+// enqueueEvents enqueues n events of typ and returns their ids; each event's
+// data carries its enqueue time in unix nanoseconds.
+func enqueueEvents(t *testing.T, srv *redistest.Server, typ, mode string, n int) []string {
+	t.Helper()
+	c := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer c.Close()
+	ids := make([]string, n)
+	for i := range n {
+		now := time.Now()
+		ev := rules.Event{
+			ID: rules.NewEventID(now), Type: typ, Timestamp: now.UTC().Truncate(time.Millisecond),
+			Data:   json.RawMessage(fmt.Sprintf(`{"i":%d,"enqueued":%d}`, i, now.UnixNano())),
+			Source: rules.Source{Name: "test", Rule: "r"}, Mode: mode,
+		}
+		task, err := tasks.NewFanoutTask(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = ev.ID
+	}
+	return ids
+}
+
+// hit is one request seen by a recorder.
+type hit struct {
+	webhookID string
+	eventID   string
+	enqueued  time.Time
+	received  time.Time
+}
+
+// recorder is a webhook receiver that records every request.
+type recorder struct {
+	mu   sync.Mutex
+	hits []hit
+	seen chan struct{} // one value per request, buffered
+}
+
+func newRecorder(t *testing.T, delay time.Duration, status int) (*recorder, *httptest.Server) {
+	rec := &recorder{seen: make(chan struct{}, 100000)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received := time.Now()
+		body, _ := io.ReadAll(r.Body)
+		var ev struct {
+			ID   string `json:"id"`
+			Data struct {
+				Enqueued int64 `json:"enqueued"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(body, &ev)
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rec.mu.Lock()
+		rec.hits = append(rec.hits, hit{webhookID: r.Header.Get("webhook-id"), eventID: ev.ID,
+			enqueued: time.Unix(0, ev.Data.Enqueued), received: received})
+		rec.mu.Unlock()
+		w.WriteHeader(status)
+		rec.seen <- struct{}{}
+	}))
+	t.Cleanup(srv.Close)
+	return rec, srv
+}
+
+func (r *recorder) snapshot() []hit {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.hits)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWorkerEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	ok, okSrv := newRecorder(t, 0, 200)
+	bad, badSrv := newRecorder(t, 0, 500)
+	w := startWorker(t, srv, Config{
+		Endpoints: []EndpointConfig{{ID: "gitops", URL: okSrv.URL, Mode: "test", Secret: testSecret(t), Events: []string{"user.*"}}},
+	})
+	if _, err := w.Store().Create(ctx, EndpointConfig{ID: "bad", URL: badSrv.URL, Mode: "test", Events: []string{"user.created"}}); err != nil {
+		t.Fatal(err)
+	}
+	ids := enqueueEvents(t, srv, "user.created", "test", 3)
+	enqueueEvents(t, srv, "user.created", "live", 2) // no live endpoint: not delivered
+	waitFor(t, 10*time.Second, "3 deliveries to the good endpoint", func() bool { return len(ok.snapshot()) >= 3 })
+	for _, h := range ok.snapshot() {
+		if h.webhookID != h.eventID || !slices.Contains(ids, h.eventID) {
+			t.Errorf("delivery %+v: webhook-id must be the event id of a test event", h)
+		}
+	}
+	// The failing endpoint gets 3 attempts per event (schedule of 3), then the task is archived.
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	waitFor(t, 15*time.Second, "the failing deliveries to be archived", func() bool {
+		archived, _ := insp.ListArchivedTasks(tasks.QueueDeliver)
+		return len(archived) == 3
+	})
+	if n := len(bad.snapshot()); n != 9 {
+		t.Errorf("failing endpoint got %d attempts, want 9 (3 events × 3)", n)
+	}
+	atts, err := w.Store().EventAttempts(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var badAttempts []int
+	for _, a := range atts {
+		if a.EndpointID == "bad" {
+			badAttempts = append(badAttempts, a.Attempt)
+		}
+	}
+	if !slices.Equal(badAttempts, []int{1, 2, 3}) {
+		t.Errorf("attempt numbers of the failing endpoint = %v, want [1 2 3]", badAttempts)
+	}
+	if time.Sleep(200 * time.Millisecond); len(ok.snapshot()) != 3 {
+		t.Errorf("good endpoint got %d deliveries, want exactly 3", len(ok.snapshot()))
+	}
+}
+
+// Acceptance 7: a subscriber that takes 10 s per delivery does not delay another one.
+func TestSlowSubscriberDoesNotDelayOthers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 11s")
+	}
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	slow, slowSrv := newRecorder(t, 10*time.Second, 200)
+	fast, fastSrv := newRecorder(t, 0, 200)
+	w := startWorker(t, srv, Config{ShutdownTimeout: time.Second}) // default concurrency (20) and timeout (15s)
+	for id, u := range map[string]string{"slow": slowSrv.URL, "fast": fastSrv.URL} {
+		if _, err := w.Store().Create(ctx, EndpointConfig{ID: id, URL: u, Mode: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 50
+	enqueueEvents(t, srv, "user.created", "test", n)
+	waitFor(t, 10*time.Second, "50 fast deliveries", func() bool { return len(fast.snapshot()) >= n })
+	if got := len(slow.snapshot()); got > 0 {
+		t.Fatalf("slow endpoint already answered %d deliveries; the test needs it busy", got)
+	}
+	var lat []time.Duration
+	for _, h := range fast.snapshot() {
+		lat = append(lat, h.received.Sub(h.enqueued))
+	}
+	slices.Sort(lat)
+	p99 := lat[(len(lat)*99+99)/100-1]
+	t.Logf("fast endpoint latency from enqueue: p50 %v, p99 %v, max %v", lat[len(lat)/2], p99, lat[len(lat)-1])
+	if p99 >= time.Second {
+		t.Errorf("fast endpoint p99 = %v while the slow one is busy, want < 1s", p99)
+	}
+	// The slow endpoint's deliveries succeed after 10 s (they are not cut short).
+	waitFor(t, 14*time.Second, "the first slow deliveries", func() bool { return len(slow.snapshot()) >= 1 })
+	waitFor(t, 2*time.Second, "a recorded slow success", func() bool {
+		atts, _ := w.Store().Attempts(ctx, "slow", 10, time.Time{})
+		return len(atts) > 0 && atts[0].Success && atts[0].LatencyMS >= 10000
+	})
+}
+
+func TestGracefulShutdownWaitsForInFlight(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	var started, finished atomic.Int32
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started.Add(1)
+		time.Sleep(time.Second)
+		finished.Add(1)
+	}))
+	defer recv.Close()
+	w := startWorker(t, srv, Config{ShutdownTimeout: 10 * time.Second})
+	if _, err := w.Store().Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueEvents(t, srv, "user.created", "test", 3)
+	waitFor(t, 5*time.Second, "3 deliveries in flight", func() bool { return started.Load() == 3 })
+	begin := time.Now()
+	w.Shutdown()
+	if finished.Load() != 3 {
+		t.Errorf("Shutdown returned after %v with %d of 3 deliveries finished", time.Since(begin), finished.Load())
+	}
+	// The attempts were recorded as successes; nothing is left to retry.
+	rdb, _ := newTestRedisClient(srv)
+	defer rdb.Close()
+	s, _ := NewStore(rdb, StoreOptions{})
+	atts, err := s.Attempts(ctx, "ep", 10, time.Time{})
+	if err != nil || len(atts) != 3 || !atts[0].Success {
+		t.Errorf("attempts after shutdown = %+v, %v", atts, err)
+	}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	if q, err := insp.GetQueueInfo(tasks.QueueDeliver); err != nil || q.Pending+q.Active+q.Retry != 0 {
+		t.Errorf("deliver queue after shutdown: %+v, %v", q, err)
+	}
+}
+
+// TestWorkerHelperProcess is not a test: TestKilledWorkerLosesNothing runs the
+// test binary with AUTHTAP_WORKER_HELPER=1 to get a worker process it can SIGKILL.
+func TestWorkerHelperProcess(t *testing.T) {
+	if os.Getenv("AUTHTAP_WORKER_HELPER") != "1" {
+		t.Skip("helper process for TestKilledWorkerLosesNothing")
+	}
+	opt, err := ParseRedisURL(os.Getenv("AUTHTAP_WORKER_REDIS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Redis: opt, Retry: fastRetry, DelayedTaskCheckInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("worker ready")
+	select {} // until killed
+}
+
+// Acceptance 8: a worker killed with SIGKILL mid-burst loses nothing.
+func TestKilledWorkerLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 65s: asynq recovers a dead worker's tasks 30s after their 30s lease")
+	}
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rec, recv := newRecorder(t, 20*time.Millisecond, 200)
+	rdb, _ := newTestRedisClient(srv)
+	defer rdb.Close()
+	s, _ := NewStore(rdb, StoreOptions{})
+	if _, err := s.Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test", MaxConcurrency: 100}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	ids := enqueueEvents(t, srv, "user.created", "test", n)
+
+	first := startHelperWorker(t, srv)
+	waitFor(t, 20*time.Second, "the first deliveries", func() bool { return len(rec.snapshot()) >= 40 })
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	killedAt := len(rec.snapshot())
+	t.Logf("killed the worker after %d deliveries", killedAt)
+	if killedAt >= n {
+		t.Fatalf("all deliveries were done before the kill; the test proves nothing")
+	}
+
+	startHelperWorker(t, srv)
+	all := func() bool {
+		got := map[string]bool{}
+		for _, h := range rec.snapshot() {
+			got[h.eventID] = true
+		}
+		return len(got) == n
+	}
+	waitFor(t, 85*time.Second, "every event to be delivered after the restart", all)
+	hits := rec.snapshot()
+	count := map[string]int{}
+	for _, h := range hits {
+		count[h.eventID]++
+		if h.webhookID != h.eventID {
+			t.Errorf("a delivery of %s carries webhook-id %s", h.eventID, h.webhookID)
+		}
+	}
+	for _, id := range ids {
+		if count[id] == 0 {
+			t.Errorf("event %s was lost", id)
+		}
+	}
+	t.Logf("%d deliveries for %d events (%d duplicates from the killed worker)", len(hits), n, len(hits)-n)
+}
+
+// startHelperWorker runs TestWorkerHelperProcess in a child process, killed when the test ends.
+func startHelperWorker(t *testing.T, srv *redistest.Server) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestWorkerHelperProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), "AUTHTAP_WORKER_HELPER=1", "AUTHTAP_WORKER_REDIS="+srv.URL)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == "worker ready" {
+				close(ready)
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("helper worker did not start within 20s")
+	}
+	return cmd
+}
+
+func newTestRedisClient(srv *redistest.Server) (redis.UniversalClient, error) {
+	return RedisClient(asynq.RedisClientOpt{Addr: srv.Addr})
+}
