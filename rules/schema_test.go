@@ -1,0 +1,668 @@
+package rules_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authtap/authtap/rules"
+)
+
+// The tests in this file hold schema.json, the parser and the files in
+// examples/ and testdata/ to one contract (README.md): every example is valid
+// for both and its inline tests pass, every file in testdata/invalid/ is
+// rejected by both, and every file in testdata/invalid_semantic/ is accepted by
+// the schema (it cannot see the problem) but rejected by the parser.
+
+// schema compiles schema.json once per test.
+func schema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	doc, err := readJSONValue("schema.json")
+	if err != nil {
+		t.Fatalf("reading schema.json: %v", err)
+	}
+	c := jsonschema.NewCompiler()
+	const url = "https://raw.githubusercontent.com/authtap/authtap/main/rules/schema.json"
+	if err := c.AddResource(url, doc); err != nil {
+		t.Fatalf("adding schema.json: %v", err)
+	}
+	sch, err := c.Compile(url)
+	if err != nil {
+		t.Fatalf("compiling schema.json: %v", err)
+	}
+	return sch
+}
+
+func readJSONValue(path string) (any, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return jsonschema.UnmarshalJSON(bytes.NewReader(b))
+}
+
+// instance turns a YAML (or JSON) rule file into the JSON value the schema
+// validates, the way an editor's YAML language server does.
+func instance(data []byte) (any, error) {
+	var v any
+	if err := yaml.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("decoding YAML: %w", err)
+	}
+	b, err := json.Marshal(jsonCompatible(v))
+	if err != nil {
+		return nil, fmt.Errorf("converting to JSON: %w", err)
+	}
+	return jsonschema.UnmarshalJSON(bytes.NewReader(b))
+}
+
+// jsonCompatible converts what yaml.v3 decodes into values encoding/json can
+// marshal: mapping keys become strings, timestamps become RFC 3339 text.
+func jsonCompatible(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[k] = jsonCompatible(x)
+		}
+		return out
+	case map[any]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[fmt.Sprint(k)] = jsonCompatible(x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = jsonCompatible(x)
+		}
+		return out
+	case time.Time:
+		return v.Format(time.RFC3339Nano)
+	case []byte:
+		return string(v)
+	}
+	return v
+}
+
+func validate(sch *jsonschema.Schema, data []byte) error {
+	inst, err := instance(data)
+	if err != nil {
+		return err
+	}
+	return sch.Validate(inst)
+}
+
+// ruleFiles lists the .yaml, .yml and .json files in dir.
+func ruleFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, pat := range []string{"*.yaml", "*.yml", "*.json"} {
+		m, err := filepath.Glob(filepath.Join(dir, pat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestSchemaCompiles(t *testing.T) {
+	sch := schema(t)
+	// Smallest valid file, as a sanity check that the schema accepts anything at all.
+	if err := validate(sch, []byte("version: 1\nrules: [{name: a, match: {method: POST, path: /x}, emit: {type: a.b}}]\n")); err != nil {
+		t.Fatalf("minimal file: %v", err)
+	}
+}
+
+func TestExamples(t *testing.T) {
+	sch := schema(t)
+	files := ruleFiles(t, "examples")
+	if len(files) < 4 {
+		t.Errorf("want at least 4 example packs in examples/, found %d", len(files))
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := validate(sch, data); err != nil {
+				t.Errorf("schema rejects %s:\n%v", file, err)
+			}
+			f, err := rules.Parse(file, data)
+			if err != nil {
+				t.Fatalf("parser rejects %s:\n%v", file, err)
+			}
+			set, err := rules.Load(file)
+			if err != nil {
+				t.Fatalf("loading %s: %v", file, err)
+			}
+			results := set.RunTests()
+			if len(results) == 0 {
+				t.Errorf("%s has no inline tests", file)
+			}
+			for _, r := range results {
+				if !r.Passed {
+					t.Errorf("%s:%d: test %q failed: %s", r.File, r.Line, r.Name, r.Failure)
+				}
+			}
+			checkEveryRuleTested(t, file, data, f, set)
+		})
+	}
+}
+
+// testFile is the part of a rule file's tests this file needs to replay an
+// inline test through Set.Evaluate and see which rules fired.
+type testFile struct {
+	Tests []struct {
+		Name    string `yaml:"name"`
+		Request struct {
+			Method string            `yaml:"method"`
+			Path   string            `yaml:"path"`
+			Host   string            `yaml:"host"`
+			Header map[string]string `yaml:"header"`
+			Cookie map[string]string `yaml:"cookie"`
+			Body   any               `yaml:"body"`
+		} `yaml:"request"`
+		Response struct {
+			Status int               `yaml:"status"`
+			Header map[string]string `yaml:"header"`
+			Body   any               `yaml:"body"`
+		} `yaml:"response"`
+		Lookup map[string]struct {
+			Status int `yaml:"status"`
+			Body   any `yaml:"body"`
+		} `yaml:"lookup"`
+		Expect []struct {
+			Type string `yaml:"type"`
+		} `yaml:"expect"`
+	} `yaml:"tests"`
+}
+
+func bodyBytes(v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return nil
+	case string:
+		return []byte(v)
+	}
+	b, _ := json.Marshal(jsonCompatible(v))
+	return b
+}
+
+// checkEveryRuleTested replays each inline test and requires that every rule
+// of the file emits in at least one of them.
+func checkEveryRuleTested(t *testing.T, file string, data []byte, f *rules.File, set *rules.Set) {
+	t.Helper()
+	var tf testFile
+	if err := yaml.Unmarshal(data, &tf); err != nil {
+		t.Fatalf("reading tests of %s: %v", file, err)
+	}
+	fired := map[string]bool{}
+	for _, tc := range tf.Tests {
+		path, query, _ := strings.Cut(tc.Request.Path, "?")
+		ex := &rules.Exchange{
+			Method: tc.Request.Method, Host: tc.Request.Host, Path: path, RawQuery: query,
+			RequestHeader: map[string][]string{}, ResponseHeader: map[string][]string{},
+			RequestBody: bodyBytes(tc.Request.Body), Status: tc.Response.Status,
+			ResponseBody: bodyBytes(tc.Response.Body),
+		}
+		if ex.Status == 0 {
+			ex.Status = 200
+		}
+		for k, v := range tc.Request.Header {
+			ex.RequestHeader.Set(k, v)
+		}
+		for k, v := range tc.Response.Header {
+			ex.ResponseHeader.Set(k, v)
+		}
+		var cookies []string
+		for k, v := range tc.Request.Cookie {
+			cookies = append(cookies, k+"="+v)
+		}
+		if len(cookies) > 0 {
+			ex.RequestHeader.Set("Cookie", strings.Join(cookies, "; "))
+		}
+		for as, lr := range tc.Lookup {
+			status := lr.Status
+			if status == 0 {
+				status = 200
+			}
+			ex.SetLookup(as, rules.LookupResult{Status: status, Body: bodyBytes(lr.Body), Header: map[string][]string{}})
+		}
+		events, _ := set.Evaluate(ex, rules.EmitOptions{Source: "schema-test"})
+		for _, ev := range events {
+			fired[ev.Source.Rule] = true
+		}
+	}
+	for _, r := range f.Rules() {
+		if !fired[r.Name] {
+			t.Errorf("%s:%d: rule %q emits in none of the file's inline tests", file, r.Line, r.Name)
+		}
+	}
+}
+
+// invalid lists every file in testdata/invalid/ with a substring the parser's
+// error must contain; most name the line and column, so the test proves that
+// errors point at the offending place.
+var invalid = map[string]string{
+	"unknown-top-key.yaml":         `unknown-top-key.yaml:3:1: unknown key "test" (did you mean "tests"?)`,
+	"unknown-rule-key.yaml":        `unknown-rule-key.yaml:4:5: unknown key "descripton" (did you mean "description"?)`,
+	"unknown-match-key.yaml":       `unknown-match-key.yaml:7:7: match: unknown key "methods" (did you mean "method"?)`,
+	"unknown-emit-key.yaml":        `unknown-emit-key.yaml:9:7: emit: unknown key "payload"`,
+	"unknown-test-key.yaml":        `unknown-test-key.yaml:13:5: tests[0]: unknown key "expected" (did you mean "expect"?)`,
+	"unknown-condition-key.yaml":   `unknown-condition-key.yaml:9:9: match.request: unknown key "headers" (did you mean "header"?)`,
+	"status-text.yaml":             `status-text.yaml:7:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "ok"`,
+	"status-600.yaml":              `status-600.yaml:7:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got the number 600`,
+	"status-7xx.yaml":              `status-7xx.yaml:7:21: match.status[1]: want a code like 201`,
+	"bad-method.yaml":              `bad-method.yaml:6:15: match.method: want an HTTP method such as POST`,
+	"missing-name.yaml":            `missing-name.yaml:3:5: missing required key "name"`,
+	"bad-rule-name.yaml":           `bad-rule-name.yaml:3:11: name: want a name of lower-case letters`,
+	"missing-path.yaml":            `missing-path.yaml:5:7: match: missing required key "path"`,
+	"relative-path.yaml":           `relative-path.yaml:6:13: match.path: want a path starting with "/"`,
+	"rest-not-last.yaml":           `rest-not-last.yaml:6:13: match.path: {path...} takes the rest of the path and must be the last segment`,
+	"partial-segment-param.yaml":   `partial-segment-param.yaml:6:13: match.path: a parameter must be a whole segment`,
+	"path-with-query.yaml":         `path-with-query.yaml:6:13: match.path: want a path without query`,
+	"bad-condition-operator.yaml":  `bad-condition-operator.yaml:10:17: match.request.body.age: unknown key "greater_than"`,
+	"gt-not-a-number.yaml":         `gt-not-a-number.yaml:10:18: match.response.body.user.age.gte: want a number, got "eighteen"`,
+	"empty-condition.yaml":         `empty-condition.yaml:9:21: match.request.header.X-Tenant: want a condition`,
+	"bad-event-type.yaml":          `bad-event-type.yaml:8:13: emit.type: want a dot-separated event name`,
+	"unclosed-placeholder.yaml":    `unclosed-placeholder.yaml:9:16: emit.subject: unclosed placeholder`,
+	"lookup-as-reserved.yaml":      `lookup-as-reserved.yaml:9:11: lookup.as: "response" is reserved`,
+	"lookup-without-get.yaml":      `lookup-without-get.yaml:8:7: lookup: missing required key "get"`,
+	"bad-duration.yaml":            `bad-duration.yaml:11:17: emit.dedupe.window: want a duration such as 500ms, 2s, 10m, 24h or 7d, got "one day"`,
+	"version-2.yaml":               `version-2.yaml:1:10: version: want 1`,
+	"empty-rules.yaml":             `empty-rules.yaml:2:8: rules: want at least one rule, got an empty list`,
+	"rules-string.yaml":            `rules-string.yaml:2:8: rules: want a list of rules, got "user-created"`,
+	"emit-mode-prod.yaml":          `emit-mode-prod.yaml:9:13: emit.mode: want live or test, got "prod"`,
+	"missing-emit.yaml":            `missing-emit.yaml:3:5: missing required key "emit"`,
+	"bad-host.yaml":                `bad-host.yaml:7:13: match.host: want a host name such as auth.example.com`,
+	"dedupe-without-key.yaml":      `dedupe-without-key.yaml:10:9: emit.dedupe: missing required key "key"`,
+	"test-without-expect.yaml":     `test-without-expect.yaml:10:5: tests[0]: missing required key "expect"`,
+	"test-status-text.yaml":        `test-status-text.yaml:12:24: tests[0].response.status: want a whole number, got "created"`,
+	"json-unknown-key.json":        `json-unknown-key.json:8:16: emit: unknown key "subjct" (did you mean "subject"?)`,
+	"omit-not-a-list.yaml":         `omit-not-a-list.yaml:10:13: emit.omit: want a list of key names`,
+	"lookup-timeout-text.yaml":     `lookup-timeout-text.yaml:10:16: lookup.timeout: want a duration`,
+	"constant-dedupe-key.yaml":     `constant-dedupe-key.yaml:8:7: emit.dedupe: want a key with a placeholder`,
+	"condition-list-of-maps.yaml":  `condition-list-of-maps.yaml:9:18: match.request.body.role[0]: want a single value`,
+	"expect-not-a-list.yaml":       `expect-not-a-list.yaml:12:13: tests[0].expect: want a list of expected events`,
+}
+
+// invalidSemantic lists every file in testdata/invalid_semantic/: problems
+// only the parser can see (the schema accepts these files).
+var invalidSemantic = map[string]string{
+	"status-reversed-range.yaml":  `status-reversed-range.yaml:8:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "204-200"`,
+	"regex-does-not-compile.yaml": `regex-does-not-compile.yaml:10:26: match.request.body.email.regex: want an RE2 regular expression`,
+	"unknown-placeholder-root.yaml": `unknown-placeholder-root.yaml:10:16: emit.subject: unknown placeholder {foo.bar}`,
+	"undeclared-lookup.yaml":      `undeclared-lookup.yaml:15:16: emit.data.email: unknown placeholder {usr.body.email}: "usr" is not a lookup of this rule (lookups: user)`,
+	"duplicate-path-param.yaml":   `duplicate-path-param.yaml:7:13: match.path: parameter {id} appears twice`,
+	"unknown-path-param.yaml":     `unknown-path-param.yaml:10:16: emit.subject: placeholder {path.user_id}: the path template has no parameter {user_id}`,
+	"lookup-timeout-too-long.yaml": `lookup-timeout-too-long.yaml:10:16: lookup.timeout: want a timeout between 1ms and 10s, got 30s`,
+	"unused-lookup.yaml":          `unused-lookup.yaml:3:5: lookup: lookup "me" is never used`,
+	"duplicate-rule-name.yaml":    `duplicate-rule-name.yaml:9:5: name: duplicate rule name "user-created" (first defined at line 3)`,
+	"duplicate-key.yaml":          `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
+	"yaml-syntax.yaml":            `yaml-syntax.yaml:`,
+	"unknown-placeholder-in-data.yaml": `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
+}
+
+func checkListing(t *testing.T, dir string, want map[string]string) []string {
+	t.Helper()
+	files := ruleFiles(t, dir)
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+		if _, ok := want[filepath.Base(f)]; !ok {
+			t.Errorf("%s is not listed in the table of expected errors", f)
+		}
+	}
+	for name := range want {
+		if !slices.Contains(names, name) {
+			t.Errorf("the table lists %s, but %s has no such file", name, dir)
+		}
+	}
+	return files
+}
+
+func TestInvalidRejectedBySchemaAndParser(t *testing.T) {
+	sch := schema(t)
+	dir := filepath.Join("testdata", "invalid")
+	files := checkListing(t, dir, invalid)
+	if len(files) < 20 {
+		t.Errorf("want at least 20 invalid files, found %d", len(files))
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := validate(sch, data); err == nil {
+				t.Errorf("schema accepts %s", file)
+			}
+			_, err = rules.Parse(file, data)
+			if err == nil {
+				t.Fatalf("parser accepts %s", file)
+			}
+			if want := invalid[filepath.Base(file)]; !strings.Contains(err.Error(), want) {
+				t.Errorf("parser error for %s\n got: %v\nwant a line containing: %s", file, err, want)
+			}
+		})
+	}
+}
+
+func TestInvalidSemanticRejectedByParser(t *testing.T) {
+	sch := schema(t)
+	dir := filepath.Join("testdata", "invalid_semantic")
+	for _, file := range checkListing(t, dir, invalidSemantic) {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = rules.Parse(file, data)
+			if err == nil {
+				t.Fatalf("parser accepts %s", file)
+			}
+			if want := invalidSemantic[filepath.Base(file)]; !strings.Contains(err.Error(), want) {
+				t.Errorf("parser error for %s\n got: %v\nwant a line containing: %s", file, err, want)
+			}
+			// These files are here because the schema cannot see their problem; if it
+			// does, the file belongs in testdata/invalid/.
+			if _, err := instance(data); err == nil {
+				if err := validate(sch, data); err != nil {
+					t.Errorf("schema rejects %s, so it belongs in testdata/invalid/: %v", file, err)
+				}
+			}
+		})
+	}
+}
+
+// validSnippets are small files, one per feature of README.md, that the schema
+// and the parser must both accept.
+var validSnippets = []struct {
+	name string
+	src  string
+}{
+	{"minimal", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users}
+    emit: {type: user.created}
+`},
+	{"method list, any method, path list, host list", `
+version: 1
+rules:
+  - name: user-changed
+    description: Any write to a user.
+    match:
+      method: [PUT, PATCH]
+      path: ["/api/users/{id}", "/api/v2/users/{id}"]
+      host: [auth.example.com, "*.example.com"]
+    emit: {type: user.updated, subject: "{path.id}"}
+  - name: anything-under-admin
+    match: {method: "*", path: "/admin/{rest...}"}
+    emit: {type: admin.touched, data: {path: "{path.rest}"}}
+`},
+	{"root path and rest parameter", `
+version: 1
+rules:
+  - name: root
+    match: {method: POST, path: /}
+    emit: {type: root.posted}
+  - name: files
+    match: {method: PUT, path: "/files/{path...}"}
+    emit: {type: file.written, subject: "{path.path}"}
+`},
+	{"status forms", `
+version: 1
+rules:
+  - {name: a, match: {method: POST, path: /a, status: 201}, emit: {type: a.created}}
+  - {name: b, match: {method: POST, path: /b, status: 2xx}, emit: {type: b.created}}
+  - {name: c, match: {method: POST, path: /c, status: 200-204}, emit: {type: c.created}}
+  - {name: d, match: {method: POST, path: /d, status: [200, 201, 3xx, 400-404]}, emit: {type: d.created}}
+  - {name: e, match: {method: POST, path: /e, status: "201"}, emit: {type: e.created}}
+`},
+	{"request conditions: header, cookie, query, body", `
+version: 1
+rules:
+  - name: admin-invite
+    match:
+      method: POST
+      path: /api/invites
+      request:
+        header: {X-Tenant: exists, x-debug: absent}
+        cookie: {session: exists}
+        query: {send_email: "true"}
+        body: {role: admin, user.age: 42, active: true, deleted_at: null}
+    emit: {type: invite.created}
+`},
+	{"response conditions: header, Set-Cookie, body", `
+version: 1
+rules:
+  - name: login
+    match:
+      method: POST
+      path: /login
+      response:
+        header: {Content-Type: {regex: "^application/json"}}
+        cookie: {session: exists}
+        body: {user.id: exists, mfa_required: false}
+    emit: {type: user.signed_in, subject: "{response.body.user.id}"}
+`},
+	{"condition lists and every operator", `
+version: 1
+rules:
+  - name: conditions
+    match:
+      method: POST
+      path: /x
+      request:
+        body:
+          role: [admin, owner]
+          a: {equals: exists}
+          b: {not_equals: guest}
+          c: {one_of: [1, 2, 3]}
+          d: {not_one_of: [banned, locked]}
+          e: {regex: "^u_[0-9]+$"}
+          f: {gt: 5}
+          g: {gte: 18, lt: 65}
+          h: {lte: 1.5}
+          i: {exists: true}
+          j: {exists: false}
+    emit: {type: x.y}
+`},
+	{"emit every field", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users, status: 201}
+    emit:
+      type: user.created
+      subject: "{response.body.user.id}"
+      data:
+        id: "{response.body.user.id}"
+        email: "{response.body.user.email}"
+        source: signup
+        tags: [a, "{request.body.plan}"]
+        count: 3
+        vip: false
+        note: null
+      omit: [internal_notes, user.meta]
+      redact: [phone]
+      keep_secrets: [token_type]
+      mode: test
+      dedupe:
+        key: "{request.header.Idempotency-Key}"
+        window: 24h
+`},
+	{"emit list and templated type", `
+version: 1
+rules:
+  - name: user-action
+    match: {method: POST, path: "/api/users/{id}/actions"}
+    emit:
+      - type: "user.{request.body.action}"
+        subject: "{path.id}"
+      - type: audit.logged
+        data: "{request.body}"
+`},
+	{"every placeholder root", `
+version: 1
+rules:
+  - name: everything
+    match: {method: POST, path: "/t/{tenant}/users"}
+    lookup: {get: "/t/{path.tenant}", as: tenant}
+    emit:
+      type: user.created
+      data:
+        - "{request.body}"
+        - "{request.body.user.name}"
+        - "{response.body}"
+        - "{response.body.id}"
+        - "{path.tenant}"
+        - "{request.query.invite}"
+        - "{request.header.X-Request-Id}"
+        - "{request.cookie.session_id}"
+        - "{response.header.Location}"
+        - "{response.status}"
+        - "{request.method} {request.path} on {request.host}"
+        - "{tenant.body}"
+        - "{tenant.body.name}"
+        - "{tenant.status}"
+        - "literal {{braces}}"
+`},
+	{"lookup list with timeout; dedupe window in days", `
+version: 1
+rules:
+  - name: member-added
+    match: {method: POST, path: "/orgs/{org}/members"}
+    lookup:
+      - get: /api/me
+        as: me
+        timeout: 1500ms
+      - {get: "/orgs/{path.org}?fields=name", as: org, timeout: 10s}
+    emit:
+      type: organization.member_added
+      subject: "{path.org}"
+      data: {user: "{me.body.id}", org: "{org.body.name}"}
+      dedupe: {key: "{me.body.id}-{path.org}", window: 7d}
+`},
+	{"snake_case type names", `
+version: 1
+rules:
+  - name: user_created
+    match: {method: POST, path: /api/v1/user}
+    emit: {type: user_created, data: "{response.body}"}
+`},
+	{"tests: every field", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users}
+    lookup: {get: /api/me, as: me}
+    emit: {type: user.created, subject: "{response.body.id}", data: {id: "{response.body.id}", by: "{me.body.id}"}}
+tests:
+  - name: sign-up emits user.created
+    request:
+      method: POST
+      path: /api/users?invite=1
+      host: auth.example.com
+      header: {Content-Type: application/json}
+      cookie: {session: abc}
+      body: {"email": "a@x.test"}
+    response:
+      status: 201
+      header: {}
+      body: {"id": "u_1"}
+    lookup:
+      me: {status: 200, body: {"id": "u_0"}}
+    expect:
+      - type: user.created
+        subject: u_1
+        data: {id: u_1, by: u_0}
+        mode: live
+        missing: []
+  - name: a raw form body and no lookup answer
+    request:
+      method: POST
+      path: /api/users
+      header: {Content-Type: application/x-www-form-urlencoded}
+      body: "email=a%40x.test"
+    response: {status: 400}
+    expect: []
+`},
+	{"JSON file", `{
+  "version": 1,
+  "rules": [
+    {"name": "user-deleted",
+     "match": {"method": "DELETE", "path": "/api/users/{id}", "status": [200, 204]},
+     "emit": {"type": "user.deleted", "subject": "{path.id}", "data": {"id": "{path.id}"}}}
+  ],
+  "tests": [
+    {"name": "delete", "request": {"method": "DELETE", "path": "/api/users/u_1"},
+     "response": {"status": 204}, "expect": [{"type": "user.deleted", "data": {"id": "u_1"}}]}
+  ]
+}`},
+	{"header value with the literal text exists", `
+version: 1
+rules:
+  - name: literal-exists
+    match:
+      method: POST
+      path: /x
+      request:
+        header: {X-Mode: {equals: exists}}
+        body: {state: {not_equals: absent}}
+    emit: {type: x.y}
+`},
+	{"wildcard host and body condition paths with gjson syntax", `
+version: 1
+rules:
+  - name: wildcard
+    match:
+      method: POST
+      path: /x
+      host: "*.auth.example.com"
+      response:
+        body: {"users.#": {gte: 1}, "roles.0": admin}
+    emit: {type: x.y}
+`},
+}
+
+func TestValidSnippets(t *testing.T) {
+	sch := schema(t)
+	for _, tc := range validSnippets {
+		t.Run(tc.name, func(t *testing.T) {
+			src := []byte(strings.TrimLeft(tc.src, "\n"))
+			if err := validate(sch, src); err != nil {
+				t.Errorf("schema rejects:\n%v", err)
+			}
+			f, err := rules.Parse("snippet.yaml", src)
+			if err != nil {
+				t.Fatalf("parser rejects:\n%v", err)
+			}
+			set, err := rules.NewSet(f)
+			if err != nil {
+				t.Fatalf("building a set: %v", err)
+			}
+			for _, r := range set.RunTests() {
+				if !r.Passed {
+					t.Errorf("line %d: test %q failed: %s", r.Line, r.Name, r.Failure)
+				}
+			}
+		})
+	}
+}
