@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authtap/authtap/worker"
+)
+
+func init() {
+	register("worker", command{
+		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE]",
+		summary: "deliver queued events to their endpoints until SIGINT or SIGTERM",
+		run:     runWorker,
+	})
+}
+
+// workerContext returns the context that ends the worker; tests replace it.
+var workerContext = func() (context.Context, context.CancelFunc) { return signalContext(context.Background()) }
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+}
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func runWorker(args []string, _, stderr io.Writer) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, `usage: authtap worker --redis URL [flags]
+
+Processes authtap's event:fanout and webhook:deliver tasks: signs and delivers
+each event to its subscribed endpoints, with retries. Stops gracefully on
+SIGINT or SIGTERM, waiting for deliveries in flight.
+
+Flags:`)
+		fs.PrintDefaults()
+	}
+	redisURL := fs.String("redis", os.Getenv("AUTHTAP_REDIS"),
+		"Redis URL: redis://, rediss://, redis-socket://, redis-sentinel:// or redis-cluster:// (default $AUTHTAP_REDIS)")
+	concurrency := fs.Int("concurrency", worker.DefaultConcurrency, "tasks processed at once")
+	endpointsFile := fs.String("endpoints", "",
+		"YAML or JSON file of read-only endpoints (a list, or {endpoints: [...]}); values \"{env.NAME}\" are read from the environment")
+	timeout := fs.Duration("timeout", worker.DefaultTimeout, "timeout of one delivery attempt")
+	shutdown := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long to wait for deliveries in flight when stopping")
+	debug := fs.Bool("debug", false, "log every fan-out and delivery")
+	var allow listFlag
+	fs.Var(&allow, "allow", "address range (CIDR) live endpoints may reach although it is private or local; repeatable")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "authtap worker: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *redisURL == "" {
+		fmt.Fprintln(stderr, "authtap worker: --redis URL (or AUTHTAP_REDIS) is required")
+		return 2
+	}
+	opt, err := worker.ParseRedisURL(*redisURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+		return 2
+	}
+	cfg := worker.Config{
+		Redis: opt, Concurrency: *concurrency, DeliveryTimeout: *timeout, ShutdownTimeout: *shutdown,
+	}
+	for _, a := range allow {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			fmt.Fprintf(stderr, "authtap worker: --allow %q: %v\n", a, err)
+			return 2
+		}
+		cfg.Allowlist = append(cfg.Allowlist, p)
+	}
+	if *endpointsFile != "" {
+		if cfg.Endpoints, err = loadEndpoints(*endpointsFile); err != nil {
+			fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+			return 1
+		}
+	}
+	level := zapcore.InfoLevel
+	if *debug {
+		level = zapcore.DebugLevel
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.Logger = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), level))
+
+	w, err := worker.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+		return 1
+	}
+	ctx, stop := workerContext()
+	defer stop()
+	if err := w.Start(); err != nil {
+		w.Shutdown()
+		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+		return 1
+	}
+	<-ctx.Done()
+	cfg.Logger.Info("stopping: waiting for deliveries in flight", zap.Duration("up_to", *shutdown))
+	begin := time.Now()
+	w.Shutdown()
+	cfg.Logger.Info("stopped", zap.Duration("took", time.Since(begin)))
+	return 0
+}
+
+// loadEndpoints reads endpoint declarations from a YAML or JSON file: a list,
+// or an object with an "endpoints" list. A string value of the form
+// "{env.NAME}" is replaced by the environment variable NAME, so that secrets
+// need not be written in the file.
+func loadEndpoints(path string) ([]worker.EndpointConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	var doc any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("parsing endpoints file %s: %w", path, err)
+	}
+	if m, ok := doc.(map[string]any); ok {
+		doc = m["endpoints"]
+	}
+	if doc == nil {
+		return nil, fmt.Errorf("endpoints file %s: want a list of endpoints or {endpoints: [...]}", path)
+	}
+	doc, err = expandEnv(doc)
+	if err != nil {
+		return nil, fmt.Errorf("endpoints file %s: %w", path, err)
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("endpoints file %s: %w", path, err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(j)))
+	dec.DisallowUnknownFields()
+	var eps []worker.EndpointConfig
+	if err := dec.Decode(&eps); err != nil {
+		return nil, fmt.Errorf("endpoints file %s: %w", path, err)
+	}
+	return eps, nil
+}
+
+// expandEnv replaces "{env.NAME}" string values in a decoded YAML tree.
+func expandEnv(v any) (any, error) {
+	switch x := v.(type) {
+	case string:
+		if name, ok := strings.CutPrefix(x, "{env."); ok && strings.HasSuffix(name, "}") {
+			name = strings.TrimSuffix(name, "}")
+			val, ok := os.LookupEnv(name)
+			if !ok {
+				return nil, fmt.Errorf("environment variable %s is not set", name)
+			}
+			return val, nil
+		}
+		return x, nil
+	case []any:
+		for i := range x {
+			var err error
+			if x[i], err = expandEnv(x[i]); err != nil {
+				return nil, err
+			}
+		}
+		return x, nil
+	case map[string]any:
+		for k := range x {
+			var err error
+			if x[k], err = expandEnv(x[k]); err != nil {
+				return nil, err
+			}
+		}
+		return x, nil
+	default:
+		return v, nil
+	}
+}
