@@ -1,0 +1,28 @@
+package redistest
+
+import (
+	"fmt"
+	"os/exec"
+)
+
+// Launch starts a private redis-server outside of a test (e.g. for a
+// benchmark program), keeping its files in dir. Call Stop when done; the
+// server also dies with the calling process. Restart is for tests only.
+func Launch(dir string) (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found on PATH: %w", err)
+	}
+	s := &Server{dir: dir}
+	var lastErr error
+	for range 5 {
+		port, err := freePort()
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		if lastErr = s.start(bin, port); lastErr == nil {
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("starting redis-server: %w", lastErr)
+}
