@@ -19,7 +19,8 @@ type EmitOptions struct {
 type LookupRequest struct {
 	// As is the name the result is stored under (Exchange.SetLookup).
 	As string
-	// Path is the rendered path and query to GET on the upstream.
+	// Path is the rendered path and query to GET on the upstream; placeholder
+	// values are escaped as path segments or query values.
 	Path string
 	// Timeout bounds the lookup.
 	Timeout time.Duration
@@ -43,7 +44,7 @@ func (m *Match) Lookups(ex *Exchange) []LookupRequest {
 func (m *Match) Lookup(i int, ex *Exchange) LookupRequest {
 	lk := m.Rule.lookups[i]
 	var missing []string
-	p := lk.get.renderText(ex, m.Params, &missing)
+	p := lk.get.renderURL(ex, m.Params, &missing)
 	return LookupRequest{As: lk.as, Path: p, Timeout: lk.timeout, Missing: missing}
 }
 

@@ -219,6 +219,9 @@ rules:
 	if lk.Path != "/orgs/o1?fields=id" || lk.As != "org" || lk.Timeout != time.Second || len(lk.Missing) != 0 {
 		t.Fatalf("lookup 0 %+v", lk)
 	}
+	if lk := (&Match{Rule: m.Rule, Params: []Param{{"org", "a/b c"}, {"user", "u"}}}).Lookup(0, ex); lk.Path != "/orgs/a%2Fb%20c?fields=id" {
+		t.Fatalf("path values must be escaped: %q", lk.Path)
+	}
 	if lk := m.Lookup(1, ex); len(lk.Missing) != 1 {
 		t.Fatalf("lookup 1 before org is known must report missing: %+v", lk)
 	}
@@ -242,5 +245,19 @@ rules:
 	ets := s.EventTypes()
 	if len(ets) != 2 || ets[0].Type != "user.created" || strings.Join(ets[0].Rules, ",") != "a,b" || !ets[1].Templated {
 		t.Fatalf("%+v", ets)
+	}
+}
+
+func TestLookupQueryEscaping(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: r
+    match: {method: POST, path: /invite}
+    lookup: {get: "/users?email={request.body.email}&x=1", as: u}
+    emit: {type: a.b, data: "{u.body}"}
+`)
+	ex := &Exchange{Method: "POST", Path: "/invite", Status: 200, RequestBody: []byte(`{"email":"a+b@x.test&admin=1"}`)}
+	if lk := s.Match(ex)[0].Lookup(0, ex); lk.Path != "/users?email=a%2Bb%40x.test%26admin%3D1&x=1" {
+		t.Fatalf("query values must be escaped: %q", lk.Path)
 	}
 }

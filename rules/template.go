@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -354,6 +355,28 @@ func (t *tmpl) renderText(ex *Exchange, params []Param, missing *[]string) strin
 			addMissing(missing, ph.raw)
 		}
 		b.WriteString(v.String())
+	}
+	b.WriteString(t.lits[len(t.phs)])
+	return b.String()
+}
+
+// renderURL evaluates a lookup path template, escaping each value for where it
+// lands: as a path segment before "?", as a query value after it.
+func (t *tmpl) renderURL(ex *Exchange, params []Param, missing *[]string) string {
+	var b strings.Builder
+	inQuery := false
+	for i, ph := range t.phs {
+		b.WriteString(t.lits[i])
+		inQuery = inQuery || strings.Contains(t.lits[i], "?")
+		v := ph.resolve(ex, params)
+		if !v.found {
+			addMissing(missing, ph.raw)
+		}
+		if inQuery {
+			b.WriteString(url.QueryEscape(v.String()))
+		} else {
+			b.WriteString(url.PathEscape(v.String()))
+		}
 	}
 	b.WriteString(t.lits[len(t.phs)])
 	return b.String()
