@@ -169,9 +169,9 @@ rules:
 	base := func() *Exchange {
 		return &Exchange{
 			Method: "POST", Host: "auth.example.com:443", Path: "/x", RawQuery: "force=true",
-			RequestHeader: http.Header{"X-Tenant": {"t1"}, "X-Kind": {"b"}, "X-Num": {"42"}, "Cookie": {"a=1; session=s_abc"}, "Content-Type": {"application/json"}},
-			RequestBody:   []byte(`{"role":"owner","age":30,"tags":["x"],"active":true,"note":null,"score":1.5,"name":"ann"}`),
-			Status:        201,
+			RequestHeader:  http.Header{"X-Tenant": {"t1"}, "X-Kind": {"b"}, "X-Num": {"42"}, "Cookie": {"a=1; session=s_abc"}, "Content-Type": {"application/json"}},
+			RequestBody:    []byte(`{"role":"owner","age":30,"tags":["x"],"active":true,"note":null,"score":1.5,"name":"ann"}`),
+			Status:         201,
 			ResponseHeader: http.Header{"Location": {"/users/1"}, "Set-Cookie": {"sid=abc; Path=/; HttpOnly"}},
 			ResponseBody:   []byte(`{"user":{"id":"u1"}}`),
 		}
@@ -194,13 +194,27 @@ rules:
 		{"no cookie", func(ex *Exchange) { ex.RequestHeader.Del("Cookie") }},
 		{"query false", func(ex *Exchange) { ex.RawQuery = "force=false" }},
 		{"query gone present", func(ex *Exchange) { ex.RawQuery = "force=true&gone=1" }},
-		{"role user", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"user","age":30,"tags":["x"],"active":true,"note":null,"score":1.5}`) }},
-		{"age 17", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":17,"tags":["x"],"active":true,"note":null,"score":1.5}`) }},
-		{"age 65", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":65,"tags":["x"],"active":true,"note":null,"score":1.5}`) }},
-		{"no tags", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[],"active":true,"note":null,"score":1.5}`) }},
-		{"active string", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":"true","note":null,"score":1.5}`) }},
-		{"note missing", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":true,"score":1.5}`) }},
-		{"name root", func(ex *Exchange) { ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":true,"note":null,"score":1.5,"name":"root"}`) }},
+		{"role user", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"user","age":30,"tags":["x"],"active":true,"note":null,"score":1.5}`)
+		}},
+		{"age 17", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":17,"tags":["x"],"active":true,"note":null,"score":1.5}`)
+		}},
+		{"age 65", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":65,"tags":["x"],"active":true,"note":null,"score":1.5}`)
+		}},
+		{"no tags", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[],"active":true,"note":null,"score":1.5}`)
+		}},
+		{"active string", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":"true","note":null,"score":1.5}`)
+		}},
+		{"note missing", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":true,"score":1.5}`)
+		}},
+		{"name root", func(ex *Exchange) {
+			ex.RequestBody = []byte(`{"role":"admin","age":20,"tags":[1],"active":true,"note":null,"score":1.5,"name":"root"}`)
+		}},
 		{"body not json", func(ex *Exchange) { ex.RequestBody = []byte(`role=admin`) }},
 		{"location", func(ex *Exchange) { ex.ResponseHeader.Set("Location", "/x") }},
 		{"no set-cookie", func(ex *Exchange) { ex.ResponseHeader.Del("Set-Cookie") }},

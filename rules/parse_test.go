@@ -164,7 +164,7 @@ func TestLoadGlobsAndDuplicatesAcrossFiles(t *testing.T) {
 	}
 	write("a.yaml", ruleFile("name: one\nmatch: {method: POST, path: /a}\nemit: {type: a.created}"))
 	write("b.json", `{"version":1,"rules":[{"name":"two","match":{"method":"POST","path":"/b"},"emit":{"type":"b.created"}}]}`)
-	s, err := Load(dir + "/*.yaml", dir + "/b.json")
+	s, err := Load(dir+"/*.yaml", dir+"/b.json")
 	if err != nil {
 		t.Fatal(err)
 	}
