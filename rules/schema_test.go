@@ -185,9 +185,6 @@ type testFile struct {
 			Status int `yaml:"status"`
 			Body   any `yaml:"body"`
 		} `yaml:"lookup"`
-		Expect []struct {
-			Type string `yaml:"type"`
-		} `yaml:"expect"`
 	} `yaml:"tests"`
 }
 
