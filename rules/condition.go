@@ -165,7 +165,7 @@ func (d *dec) parseCond(n *yaml.Node, path string) *cond {
 	n = resolve(n)
 	switch n.Kind {
 	case yaml.ScalarNode:
-		if n.ShortTag() == "!!str" && n.Style == 0 {
+		if n.ShortTag() == "!!str" { // quoted too: JSON files quote every string
 			switch n.Value {
 			case "exists":
 				return &cond{ops: []op{{kind: opExists}}}

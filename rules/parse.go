@@ -119,6 +119,8 @@ func Parse(filename string, data []byte) (*File, error) {
 		}},
 		field{name: "rules", required: true, fn: func(v *yaml.Node, p string) { rulesNode = v }},
 		field{name: "tests", fn: func(v *yaml.Node, p string) { testsNode = v }},
+		// "$schema" lets editors (VS Code's JSON support) find rules/schema.json.
+		field{name: "$schema", fn: func(v *yaml.Node, p string) { d.str(v, p) }},
 	)
 	if rulesNode != nil {
 		rn := resolve(rulesNode)
@@ -173,7 +175,7 @@ func yamlSyntaxError(file string, err error) *Error {
 		}
 	}
 	if strings.Contains(m[2], "',' or '}'") || strings.Contains(m[2], "',' or ']'") {
-		e.Msg += " in the flow collection that starts on this line; inside {…} or […] quote values that contain braces, brackets or commas, e.g. path: \"/api/users/{id}\""
+		e.Msg += " in the flow collection that starts on this line; inside {…} or […] quote values that contain braces, brackets, commas or '?', e.g. path: \"/api/users/{id}\""
 	}
 	return e
 }
@@ -228,6 +230,10 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		}
 	}
 	// Unused lookups are a mistake worth reporting: they cost an upstream call.
+	// When an emit failed to parse, its references are unknown, so say nothing.
+	if len(d.errs) > before {
+		return nil
+	}
 	used := map[string]bool{}
 	for _, e := range r.emits {
 		for _, t := range []*tmpl{e.typ, e.subject, e.dedupeKey} {

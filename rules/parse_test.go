@@ -186,3 +186,24 @@ func TestLoadGlobsAndDuplicatesAcrossFiles(t *testing.T) {
 		t.Fatal("want error for no files")
 	}
 }
+
+func TestJSONQuotedShorthands(t *testing.T) {
+	s := mustSet(t, `{"$schema": "https://example.test/schema.json", "version": 1, "rules": [{"name": "a",
+  "match": {"method": "POST", "path": "/x", "request": {"header": {"X-Tenant": "exists", "X-Gone": "absent"}}},
+  "emit": {"type": "a.b"}}]}`)
+	ex := &Exchange{Method: "POST", Path: "/x", Status: 200, RequestHeader: map[string][]string{"X-Tenant": {"t1"}}}
+	if len(s.Match(ex)) != 1 {
+		t.Fatal(`"exists" in a JSON file must mean present`)
+	}
+	ex = &Exchange{Method: "POST", Path: "/x", Status: 200, RequestHeader: map[string][]string{"X-Tenant": {"t1"}, "X-Gone": {"1"}}}
+	if len(s.Match(ex)) != 0 {
+		t.Fatal(`"absent" in a JSON file must mean not present`)
+	}
+}
+
+func TestNoSpuriousUnusedLookupError(t *testing.T) {
+	_, err := Parse("r.yaml", []byte(ruleFile("name: a\nmatch: {method: POST, path: /x}\nlookup: {get: /me, as: me}\nemit: {type: a.b, data: \"{me.body}\", mode: prod}")))
+	if err == nil || strings.Contains(err.Error(), "never used") {
+		t.Fatalf("want only the mode error, got %v", err)
+	}
+}
