@@ -1,0 +1,214 @@
+package worker
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"go.uber.org/zap"
+
+	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// endpointWithSecret is the answer to a create or rotate request: the one
+// place the secret is shown.
+type endpointWithSecret struct {
+	Endpoint
+	// Secret is the current signing secret, shown only in this response.
+	Secret string `json:"secret"`
+}
+
+// apiPatch is the body of PATCH /webhooks/{id}: the fields of an
+// EndpointPatch plus "enabled", which turns the endpoint on or off.
+type apiPatch struct {
+	EndpointPatch
+	Enabled *bool `json:"enabled,omitempty"`
+}
+
+func (p apiPatch) changesConfig() bool {
+	q := p.EndpointPatch
+	return q.URL != nil || q.Description != nil || q.Events != nil || q.Mode != nil || q.BearerToken != nil ||
+		q.EventHeader != nil || q.Format != nil || q.RateLimit != nil || q.MaxConcurrency != nil
+}
+
+func (a *api) listEndpoints(w http.ResponseWriter, r *http.Request) *apiError {
+	eps, err := a.store.List(r.Context())
+	if err != nil {
+		return internal(err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"webhooks": eps})
+	return nil
+}
+
+func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
+	var c EndpointConfig
+	if e := readJSON(w, r, &c, false, "an endpoint (EndpointConfig)"); e != nil {
+		return e
+	}
+	if e := checkEndpointConfig(c); e != nil {
+		return e
+	}
+	ep, err := a.store.Create(r.Context(), c)
+	if err != nil {
+		return storeError(err, c.ID)
+	}
+	a.log.Info("endpoint created", zap.String("endpoint_id", ep.ID), zap.String("mode", ep.Mode))
+	w.Header().Set("Location", "webhooks/"+ep.ID)
+	writeJSON(w, http.StatusCreated, endpointWithSecret{Endpoint: ep, Secret: ep.Secret()})
+	return nil
+}
+
+func (a *api) getEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("id")
+	ep, err := a.store.Get(r.Context(), id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	writeJSON(w, http.StatusOK, ep)
+	return nil
+}
+
+func (a *api) updateEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("id")
+	var p apiPatch
+	if e := readJSON(w, r, &p, false, "a patch (EndpointPatch)"); e != nil {
+		return e
+	}
+	ctx := r.Context()
+	cur, err := a.store.Get(ctx, id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	if p.changesConfig() {
+		if cur.ReadOnly {
+			return readOnlyError(id)
+		}
+		if e := checkPatch(p.EndpointPatch, cur); e != nil {
+			return e
+		}
+		if _, err := a.store.Update(ctx, id, p.EndpointPatch); err != nil {
+			return storeError(err, id)
+		}
+	}
+	if p.Enabled != nil && *p.Enabled != cur.Enabled {
+		reason := ""
+		if !*p.Enabled {
+			reason = "disabled through the management API"
+		}
+		if _, err := a.store.SetEnabled(ctx, id, *p.Enabled, reason); err != nil {
+			return storeError(err, id)
+		}
+	}
+	ep, err := a.store.Get(ctx, id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	a.log.Info("endpoint updated", zap.String("endpoint_id", id))
+	writeJSON(w, http.StatusOK, ep)
+	return nil
+}
+
+func (a *api) deleteEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("id")
+	if err := a.store.Delete(r.Context(), id); err != nil {
+		return storeError(err, id)
+	}
+	a.log.Info("endpoint deleted", zap.String("endpoint_id", id))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// rotateRequest is the optional body of POST /webhooks/{id}/rotate-secret.
+type rotateRequest struct {
+	// KeepOldFor is how long the old secret keeps signing next to the new one,
+	// a Go duration such as "24h" (the default) or "0s" to drop it at once.
+	KeepOldFor *string `json:"keep_old_for,omitempty"`
+}
+
+func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("id")
+	var req rotateRequest
+	if e := readJSON(w, r, &req, true, "a rotation request"); e != nil {
+		return e
+	}
+	keep := time.Duration(0)
+	if req.KeepOldFor != nil {
+		d, err := time.ParseDuration(*req.KeepOldFor)
+		if err != nil || d < 0 {
+			return fieldError("keep_old_for", "want a non-negative duration such as \"24h\" or \"0s\", got %q", *req.KeepOldFor)
+		}
+		if d == 0 {
+			keep = -1 // drop the old secret at once
+		} else {
+			keep = d
+		}
+	}
+	ctx := r.Context()
+	secret, err := a.store.RotateSecret(ctx, id, keep)
+	if err != nil {
+		return storeError(err, id)
+	}
+	ep, err := a.store.Get(ctx, id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	a.log.Info("endpoint secret rotated", zap.String("endpoint_id", id))
+	writeJSON(w, http.StatusOK, endpointWithSecret{Endpoint: ep, Secret: secret})
+	return nil
+}
+
+// testResponse is the answer to POST /webhooks/{id}/test.
+type testResponse struct {
+	EventID    string      `json:"event_id"`
+	DeliveryID string      `json:"delivery_id"`
+	Event      rules.Event `json:"event"`
+}
+
+func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("id")
+	ctx := r.Context()
+	ep, err := a.store.Get(ctx, id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	if !ep.Enabled {
+		return errorf(http.StatusConflict, CodeDisabled,
+			"endpoint %q is disabled (%s); enable it (PATCH {\"enabled\": true}) before sending a test event", id, ep.DisabledReason)
+	}
+	now := a.now().UTC().Truncate(time.Millisecond)
+	data, err := json.Marshal(map[string]string{
+		"message":     "This is a test event sent by authtap to check that the endpoint receives and verifies webhooks.",
+		"endpoint_id": ep.ID,
+	})
+	if err != nil {
+		return internal(err)
+	}
+	ev := rules.Event{
+		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Data: data,
+		Source: rules.Source{Name: SourceName, Rule: EventTest}, Mode: ep.Mode,
+	}
+	envelope, err := ev.Envelope()
+	if err != nil {
+		return internal(err)
+	}
+	if err := a.store.recordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
+		return internal(err)
+	}
+	p, err := DeliverPayloadFor(ev, ep, false)
+	if err != nil {
+		return internal(err)
+	}
+	task, err := tasks.NewDeliverTask(p, asynq.MaxRetry(a.maxRetry), asynq.Retention(a.dedupe))
+	if err != nil {
+		return internal(err)
+	}
+	if _, err := a.client.EnqueueContext(ctx, task); err != nil {
+		return internal(fmt.Errorf("enqueuing test delivery to %s: %w", ep.ID, err))
+	}
+	a.log.Info("test event queued", zap.String("endpoint_id", ep.ID), zap.String("event_id", ev.ID))
+	writeJSON(w, http.StatusAccepted, testResponse{EventID: ev.ID, DeliveryID: tasks.DeliverTaskID(ev.ID, ep.ID), Event: ev})
+	return nil
+}
