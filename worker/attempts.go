@@ -59,8 +59,9 @@ type Attempt struct {
 
 // recordAttempt appends a to the delivery log (per endpoint and per event),
 // trims both by age and size, and tracks since when the endpoint has been
-// failing: it returns that time, or the zero time after a success.
-func (s *Store) recordAttempt(ctx context.Context, a Attempt) (failingSince time.Time, err error) {
+// failing: it returns that time, or the zero time after a success. also, when
+// set, adds commands to the same pipeline.
+func (s *Store) recordAttempt(ctx context.Context, a Attempt, also func(redis.Pipeliner)) (failingSince time.Time, err error) {
 	a.ResponseExcerpt = truncateUTF8(a.ResponseExcerpt, MaxResponseExcerpt)
 	b, err := json.Marshal(a)
 	if err != nil {
@@ -71,6 +72,9 @@ func (s *Store) recordAttempt(ctx context.Context, a Attempt) (failingSince time
 	epKey, evKey := keyAttemptsByEndpoint+a.EndpointID, keyAttemptsByEvent+a.EventID
 	var since *redis.StringCmd
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if also != nil {
+			also(p)
+		}
 		p.ZAdd(ctx, epKey, redis.Z{Score: score, Member: b})
 		p.ZRemRangeByScore(ctx, epKey, "-inf", cutoff)
 		p.ZRemRangeByRank(ctx, epKey, 0, int64(-s.maxAttempts-1))

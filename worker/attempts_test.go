@@ -21,7 +21,7 @@ func TestAttemptsLog(t *testing.T) {
 		since, err := s.recordAttempt(ctx, Attempt{
 			DeliveryID: ev + ":" + ep, EventID: ev, EventType: "user.created", EndpointID: ep, Attempt: n,
 			Time: clock.Now(), Status: 500, Success: ok, ResponseExcerpt: strings.Repeat("é", 600),
-		})
+		}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -79,7 +80,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("delivering %s: %w: %w", taskID, err, asynq.SkipRetry)
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
-	release, err := h.limiter.acquire(ctx, r, taskID+"@"+strconv.FormatInt(h.now().UnixNano(), 36))
+	held, err := h.limiter.acquire(ctx, r, taskID+"@"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	if err != nil {
 		if _, ok := errors.AsType[*ThrottledError](err); ok {
 			h.metrics.observe(outcomeThrottled, 0)
@@ -90,7 +91,6 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		URL: r.URL, MsgID: p.EventID, EventType: p.EventType, Body: p.Body, Secrets: keys,
 		BearerToken: r.BearerToken, EventHeader: r.EventHeader, Timeout: h.timeout, Live: r.Mode == rules.ModeLive,
 	})
-	release()
 
 	a := Attempt{
 		DeliveryID: taskID, EventID: p.EventID, EventType: p.EventType, EndpointID: r.ID, Attempt: retried + 1,
@@ -103,8 +103,9 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// Record even when the task's context ended (shutdown, deadline).
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	failingSince, logErr := h.store.recordAttempt(rctx, a)
+	failingSince, logErr := h.store.recordAttempt(rctx, a, func(p redis.Pipeliner) { held.releaseIn(rctx, p) })
 	if logErr != nil {
+		h.limiter.release(rctx, held)
 		h.log.Error("recording delivery attempt", zap.String("delivery_id", taskID), zap.Error(logErr))
 	}
 

@@ -286,7 +286,7 @@ func TestDeliverThrottled(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := f.store.load(ctx, "one")
-	release, err := f.h.limiter.acquire(ctx, r, "held")
+	held, err := f.h.limiter.acquire(ctx, r, "held")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,9 +298,12 @@ func TestDeliverThrottled(t *testing.T) {
 	if atts, _ := f.store.Attempts(ctx, "one", 10, time.Time{}); len(atts) != 0 {
 		t.Errorf("a throttled delivery was recorded as an attempt")
 	}
-	release()
+	f.h.limiter.release(ctx, held)
 	if err := f.h.ProcessTask(ctx, f.task(t, "evt_1", "one")); err != nil {
 		t.Errorf("delivery after release: %v", err)
+	}
+	if n, _ := f.h.limiter.rdb.ZCard(ctx, inflightKey("one")).Result(); n != 0 {
+		t.Errorf("%d slots still held after the delivery", n)
 	}
 }
 

@@ -67,24 +67,26 @@ type limiter struct {
 	concurrencyWait time.Duration
 }
 
-// acquire takes a slot for one delivery. It returns a release func when
-// granted, and a *ThrottledError when a limit is reached.
-func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) (release func(), err error) {
+// slot is a granted concurrency slot of one delivery.
+type slot struct {
+	endpointID string
+	token      string
+}
+
+// acquire takes a slot for one delivery, or returns a *ThrottledError when a
+// limit is reached. Give the slot back with release or, to save a round trip,
+// with releaseIn in a pipeline that runs anyway.
+func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) (slot, error) {
 	maxc := r.maxConcurrency()
 	burst := max(1, r.RateLimit)
 	now := l.now()
 	res, err := acquireScript.Run(ctx, l.rdb, []string{inflightKey(r.ID), bucketKey(r.ID)},
 		now.UnixMilli(), l.lease.Milliseconds(), token, maxc, r.RateLimit, burst).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("checking limits of endpoint %s: %w", r.ID, err)
+		return slot{}, fmt.Errorf("checking limits of endpoint %s: %w", r.ID, err)
 	}
 	if len(res) >= 2 && res[0] == int64(1) {
-		return func() {
-			// Release even when the task's context is done (shutdown, deadline).
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = l.rdb.ZRem(ctx, inflightKey(r.ID), token).Err()
-		}, nil
+		return slot{endpointID: r.ID, token: token}, nil
 	}
 	reason, _ := res[len(res)-1].(string)
 	wait := l.concurrencyWait
@@ -93,5 +95,17 @@ func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) 
 	}
 	// Spread re-tries so that throttled deliveries do not come back in lockstep.
 	wait += time.Duration(rand.Int64N(int64(wait)/2 + 1))
-	return nil, &ThrottledError{Wait: wait, Reason: reason + " limit of endpoint " + r.ID}
+	return slot{}, &ThrottledError{Wait: wait, Reason: reason + " limit of endpoint " + r.ID}
+}
+
+// release gives a slot back, even when ctx is done (shutdown, deadline).
+func (l *limiter) release(ctx context.Context, s slot) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = l.rdb.ZRem(ctx, inflightKey(s.endpointID), s.token).Err()
+}
+
+// releaseIn queues the release of s in pipeline p.
+func (s slot) releaseIn(ctx context.Context, p redis.Pipeliner) {
+	p.ZRem(ctx, inflightKey(s.endpointID), s.token)
 }

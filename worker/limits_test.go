@@ -14,13 +14,13 @@ func TestLimiterConcurrency(t *testing.T) {
 	_, rdb := newTestRedis(t)
 	l := &limiter{rdb: rdb, now: clock.Now, lease: time.Minute, concurrencyWait: 100 * time.Millisecond}
 	r := &endpointRecord{ID: "ep", MaxConcurrency: 2}
-	var releases []func()
+	var held []slot
 	for i := range 2 {
-		rel, err := l.acquire(ctx, r, fmt.Sprint(i))
+		s, err := l.acquire(ctx, r, fmt.Sprint(i))
 		if err != nil {
 			t.Fatalf("slot %d: %v", i, err)
 		}
-		releases = append(releases, rel)
+		held = append(held, s)
 	}
 	_, err := l.acquire(ctx, r, "3")
 	var te *ThrottledError
@@ -30,7 +30,7 @@ func TestLimiterConcurrency(t *testing.T) {
 	if IsFailure(err) {
 		t.Error("throttling counts as a failure")
 	}
-	releases[0]()
+	l.release(ctx, held[0])
 	if _, err := l.acquire(ctx, r, "4"); err != nil {
 		t.Fatalf("slot after release: %v", err)
 	}
@@ -51,10 +51,10 @@ func TestLimiterRate(t *testing.T) {
 	r := &endpointRecord{ID: "ep", RateLimit: 10, MaxConcurrency: 1000}
 	granted := 0
 	for i := range 20 {
-		rel, err := l.acquire(ctx, r, fmt.Sprint(i))
+		s, err := l.acquire(ctx, r, fmt.Sprint(i))
 		if err == nil {
 			granted++
-			rel()
+			l.release(ctx, s)
 			continue
 		}
 		var te *ThrottledError
@@ -68,9 +68,9 @@ func TestLimiterRate(t *testing.T) {
 	clock.Add(500 * time.Millisecond)
 	granted = 0
 	for i := range 10 {
-		if rel, err := l.acquire(ctx, r, fmt.Sprint("b", i)); err == nil {
+		if s, err := l.acquire(ctx, r, fmt.Sprint("b", i)); err == nil {
 			granted++
-			rel()
+			l.release(ctx, s)
 		}
 	}
 	if granted != 5 {

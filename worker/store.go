@@ -35,9 +35,17 @@ type StoreOptions struct {
 	Retention time.Duration
 	// MaxAttemptsPerEndpoint caps the attempts kept per endpoint. Default 10000.
 	MaxAttemptsPerEndpoint int
+	// CacheFor is how long fan-outs and deliveries trust their cached copy of
+	// the endpoints before asking Redis whether anything changed (one small
+	// GET). Changes made through this Store apply at once; changes made by other
+	// processes within CacheFor. Zero means 100ms; negative means always ask.
+	CacheFor time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
+
+// DefaultCacheFor is the default StoreOptions.CacheFor.
+const DefaultCacheFor = 100 * time.Millisecond
 
 // Store keeps endpoints, the delivery log and the event index in Redis, merged
 // with the read-only endpoints of the configuration. It is safe for concurrent use.
@@ -48,9 +56,11 @@ type Store struct {
 	retention   time.Duration
 	maxAttempts int
 	now         func() time.Time
+	cacheFor    time.Duration
 
-	mu   sync.Mutex
-	snap *snapshot
+	mu        sync.Mutex
+	snap      *snapshot
+	checkedAt time.Time // when the snapshot's version was last confirmed (monotonic clock)
 }
 
 // snapshot is a cached view of all endpoints, valid while the registry's
@@ -83,6 +93,12 @@ func NewStore(rdb redis.UniversalClient, o StoreOptions) (*Store, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	switch {
+	case o.CacheFor == 0:
+		s.cacheFor = DefaultCacheFor
+	case o.CacheFor > 0:
+		s.cacheFor = o.CacheFor
 	}
 	var zero time.Time
 	for i, c := range o.Endpoints {
@@ -152,6 +168,7 @@ func (s *Store) Create(ctx context.Context, c EndpointConfig) (Endpoint, error) 
 	if !created {
 		return Endpoint{}, fmt.Errorf("creating endpoint %s: %w", r.ID, ErrConflict)
 	}
+	s.invalidate()
 	return r.public(now), nil
 }
 
@@ -207,6 +224,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("deleting endpoint %s: %w", id, err)
 	}
+	s.invalidate()
 	if del.Val() == 0 {
 		return fmt.Errorf("deleting endpoint %s: %w", id, ErrNotFound)
 	}
@@ -300,6 +318,7 @@ func (s *Store) SetEnabled(ctx context.Context, id string, enabled bool, reason 
 // afterEnable forgets an endpoint's failure streak when it is enabled again,
 // so that it gets a fresh DisableAfter period.
 func (s *Store) afterEnable(ctx context.Context, id string, enabled bool) {
+	s.invalidate()
 	if enabled {
 		_ = s.rdb.Del(ctx, failingKey(id)).Err()
 	}
@@ -371,6 +390,7 @@ func (s *Store) modifyAny(ctx context.Context, id string, fn func(r *endpointRec
 		out = r
 		return err
 	}, endpointKey(id))
+	s.invalidate()
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidEndpoint) {
 			return nil, err
@@ -416,6 +436,15 @@ func applyState(c *endpointRecord, raw []byte) *endpointRecord {
 // refresh returns the current snapshot, reloading it when the version counter
 // moved (or always when force is set).
 func (s *Store) refresh(ctx context.Context, force bool) (*snapshot, error) {
+	if !force && s.cacheFor > 0 {
+		s.mu.Lock()
+		snap, fresh := s.snap, time.Since(s.checkedAt) < s.cacheFor
+		s.mu.Unlock()
+		if snap != nil && fresh {
+			return snap, nil
+		}
+	}
+	checked := time.Now()
 	v, err := s.rdb.Get(ctx, keyEndpointVersion).Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("reading endpoint version: %w", err)
@@ -423,14 +452,22 @@ func (s *Store) refresh(ctx context.Context, force bool) (*snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !force && s.snap != nil && s.snap.version == v {
+		s.checkedAt = checked
 		return s.snap, nil
 	}
 	snap, err := s.loadAll(ctx, v)
 	if err != nil {
 		return nil, err
 	}
-	s.snap = snap
+	s.snap, s.checkedAt = snap, checked
 	return snap, nil
+}
+
+// invalidate makes the next lookup ask Redis, after a change made here.
+func (s *Store) invalidate() {
+	s.mu.Lock()
+	s.checkedAt = time.Time{}
+	s.mu.Unlock()
 }
 
 func (s *Store) loadAll(ctx context.Context, version int64) (*snapshot, error) {

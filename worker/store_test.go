@@ -272,7 +272,7 @@ func TestStoreMatch(t *testing.T) {
 		}
 	}
 	// A second store (another worker) sees changes made through the first at once.
-	other, err := NewStore(rdb, StoreOptions{})
+	other, err := NewStore(rdb, StoreOptions{CacheFor: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,6 +293,25 @@ func TestStoreMatch(t *testing.T) {
 	}
 	if got, _ := other.Match(ctx, "user.created", "live"); ids(got) != "users" {
 		t.Errorf("re-enabled endpoint not matched: %s", ids(got))
+	}
+	// With the default cache, another store sees a change within DefaultCacheFor.
+	cached, _ := NewStore(rdb, StoreOptions{})
+	if got, _ := cached.Match(ctx, "user.created", "live"); ids(got) != "users" {
+		t.Fatalf("cached store Match = %s", ids(got))
+	}
+	if err := s.Delete(ctx, users.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, _ := cached.Match(ctx, "user.created", "live")
+		if len(got) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cached store never saw the delete")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	_ = test
 }
