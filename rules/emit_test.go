@@ -261,3 +261,11 @@ rules:
 		t.Fatalf("query values must be escaped: %q", lk.Path)
 	}
 }
+
+func TestValidEventTypeAgreesWithRegexp(t *testing.T) {
+	for _, s := range []string{"", "a", "a.b", "user_created", "a-b.c_d.E9", ".a", "a.", "a..b", "a b", "a/b", "ä", "a.b.", "user.{x}"} {
+		if validEventType(s) != eventTypeRE.MatchString(s) {
+			t.Errorf("%q: validEventType=%v regexp=%v", s, validEventType(s), eventTypeRE.MatchString(s))
+		}
+	}
+}
