@@ -1,0 +1,8 @@
+package examples
+
+import "embed"
+
+// FS holds the example rule packs (*.yaml).
+//
+//go:embed *.yaml
+var FS embed.FS
