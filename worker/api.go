@@ -149,7 +149,7 @@ func (a *api) wrap(h func(a *api, w http.ResponseWriter, r *http.Request) *apiEr
 func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, pattern := a.mux.Handler(r)
 	if pattern != "" {
-		h.ServeHTTP(w, r)
+		a.mux.ServeHTTP(w, r) // sets the path values
 		return
 	}
 	// The mux's own 404, 405 or redirect: let it decide, then say it in JSON.
