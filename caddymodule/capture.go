@@ -1,0 +1,246 @@
+package caddymodule
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// How a captureWriter passes the response on, decided when the final status
+// is known.
+const (
+	modeUndecided = iota
+	// modeHold keeps status and body back until release: the events are
+	// queued before the client sees the response. Used while the body fits in
+	// max_body.
+	modeHold
+	// modeTee streams every byte to the client at once and copies up to
+	// max_body aside for extraction.
+	modeTee
+	// modePass streams untouched and copies nothing: server-sent events,
+	// incremental responses, protocol upgrades, hijacked connections.
+	modePass
+	// modeReleased: a held response has been written out.
+	modeReleased
+)
+
+// captureWriter wraps the ResponseWriter of a candidate exchange. It never
+// changes a byte, a header or the status the client receives; it only
+// decides when they go out (held until the events are queued, or at once)
+// and keeps a bounded copy of the body for extraction.
+type captureWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+
+	max     int64
+	capture bool // some candidate rule reads the response body
+	tunnel  bool // a CONNECT request (e.g. websocket over HTTP/2): never held
+
+	mode      int
+	status    int           // the final status, 0 until written
+	buf       *bytes.Buffer // held body, or the tee's copy; from bufPool
+	truncated bool          // buf does not hold the whole body
+	hijacked  bool
+}
+
+func newCaptureWriter(w http.ResponseWriter, r *http.Request, max int64, capture bool) *captureWriter {
+	return &captureWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		max:                   max,
+		capture:               capture,
+		tunnel:                r.Method == http.MethodConnect,
+	}
+}
+
+// WriteHeader records the final status and decides how the response flows.
+// Informational (1xx) statuses other than 101 are passed through at once.
+func (cw *captureWriter) WriteHeader(code int) {
+	if cw.mode != modeUndecided {
+		if cw.mode == modeTee || cw.mode == modePass {
+			// let the server report a superfluous call as it would without us
+			cw.ResponseWriter.WriteHeader(code)
+		}
+		return
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		cw.ResponseWriter.WriteHeader(code)
+		return
+	}
+	cw.status = code
+	h := cw.Header()
+	switch {
+	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h):
+		cw.mode = modePass
+		cw.truncated = true
+	case fitsIn(h, cw.max) && h.Get("Trailer") == "":
+		// (a response announcing trailers must stay chunked, so it streams)
+		cw.mode = modeHold
+		cw.buf = getBuf()
+		return
+	default:
+		cw.mode = modeTee
+		if cw.capture {
+			cw.buf = getBuf()
+		} else {
+			cw.truncated = true
+		}
+	}
+	cw.ResponseWriter.WriteHeader(code)
+}
+
+// Write holds, tees or passes p, as decided by WriteHeader.
+func (cw *captureWriter) Write(p []byte) (int, error) {
+	if cw.mode == modeUndecided {
+		cw.WriteHeader(http.StatusOK)
+	}
+	switch cw.mode {
+	case modeHold:
+		if int64(cw.buf.Len())+int64(len(p)) <= cw.max {
+			return cw.buf.Write(p)
+		}
+		// larger than we may hold: send what we have and stream the rest
+		if err := cw.spill(); err != nil {
+			return 0, err
+		}
+		return cw.ResponseWriter.Write(p)
+	case modeTee:
+		n, err := cw.ResponseWriter.Write(p)
+		cw.keep(p[:n])
+		return n, err
+	default:
+		return cw.ResponseWriter.Write(p)
+	}
+}
+
+// keep copies what was sent into the extraction buffer, up to max.
+func (cw *captureWriter) keep(p []byte) {
+	if cw.truncated || cw.buf == nil {
+		return
+	}
+	room := cw.max - int64(cw.buf.Len())
+	if int64(len(p)) > room {
+		cw.truncated = true
+		return
+	}
+	cw.buf.Write(p)
+}
+
+// spill ends holding: the status and the held bytes go out and the rest of
+// the response streams. The copy is incomplete from here on.
+func (cw *captureWriter) spill() error {
+	cw.mode = modeTee
+	cw.truncated = true
+	cw.ResponseWriter.WriteHeader(cw.status)
+	_, err := cw.ResponseWriter.Write(cw.buf.Bytes())
+	return err
+}
+
+// ReadFrom copies from r through Write so that nothing bypasses the capture;
+// only a passed-through response keeps the underlying ReaderFrom (sendfile).
+func (cw *captureWriter) ReadFrom(r io.Reader) (int64, error) {
+	if cw.mode == modeUndecided {
+		cw.WriteHeader(http.StatusOK)
+	}
+	if cw.mode == modePass {
+		return cw.ResponseWriterWrapper.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{cw}, r)
+}
+
+// writerOnly hides ReadFrom so io.Copy uses Write (as caddy's encode does).
+type writerOnly struct{ io.Writer }
+
+// FlushError flushes a streamed response; a held one stays held (as
+// caddyhttp's ResponseRecorder does), and goes out whole at release.
+func (cw *captureWriter) FlushError() error {
+	if cw.mode == modeUndecided {
+		cw.WriteHeader(http.StatusOK)
+	}
+	if cw.mode == modeHold {
+		return nil
+	}
+	//nolint:bodyclose
+	return http.NewResponseController(cw.ResponseWriter).Flush()
+}
+
+// Flush implements http.Flusher for handlers that assert it directly.
+func (cw *captureWriter) Flush() { _ = cw.FlushError() }
+
+// Hijack hands the connection over; whatever was held is written first.
+func (cw *captureWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if cw.mode == modeHold {
+		if err := cw.spill(); err != nil {
+			return nil, nil, err
+		}
+	}
+	cw.mode = modePass
+	cw.truncated = true
+	cw.hijacked = true
+	//nolint:bodyclose
+	return http.NewResponseController(cw.ResponseWriter).Hijack()
+}
+
+// upgraded reports a protocol switch or a hijacked connection.
+func (cw *captureWriter) upgraded() bool {
+	return cw.hijacked || cw.status == http.StatusSwitchingProtocols
+}
+
+// release writes a held response out. It is idempotent.
+func (cw *captureWriter) release() error {
+	if cw.mode != modeHold {
+		return nil
+	}
+	cw.mode = modeReleased
+	cw.ResponseWriter.WriteHeader(cw.status)
+	if cw.buf.Len() == 0 {
+		return nil
+	}
+	_, err := cw.ResponseWriter.Write(cw.buf.Bytes())
+	return err
+}
+
+// body returns the captured body and whether it is the whole body.
+func (cw *captureWriter) body() ([]byte, bool) {
+	if cw.truncated {
+		return nil, false
+	}
+	if cw.buf == nil {
+		return nil, true // nothing was written
+	}
+	return cw.buf.Bytes(), true
+}
+
+// isStreaming reports responses that must flow as they come: server-sent
+// events and responses marked incremental.
+func isStreaming(h http.Header) bool {
+	if ct := h.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "text/event-stream" {
+			return true
+		}
+	}
+	return caddyhttp.IsIncremental(h)
+}
+
+// fitsIn reports whether a response may be held: its declared length, if
+// any, is at most max.
+func fitsIn(h http.Header, max int64) bool {
+	cl := h.Get("Content-Length")
+	if cl == "" {
+		return true
+	}
+	n, err := strconv.ParseInt(cl, 10, 64)
+	return err == nil && n >= 0 && n <= max
+}
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*captureWriter)(nil)
+	_ http.Flusher        = (*captureWriter)(nil)
+	_ http.Hijacker       = (*captureWriter)(nil)
+	_ io.ReaderFrom       = (*captureWriter)(nil)
+)

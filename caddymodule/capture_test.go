@@ -1,0 +1,117 @@
+package caddymodule
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestCaptureWriterModes(t *testing.T) {
+	for i, tc := range []struct {
+		name     string
+		method   string
+		write    func(w http.ResponseWriter)
+		wantHeld bool // nothing reached the client before release
+		wantBody string
+		complete bool
+	}{
+		{name: "small response is held", write: func(w http.ResponseWriter) {
+			w.WriteHeader(201)
+			io.WriteString(w, "hello") //nolint:errcheck
+		}, wantHeld: true, wantBody: "hello", complete: true},
+		{name: "ReadFrom goes through the capture", write: func(w http.ResponseWriter) {
+			w.(io.ReaderFrom).ReadFrom(strings.NewReader("from a reader")) //nolint:errcheck
+		}, wantHeld: true, wantBody: "from a reader", complete: true},
+		{name: "declared too large streams", write: func(w http.ResponseWriter) {
+			w.Header().Set("Content-Length", "100")
+			io.WriteString(w, strings.Repeat("z", 100)) //nolint:errcheck
+		}, wantBody: strings.Repeat("z", 100)},
+		{name: "grows past max while held spills", write: func(w http.ResponseWriter) {
+			for range 5 {
+				io.WriteString(w, strings.Repeat("q", 10)) //nolint:errcheck
+			}
+		}, wantBody: strings.Repeat("q", 50)},
+		{name: "trailers stay chunked", write: func(w http.ResponseWriter) {
+			w.Header().Set("Trailer", "X-Checksum")
+			io.WriteString(w, "abc") //nolint:errcheck
+			w.Header().Set("X-Checksum", "1")
+		}, wantBody: "abc", complete: true},
+		{name: "server-sent events stream", write: func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+			io.WriteString(w, "data: x\n\n") //nolint:errcheck
+		}, wantBody: "data: x\n\n"},
+		{name: "CONNECT tunnels stream", method: http.MethodConnect, write: func(w http.ResponseWriter) {
+			w.WriteHeader(200)
+			io.WriteString(w, "tunnel") //nolint:errcheck
+		}, wantBody: "tunnel"},
+		{name: "switching protocols passes", write: func(w http.ResponseWriter) {
+			w.WriteHeader(http.StatusSwitchingProtocols)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			method := tc.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
+			cw := newCaptureWriter(w, httptest.NewRequest(method, "/", nil), 32, true)
+			tc.write(cw)
+			if held := !w.sent; held != tc.wantHeld {
+				t.Errorf("%d: held = %v, want %v", i, held, tc.wantHeld)
+			}
+			body, complete := cw.body()
+			if complete != tc.complete || complete && string(body) != tc.wantBody {
+				t.Errorf("%d: captured %q (complete %v)", i, body, complete)
+			}
+			if err := cw.release(); err != nil {
+				t.Fatal(err)
+			}
+			if w.Body.String() != tc.wantBody {
+				t.Errorf("%d: client got %q, want %q", i, w.Body.String(), tc.wantBody)
+			}
+		})
+	}
+}
+
+func TestInformationalStatusPassesAtOnce(t *testing.T) {
+	w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
+	cw := newCaptureWriter(w, httptest.NewRequest(http.MethodPost, "/", nil), 1024, true)
+	cw.Header().Set("Link", "</app.css>; rel=preload")
+	cw.WriteHeader(http.StatusEarlyHints)
+	if !w.sent {
+		t.Fatal("103 Early Hints must reach the client at once")
+	}
+	cw.WriteHeader(http.StatusCreated)
+	if cw.mode != modeHold || cw.status != http.StatusCreated {
+		t.Errorf("the final status must still be held, mode %d status %d", cw.mode, cw.status)
+	}
+}
+
+func TestHijackReleasesHeldBytes(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := newCaptureWriter(w, r, 1024, true)
+		conn, brw, err := http.NewResponseController(cw).Hijack()
+		if err != nil {
+			t.Errorf("hijack through the capture writer: %v", err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi") //nolint:errcheck
+		brw.Flush()                                                                            //nolint:errcheck
+		if !cw.upgraded() {
+			t.Errorf("a hijacked exchange is not observed")
+		}
+	}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if string(b) != "hi" {
+		t.Errorf("got %q", b)
+	}
+}

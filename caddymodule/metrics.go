@@ -1,0 +1,83 @@
+package caddymodule
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// handlerMetrics are the handler's Prometheus collectors. They carry rule
+// names, event types and outcomes as labels, never event data.
+type handlerMetrics struct {
+	matched        *prometheus.CounterVec // rule, type
+	tooLarge       *prometheus.CounterVec // side
+	lookupFailures *prometheus.CounterVec // rule
+	enqueued       *prometheus.CounterVec // outcome
+	enqueueErrors  prometheus.Counter
+	queueLatency   prometheus.Histogram
+}
+
+// newHandlerMetrics registers the collectors on reg (Caddy's registry for the
+// running config; nil gives a private one). Several authtap handlers of one
+// config share the collectors registered first.
+func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	const ns = "authtap"
+	m := &handlerMetrics{}
+	var err error
+	if m.matched, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "events_matched_total",
+		Help: "Events built from observed exchanges, by rule and event type.",
+	}, []string{"rule", "type"})); err != nil {
+		return nil, err
+	}
+	if m.tooLarge, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "bodies_too_large_total",
+		Help: "Bodies of candidate exchanges larger than max_body (side is request or response); their rules emitted nothing.",
+	}, []string{"side"})); err != nil {
+		return nil, err
+	}
+	if m.lookupFailures, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "lookup_failures_total",
+		Help: "Rule lookups that failed (error, timeout or non-2xx answer), by rule.",
+	}, []string{"rule"})); err != nil {
+		return nil, err
+	}
+	if m.enqueued, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "events_enqueued_total",
+		Help: "Events handed to the queue, by outcome (queued, duplicate, spooled).",
+	}, []string{"outcome"})); err != nil {
+		return nil, err
+	}
+	if m.enqueueErrors, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: ns, Name: "enqueue_errors_total",
+		Help: "Events that could be neither queued in Redis nor spooled to disk.",
+	})); err != nil {
+		return nil, err
+	}
+	if m.queueLatency, err = register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: ns, Name: "queue_latency_seconds",
+		Help:    "Time the handler waited for one event to be queued or spooled.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector of the same description
+// that is already registered (another authtap handler of the same config).
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
+}
