@@ -29,7 +29,7 @@ const (
 	// repeated fan-out of the same event cannot enqueue it again.
 	DefaultDedupeRetention = 24 * time.Hour
 	// DefaultTaskCheckInterval is how often an idle worker polls its queues.
-	DefaultTaskCheckInterval = 20 * time.Millisecond
+	DefaultTaskCheckInterval = 10 * time.Millisecond
 	// DefaultDelayedTaskCheckInterval is how often retries and throttled deliveries that are due are queued again.
 	DefaultDelayedTaskCheckInterval = time.Second
 	// DefaultThrottleWait is the base re-delay of a delivery whose endpoint has all its slots in use.
@@ -68,7 +68,8 @@ type Config struct {
 	// it puts them back in the queue. Default 20s.
 	ShutdownTimeout time.Duration
 	// TaskCheckInterval is how often an idle worker polls the queues; lower means
-	// lower latency and more Redis commands while idle. Default 20ms.
+	// lower latency and more Redis commands while idle (about 550/s at 10ms, see
+	// BENCHMARKS.md). Default 10ms.
 	TaskCheckInterval time.Duration
 	// DelayedTaskCheckInterval is how often due retries and throttled deliveries
 	// are moved back into their queue. Default 1s.
