@@ -299,10 +299,10 @@ func printJSON(w io.Writer, v any) int {
 // endpointFlags are the flags of add and update.
 type endpointFlags struct {
 	url, events, mode, description, bearerToken, eventHeader, format, id *string
-	rateLimit                                                          *float64
-	maxConcurrency                                                     *int
-	enabled                                                            *bool
-	asJSON                                                             *bool
+	rateLimit                                                            *float64
+	maxConcurrency                                                       *int
+	enabled                                                              *bool
+	asJSON                                                               *bool
 }
 
 func addEndpointFlags(fs *flag.FlagSet, update bool) endpointFlags {
