@@ -172,6 +172,7 @@ func run(events, concurrency, rate int, latencyFor, idleFor, taskCheck time.Dura
 		}
 	}
 	start := time.Now()
+	selfCPU0, redisCPU0 := cpuTime(os.Getpid()), cpuTime(srv.Pid())
 	if err := w.Start(); err != nil {
 		return err
 	}
@@ -182,8 +183,11 @@ func run(events, concurrency, rate int, latencyFor, idleFor, taskCheck time.Dura
 		return fmt.Errorf("throughput phase: only %d of %d deliveries after 5 minutes", rc.count.Load(), events)
 	}
 	took := time.Since(start)
+	selfCPU, redisCPU := cpuTime(os.Getpid())-selfCPU0, cpuTime(srv.Pid())-redisCPU0
 	fmt.Printf("throughput: %d events fanned out and delivered in %s = %.0f deliveries/s\n",
 		events, took.Round(time.Millisecond), float64(events)/took.Seconds())
+	fmt.Printf("  CPU per delivery: worker+receiver process %.0fµs, redis-server %.0fµs (of %.1f core-seconds available)\n",
+		selfCPU.Seconds()*1e6/float64(events), redisCPU.Seconds()*1e6/float64(events), took.Seconds()*float64(runtime.NumCPU()))
 
 	// Let the worker settle (attempt-log writes, completed-task bookkeeping).
 	time.Sleep(2 * time.Second)
@@ -241,6 +245,24 @@ func run(events, concurrency, rate int, latencyFor, idleFor, taskCheck time.Dura
 	slices.Sort(parts)
 	fmt.Printf("idle commands by type: %s\n", strings.Join(parts, ", "))
 	return nil
+}
+
+// cpuTime returns the user+system CPU time of process pid (Linux /proc).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which is in parentheses and may hold spaces).
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / clockTicks
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d.Microseconds())/1000) }

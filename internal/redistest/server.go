@@ -26,3 +26,11 @@ func Launch(dir string) (*Server, error) {
 	}
 	return nil, fmt.Errorf("starting redis-server: %w", lastErr)
 }
+
+// Pid returns the process id of the running redis-server, or 0.
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
