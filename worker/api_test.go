@@ -796,6 +796,31 @@ func TestNewAPIConfig(t *testing.T) {
 	if _, err := NewAPI(APIConfig{}); err == nil {
 		t.Error("NewAPI accepted no store")
 	}
+	// The monitor UI is mounted at /monitor/; with no Redis needed to route.
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	store, err := NewStore(rdb, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	monitor := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Monitor", r.URL.Path)
+		w.WriteHeader(http.StatusTeapot)
+	})
+	h, err := NewAPI(APIConfig{Store: store, Monitor: monitor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/monitor/queues", nil))
+	if rec.Code != http.StatusTeapot || rec.Header().Get("X-Monitor") != "/monitor/queues" {
+		t.Errorf("GET /monitor/queues: %d %v", rec.Code, rec.Header())
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/event-types", nil))
+	if rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != `{"event_types":[]}` {
+		t.Errorf("GET /event-types without EventTypes: %d %s", rec.Code, rec.Body)
+	}
 }
 
 // TestOpenAPIDocumentsEveryRoute holds openapi.json and the route table to each other.
