@@ -342,7 +342,7 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 	for _, m := range matches {
 		n := m.Rule.Need()
 		if n.RequestBody && reqOver || n.ResponseBody && respOver {
-			if c := h.logger.Check(zapcore.InfoLevel, "body larger than max_body; rule skipped"); c != nil {
+			if c := h.logger.Check(zapcore.DebugLevel, "body larger than max_body; rule skipped"); c != nil {
 				c.Write(zap.String("rule", m.Rule.Name), zap.Int64("max_body", h.MaxBody),
 					zap.Bool("request", n.RequestBody && reqOver), zap.Bool("response", n.ResponseBody && respOver))
 			}

@@ -490,6 +490,28 @@ func TestFailOpen(t *testing.T) {
 		}
 		assertNoSecrets(t, e.logs, "u_1")
 	})
+	t.Run("next aborts", func(t *testing.T) {
+		e := newTestHandler(t, testRules, nil)
+		rec := httptest.NewRecorder()
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = e.serve(rec, httptest.NewRequest(http.MethodPost, "/api/users", nil), func(w http.ResponseWriter, r *http.Request) error {
+				w.WriteHeader(http.StatusCreated)
+				io.WriteString(w, `{"user":`) //nolint:errcheck
+				panic(http.ErrAbortHandler) // as reverse_proxy does when the upstream breaks mid-body
+			})
+		}()
+		if recovered != http.ErrAbortHandler {
+			t.Errorf("the abort must propagate, got %v", recovered)
+		}
+		if rec.Code != http.StatusCreated || rec.Body.String() != `{"user":` {
+			t.Errorf("what next wrote must go out before the abort: %d %q", rec.Code, rec.Body.String())
+		}
+		if len(e.q.got()) != 0 {
+			t.Errorf("an aborted exchange emits nothing")
+		}
+	})
 	t.Run("next fails", func(t *testing.T) {
 		e := newTestHandler(t, testRules, nil)
 		boom := errors.New("upstream died mid-body")
