@@ -499,7 +499,7 @@ func TestFailOpen(t *testing.T) {
 			_ = e.serve(rec, httptest.NewRequest(http.MethodPost, "/api/users", nil), func(w http.ResponseWriter, r *http.Request) error {
 				w.WriteHeader(http.StatusCreated)
 				io.WriteString(w, `{"user":`) //nolint:errcheck
-				panic(http.ErrAbortHandler) // as reverse_proxy does when the upstream breaks mid-body
+				panic(http.ErrAbortHandler)   // as reverse_proxy does when the upstream breaks mid-body
 			})
 		}()
 		if recovered != http.ErrAbortHandler {
