@@ -108,11 +108,27 @@ func storeError(err error, endpointID string) *apiError {
 		if _, rest, ok := strings.Cut(msg, ": "); ok {
 			msg = rest
 		}
-		return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Message: msg}
+		return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: fieldOfMessage(msg), Message: msg}
 	case errors.Is(err, ErrEventNotFound):
 		return errorf(http.StatusNotFound, CodeNotFound, "event is not (or no longer) kept")
 	}
 	return internal(err)
+}
+
+// fieldOfMessage guesses the field a validation message of the store is
+// about; the API checks each field itself first, so this is a fallback.
+func fieldOfMessage(msg string) string {
+	m := strings.ToLower(msg)
+	for _, k := range []struct{ word, field string }{
+		{"url", "url"}, {"mode", "mode"}, {"format", "format"}, {"event filter", "events"},
+		{"event header", "event_header"}, {"bearer token", "bearer_token"}, {"rate_limit", "rate_limit"},
+		{"max_concurrency", "max_concurrency"}, {"secret", "secret"}, {"id ", "id"},
+	} {
+		if strings.HasPrefix(m, k.word) || strings.Contains(m, " "+k.word) {
+			return k.field
+		}
+	}
+	return ""
 }
 
 func readOnlyError(id string) *apiError {

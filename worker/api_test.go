@@ -910,3 +910,100 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		t.Error("GET /openapi.json does not serve the embedded document")
 	}
 }
+
+func TestStoreErrorNamesTheField(t *testing.T) {
+	for _, tc := range []struct {
+		cfg   EndpointConfig
+		field string
+	}{
+		{EndpointConfig{ID: "a", URL: "ftp://x"}, "url"},
+		{EndpointConfig{ID: "a", URL: "http://x.example"}, "url"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", Mode: "prod"}, "mode"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", Format: "xml"}, "format"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", Events: []string{"a..b"}}, "events"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", EventHeader: "Host"}, "event_header"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", BearerToken: "a b"}, "bearer_token"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", RateLimit: -1}, "rate_limit"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", MaxConcurrency: 5000}, "max_concurrency"},
+		{EndpointConfig{ID: "a", URL: "https://x.example", Secret: "whsec_!!"}, "secret"},
+		{EndpointConfig{ID: "a b", URL: "https://x.example"}, "id"},
+	} {
+		_, err := recordFromConfig(tc.cfg, time.Now())
+		if err == nil {
+			t.Errorf("%+v: no error", tc.cfg)
+			continue
+		}
+		if e := storeError(err, tc.cfg.ID); e.Status != 400 || e.Field != tc.field {
+			t.Errorf("%v: field %q, want %q", err, e.Field, tc.field)
+		}
+		if e := checkEndpointConfig(tc.cfg); e == nil || e.Field != tc.field {
+			t.Errorf("checkEndpointConfig(%+v) = %+v, want field %q", tc.cfg, e, tc.field)
+		}
+	}
+}
+
+func BenchmarkAPIListEndpoints(b *testing.B) {
+	srv := redistest.Start(b)
+	opt, err := ParseRedisURL(srv.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rdb, err := RedisClient(opt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = rdb.Close() })
+	store, err := NewStore(rdb, StoreOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 100 {
+		if _, err := store.Create(context.Background(), EndpointConfig{URL: fmt.Sprintf("https://h%d.example.com/hook", i), Events: []string{"user.*"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h, err := NewAPI(APIConfig{Store: store})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/webhooks", nil))
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
+	}
+}
+
+func BenchmarkAPICreateEndpoint(b *testing.B) {
+	srv := redistest.Start(b)
+	opt, err := ParseRedisURL(srv.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rdb, err := RedisClient(opt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = rdb.Close() })
+	store, err := NewStore(rdb, StoreOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := NewAPI(APIConfig{Store: store})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := `{"url":"https://hooks.example.com/x","events":["user.*","tenant.deleted"]}`
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest("POST", "/webhooks", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 201 {
+			b.Fatal(rec.Code, rec.Body)
+		}
+	}
+}
