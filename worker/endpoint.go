@@ -378,7 +378,7 @@ func recordFromConfig(c EndpointConfig, now time.Time) (*endpointRecord, error) 
 		RateLimit: c.RateLimit, MaxConcurrency: c.MaxConcurrency, CreatedAt: now, UpdatedAt: now,
 	}
 	if c.Disabled {
-		r.DisabledReason = "disabled in the configuration"
+		r.DisabledReason = "created disabled"
 	}
 	secret := c.Secret
 	if secret == "" {

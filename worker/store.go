@@ -116,6 +116,9 @@ func NewStore(rdb redis.UniversalClient, o StoreOptions) (*Store, error) {
 			return nil, err
 		}
 		r.readOnly = true
+		if c.Disabled {
+			r.DisabledReason = "disabled in the configuration"
+		}
 		s.configured[c.ID] = r
 		s.configOrder = append(s.configOrder, c.ID)
 	}
@@ -228,7 +231,9 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if del.Val() == 0 {
 		return fmt.Errorf("deleting endpoint %s: %w", id, ErrNotFound)
 	}
-	_ = s.rdb.Del(ctx, failingKey(id), inflightKey(id), bucketKey(id)).Err()
+	// Separate DELs: these keys live in different Redis Cluster slots.
+	_ = s.rdb.Del(ctx, failingKey(id)).Err()
+	_ = s.rdb.Del(ctx, inflightKey(id), bucketKey(id)).Err()
 	return nil
 }
 
