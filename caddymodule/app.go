@@ -110,7 +110,9 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // (when on) worker. With no Redis URL it starts an embedded in-memory Redis.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
-	a.logger = ctx.Logger()
+	if a.logger == nil { // tests may set one
+		a.logger = ctx.Logger()
+	}
 	a.kick = make(chan struct{}, 1)
 	a.timeout = time.Duration(a.EnqueueTimeout)
 	if a.timeout <= 0 {

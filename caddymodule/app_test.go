@@ -1,0 +1,267 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/authtap/authtap/worker"
+)
+
+func TestGlobalOptionCaddyfile(t *testing.T) {
+	for i, tc := range []struct {
+		input string
+		want  string // JSON of the app
+		err   string // substring of the error
+	}{
+		{input: `authtap`, want: `{}`},
+		{input: `authtap {
+			redis redis://127.0.0.1:6379/0
+		}`, want: `{"redis":"redis://127.0.0.1:6379/0"}`},
+		{input: `authtap {
+			redis {env.REDIS_URL}
+			worker {
+				concurrency 20
+				delivery_timeout 10s
+				shutdown_timeout 5s
+				allow 10.0.0.0/8 fd00::/8
+			}
+			spool_dir /var/lib/authtap/spool
+			spool_max_size 512MiB
+			enqueue_timeout 250ms
+			endpoint crm {
+				url https://crm.example.com/hooks
+				events user.* tenant.deleted
+				mode test
+				secret {env.CRM_SECRET}
+				bearer_token {env.CRM_TOKEN}
+				event_header X-Crm-Event
+				format data
+				description "CRM sync"
+				rate_limit 2.5
+				max_concurrency 3
+				disabled
+			}
+			endpoint audit {
+				url https://audit.example.com/in
+				secret whsec_abc
+			}
+		}`, want: `{"redis":"{env.REDIS_URL}",` +
+			`"worker":{"concurrency":20,"delivery_timeout":10000000000,"shutdown_timeout":5000000000,"allowlist":["10.0.0.0/8","fd00::/8"]},` +
+			`"endpoints":[{"id":"crm","url":"https://crm.example.com/hooks","description":"CRM sync","events":["user.*","tenant.deleted"],"mode":"test","secret":"{env.CRM_SECRET}","bearer_token":"{env.CRM_TOKEN}","event_header":"X-Crm-Event","format":"data","rate_limit":2.5,"max_concurrency":3,"disabled":true},` +
+			`{"id":"audit","url":"https://audit.example.com/in","secret":"whsec_abc"}],` +
+			`"spool_dir":"/var/lib/authtap/spool","spool_max_size":536870912,"enqueue_timeout":250000000}`},
+		{input: `authtap {
+			worker off
+		}`, want: `{"worker":{"enabled":false}}`},
+		{input: `authtap {
+			worker on
+		}`, want: `{"worker":{"enabled":true}}`},
+		{input: `authtap {
+			worker
+		}`, want: `{"worker":{}}`},
+
+		{input: `authtap extra`, err: "wrong argument count"},
+		{input: `authtap {
+			redis
+		}`, err: "wrong argument count"},
+		{input: `authtap {
+			redis a b
+		}`, err: "wrong argument count"},
+		{input: `authtap {
+			reddis redis://x
+		}`, err: `unrecognized authtap option "reddis"`},
+		{input: `authtap {
+			enqueue_timeout soon
+		}`, err: `enqueue_timeout: invalid duration "soon"`},
+		{input: `authtap {
+			spool_max_size lots
+		}`, err: `spool_max_size: invalid size "lots"`},
+		{input: `authtap {
+			worker maybe
+		}`, err: `worker: unexpected argument "maybe"`},
+		{input: `authtap {
+			worker {
+				concurrency -1
+			}
+		}`, err: `worker concurrency: want a positive number, got "-1"`},
+		{input: `authtap {
+			worker {
+				allow 10.0.0.0
+			}
+		}`, err: `worker allow: "10.0.0.0" is not an address range`},
+		{input: `authtap {
+			worker {
+				threads 3
+			}
+		}`, err: `unrecognized worker option "threads"`},
+		{input: `authtap {
+			endpoint {
+				url https://x
+			}
+		}`, err: "endpoint: missing id"},
+		{input: `authtap {
+			endpoint crm {
+				url https://x
+			}
+		}`, err: "endpoint crm: missing secret"},
+		{input: `authtap {
+			endpoint crm {
+				secret whsec_x
+			}
+		}`, err: "endpoint crm: missing url"},
+		{input: `authtap {
+			endpoint crm {
+				url https://x
+				secret whsec_x
+				mode staging
+			}
+		}`, err: `endpoint crm mode: want live or test, got "staging"`},
+		{input: `authtap {
+			endpoint crm {
+				url https://x https://y
+			}
+		}`, err: `endpoint crm url: want one value, got another: "https://y"`},
+		{input: `authtap {
+			endpoint crm {
+				format xml
+			}
+		}`, err: `endpoint crm format: want envelope or data, got "xml"`},
+		{input: `authtap {
+			endpoint crm {
+				retries 3
+			}
+		}`, err: `unrecognized endpoint option "retries"`},
+		{input: `authtap {
+			endpoint crm {
+				max_concurrency 0
+			}
+		}`, err: `endpoint crm max_concurrency: want 1 to 1000, got "0"`},
+	} {
+		d := caddyfile.NewTestDispenser(tc.input)
+		v, err := parseGlobalOption(d, nil)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("case %d: error = %v, want one containing %q", i, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("case %d: %v", i, err)
+			continue
+		}
+		app, ok := v.(httpcaddyfile.App)
+		if !ok || app.Name != "authtap" {
+			t.Errorf("case %d: got %#v", i, v)
+			continue
+		}
+		if string(app.Value) != tc.want {
+			t.Errorf("case %d:\n got %s\nwant %s", i, app.Value, tc.want)
+		}
+		// Every Caddyfile form has a JSON form that loads back into the same app.
+		var back App
+		if err := json.Unmarshal(app.Value, &back); err != nil {
+			t.Errorf("case %d: JSON does not load: %v", i, err)
+		} else if again := caddyconfig.JSON(&back, nil); string(again) != tc.want {
+			t.Errorf("case %d: JSON round trip %s", i, again)
+		}
+	}
+}
+
+func TestGlobalOptionOnlyOnce(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`authtap`)
+	if _, err := parseGlobalOption(d, httpcaddyfile.App{Name: "authtap"}); err == nil || !strings.Contains(err.Error(), "only once") {
+		t.Fatalf("second authtap global option: %v", err)
+	}
+}
+
+// The whole Caddyfile adapts into apps.authtap.
+func TestGlobalOptionAdapts(t *testing.T) {
+	input := `{
+	authtap {
+		redis redis://127.0.0.1:6379/0
+		worker {
+			concurrency 4
+		}
+	}
+}
+:8080 {
+	respond ok
+}
+`
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Fatalf("warnings %v", warnings)
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(cfg.Apps["authtap"]), `{"redis":"redis://127.0.0.1:6379/0","worker":{"concurrency":4}}`; got != want {
+		t.Fatalf("apps.authtap = %s, want %s", got, want)
+	}
+}
+
+func TestValidateApp(t *testing.T) {
+	for i, tc := range []struct {
+		app App
+		ok  bool
+	}{
+		{App{}, true},
+		{App{EnqueueTimeout: -1}, false},
+		{App{SpoolMaxSize: -1}, false},
+		{App{Worker: &WorkerConfig{Concurrency: -2}}, false},
+	} {
+		if err := tc.app.Validate(); (err == nil) != tc.ok {
+			t.Errorf("case %d: Validate() = %v", i, err)
+		}
+	}
+}
+
+func TestProvisionErrors(t *testing.T) {
+	for i, tc := range []struct {
+		app  App
+		want string
+	}{
+		{App{Redis: "http://127.0.0.1:6379"}, `unsupported scheme "http"`},
+		{App{Redis: "redis://:hunter2@127.0.0.1:99999/0"}, "port must be 1 to 65535"},
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{Allowlist: []string{"nope"}}}, `allowlist entry "nope"`},
+		{App{Worker: &WorkerConfig{}, Endpoints: []worker.EndpointConfig{{ID: "x", URL: "https://x.test"}}}, "needs a secret"},
+	} {
+		a := tc.app
+		a.SpoolDir = t.TempDir()
+		a.logger = zap.NewNop()
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := a.Provision(ctx)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("case %d: Provision error = %v, want %q", i, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("case %d: error repeats the password: %v", i, err)
+		}
+		// Cleanup after a partial Provision releases whatever was taken.
+		keys := map[*caddy.UsagePool]string{backends: a.backendKey, spools: a.spoolKey, workers: a.workerKey}
+		if err := a.Cleanup(); err != nil {
+			t.Errorf("case %d: Cleanup: %v", i, err)
+		}
+		cancel()
+		for pool, k := range keys {
+			if _, ok := pool.References(k); k != "" && ok {
+				t.Errorf("case %d: %s still pooled after Cleanup", i, k)
+			}
+		}
+	}
+}

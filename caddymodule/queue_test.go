@@ -1,0 +1,469 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/authtap/authtap/internal/redistest"
+	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+func init() {
+	// Tests wait for the replay loop; production pings every 1s backing off to 10s.
+	replayMinWait = 20 * time.Millisecond
+	replayMaxWait = 200 * time.Millisecond
+}
+
+// testEvent returns a live user.created event with a fresh id.
+func testEvent(mode string) rules.Event {
+	now := time.Now().UTC()
+	return rules.Event{
+		ID: rules.NewEventID(now), Type: "user.created", Timestamp: now,
+		Data:   json.RawMessage(`{"id":"u_1","email":"a@x.test"}`),
+		Source: rules.Source{Name: "legacy-auth", Rule: "user-created"}, Mode: mode,
+	}
+}
+
+// startApp provisions and starts a, with logs observed at Debug, and cleans it up with the test.
+func startApp(t *testing.T, a *App) *observer.ObservedLogs {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	a.logger = zap.New(core)
+	if a.SpoolDir == "" {
+		a.SpoolDir = t.TempDir()
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := a.Provision(ctx); err != nil {
+		t.Fatalf("Provision: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := a.Cleanup(); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	})
+	if err := a.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { _ = a.Stop() })
+	return logs
+}
+
+// waitFor polls cond until it holds or within passes.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fanoutTask returns the event:fanout task with id in srv, or nil.
+func fanoutTask(t *testing.T, insp *asynq.Inspector, id string) *asynq.TaskInfo {
+	t.Helper()
+	ti, err := insp.GetTaskInfo(tasks.QueueFanout, id)
+	if err != nil {
+		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			return nil
+		}
+		t.Logf("GetTaskInfo(%s): %v", id, err)
+		return nil
+	}
+	return ti
+}
+
+func spoolFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	return m
+}
+
+func TestEnqueueQueuesFanoutTask(t *testing.T) {
+	srv := redistest.Start(t)
+	a := &App{Redis: srv.URL}
+	startApp(t, a)
+	if a.be.embedded || a.be.mini != nil {
+		t.Fatal("an embedded redis started although redis is configured")
+	}
+	if a.InProcessWorker() != nil {
+		t.Fatal("the in-process worker is on by default with a configured redis")
+	}
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+
+	ev := testEvent(rules.ModeLive)
+	out, err := a.Enqueue(context.Background(), ev)
+	if err != nil || out != Queued {
+		t.Fatalf("Enqueue = %v, %v; want queued", out, err)
+	}
+	ti := fanoutTask(t, insp, ev.ID)
+	if ti == nil || ti.Type != tasks.TypeFanout || ti.ID != ev.ID {
+		t.Fatalf("task = %+v, want %s with id %s in %s", ti, tasks.TypeFanout, ev.ID, tasks.QueueFanout)
+	}
+	p, err := tasks.ParseFanout(asynq.NewTask(ti.Type, ti.Payload))
+	if err != nil || p.Event.ID != ev.ID || p.Event.Type != ev.Type {
+		t.Fatalf("payload %+v, %v", p, err)
+	}
+
+	out, err = a.Enqueue(context.Background(), ev)
+	if err != nil || out != Duplicate {
+		t.Fatalf("second Enqueue = %v, %v; want duplicate", out, err)
+	}
+	// A cancelled request context does not lose the event.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ev2 := testEvent(rules.ModeLive)
+	if out, err := a.Enqueue(ctx, ev2); err != nil || out != Queued {
+		t.Fatalf("Enqueue with cancelled ctx = %v, %v", out, err)
+	}
+	if _, err := a.Enqueue(context.Background(), rules.Event{Type: "x"}); err == nil {
+		t.Fatal("an event without id was accepted")
+	}
+	if n := len(spoolFiles(t, a.SpoolDir)); n != 0 {
+		t.Fatalf("%d spool files although redis is up", n)
+	}
+}
+
+func TestRedisDownSpoolsThenReplays(t *testing.T) {
+	srv := redistest.Start(t)
+	timeout := 300 * time.Millisecond
+	a := &App{Redis: srv.URL, EnqueueTimeout: caddy.Duration(timeout)}
+	logs := startApp(t, a)
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+	before := counterValue(a.metrics.spooled)
+
+	srv.Stop()
+	var evs []rules.Event
+	for i := range 5 {
+		ev := testEvent(rules.ModeLive)
+		evs = append(evs, ev)
+		start := time.Now()
+		out, err := a.Enqueue(context.Background(), ev)
+		took := time.Since(start)
+		if err != nil || out != Spooled {
+			t.Fatalf("Enqueue %d with redis down = %v, %v; want spooled", i, out, err)
+		}
+		if took > timeout+time.Second {
+			t.Fatalf("Enqueue %d took %s, want about %s at most", i, took, timeout)
+		}
+	}
+	if len(spoolFiles(t, a.SpoolDir)) == 0 {
+		t.Fatal("no spool file")
+	}
+	if got := counterValue(a.metrics.spooled) - before; got != 5 {
+		t.Fatalf("events_spooled_total grew by %v, want 5", got)
+	}
+	if logs.FilterMessageSnippet("spooling events to disk").Len() != 1 {
+		t.Fatalf("want one warning about spooling, got %v", logs.All())
+	}
+
+	srv.Restart()
+	waitFor(t, 15*time.Second, "the spool to be replayed", func() bool {
+		for _, ev := range evs {
+			if fanoutTask(t, insp, ev.ID) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, 5*time.Second, "the spool to be empty", func() bool { return a.sp.Empty() && !a.be.down.Load() })
+	if n := len(spoolFiles(t, a.SpoolDir)); n != 0 {
+		t.Fatalf("%d spool files left", n)
+	}
+	// Back to normal: straight into Redis.
+	if out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != Queued {
+		t.Fatalf("Enqueue after recovery = %v, %v", out, err)
+	}
+}
+
+// A Redis that accepts connections and never answers: the enqueue must give up
+// after EnqueueTimeout and spool.
+func TestHangingRedisSpoolsWithinTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+	})
+	timeout := 150 * time.Millisecond
+	a := &App{Redis: "redis://" + l.Addr().String() + "/0", EnqueueTimeout: caddy.Duration(timeout)}
+	startApp(t, a)
+	start := time.Now()
+	out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
+	if took := time.Since(start); took > timeout+700*time.Millisecond {
+		t.Fatalf("Enqueue took %s with a %s timeout", took, timeout)
+	}
+	if err != nil || out != Spooled {
+		t.Fatalf("Enqueue = %v, %v; want spooled", out, err)
+	}
+	// While Redis is marked down, events go to the spool without waiting.
+	start = time.Now()
+	if out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != Spooled {
+		t.Fatalf("second Enqueue = %v, %v", out, err)
+	}
+	if took := time.Since(start); took > timeout {
+		t.Fatalf("second Enqueue took %s; want no wait for a Redis known to be down", took)
+	}
+}
+
+func TestRestartWithSpoolReplays(t *testing.T) {
+	srv := redistest.Start(t)
+	dir := t.TempDir()
+	srv.Stop()
+
+	a1 := &App{Redis: srv.URL, SpoolDir: dir, EnqueueTimeout: caddy.Duration(200 * time.Millisecond)}
+	startApp(t, a1)
+	var evs []rules.Event
+	for range 3 {
+		ev := testEvent(rules.ModeLive)
+		evs = append(evs, ev)
+		if out, err := a1.Enqueue(context.Background(), ev); err != nil || out != Spooled {
+			t.Fatalf("Enqueue = %v, %v", out, err)
+		}
+	}
+	// Caddy stops with events in the spool.
+	if err := a1.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a1.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := spools.References(dir); ok {
+		t.Fatal("spool still held after Cleanup")
+	}
+	if len(spoolFiles(t, dir)) == 0 {
+		t.Fatal("spool files gone after Cleanup")
+	}
+
+	srv.Restart()
+	a2 := &App{Redis: srv.URL, SpoolDir: dir}
+	startApp(t, a2)
+	insp := asynq.NewInspector(a2.RedisOpt())
+	defer insp.Close()
+	waitFor(t, 15*time.Second, "the old spool to be replayed", func() bool {
+		for _, ev := range evs {
+			ti := fanoutTask(t, insp, ev.ID)
+			if ti == nil {
+				return false
+			}
+			// The replayed event keeps its id and content.
+			p, err := tasks.ParseFanout(asynq.NewTask(ti.Type, ti.Payload))
+			if err != nil || p.Event.ID != ev.ID || string(p.Event.Data) != string(ev.Data) || !p.Event.Timestamp.Equal(ev.Timestamp.Truncate(time.Millisecond)) {
+				t.Fatalf("replayed %+v (%v), want %+v", p.Event, err, ev)
+			}
+		}
+		return true
+	})
+}
+
+func TestSpoolFullIsAnError(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Stop()
+	a := &App{Redis: srv.URL, SpoolMaxSize: 600, EnqueueTimeout: caddy.Duration(100 * time.Millisecond)}
+	startApp(t, a)
+	var err error
+	for i := 0; i < 20 && err == nil; i++ {
+		_, err = a.Enqueue(context.Background(), testEvent(rules.ModeLive))
+	}
+	if err == nil || !strings.Contains(err.Error(), "spool is full") {
+		t.Fatalf("want a spool-full error, got %v", err)
+	}
+}
+
+// A reload: the new config acquires the pooled clients before the old one
+// releases them, and enqueues keep working throughout.
+func TestReloadSharesConnections(t *testing.T) {
+	srv := redistest.Start(t)
+	dir := t.TempDir()
+	a1 := &App{Redis: srv.URL, SpoolDir: dir, Worker: &WorkerConfig{Concurrency: 2}}
+	startApp(t, a1)
+	a2 := &App{Redis: srv.URL, SpoolDir: dir, Worker: &WorkerConfig{Concurrency: 2}}
+	startApp(t, a2)
+	if a1.be != a2.be || a1.sp != a2.sp || a1.pw != a2.pw || a2.pw == nil {
+		t.Fatal("a reload with the same redis, spool and worker config made new ones")
+	}
+	if n, _ := backends.References(a1.backendKey); n != 2 {
+		t.Fatalf("backend references = %d, want 2", n)
+	}
+	// The old config goes away.
+	if err := a1.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a1.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := a2.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != Queued {
+		t.Fatalf("Enqueue after the old config left = %v, %v", out, err)
+	}
+	// A changed worker config makes a new worker.
+	a3 := &App{Redis: srv.URL, SpoolDir: dir, Worker: &WorkerConfig{Concurrency: 3}}
+	startApp(t, a3)
+	if a3.pw == a2.pw || a3.be != a2.be {
+		t.Fatal("worker shared across different worker configs, or backend not shared")
+	}
+}
+
+func TestPasswordNeverLogged(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Stop() // a port where nothing listens: the enqueue fails and is logged
+	const pw = "s3cret-pass"
+	a := &App{Redis: fmt.Sprintf("redis://:%s@%s/0", pw, srv.Addr), EnqueueTimeout: caddy.Duration(200 * time.Millisecond)}
+	logs := startApp(t, a)
+	out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
+	if err != nil || out != Spooled {
+		t.Fatalf("Enqueue = %v, %v", out, err)
+	}
+	if logs.FilterMessageSnippet("using redis").Len() != 1 || logs.FilterMessageSnippet("spooling events").Len() != 1 {
+		t.Fatalf("logs %v", logs.All())
+	}
+	for _, e := range logs.All() {
+		b, _ := json.Marshal(e.ContextMap())
+		if strings.Contains(e.Message+string(b), pw) {
+			t.Fatalf("password logged: %s %s", e.Message, b)
+		}
+	}
+}
+
+func TestEmbeddedWorkerDelivers(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir()) // the default spool dir
+	type delivery struct {
+		id, sig string
+		body    []byte
+	}
+	got := make(chan delivery, 4)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- delivery{r.Header.Get("webhook-id"), r.Header.Get("webhook-signature"), b}
+	}))
+	defer recv.Close()
+
+	a := &App{} // zero config: what a handler without a global option gets
+	core, logs := observer.New(zap.InfoLevel)
+	a.logger = zap.New(core)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !a.be.embedded || a.be.mini == nil {
+		t.Fatal("zero config did not start the embedded redis")
+	}
+	if !strings.HasPrefix(a.sp.Dir(), filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy")) {
+		t.Fatalf("default spool dir %s not under caddy's data dir", a.sp.Dir())
+	}
+	warn := logs.FilterMessage("authtap: no redis configured: using an embedded in-memory Redis; events are lost on restart — for trying authtap out only")
+	if warn.Len() != 1 || warn.All()[0].Level != zap.WarnLevel {
+		t.Fatalf("want the embedded-redis warning, got %v", logs.All())
+	}
+	w := a.InProcessWorker()
+	if w == nil {
+		t.Fatal("no in-process worker with the embedded redis")
+	}
+	ep, err := w.Store().Create(context.Background(), worker.EndpointConfig{URL: recv.URL + "/hook", Mode: rules.ModeTest, Events: []string{"user.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := testEvent(rules.ModeTest)
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Queued {
+		t.Fatalf("Enqueue = %v, %v", out, err)
+	}
+	select {
+	case d := <-got:
+		if d.id != ev.ID || !strings.HasPrefix(d.sig, "v1,") {
+			t.Fatalf("delivery id=%q sig=%q, want id %s signed", d.id, d.sig, ev.ID)
+		}
+		var env rules.Event
+		if err := json.Unmarshal(d.body, &env); err != nil || env.ID != ev.ID || env.Type != ev.Type {
+			t.Fatalf("body %s (%v)", d.body, err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no delivery to endpoint %s within 15s", ep.ID)
+	}
+}
+
+func TestEmbeddedRedisExpiresKeys(t *testing.T) {
+	b, err := newEmbeddedBackend()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Destruct()
+	ctx := context.Background()
+	if err := b.rdb.Set(ctx, "k", "v", 100*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a key with a TTL to expire", func() bool {
+		n, err := b.rdb.Exists(ctx, "k").Result()
+		return err == nil && n == 0
+	})
+	// asynq: retry and archive work on the embedded Redis.
+	c := asynq.NewClientFromRedisClient(b.rdb)
+	srv := asynq.NewServerFromRedisClient(b.rdb, asynq.Config{
+		Concurrency: 1, TaskCheckInterval: 10 * time.Millisecond, DelayedTaskCheckInterval: 50 * time.Millisecond,
+		RetryDelayFunc: func(int, error, *asynq.Task) time.Duration { return 50 * time.Millisecond },
+		LogLevel:       asynq.FatalLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc("fail", func(context.Context, *asynq.Task) error { return errors.New("always") })
+	if err := srv.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if _, err := c.Enqueue(asynq.NewTask("fail", nil), asynq.TaskID("f1"), asynq.MaxRetry(2)); err != nil {
+		t.Fatal(err)
+	}
+	insp := asynq.NewInspectorFromRedisClient(b.rdb)
+	waitFor(t, 10*time.Second, "the failing task to be retried and archived", func() bool {
+		ti, err := insp.GetTaskInfo("default", "f1")
+		return err == nil && ti.State == asynq.TaskStateArchived && ti.Retried == 2
+	})
+}
