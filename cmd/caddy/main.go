@@ -1,5 +1,3 @@
-// Command caddy is Caddy with its standard modules and authtap: what
-// "xcaddy build --with github.com/authtap/authtap/caddymodule" produces.
 package main
 
 import (
@@ -8,7 +6,8 @@ import (
 	// plug in Caddy modules here
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/authtap/authtap/caddymodule"
+	// The plugin's module root, as "xcaddy build --with github.com/authtap/authtap" imports it.
+	_ "github.com/authtap/authtap"
 )
 
 func main() {
