@@ -52,8 +52,11 @@ type APIConfig struct {
 	DedupeRetention time.Duration
 	// Logger receives errors (never secrets or request bodies). Default: no logs.
 	Logger *zap.Logger
-	// Monitor, when set, is mounted at /monitor/ (e.g. the asynqmon UI, whose
-	// RootPath must then end in "/monitor"). Default nil: no UI.
+	// Monitor, when set, serves every path under /monitor/ (e.g. the asynqmon
+	// UI). It receives the path as the API sees it, so asynqmon's RootPath must
+	// be "/monitor" when nothing strips a prefix in front of the API; behind a
+	// prefix-stripping mount, put the prefix back before asynqmon (its links
+	// use RootPath). Default nil: no UI.
 	Monitor http.Handler
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
