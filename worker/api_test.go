@@ -539,6 +539,10 @@ func TestAPITestEventAndRotation(t *testing.T) {
 	if len(other.deliveries()) != 0 {
 		t.Errorf("the other endpoint got %d test deliveries", len(other.deliveries()))
 	}
+	// The logs are captured (so the secret check at cleanup is not vacuous).
+	if n := f.logs.FilterMessage("endpoint secret rotated").FilterField(zap.String("endpoint_id", "app")).Len(); n != 3 {
+		t.Errorf("%d rotation log lines, want 3", n)
+	}
 }
 
 func TestAPIDeliveriesRetryAndEvents(t *testing.T) {
