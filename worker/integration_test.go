@@ -382,3 +382,44 @@ func startHelperWorker(t *testing.T, srv *redistest.Server) *exec.Cmd {
 func newTestRedisClient(srv *redistest.Server) (redis.UniversalClient, error) {
 	return RedisClient(asynq.RedisClientOpt{Addr: srv.Addr})
 }
+
+// A delivery still running when ShutdownTimeout ends goes back to the queue and
+// is delivered by the next worker, with the same webhook-id.
+func TestShutdownTimeoutRequeues(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	var calls atomic.Int32
+	ids := make(chan string, 10)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body) // so that the server notices when the client goes away
+		if calls.Add(1) == 1 {
+			select { // the first attempt hangs until the worker gives up on it
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
+		ids <- r.Header.Get("webhook-id")
+	}))
+	defer recv.Close()
+	first := startWorker(t, srv, Config{ShutdownTimeout: 300 * time.Millisecond})
+	if _, err := first.Store().Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	evIDs := enqueueEvents(t, srv, "user.created", "test", 1)
+	waitFor(t, 5*time.Second, "the first attempt", func() bool { return calls.Load() == 1 })
+	begin := time.Now()
+	first.Shutdown()
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Errorf("Shutdown took %v with a 300ms ShutdownTimeout", took)
+	}
+	startWorker(t, srv, Config{})
+	select {
+	case id := <-ids:
+		if id != evIDs[0] {
+			t.Errorf("redelivery carries webhook-id %s, want %s", id, evIDs[0])
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the requeued delivery never arrived")
+	}
+}

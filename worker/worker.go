@@ -101,6 +101,9 @@ type Worker struct {
 	once    sync.Once
 	started bool
 	mu      sync.Mutex
+	// inflight counts running handlers: after asynq gives up waiting at
+	// shutdown (and requeues their tasks), they still write their attempt.
+	inflight sync.WaitGroup
 }
 
 // New builds a worker from cfg; Start starts it.
@@ -180,6 +183,13 @@ func New(cfg Config) (*Worker, error) {
 		ErrorHandler:             asynq.ErrorHandlerFunc(w.taskError),
 	})
 	w.mux = asynq.NewServeMux()
+	w.mux.Use(func(h asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+			w.inflight.Add(1)
+			defer w.inflight.Done()
+			return h.ProcessTask(ctx, t)
+		})
+	})
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, q: w.client, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
@@ -232,6 +242,15 @@ func (w *Worker) Shutdown() {
 		w.mu.Unlock()
 		if started {
 			w.srv.Shutdown()
+			// Handlers cut off by ShutdownTimeout see their context canceled;
+			// give them a moment to record the attempt before closing Redis.
+			done := make(chan struct{})
+			go func() { w.inflight.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				w.log.Warn("closing with task handlers still running")
+			}
 		}
 		w.sender.CloseIdleConnections()
 		_ = w.rdb.Close()
