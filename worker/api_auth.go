@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
@@ -12,15 +13,14 @@ import (
 // 401 JSON error with a WWW-Authenticate challenge. The token is never logged
 // or echoed.
 //
-// RequireBearer panics when token is empty, as http.Handle panics on a nil
-// handler: an API without a token must not be served by accident, so check
-// the configured token (e.g. $AUTHTAP_ADMIN_TOKEN) before calling it.
-func RequireBearer(token string, h http.Handler) http.Handler {
+// An empty token is an error: an API without a token must not be served by
+// accident.
+func RequireBearer(token string, h http.Handler) (http.Handler, error) {
 	if strings.TrimSpace(token) == "" {
-		panic("worker.RequireBearer: empty token; refusing to serve the management API without authentication")
+		return nil, errors.New("empty admin token: refusing to serve the management API without authentication (set --admin-token or AUTHTAP_ADMIN_TOKEN)")
 	}
 	if h == nil {
-		panic("worker.RequireBearer: nil handler")
+		return nil, errors.New("RequireBearer: nil handler")
 	}
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -40,5 +40,5 @@ func RequireBearer(token string, h http.Handler) http.Handler {
 		writeJSON(w, http.StatusUnauthorized, struct {
 			Error *apiError `json:"error"`
 		}{&apiError{Code: CodeUnauthorized, Message: msg}})
-	})
+	}), nil
 }

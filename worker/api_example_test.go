@@ -34,7 +34,11 @@ func ExampleNewAPI() {
 		log.Fatal("AUTHTAP_ADMIN_TOKEN is not set")
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", worker.RequireBearer(token, api))
+	authed, err := worker.RequireBearer(token, api)
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux.Handle("/", authed)
 	// Mounted under a prefix instead: mux.Handle("/admin/", http.StripPrefix("/admin", ...)).
 	log.Fatal(http.ListenAndServe("127.0.0.1:8081", mux))
 }

@@ -76,7 +76,11 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(RequireBearer(apiTestToken, h))
+	authed, err := RequireBearer(apiTestToken, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(authed)
 	f := &apiFixture{t: t, redis: srv, worker: w, inspector: insp, server: ts, logs: logs, secrets: []string{apiTestToken}}
 	for _, c := range o.endpoints {
 		f.secrets = append(f.secrets, c.Secret)
@@ -727,7 +731,10 @@ func TestAPIReplay(t *testing.T) {
 
 func TestRequireBearer(t *testing.T) {
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	h := RequireBearer("s3cret-token", ok)
+	h, err := RequireBearer("s3cret-token", ok)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, auth string
 		status     int
@@ -764,14 +771,9 @@ func TestRequireBearer(t *testing.T) {
 			}
 		})
 	}
-	func() {
-		defer func() {
-			if recover() == nil {
-				t.Error("RequireBearer accepted an empty token")
-			}
-		}()
-		RequireBearer(" ", ok)
-	}()
+	if _, err := RequireBearer(" ", ok); err == nil {
+		t.Error("RequireBearer accepted an empty token")
+	}
 }
 
 func TestAPIInternalErrorsHideDetails(t *testing.T) {

@@ -40,7 +40,11 @@ func startAPI(t *testing.T) *worker.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(worker.RequireBearer(endpointsTestToken, h))
+	authed, err := worker.RequireBearer(endpointsTestToken, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(authed)
 	t.Cleanup(ts.Close)
 	t.Setenv("AUTHTAP_API", ts.URL)
 	t.Setenv("AUTHTAP_ADMIN_TOKEN", endpointsTestToken)
