@@ -467,3 +467,104 @@ func TestEmbeddedRedisExpiresKeys(t *testing.T) {
 		return err == nil && ti.State == asynq.TaskStateArchived && ti.Retried == 2
 	})
 }
+
+// activeApp returns the authtap app of Caddy's running config.
+func activeApp(t *testing.T) *App {
+	t.Helper()
+	v, err := caddy.ActiveContext().App("authtap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.(*App)
+}
+
+// `caddy reload` (caddy.Load of a changed config): the new config takes over the
+// connection, spool and worker of the old one; events enqueued before, during
+// and after the switch, through either config's app, are all queued, and the
+// worker keeps processing.
+func TestCaddyReloadKeepsClientsAndEvents(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	dir := t.TempDir()
+	config := func(timeout string) []byte {
+		b, _ := json.Marshal(map[string]any{
+			"admin":   map[string]any{"disabled": true},
+			"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+			"apps": map[string]any{"authtap": map[string]any{
+				"redis": srv.URL, "spool_dir": dir, "enqueue_timeout": timeout, "worker": map[string]any{"concurrency": 2},
+			}},
+		})
+		return b
+	}
+	if err := caddy.Load(config("1s"), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	old := activeApp(t)
+	oldWorker := old.pw // Cleanup forgets it
+
+	type result struct {
+		id  string
+		out Outcome
+		err error
+	}
+	results := make(chan result, 10000)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a handler of the old config, still finishing requests
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ev := testEvent(rules.ModeLive)
+			out, err := old.Enqueue(context.Background(), ev)
+			results <- result{ev.ID, out, err}
+		}
+	}()
+	waitFor(t, 5*time.Second, "events before the reload", func() bool { return len(results) >= 20 })
+	if err := caddy.Load(config("900ms"), true); err != nil {
+		t.Fatal(err)
+	}
+	cur := activeApp(t)
+	if cur == old {
+		t.Fatal("reload kept the old app")
+	}
+	n := len(results)
+	waitFor(t, 5*time.Second, "events after the reload", func() bool { return len(results) >= n+20 })
+	close(stop)
+	<-done
+	for range 20 {
+		ev := testEvent(rules.ModeLive)
+		out, err := cur.Enqueue(context.Background(), ev)
+		results <- result{ev.ID, out, err}
+	}
+	close(results)
+
+	if cur.be != old.be || cur.pw != oldWorker || cur.sp != old.sp {
+		t.Fatalf("the reload replaced the shared redis connection (%v), worker (%v) or spool (%v)", cur.be != old.be, cur.pw != oldWorker, cur.sp != old.sp)
+	}
+	insp := asynq.NewInspector(cur.RedisOpt())
+	defer insp.Close()
+	var last string
+	for r := range results {
+		if r.err != nil || r.out != Queued {
+			t.Fatalf("event %s: %v, %v; want queued (no outage happened)", r.id, r.out, r.err)
+		}
+		if fanoutTask(t, insp, r.id) == nil {
+			t.Fatalf("event %s is not in redis", r.id)
+		}
+		last = r.id
+	}
+	// The shared worker is still running: it completes the last fan-out.
+	waitFor(t, 10*time.Second, "the worker to process a fan-out after the reload", func() bool {
+		ti := fanoutTask(t, insp, last)
+		return ti != nil && ti.State == asynq.TaskStateCompleted
+	})
+	if len(spoolFiles(t, dir)) != 0 {
+		t.Fatal("events were spooled although redis stayed up")
+	}
+}
