@@ -60,10 +60,10 @@ func main() {
 		return
 	}
 	var o options
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each throughput run (GET, POST at -conns)")
-	flag.DurationVar(&o.c1Duration, "c1-duration", 5*time.Second, "length of each concurrency-1 latency run")
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each throughput run (GET, POST at -conns)")
+	flag.DurationVar(&o.c1Duration, "c1-duration", 2*time.Second, "length of each concurrency-1 latency run")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "warm-up per target and scenario before the first round (not counted)")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every scenario against every target, target order alternating")
+	flag.IntVar(&o.rounds, "rounds", 10, "rounds; each runs every scenario against every target, target order alternating")
 	flag.IntVar(&o.conns, "conns", 32, "keep-alive connections of the throughput runs")
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with authtap (default: go build ./cmd/caddy into a temp dir)")
 	flag.BoolVar(&o.withWorker, "with-worker", false, "add a third target: authtap with the in-process worker on (separate Redis db)")
@@ -616,6 +616,19 @@ func column(rs []result, f func(result) float64) []float64 {
 	return out
 }
 
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func printHeader(o options) {
 	fmt.Printf("authtap whole-system Caddy benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("command:   go run ./bench/caddy %s\n", strings.Join(os.Args[1:], " "))
@@ -628,12 +641,8 @@ func printHeader(o options) {
 			}
 		}
 	}
-	load := ""
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
 	fmt.Printf("machine:   %d CPUs (%s), GOMAXPROCS %d (default), %s %s/%s, load average at start %s\n",
-		runtime.NumCPU(), model, runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, load)
+		runtime.NumCPU(), model, runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAvg())
 	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
 		fmt.Printf("redis:     %s", v)
 	}
@@ -641,6 +650,7 @@ func printHeader(o options) {
 }
 
 func printSummary(o options, scenarios []scenario, targets []*target, results map[string]map[string][]result) {
+	fmt.Printf("\nload average at end %s\n", loadAvg())
 	fmt.Printf("\nmedians of %d rounds (CPU/req = CPU time of that process ÷ requests completed)\n", o.rounds)
 	fmt.Printf("  %-30s %-15s %10s %9s %9s %11s %11s %11s %11s\n", "scenario", "target", "req/s", "p50 ms", "p99 ms",
 		"caddy µs", "redis µs", "upstream µs", "loadgen µs")
@@ -660,14 +670,17 @@ func printSummary(o options, scenarios []scenario, targets []*target, results ma
 
 	fmt.Printf("\ngoals (authtap vs plain, same run)\n")
 	for _, t := range targets[1:] {
-		ratio := func(sc scenario) (float64, []string) {
+		// ratio returns the median of the per-round ratios (each round's
+		// authtap run paired with its plain run next to it in time), their
+		// range, and the ratio of the medians.
+		ratio := func(sc scenario) (med, lo, hi, ofMedians float64) {
 			p := results[sc.name]["plain"]
 			a := results[sc.name][t.name]
-			var per []string
+			per := make([]float64, len(a))
 			for i := range a {
-				per = append(per, fmt.Sprintf("%.3f", a[i].rps()/p[i].rps()))
+				per[i] = a[i].rps() / p[i].rps()
 			}
-			return median(column(a, result.rps)) / median(column(p, result.rps)), per
+			return median(per), slices.Min(per), slices.Max(per), median(column(a, result.rps)) / median(column(p, result.rps))
 		}
 		added := func(sc scenario) float64 {
 			return median(column(results[sc.name][t.name], func(r result) float64 { return ms(r.p50) })) -
@@ -679,13 +692,28 @@ func printSummary(o options, scenarios []scenario, targets []*target, results ma
 			}
 			return "MISSED"
 		}
-		g, gper := ratio(scenarios[0])
-		p, pper := ratio(scenarios[1])
+		g, glo, ghi, gm := ratio(scenarios[0])
+		p, plo, phi, pm := ratio(scenarios[1])
 		ag, ap := added(scenarios[2]), added(scenarios[3])
-		fmt.Printf("  [%s] GET, no rule:   throughput ratio %.3f (per round %s)  goal ≥ 0.98: %s\n", t.name, g, strings.Join(gper, " "), verdict(g >= 0.98))
-		fmt.Printf("  [%s] POST, rule:     throughput ratio %.3f (per round %s)  goal ≥ 0.85: %s\n", t.name, p, strings.Join(pper, " "), verdict(p >= 0.85))
+		fmt.Printf("  [%s] GET, no rule:   throughput ratio %.3f (median of per-round ratios; range %.3f–%.3f; ratio of medians %.3f)  goal ≥ 0.98: %s\n",
+			t.name, g, glo, ghi, gm, verdict(g >= 0.98))
+		fmt.Printf("  [%s] POST, rule:     throughput ratio %.3f (median of per-round ratios; range %.3f–%.3f; ratio of medians %.3f)  goal ≥ 0.85: %s\n",
+			t.name, p, plo, phi, pm, verdict(p >= 0.85))
+		cg, cp := cpuRatio(results, scenarios[0], t.name), cpuRatio(results, scenarios[1], t.name)
+		fmt.Printf("  [%s] CPU-bound estimate (plain ÷ authtap total CPU per request, all processes): GET %.3f, POST %.3f\n", t.name, cg, cp)
 		fmt.Printf("  [%s] concurrency 1:  added p50 GET %+.3f ms, POST %+.3f ms  goal ≤ 0.3 ms: %s\n", t.name, ag, ap, verdict(ag <= 0.3 && ap <= 0.3))
 	}
+}
+
+// cpuRatio is the median over rounds of plain's CPU per request (Caddy,
+// redis-server, upstream and load generator together) divided by the same for
+// target name: what the throughput ratio would be if the run were bound only
+// by this machine's CPU, whatever else the machine is doing.
+func cpuRatio(results map[string]map[string][]result, sc scenario, name string) float64 {
+	total := func(r result) float64 {
+		return perReq(r.caddyCPU+r.redisCPU+r.upstreamCPU+r.loadgenCPU, r.n)
+	}
+	return median(column(results[sc.name]["plain"], total)) / median(column(results[sc.name][name], total))
 }
 
 // checkEvents compares the 201 responses to POST /api/users through each
@@ -746,10 +774,11 @@ func profile(o options, targets []*target, scenarios []scenario) error {
 	fmt.Printf("\nprofiles of %s (pprof via admin %s)\n", t.name, t.adminAddr)
 	for i, sc := range scenarios[:2] {
 		file := filepath.Join(o.profileDir, []string{"authtap-get.pprof", "authtap-post.pprof"}[i])
-		secs := max(1, int(o.duration.Seconds())-2)
+		dur := max(o.duration, 10*time.Second)
+		secs := int(dur.Seconds()) - 2
 		errc := make(chan error, 1)
 		go func() {
-			_, err := load(t.addr, sc, o.duration)
+			_, err := load(t.addr, sc, dur)
 			errc <- err
 		}()
 		time.Sleep(time.Second)
