@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -261,6 +262,40 @@ func TestProvisionErrors(t *testing.T) {
 		for pool, k := range keys {
 			if _, ok := pool.References(k); k != "" && ok {
 				t.Errorf("case %d: %s still pooled after Cleanup", i, k)
+			}
+		}
+	}
+}
+
+// Caddy makes a new metrics registry per config: the app's collectors go into
+// each, keep counting across them, and a second app of one config is fine.
+func TestAppMetricsAcrossRegistries(t *testing.T) {
+	r1, r2 := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
+	m1, err := newAppMetrics(r1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newAppMetrics(r1); err != nil {
+		t.Fatalf("second registration in one registry: %v", err)
+	}
+	m2, err := newAppMetrics(r2)
+	if err != nil || m1 != m2 {
+		t.Fatalf("second registry: %v", err)
+	}
+	m1.queued.Inc()
+	for _, reg := range []*prometheus.Registry{r1, r2} {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		for _, mf := range mfs {
+			names[mf.GetName()] = true
+		}
+		for _, n := range []string{"authtap_events_queued_total", "authtap_events_spooled_total", "authtap_events_replayed_total",
+			"authtap_events_duplicate_total", "authtap_spool_bytes"} {
+			if !names[n] {
+				t.Errorf("%s not gathered (have %v)", n, names)
 			}
 		}
 	}

@@ -301,11 +301,19 @@ func (a *App) replayLoop(ctx context.Context, done chan struct{}) {
 	for {
 		if a.sp.Empty() && !a.be.down.Load() {
 			wait = replayMinWait
+			// Woken by this app's spooling, or now and then in case another
+			// config's app (a handler finishing a request across a reload)
+			// spooled into the shared spool.
+			idle := time.NewTimer(replayMaxWait)
 			select {
 			case <-ctx.Done():
+				idle.Stop()
 				return
 			case <-a.kick:
 				// Let a burst of spooled events gather before the first ping.
+				idle.Stop()
+			case <-idle.C:
+				continue
 			}
 		}
 		t := time.NewTimer(wait)

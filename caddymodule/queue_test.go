@@ -429,6 +429,16 @@ func TestEmbeddedWorkerDelivers(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("no delivery to endpoint %s within 15s", ep.ID)
 	}
+	// The pooled worker's metrics are in this config's registry.
+	waitFor(t, 5*time.Second, "the worker's delivery metric", func() bool {
+		mfs, _ := ctx.GetMetricsRegistry().Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "authtap_worker_deliveries_total" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func TestEmbeddedRedisExpiresKeys(t *testing.T) {
