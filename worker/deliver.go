@@ -203,23 +203,39 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	m := &metrics{
-		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "authtap", Subsystem: "worker", Name: "deliveries_total",
-			Help: "Webhook delivery attempts by outcome (success, failure, gone, permanent, throttled, skipped).",
-		}, []string{"outcome"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: "authtap", Subsystem: "worker", Name: "delivery_duration_seconds",
-			Help:    "Time from sending a webhook to having read the response.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
-		}),
+	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authtap", Subsystem: "worker", Name: "deliveries_total",
+		Help: "Webhook delivery attempts by outcome (success, failure, gone, permanent, throttled, skipped).",
+	}, []string{"outcome"})
+	latency := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "authtap", Subsystem: "worker", Name: "delivery_duration_seconds",
+		Help:    "Time from sending a webhook to having read the response.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+	})
+	// A new worker on the same registry (a Caddy config reload) shares the collectors.
+	var err error
+	m := &metrics{}
+	if m.deliveries, err = register(reg, deliveries); err != nil {
+		return nil, err
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.latency} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering worker metrics: %w", err)
-		}
+	if m.latency, err = register(reg, latency); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// register registers c, or returns the collector already registered in its place.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("registering worker metrics: %w", err)
 }
 
 func (m *metrics) observe(outcome string, latency time.Duration) {
