@@ -1,0 +1,461 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/authtap/authtap/internal/redistest"
+	"github.com/authtap/authtap/worker/tasks"
+)
+
+// integrationRules is the rule file of the integration tests.
+const integrationRules = `version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users, response: {body: {"user.id": exists}}}
+    emit:
+      type: user.created
+      subject: "{response.body.user.id}"
+      data: {id: "{response.body.user.id}", email: "{response.body.user.email}"}
+  - name: profile-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: /api/me, as: me}
+    emit: {type: user.updated, subject: "{path.id}", data: {id: "{me.body.id}", name: "{me.body.name}"}}
+`
+
+// fakeAuthAPI is the upstream: a tiny user service.
+type fakeAuthAPI struct {
+	next atomic.Int64
+}
+
+const downloadSize = 100 << 20
+
+func (a *fakeAuthAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.Method + " " + r.URL.Path {
+	case "POST /api/users":
+		var in struct {
+			Email string `json:"email"`
+			Fail  int    `json:"fail"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if in.Fail != 0 {
+			w.WriteHeader(in.Fail)
+			fmt.Fprintf(w, `{"user":{"id":"not-created"},"error":"failed with %d"}`, in.Fail)
+			return
+		}
+		id := "u_" + strconv.FormatInt(a.next.Add(1), 10)
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"user":{"id":%q,"email":%q}}`, id, in.Email)
+	case "GET /api/me":
+		if r.Header.Get("Cookie") != "session=s1" {
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"u_me","name":"Ann"}`) //nolint:errcheck
+	case "PATCH /api/users/u_me":
+		w.WriteHeader(http.StatusNoContent)
+	case "GET /download":
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(downloadSize))
+		chunk := bytes.Repeat([]byte("0123456789abcdef"), 2048) // 32 KiB
+		for sent := 0; sent < downloadSize; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type integration struct {
+	t         *testing.T
+	redis     *redistest.Server
+	insp      *asynq.Inspector
+	rdb       *redis.Client
+	adminPort int
+	httpPort  int
+	base      string
+	rulesFile string
+	spoolDir  string
+	upstream  string
+	client    *http.Client
+}
+
+// config renders the Caddy JSON config; source distinguishes reloads.
+func (it *integration) config(source string) string {
+	level := "ERROR"
+	if l := os.Getenv("AUTHTAP_TEST_LOG_LEVEL"); l != "" {
+		level = l // e.g. DEBUG, to see the app and handler at work
+	}
+	cfg := map[string]any{
+		"admin": map[string]any{"listen": "localhost:" + strconv.Itoa(it.adminPort)},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+			"level": level, "writer": map[string]any{"output": "stderr"},
+		}}},
+		"apps": map[string]any{
+			"authtap": map[string]any{
+				"redis":           it.redis.URL,
+				"spool_dir":       it.spoolDir,
+				"enqueue_timeout": "200ms",
+			},
+			"http": map[string]any{
+				"http_port": it.httpPort,
+				"servers": map[string]any{"srv0": map[string]any{
+					"listen":          []string{"127.0.0.1:" + strconv.Itoa(it.httpPort)},
+					"automatic_https": map[string]any{"disable": true},
+					"routes": []any{map[string]any{"handle": []any{
+						map[string]any{"handler": "authtap", "rules": []string{it.rulesFile}, "source": source},
+						map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": it.upstream}}},
+					}}},
+				}},
+			},
+		},
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		it.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// load posts a config to the admin API, as `caddy reload` does.
+func (it *integration) load(cfg string) error {
+	resp, err := http.Post("http://localhost:"+strconv.Itoa(it.adminPort)+"/load", "application/json", strings.NewReader(cfg))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("loading config: %d %s", resp.StatusCode, b)
+	}
+	return nil
+}
+
+// signUp posts one sign-up through Caddy and returns the status and body.
+func (it *integration) signUp(email string, fail int) (int, string, error) {
+	body := fmt.Sprintf(`{"email":%q,"password":"s3cret","fail":%d}`, email, fail)
+	req, err := http.NewRequest(http.MethodPost, it.base+"/api/users", strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	// Marks the POST as safe to resend, so the client retries it when a
+	// reload closes the idle keep-alive connection it was sent on (a race
+	// of HTTP/1.1 itself that plain Caddy shows too, with or without authtap).
+	req.Header.Set("Idempotency-Key", email)
+	resp, err := it.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// fanouts returns the event:fanout tasks in Redis by subject, with their task ids.
+func (it *integration) fanouts() map[string][]string {
+	it.t.Helper()
+	out := map[string][]string{}
+	for page := 1; ; page++ {
+		infos, err := it.insp.ListPendingTasks(tasks.QueueFanout, asynq.Page(page), asynq.PageSize(500))
+		if errors.Is(err, asynq.ErrQueueNotFound) {
+			// A Redis restarted empty has lost asynq's set of queue names, and
+			// the app's asynq client remembers having registered the queue, so
+			// tasks queued since are in Redis but not listed. Register the
+			// name as asynq would (workers poll their queues either way).
+			ctx := context.Background()
+			if n, _ := it.rdb.Exists(ctx, "asynq:{"+tasks.QueueFanout+"}:pending").Result(); n == 1 {
+				if err := it.rdb.SAdd(ctx, "asynq:queues", tasks.QueueFanout).Err(); err != nil {
+					it.t.Fatal(err)
+				}
+				page--
+				continue
+			}
+			return out
+		}
+		if err != nil {
+			it.t.Fatalf("listing fan-out tasks: %v", err)
+		}
+		for _, ti := range infos {
+			if ti.Type != tasks.TypeFanout {
+				it.t.Errorf("task %s has type %q", ti.ID, ti.Type)
+			}
+			p, err := tasks.ParseFanout(asynq.NewTask(ti.Type, ti.Payload))
+			if err != nil {
+				it.t.Fatalf("task %s: %v", ti.ID, err)
+			}
+			if p.Event.ID != ti.ID {
+				it.t.Errorf("task id %s is not the event id %s", ti.ID, p.Event.ID)
+			}
+			out[p.Event.Subject] = append(out[p.Event.Subject], ti.ID)
+		}
+		if len(infos) < 500 {
+			return out
+		}
+	}
+}
+
+// waitForSubjects waits until every subject has exactly one fan-out task.
+func (it *integration) waitForSubjects(subjects []string, within time.Duration) {
+	it.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := it.fanouts()
+		var missing, doubled []string
+		for _, s := range subjects {
+			switch n := len(got[s]); {
+			case n == 0:
+				missing = append(missing, s)
+			case n > 1:
+				doubled = append(doubled, s)
+			}
+		}
+		if len(doubled) > 0 {
+			it.t.Fatalf("events queued more than once: %v", doubled)
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			it.t.Fatalf("%d of %d events never reached Redis, e.g. %v", len(missing), len(subjects), missing[:min(10, len(missing))])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func startIntegration(t *testing.T) *integration {
+	if testing.Short() {
+		t.Skip("integration test: runs Caddy, Redis and an upstream")
+	}
+	rs := redistest.Start(t)
+	upstream := httptest.NewServer(&fakeAuthAPI{})
+	t.Cleanup(upstream.Close)
+	dir := t.TempDir()
+	it := &integration{
+		t:         t,
+		redis:     rs,
+		insp:      asynq.NewInspector(asynq.RedisClientOpt{Addr: rs.Addr}),
+		rdb:       redis.NewClient(&redis.Options{Addr: rs.Addr}),
+		adminPort: freeTCPPort(t),
+		httpPort:  freeTCPPort(t),
+		rulesFile: filepath.Join(dir, "rules.yaml"),
+		spoolDir:  filepath.Join(dir, "spool"),
+		upstream:  strings.TrimPrefix(upstream.URL, "http://"),
+		client:    &http.Client{Timeout: 30 * time.Second},
+	}
+	t.Cleanup(func() { it.insp.Close(); it.rdb.Close() })
+	it.base = "http://127.0.0.1:" + strconv.Itoa(it.httpPort)
+	if err := os.WriteFile(it.rulesFile, []byte(integrationRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
+		AdminPort: it.adminPort, LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 30 * time.Second,
+	})
+	tester.InitServer(it.config("legacy-auth"), "json")
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Cleanup(func() { _ = it.load(`{"admin":{"listen":"localhost:` + strconv.Itoa(it.adminPort) + `"}}`) })
+	return it
+}
+
+// TestIntegration runs real Caddy (in process), a private Redis and an
+// upstream. Not parallel: caddytest drives one global Caddy.
+func TestIntegration(t *testing.T) {
+	it := startIntegration(t)
+
+	t.Run("sign-up through Caddy queues event:fanout", func(t *testing.T) {
+		it.t = t
+		status, body, err := it.signUp("a@x.test", 0)
+		if err != nil || status != http.StatusCreated || !strings.Contains(body, `"id":"u_`) {
+			t.Fatalf("sign-up: %d %q %v", status, body, err)
+		}
+		var resp struct{ User struct{ ID string } }
+		_ = json.Unmarshal([]byte(body), &resp)
+		it.waitForSubjects([]string{resp.User.ID}, 10*time.Second)
+		infos, err := it.insp.ListPendingTasks(tasks.QueueFanout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := tasks.ParseFanout(asynq.NewTask(infos[0].Type, infos[0].Payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := p.Event
+		if ev.Type != "user.created" || ev.Source.Name != "legacy-auth" || ev.Source.Rule != "user-created" || ev.Mode != "live" ||
+			string(ev.Data) != `{"id":"`+resp.User.ID+`","email":"a@x.test"}` {
+			t.Errorf("event = %+v, data %s", ev, ev.Data)
+		}
+	})
+
+	t.Run("failed statuses queue nothing", func(t *testing.T) {
+		it.t = t
+		before := len(it.fanouts())
+		for _, code := range []int{400, 409, 422, 500, 503} {
+			status, _, err := it.signUp("b@x.test", code)
+			if err != nil || status != code {
+				t.Fatalf("want the upstream's %d passed through, got %d %v", code, status, err)
+			}
+		}
+		if got := it.fanouts(); len(got) != before || got["not-created"] != nil {
+			t.Errorf("failed requests queued events: %v", got)
+		}
+	})
+
+	t.Run("lookup through Caddy with the caller's cookie", func(t *testing.T) {
+		it.t = t
+		req, _ := http.NewRequest(http.MethodPatch, it.base+"/api/users/u_me", strings.NewReader(`{"name":"Ann"}`))
+		req.Header.Set("Cookie", "session=s1")
+		resp, err := it.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		it.waitForSubjects([]string{"u_me"}, 10*time.Second)
+		infos, _ := it.insp.ListPendingTasks(tasks.QueueFanout, asynq.PageSize(500))
+		for _, ti := range infos {
+			p, _ := tasks.ParseFanout(asynq.NewTask(ti.Type, ti.Payload))
+			if p.Event.Subject == "u_me" && (string(p.Event.Data) != `{"id":"u_me","name":"Ann"}` || len(p.Event.Source.Missing) > 0) {
+				t.Errorf("lookup result not in the event: %s missing %v", p.Event.Data, p.Event.Source.Missing)
+			}
+		}
+	})
+
+	t.Run("Redis down: events spooled, replayed once when it is back", func(t *testing.T) {
+		it.t = t
+		it.redis.Stop()
+		var subjects []string
+		start := time.Now()
+		for i := range 10 {
+			status, body, err := it.signUp(fmt.Sprintf("down%d@x.test", i), 0)
+			if err != nil || status != http.StatusCreated {
+				t.Fatalf("with Redis down the request must still succeed: %d %q %v", status, body, err)
+			}
+			var resp struct{ User struct{ ID string } }
+			_ = json.Unmarshal([]byte(body), &resp)
+			subjects = append(subjects, resp.User.ID)
+		}
+		t.Logf("10 sign-ups with Redis down took %v", time.Since(start))
+		entries, _ := os.ReadDir(it.spoolDir)
+		if len(entries) == 0 {
+			t.Errorf("nothing in the spool directory %s", it.spoolDir)
+		}
+		it.redis.Restart()
+		it.waitForSubjects(subjects, 60*time.Second)
+	})
+
+	t.Run("100 MB download on a non-matching route streams", func(t *testing.T) {
+		it.t = t
+		// warm up connections and pools so that only the download is measured
+		if resp, err := it.client.Get(it.base + "/nothing"); err == nil {
+			io.Copy(io.Discard, resp.Body) //nolint:errcheck
+			resp.Body.Close()
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		resp, err := it.client.Get(it.base + "/download")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || n != downloadSize {
+			t.Fatalf("downloaded %d bytes, %v", n, err)
+		}
+		runtime.ReadMemStats(&after)
+		alloc := after.TotalAlloc - before.TotalAlloc
+		inuse := int64(after.HeapInuse) - int64(before.HeapInuse)
+		t.Logf("100 MiB through Caddy: TotalAlloc +%d bytes, HeapInuse %+d bytes", alloc, inuse)
+		if alloc > 2<<20 {
+			t.Errorf("memory grew by %d bytes allocated for a streamed download; want under 2 MiB", alloc)
+		}
+	})
+
+	t.Run("config reload under load fails no request and loses no event", func(t *testing.T) {
+		it.t = t
+		var (
+			mu       sync.Mutex
+			subjects []string
+			failures []string
+			stop     atomic.Bool
+			wg       sync.WaitGroup
+		)
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; !stop.Load(); i++ {
+					status, body, err := it.signUp(fmt.Sprintf("load%d-%d@x.test", w, i), 0)
+					mu.Lock()
+					if err != nil || status != http.StatusCreated {
+						failures = append(failures, fmt.Sprintf("%d %v", status, err))
+					} else {
+						var resp struct{ User struct{ ID string } }
+						_ = json.Unmarshal([]byte(body), &resp)
+						subjects = append(subjects, resp.User.ID)
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		for i := range 3 {
+			time.Sleep(150 * time.Millisecond) // let load build up between reloads
+			if err := it.load(it.config(fmt.Sprintf("legacy-auth-%d", i))); err != nil {
+				t.Errorf("reload %d: %v", i, err)
+			}
+		}
+		time.Sleep(150 * time.Millisecond)
+		stop.Store(true)
+		wg.Wait()
+		if len(failures) > 0 {
+			t.Fatalf("%d requests failed during reloads: %v", len(failures), failures[:min(5, len(failures))])
+		}
+		if len(subjects) < 10 {
+			t.Fatalf("only %d requests ran during the reloads", len(subjects))
+		}
+		t.Logf("%d sign-ups across 3 reloads", len(subjects))
+		it.waitForSubjects(subjects, 60*time.Second)
+	})
+}
