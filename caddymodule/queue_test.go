@@ -578,3 +578,36 @@ func TestCaddyReloadKeepsClientsAndEvents(t *testing.T) {
 		t.Fatal("events were spooled although redis stayed up")
 	}
 }
+
+// BenchmarkEnqueue measures one Enqueue into a local redis-server, and into the
+// spool while Redis is down (one fsync shared by concurrent appends).
+func BenchmarkEnqueue(b *testing.B) {
+	srv := redistest.Start(b)
+	for _, bc := range []struct {
+		name string
+		down bool
+		want Outcome
+	}{{"redis", false, Queued}, {"spool", true, Spooled}} {
+		b.Run(bc.name, func(b *testing.B) {
+			a := &App{Redis: srv.URL, SpoolDir: b.TempDir(), logger: zap.NewNop()}
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			if err := a.Provision(ctx); err != nil {
+				b.Fatal(err)
+			}
+			defer a.Cleanup()
+			a.be.down.Store(bc.down) // no replay loop: Start is not called
+			defer a.be.down.Store(false)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != bc.want {
+						b.Errorf("Enqueue = %v, %v", out, err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
