@@ -44,8 +44,8 @@ rules:
 
 // adminCaddyfile is what a user writes: the admin handler under handle_path
 // behind basic_auth, next to the authtap handler and the upstream. The
-// arguments are the HTTP port, the storage dir, the rule file, the upstream
-// and the bcrypt hash of the admin password.
+// arguments are the HTTP port, the storage dir, the rule file, the upstream,
+// the bcrypt hash of the admin password, the Redis URL and the spool dir.
 const adminCaddyfile = `{
 	admin off
 	persist_config off
@@ -54,6 +54,10 @@ const adminCaddyfile = `{
 	storage file_system %[2]s
 	log {
 		level ERROR
+	}
+	authtap {
+		redis %[6]s
+		spool_dir %[7]s
 	}
 }
 http://127.0.0.1:%[1]d {
@@ -114,28 +118,14 @@ func startAdminCaddy(t testing.TB) *adminEnv {
 	port := adminFreePort(t)
 	env.base = "http://127.0.0.1:" + strconv.Itoa(port)
 	caddyfileText := fmt.Sprintf(adminCaddyfile, port, filepath.Join(dir, "storage"), rulesFile,
-		strings.TrimPrefix(upstream.URL, "http://"), hash)
+		strings.TrimPrefix(upstream.URL, "http://"), hash, env.redis.URL, filepath.Join(dir, "spool"))
 
-	adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
 	if err != nil {
 		t.Fatalf("adapting the Caddyfile: %v\n%s", err, caddyfileText)
 	}
 	for _, w := range warnings {
 		t.Logf("adapter warning: %s", w.String())
-	}
-	// The app's own options (Redis, spool) go in as JSON, which is what the
-	// global authtap option adapts to.
-	var cfg map[string]any
-	if err := json.Unmarshal(adapted, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["apps"].(map[string]any)["authtap"] = map[string]any{
-		"redis":     env.redis.URL,
-		"spool_dir": filepath.Join(dir, "spool"),
-	}
-	cfgJSON, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if err := caddy.Load(cfgJSON, true); err != nil {
 		t.Fatalf("loading the Caddy config: %v", err)
