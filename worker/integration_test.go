@@ -6,11 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -421,5 +425,119 @@ func TestShutdownTimeoutRequeues(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the requeued delivery never arrived")
+	}
+}
+
+// startClusterNode starts a one-node Redis Cluster owning every slot. Redis
+// refuses multi-key commands across slots there just as on a real cluster, so
+// it catches keys that would break on Redis Cluster.
+func startClusterNode(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("AUTHTAP_SKIP_REDIS") == "1" {
+		t.Skip("AUTHTAP_SKIP_REDIS=1")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	dir := t.TempDir()
+	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port),
+		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+		"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "redis-server to answer", func() bool { return c.Ping(ctx).Err() == nil })
+	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatalf("assigning slots: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the cluster to be ok", func() bool {
+		info, _ := c.ClusterInfo(ctx).Result()
+		return strings.Contains(info, "cluster_state:ok")
+	})
+	return addr
+}
+
+// The worker and its store work on Redis Cluster (every multi-key command stays in one slot).
+func TestWorkerOnRedisCluster(t *testing.T) {
+	ctx := context.Background()
+	addr := startClusterNode(t)
+	opt, err := ParseRedisURL("redis-cluster://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, okSrv := newRecorder(t, 0, 200)
+	w, err := New(Config{
+		Redis: opt, Retry: fastRetry, DelayedTaskCheckInterval: 100 * time.Millisecond,
+		Logger:    zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Endpoints: []EndpointConfig{{ID: "gitops", URL: okSrv.URL, Mode: "test", Secret: testSecret(t)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Shutdown)
+	s := w.Store()
+	ep, err := s.Create(ctx, EndpointConfig{URL: okSrv.URL + "/b", Mode: "test", RateLimit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := "x"
+	if _, err := s.Update(ctx, ep.ID, EndpointPatch{Description: &desc}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RotateSecret(ctx, ep.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetEnabled(ctx, "gitops", true, ""); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := s.List(ctx); err != nil || len(list) != 2 {
+		t.Fatalf("List = %v, %v", list, err)
+	}
+
+	c := asynq.NewClient(opt)
+	defer c.Close()
+	var ids []string
+	for i := range 3 {
+		now := time.Now()
+		ev := rules.Event{ID: rules.NewEventID(now), Type: "user.created", Timestamp: now.UTC(),
+			Data: json.RawMessage(fmt.Sprint(i)), Source: rules.Source{Name: "t"}, Mode: "test"}
+		task, _ := tasks.NewFanoutTask(ev)
+		if _, err := c.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ev.ID)
+	}
+	waitFor(t, 15*time.Second, "6 deliveries on the cluster", func() bool { return len(ok.snapshot()) >= 6 })
+	waitFor(t, 5*time.Second, "6 recorded attempts", func() bool {
+		n := 0
+		for _, id := range ids {
+			atts, _ := s.EventAttempts(ctx, id)
+			n += len(atts)
+		}
+		return n == 6
+	})
+	if evs, err := s.EventsBetween(ctx, time.Now().Add(-time.Minute), time.Now().Add(time.Minute)); err != nil || len(evs) != 3 {
+		t.Errorf("EventsBetween = %d events, %v", len(evs), err)
+	}
+	if atts, err := s.Attempts(ctx, ep.ID, 10, time.Time{}); err != nil || len(atts) != 3 {
+		t.Errorf("Attempts = %d, %v", len(atts), err)
+	}
+	if err := s.Delete(ctx, ep.ID); err != nil {
+		t.Errorf("Delete on the cluster: %v", err)
 	}
 }
