@@ -54,8 +54,13 @@ const (
 // exchange, the request body is buffered (up to max_body) only when a
 // candidate rule reads it, and the response is held (up to max_body) until
 // its events are queued, so that no accepted mutation goes out before its
-// event is safe. Responses that are larger than max_body, server-sent event
-// streams and protocol upgrades are streamed through as they come.
+// event is safe. (The status is not yet known when holding starts, so a
+// candidate's error responses are held too, for the few microseconds it
+// takes to find that no rule matches them.) Responses that declare or reach
+// more than max_body, responses announcing trailers, server-sent event
+// streams, CONNECT tunnels and protocol upgrades stream through as they come;
+// their events, if any, are queued after the fact, and rules that read a body
+// that was not captured whole emit nothing.
 type Handler struct {
 	// Rules lists the rule files to load, as file names or glob patterns
 	// (e.g. "/etc/authtap/*.yaml"). Required. The files are checked for
@@ -378,7 +383,6 @@ func (h *Handler) enqueue(parent context.Context, ev rules.Event) {
 			zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("rule", ev.Source.Rule), zap.Error(err))
 		return
 	}
-	h.metrics.enqueued.WithLabelValues(outcomeLabel(out)).Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "event queued"); c != nil {
 		c.Write(zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("rule", ev.Source.Rule),
 			zap.String("outcome", outcomeLabel(out)))

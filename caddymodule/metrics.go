@@ -7,12 +7,13 @@ import (
 )
 
 // handlerMetrics are the handler's Prometheus collectors. They carry rule
-// names, event types and outcomes as labels, never event data.
+// names and event types as labels, never event data. What became of each
+// event (queued, spooled, duplicate) is counted by the app, which does the
+// queueing (authtap_events_queued_total and friends).
 type handlerMetrics struct {
 	matched        *prometheus.CounterVec // rule, type
 	tooLarge       *prometheus.CounterVec // side
 	lookupFailures *prometheus.CounterVec // rule
-	enqueued       *prometheus.CounterVec // outcome
 	enqueueErrors  prometheus.Counter
 	queueLatency   prometheus.Histogram
 }
@@ -43,12 +44,6 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 		Namespace: ns, Name: "lookup_failures_total",
 		Help: "Rule lookups that failed (error, timeout or non-2xx answer), by rule.",
 	}, []string{"rule"})); err != nil {
-		return nil, err
-	}
-	if m.enqueued, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Name: "events_enqueued_total",
-		Help: "Events handed to the queue, by outcome (queued, duplicate, spooled).",
-	}, []string{"outcome"})); err != nil {
 		return nil, err
 	}
 	if m.enqueueErrors, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
