@@ -541,3 +541,78 @@ func TestWorkerOnRedisCluster(t *testing.T) {
 		t.Errorf("Delete on the cluster: %v", err)
 	}
 }
+
+// An endpoint that keeps failing for DisableAfter is disabled, and endpoints
+// subscribed to endpoint.disabled hear about it.
+func TestAutoDisableAnnouncesEndpointDisabled(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	_, badSrv := newRecorder(t, 0, 503)
+	got := make(chan rules.Event, 4)
+	watch := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev rules.Event
+		if err := json.NewDecoder(r.Body).Decode(&ev); err == nil {
+			got <- ev
+		}
+	}))
+	defer watch.Close()
+	w := startWorker(t, srv, Config{
+		DisableAfter: 150 * time.Millisecond,
+		Retry:        RetryPolicy{Schedule: []time.Duration{0, 200 * time.Millisecond, 200 * time.Millisecond, 200 * time.Millisecond}, Jitter: -1},
+	})
+	s := w.Store()
+	if _, err := s.Create(ctx, EndpointConfig{ID: "bad", URL: badSrv.URL, Mode: "test", Events: []string{"user.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, EndpointConfig{ID: "ops", URL: watch.URL, Mode: "test", Events: []string{"endpoint.disabled"}}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueEvents(t, srv, "user.created", "test", 1)
+	select {
+	case ev := <-got:
+		var data map[string]string
+		_ = json.Unmarshal(ev.Data, &data)
+		if ev.Type != EventEndpointDisabled || ev.Source.Name != "authtap" || data["endpoint_id"] != "bad" || data["url"] != badSrv.URL {
+			t.Errorf("announcement = %+v, data %v", ev, data)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no endpoint.disabled event within 10s")
+	}
+	ep, err := s.Get(ctx, "bad")
+	if err != nil || ep.Enabled || ep.DisabledReason == "" {
+		t.Errorf("bad endpoint = %+v, %v; want disabled with a reason", ep, err)
+	}
+}
+
+// An endpoint's rate limit spreads deliveries out without failing them.
+func TestRateLimitSpreadsDeliveries(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rec, recv := newRecorder(t, 0, 200)
+	w := startWorker(t, srv, Config{})
+	if _, err := w.Store().Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test", RateLimit: 5}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueEvents(t, srv, "user.created", "test", 10)
+	waitFor(t, 15*time.Second, "10 deliveries", func() bool { return len(rec.snapshot()) == 10 })
+	hits := rec.snapshot()
+	first, last := hits[0].received, hits[0].received
+	for _, h := range hits {
+		if h.received.Before(first) {
+			first = h.received
+		}
+		if h.received.After(last) {
+			last = h.received
+		}
+	}
+	// A burst of 5, then 5 more at 5/s: at least ~1s from the first to the last.
+	if spread := last.Sub(first); spread < 800*time.Millisecond {
+		t.Errorf("10 deliveries at 5/s arrived within %v", spread)
+	}
+	atts, _ := w.Store().Attempts(ctx, "ep", 100, time.Time{})
+	for _, a := range atts {
+		if !a.Success || a.Attempt != 1 {
+			t.Errorf("attempt %+v: throttling must not count as a failed attempt", a)
+		}
+	}
+}
