@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ rules:
       type: user.created
       subject: "{response.body.user.id}"
       data: {id: "{response.body.user.id}", email: "{response.body.user.email}"}
+  - name: imported
+    match: {method: POST, path: /api/import}
+    emit: {type: users.imported, data: {batch: "{request.body.batch}"}}
   - name: profile-updated
     match: {method: PATCH, path: "/api/users/{id}"}
     lookup: {get: /api/me, as: me}
@@ -71,6 +75,15 @@ func (a *fakeAuthAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		id := "u_" + strconv.FormatInt(a.next.Add(1), 10)
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"user":{"id":%q,"email":%q}}`, id, in.Email)
+	case "POST /api/import":
+		// echoes what arrived, so the test can compare it with what was sent
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%x %d %d %v", h.Sum(nil), n, r.ContentLength, r.TransferEncoding)
 	case "GET /api/me":
 		if r.Header.Get("Cookie") != "session=s1" {
 			http.Error(w, "who are you", http.StatusUnauthorized)
@@ -337,6 +350,57 @@ func TestIntegration(t *testing.T) {
 		}
 		if got := it.fanouts(); len(got) != before || got["not-created"] != nil {
 			t.Errorf("failed requests queued events: %v", got)
+		}
+	})
+
+	t.Run("request bodies reach the upstream byte-identical", func(t *testing.T) {
+		it.t = t
+		small := []byte(`{"batch":"b1","users":[]}`)
+		large := append([]byte(`{"batch":"b2","pad":"`), bytes.Repeat([]byte("x"), 2<<20)...) // over max_body (1 MiB)
+		large = append(large, `"}`...)
+		for _, tc := range []struct {
+			name    string
+			body    []byte
+			chunked bool
+		}{{"small", small, false}, {"small chunked", small, true}, {"large", large, false}, {"large chunked", large, true}} {
+			var r io.Reader = bytes.NewReader(tc.body)
+			if tc.chunked {
+				r = onlyReader{r}
+			}
+			req, _ := http.NewRequest(http.MethodPost, it.base+"/api/import", r)
+			wantCL, wantTE := len(tc.body), "[]"
+			if tc.chunked {
+				req.ContentLength, wantCL, wantTE = -1, -1, "[chunked]"
+			}
+			resp, err := it.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := fmt.Sprintf("%x %d %d %s", sha256.Sum256(tc.body), len(tc.body), wantCL, wantTE)
+			if string(got) != want {
+				t.Errorf("%s: upstream saw %q, want %q", tc.name, got, want)
+			}
+		}
+		// the small ones emitted, the large ones (over max_body) did not
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			infos, _ := it.insp.ListPendingTasks(tasks.QueueFanout, asynq.PageSize(500))
+			var batches []string
+			for _, ti := range infos {
+				p, _ := tasks.ParseFanout(asynq.NewTask(ti.Type, ti.Payload))
+				if p.Event.Type == "users.imported" {
+					batches = append(batches, string(p.Event.Data))
+				}
+			}
+			if len(batches) == 2 && batches[0] == `{"batch":"b1"}` && batches[1] == batches[0] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("users.imported events = %v, want two for b1 and none for b2", batches)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 
