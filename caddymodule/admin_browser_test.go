@@ -34,7 +34,7 @@ func TestAdminMonitorInBrowser(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Fatalf("headless Chromium is needed at %s (%v): run ./test.sh, which installs it (apt-get install chromium)", chromiumPath, err)
 	}
-	env := startAdminCaddy(t)
+	env := startAdminCaddy(t, adminCaddyOptions{})
 	taskID := env.enqueueParkedDelivery("evt_browser_1", "ep_browser_1")
 	env.enqueueParkedFanout("evt_browser_2")
 

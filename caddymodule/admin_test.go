@@ -45,7 +45,8 @@ rules:
 // adminCaddyfile is what a user writes: the admin handler under handle_path
 // behind basic_auth, next to the authtap handler and the upstream. The
 // arguments are the HTTP port, the storage dir, the rule file, the upstream,
-// the bcrypt hash of the admin password, the Redis URL and the spool dir.
+// the bcrypt hash of the admin password, the Redis line ("redis <url>", or
+// empty for the embedded Redis), the spool dir and the authtap_admin directive.
 const adminCaddyfile = `{
 	admin off
 	persist_config off
@@ -56,7 +57,7 @@ const adminCaddyfile = `{
 		level ERROR
 	}
 	authtap {
-		redis %[6]s
+		%[6]s
 		spool_dir %[7]s
 	}
 }
@@ -70,7 +71,7 @@ http://127.0.0.1:%[1]d {
 		basic_auth {
 			admin %[5]s
 		}
-		authtap_admin
+		%[8]s
 	}
 }
 `
@@ -78,23 +79,29 @@ http://127.0.0.1:%[1]d {
 // adminEnv is a running Caddy with the admin handler, on a private Redis.
 type adminEnv struct {
 	t      testing.TB
-	redis  *redistest.Server
+	redis  *redistest.Server // nil with the embedded Redis
 	base   string // http://127.0.0.1:port
 	user   string
 	pass   string
 	client *http.Client
 }
 
+// adminCaddyOptions vary the Caddyfile of startAdminCaddy.
+type adminCaddyOptions struct {
+	embedded   bool   // use the embedded Redis (and so the in-process worker)
+	adminBlock string // lines inside the authtap_admin block
+}
+
 // startAdminCaddy runs Caddy in this process with adminCaddyfile and a
 // private Redis, and stops it when the test ends. Not parallel: Caddy's
 // running config is process-wide.
-func startAdminCaddy(t testing.TB) *adminEnv {
+func startAdminCaddy(t testing.TB, o adminCaddyOptions) *adminEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: runs Caddy and Redis")
 	}
 	env := &adminEnv{
-		t: t, redis: redistest.Start(t), user: "admin", pass: "correct horse battery staple",
+		t: t, user: "admin", pass: "correct horse battery staple",
 		client: &http.Client{
 			Timeout:       30 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -115,10 +122,20 @@ func startAdminCaddy(t testing.TB) *adminEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	redisLine := ""
+	if !o.embedded {
+		env.redis = redistest.Start(t)
+		redisLine = "redis " + env.redis.URL
+	}
+	adminDirective := "authtap_admin"
+	if o.adminBlock != "" {
+		adminDirective += " {\n\t\t\t" + o.adminBlock + "\n\t\t}"
+	}
 	port := adminFreePort(t)
 	env.base = "http://127.0.0.1:" + strconv.Itoa(port)
 	caddyfileText := fmt.Sprintf(adminCaddyfile, port, filepath.Join(dir, "storage"), rulesFile,
-		strings.TrimPrefix(upstream.URL, "http://"), hash, env.redis.URL, filepath.Join(dir, "spool"))
+		strings.TrimPrefix(upstream.URL, "http://"), hash, redisLine, filepath.Join(dir, "spool"), adminDirective)
+	caddyfileText = regexp.MustCompile(`\n\t+\n`).ReplaceAllString(caddyfileText, "\n") // the empty Redis line
 
 	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
 	if err != nil {
@@ -203,7 +220,7 @@ func (e *adminEnv) enqueueParkedDelivery(eventID, endpointID string) string {
 // Caddy configured from a Caddyfile, as users mount it: handle_path plus
 // basic_auth.
 func TestAdminThroughCaddy(t *testing.T) {
-	env := startAdminCaddy(t)
+	env := startAdminCaddy(t, adminCaddyOptions{})
 
 	t.Run("no credentials, no access", func(t *testing.T) {
 		env.t = t
@@ -370,6 +387,37 @@ rules:
 // (html/template escapes the slashes inside the script).
 func rootPathFlag(root string) string {
 	return `window.FLAG_ROOT_PATH="` + strings.ReplaceAll(root, "/", `\/`) + `"`
+}
+
+// TestAdminWithEmbeddedRedis runs the admin handler as someone trying
+// authtap out would: no Redis configured, so the embedded one and the
+// in-process worker, whose endpoint store the API then shares; asynqmon
+// read-only.
+func TestAdminWithEmbeddedRedis(t *testing.T) {
+	env := startAdminCaddy(t, adminCaddyOptions{embedded: true, adminBlock: "monitor read_only"})
+
+	resp, body := env.do("POST", "/_authtap/webhooks", `{"url":"http://127.0.0.1:9/hook","mode":"test"}`, true)
+	if resp.StatusCode != http.StatusCreated || !strings.Contains(body, `"secret":"whsec_`) {
+		t.Fatalf("create: %d %s", resp.StatusCode, body)
+	}
+	var ep struct{ ID string }
+	_ = json.Unmarshal([]byte(body), &ep)
+	if resp, body = env.do("GET", "/_authtap/webhooks", "", true); resp.StatusCode != http.StatusOK || !strings.Contains(body, ep.ID) {
+		t.Errorf("list: %d %s", resp.StatusCode, body)
+	}
+	if resp, body = env.do("GET", "/_authtap/healthz", "", true); resp.StatusCode != http.StatusOK {
+		t.Errorf("healthz: %d %s", resp.StatusCode, body)
+	}
+	resp, body = env.do("GET", "/_authtap/monitor/", "", true)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `window.FLAG_READ_ONLY="true"`) {
+		t.Errorf("monitor page: %d %.500s, want it read-only", resp.StatusCode, body)
+	}
+	if resp, body = env.do("GET", "/_authtap/monitor/api/queues", "", true); resp.StatusCode != http.StatusOK {
+		t.Errorf("asynqmon queues on the embedded Redis: %d %s", resp.StatusCode, body)
+	}
+	if resp, body = env.do("DELETE", "/_authtap/monitor/api/queues/"+tasks.QueueDeliver, "", true); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("read-only asynqmon let a DELETE through: %d %s", resp.StatusCode, body)
+	}
 }
 
 // getEventTypes returns the type names GET /_authtap/event-types lists.
