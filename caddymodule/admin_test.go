@@ -80,7 +80,7 @@ http://127.0.0.1:%[1]d {
 type adminEnv struct {
 	t      testing.TB
 	redis  *redistest.Server // nil with the embedded Redis
-	base   string // http://127.0.0.1:port
+	base   string            // http://127.0.0.1:port
 	user   string
 	pass   string
 	client *http.Client
