@@ -639,3 +639,26 @@ func BenchmarkCandidateHeld(b *testing.B) {
 		_ = e.h.ServeHTTP(httptest.NewRecorder(), req, next)
 	}
 }
+
+// Without a listener address (and without lookup_upstream) a lookup is not
+// sent anywhere: the Host is never dialed by name.
+func TestLookupWithoutListenerAddressFails(t *testing.T) {
+	e := newTestHandler(t, testRules, nil)
+	req := httptest.NewRequest(http.MethodPatch, "/api/users/u_1", nil)
+	req.Host = "auth.example.com"
+	err := e.serve(httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := e.q.got()
+	if len(evs) != 1 || len(evs[0].Source.Missing) == 0 {
+		t.Fatalf("events = %+v, want one listing the lookup as missing", evs)
+	}
+	failed := e.logs.FilterMessage("lookup failed; event will list what is missing").All()
+	if len(failed) != 1 || !strings.Contains(failed[0].ContextMap()["error"].(string), "no listener address") {
+		t.Errorf("log = %+v", failed)
+	}
+}

@@ -62,10 +62,12 @@ func newLookupClient(upstream *url.URL) *lookupClient {
 		// construction (and a site's certificate may come from an internal
 		// CA this process does not trust as a client).
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if a, ok := ctx.Value(localAddrKey{}).(net.Addr); ok && a != nil {
-				addr = dialable(a)
+			a, ok := ctx.Value(localAddrKey{}).(net.Addr)
+			if !ok || a == nil {
+				// never dial the Host by name with verification off
+				return nil, errors.New("no listener address to send the lookup back to; set lookup_upstream")
 			}
-			return dialer.DialContext(ctx, "tcp", addr)
+			return dialer.DialContext(ctx, "tcp", dialable(a))
 		}
 		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the peer is this process, see above
 	} else {
