@@ -19,8 +19,9 @@
 // The spool is bounded (Options.MaxBytes, default 1 GiB): when full, Append
 // returns an error wrapping ErrFull instead of dropping anything.
 //
-// One process must open a directory at most once at a time; the Caddy app
-// shares one *Spool per directory across config reloads.
+// A directory is open in at most one Spool at a time: Open takes an exclusive
+// lock (flock on dir/LOCK, on Unix) and fails while another holds it. The
+// Caddy app shares one *Spool per directory across config reloads.
 //
 // Example:
 //

@@ -72,12 +72,22 @@ type Spool struct {
 	f        *os.File // active segment, nil until the first Append after open, rotation or replay
 	fSize    int64
 	nextSeq  uint64
-	total    int64 // bytes in all segment files
-	sealed   []string
-	written  uint64 // records written to f (and earlier segments)
-	synced   uint64 // records known to be on disk
+	total    int64            // bytes in all segment files
+	sealed   []string         // sealed segments, oldest first
+	sizes    map[string]int64 // size of each sealed segment
+	written  uint64           // records written to f (and earlier segments)
+	synced   uint64           // records known to be on disk
 	syncing  bool
 	activeNm string
+	lock     *os.File // held while open; nil where locking is unsupported
+}
+
+// unlock releases the directory lock.
+func (s *Spool) unlock() {
+	if s.lock != nil {
+		_ = s.lock.Close()
+		s.lock = nil
+	}
 }
 
 // Open opens (creating it if needed) the spool in dir. Segments left by an
@@ -99,7 +109,11 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening spool: %w", err)
 	}
-	s := &Spool{dir: dir, opts: opts, log: opts.Logger, nextSeq: 1}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{dir: dir, opts: opts, log: opts.Logger, nextSeq: 1, lock: lock, sizes: map[string]int64{}}
 	s.cond = sync.NewCond(&s.mu)
 	for _, e := range entries {
 		seq, ok := segmentSeq(e.Name())
@@ -108,10 +122,12 @@ func Open(dir string, opts Options) (*Spool, error) {
 		}
 		info, err := e.Info()
 		if err != nil {
+			s.unlock()
 			return nil, fmt.Errorf("opening spool: %w", err)
 		}
 		s.total += info.Size()
 		s.sealed = append(s.sealed, e.Name())
+		s.sizes[e.Name()] = info.Size()
 		s.nextSeq = max(s.nextSeq, seq+1)
 	}
 	slices.Sort(s.sealed) // zero-padded names sort by sequence
@@ -218,12 +234,22 @@ func (s *Spool) Append(ev rules.Event) error {
 
 // openSegmentLocked starts a new active segment.
 func (s *Spool) openSegmentLocked() error {
-	name := fmt.Sprintf("%020d%s", s.nextSeq, segmentExt)
-	f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
+	var (
+		name string
+		f    *os.File
+		err  error
+	)
+	for range 100 { // skip names taken behind our back (e.g. a copied-in segment)
+		name = fmt.Sprintf("%020d%s", s.nextSeq, segmentExt)
+		s.nextSeq++
+		f, err = os.OpenFile(filepath.Join(s.dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("creating segment: %w", err)
 	}
-	s.nextSeq++
 	if err := syncDir(s.dir); err != nil {
 		_ = f.Close()
 		_ = os.Remove(filepath.Join(s.dir, name))
@@ -251,6 +277,7 @@ func (s *Spool) sealLocked() error {
 	}
 	if s.fSize > 0 {
 		s.sealed = append(s.sealed, s.activeNm)
+		s.sizes[s.activeNm] = s.fSize
 	} else {
 		_ = os.Remove(filepath.Join(s.dir, s.activeNm))
 	}
@@ -293,6 +320,11 @@ func (s *Spool) Replay(ctx context.Context, fn func(context.Context, rules.Event
 func (s *Spool) replaySegment(ctx context.Context, name string, fn func(context.Context, rules.Event) error) (int, error) {
 	path := filepath.Join(s.dir, name)
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.log.Error("spool: a segment disappeared before it was replayed", zap.String("segment", name))
+		s.forget(name)
+		return 0, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("replaying %s: %w", name, err)
 	}
@@ -377,11 +409,17 @@ func (s *Spool) replaySegment(ctx context.Context, name string, fn func(context.
 		return accepted, fmt.Errorf("removing replayed %s: %w", name, err)
 	}
 	_ = syncDir(s.dir)
-	s.mu.Lock()
-	s.total -= info.Size()
-	s.sealed = slices.DeleteFunc(s.sealed, func(n string) bool { return n == name })
-	s.mu.Unlock()
+	s.forget(name)
 	return accepted, nil
+}
+
+// forget drops a replayed (or vanished) segment from the books.
+func (s *Spool) forget(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total -= s.sizes[name]
+	delete(s.sizes, name)
+	s.sealed = slices.DeleteFunc(s.sealed, func(n string) bool { return n == name })
 }
 
 // Close syncs and closes the active segment. Records stay on disk for the next Open.
@@ -393,6 +431,7 @@ func (s *Spool) Close() error {
 	}
 	err := s.sealLocked()
 	s.closed = true
+	s.unlock()
 	if err != nil {
 		return fmt.Errorf("closing spool: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +104,8 @@ func TestSurvivesRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// No Close: as if the process died after the appends returned.
+	// No Close: as if the process died after the appends returned (which releases its lock).
+	s.unlock()
 	s2, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -398,4 +400,43 @@ func BenchmarkAppend(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestOneProcessPerDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Open of a spool in use: %v", err)
+	}
+	_ = s.Close()
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	_ = s2.Close()
+}
+
+func TestVanishedSegmentIsForgotten(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{SegmentBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 2 {
+		if err := s.Append(event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := segments(t, dir)
+	if err := os.Remove(segs[0]); err != nil {
+		t.Fatal(err)
+	}
+	got := collect(t, s)
+	if len(got) != 1 || got[0].ID != "evt_0001" || !s.Empty() || s.Bytes() != 0 {
+		t.Fatalf("replayed %v, empty=%v bytes=%d", ids(got), s.Empty(), s.Bytes())
+	}
 }
