@@ -3,7 +3,7 @@
 // task out into one webhook:deliver task per subscribed endpoint, signs and
 // sends each delivery per the Standard Webhooks spec with retries, records
 // every attempt in a bounded delivery log, and disables endpoints that answer
-// 410 Gone or keep failing.
+// 410 Gone or keep failing (announcing it with an endpoint.disabled event).
 //
 // The worker runs inside Caddy (the authtap app) or standalone
 // ("authtap worker"). It talks to Redis through asynq and go-redis only.
@@ -17,6 +17,17 @@
 //	})
 //	fmt.Println(ep.Secret()) // shown once
 //
-// Redis keys start with "authtap:"; the endpoint registry shares one hash tag
-// so that its transactions work on Redis Cluster too.
+// Pieces, one file each: endpoint.go (the Endpoint model, validation and
+// event-type filters), store.go (the endpoint registry), fanout.go and
+// deliver.go (the two asynq handlers), attempts.go (delivery log and event
+// index), limits.go (per-endpoint concurrency and rate limits, kept in Redis
+// so they hold across workers), worker.go (Config, New, Start, Shutdown),
+// redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://);
+// secret.go, sign.go, send.go, ssrf.go and retry.go are the delivery core.
+//
+// Redis keys start with "authtap:". The endpoint registry shares the hash tag
+// {authtap-endpoints} and an endpoint's limit keys the tag {<endpoint id>}, so
+// that every transaction and script works on Redis Cluster too. Attempts and
+// events expire after Config.Retention (14 days); at most
+// Config.MaxAttemptsPerEndpoint (10000) attempts are kept per endpoint.
 package worker
