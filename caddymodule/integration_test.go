@@ -132,7 +132,10 @@ type integration struct {
 }
 
 // config renders the Caddy JSON config; source distinguishes reloads.
-func (it *integration) config(source string) string {
+func (it *integration) config(source string) string { return it.configWith(source, it.rulesFile) }
+
+// configWith is config with another rule file.
+func (it *integration) configWith(source, rulesFile string) string {
 	level := "ERROR"
 	if l := os.Getenv("AUTHTAP_TEST_LOG_LEVEL"); l != "" {
 		level = l // e.g. DEBUG, to see the app and handler at work
@@ -154,7 +157,7 @@ func (it *integration) config(source string) string {
 					"listen":          []string{"127.0.0.1:" + strconv.Itoa(it.httpPort)},
 					"automatic_https": map[string]any{"disable": true},
 					"routes": []any{map[string]any{"handle": []any{
-						map[string]any{"handler": "authtap", "rules": []string{it.rulesFile}, "source": source},
+						map[string]any{"handler": "authtap", "rules": []string{rulesFile}, "source": source},
 						map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": it.upstream}}},
 					}}},
 				}},
@@ -474,6 +477,22 @@ func TestIntegration(t *testing.T) {
 		t.Logf("100 MiB through Caddy: TotalAlloc +%d bytes, HeapInuse %+d bytes", alloc, inuse)
 		if alloc > 2<<20 {
 			t.Errorf("memory grew by %d bytes allocated for a streamed download; want under 2 MiB", alloc)
+		}
+	})
+
+	t.Run("invalid rules are a config error naming file:line:col", func(t *testing.T) {
+		it.t = t
+		bad := filepath.Join(t.TempDir(), "bad.yaml")
+		if err := os.WriteFile(bad, []byte("version: 1\nrules:\n  - name: x\n    match: {method: POST, path: /a, status: ok}\n    emit: {type: a.b}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err := it.load(it.configWith("legacy-auth", bad))
+		if err == nil || !strings.Contains(err.Error(), bad+":4:") {
+			t.Fatalf("load error = %v, want one naming %s:4:col", err, bad)
+		}
+		// the running config is untouched
+		if status, _, err := it.signUp("still@x.test", 0); err != nil || status != http.StatusCreated {
+			t.Errorf("after a rejected config: %d %v", status, err)
 		}
 	})
 
