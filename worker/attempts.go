@@ -22,6 +22,8 @@ const (
 	DefaultMaxAttemptsPerEndpoint = 10000
 	// MaxResponseExcerpt bounds Attempt.ResponseExcerpt, in bytes.
 	MaxResponseExcerpt = 1024
+	// DefaultMaxEvents caps the events kept for listing and replay.
+	DefaultMaxEvents = 100000
 	// maxEventsPerQuery bounds EventsBetween and RecentEvents.
 	maxEventsPerQuery = 10000
 )
@@ -105,24 +107,60 @@ func (s *Store) recordAttempt(ctx context.Context, a Attempt, also func(redis.Pi
 
 // recordEvent keeps ev's envelope for the retention period and indexes it
 // globally and for each endpoint it was fanned out to, so that a time window
-// can be replayed.
+// can be replayed. Beyond MaxEvents the oldest events are dropped.
 func (s *Store) recordEvent(ctx context.Context, ev rules.Event, envelope []byte, endpointIDs []string) error {
 	score := unixMicro(ev.Timestamp)
 	cutoff := "(" + scoreString(s.now().Add(-s.retention))
+	var card *redis.IntCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, keyEventPrefix+ev.ID, envelope, s.retention)
 		p.ZAdd(ctx, keyEvents, redis.Z{Score: score, Member: ev.ID})
 		p.ZRemRangeByScore(ctx, keyEvents, "-inf", cutoff)
+		card = p.ZCard(ctx, keyEvents)
 		for _, id := range endpointIDs {
 			k := keyEventsByEndpoint + id
 			p.ZAdd(ctx, k, redis.Z{Score: score, Member: ev.ID})
 			p.ZRemRangeByScore(ctx, k, "-inf", cutoff)
+			p.ZRemRangeByRank(ctx, k, 0, int64(-s.maxEvents-1))
 			p.Expire(ctx, k, s.retention)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("recording event %s: %w", ev.ID, err)
+	}
+	// Trim in batches of about 1%, so that most fan-outs skip this.
+	if over := card.Val() - int64(s.maxEvents); over > int64(s.maxEvents/100) {
+		if err := s.dropOldestEvents(ctx, over); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropOldestEvents forgets the n oldest events: index entry, envelope and
+// per-event attempts (the per-endpoint logs keep their own copies).
+func (s *Store) dropOldestEvents(ctx context.Context, n int64) error {
+	ids, err := s.rdb.ZRange(ctx, keyEvents, 0, n-1).Result()
+	if err != nil {
+		return fmt.Errorf("trimming events: %w", err)
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range ids {
+			p.Del(ctx, keyEventPrefix+id)
+			p.Del(ctx, keyAttemptsByEvent+id)
+		}
+		if len(ids) > 0 {
+			members := make([]any, len(ids))
+			for i, id := range ids {
+				members[i] = id
+			}
+			p.ZRem(ctx, keyEvents, members...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("trimming events: %w", err)
 	}
 	return nil
 }

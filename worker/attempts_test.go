@@ -134,3 +134,34 @@ func TestTruncateUTF8(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxEvents(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	s, rdb := newTestStore(t, StoreOptions{Now: clock.Now, MaxEvents: 100})
+	for i := range 250 {
+		ev := rules.Event{ID: fmt.Sprintf("evt_%03d", i), Type: "user.created",
+			Timestamp: clock.Now().Add(time.Duration(i) * time.Millisecond), Data: json.RawMessage(`1`), Mode: "live"}
+		if err := s.recordEvent(ctx, ev, []byte(`{}`), []string{"ep"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.recordAttempt(ctx, Attempt{EventID: ev.ID, EndpointID: "ep", Time: ev.Timestamp, Success: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := rdb.ZCard(ctx, keyEvents).Result(); n < 100 || n > 102 {
+		t.Errorf("%d events indexed, want about 100", n)
+	}
+	if n, _ := rdb.ZCard(ctx, keyEventsByEndpoint+"ep").Result(); n != 100 {
+		t.Errorf("%d events in the endpoint index, want 100", n)
+	}
+	if _, err := s.GetEvent(ctx, "evt_000"); err == nil {
+		t.Error("the oldest event is still kept")
+	}
+	if atts, _ := s.EventAttempts(ctx, "evt_000"); len(atts) != 0 {
+		t.Error("the oldest event's attempts are still kept")
+	}
+	if _, err := s.GetEvent(ctx, "evt_249"); err != nil {
+		t.Errorf("the newest event is gone: %v", err)
+	}
+}

@@ -35,6 +35,9 @@ type StoreOptions struct {
 	Retention time.Duration
 	// MaxAttemptsPerEndpoint caps the attempts kept per endpoint. Default 10000.
 	MaxAttemptsPerEndpoint int
+	// MaxEvents caps the events kept for listing and replay (globally and per
+	// endpoint); the oldest go first. Default 100000.
+	MaxEvents int
 	// CacheFor is how long fan-outs and deliveries trust their cached copy of
 	// the endpoints before asking Redis whether anything changed (one small
 	// GET). Changes made through this Store apply at once; changes made by other
@@ -55,6 +58,7 @@ type Store struct {
 	configOrder []string
 	retention   time.Duration
 	maxAttempts int
+	maxEvents   int
 	now         func() time.Time
 	cacheFor    time.Duration
 
@@ -83,13 +87,16 @@ type configState struct {
 func NewStore(rdb redis.UniversalClient, o StoreOptions) (*Store, error) {
 	s := &Store{
 		rdb: rdb, configured: map[string]*endpointRecord{}, retention: o.Retention,
-		maxAttempts: o.MaxAttemptsPerEndpoint, now: o.Now,
+		maxAttempts: o.MaxAttemptsPerEndpoint, maxEvents: o.MaxEvents, now: o.Now,
 	}
 	if s.retention <= 0 {
 		s.retention = DefaultRetention
 	}
 	if s.maxAttempts <= 0 {
 		s.maxAttempts = DefaultMaxAttemptsPerEndpoint
+	}
+	if s.maxEvents <= 0 {
+		s.maxEvents = DefaultMaxEvents
 	}
 	if s.now == nil {
 		s.now = time.Now

@@ -61,6 +61,9 @@ type Config struct {
 	Retention time.Duration
 	// MaxAttemptsPerEndpoint caps the delivery attempts kept per endpoint. Default 10000.
 	MaxAttemptsPerEndpoint int
+	// MaxEvents caps the events kept (with their per-event attempts) for listing
+	// and replay; the oldest go first. Default 100000.
+	MaxEvents int
 	// DedupeRetention is how long a completed delivery task stays in Redis so that
 	// a repeated fan-out of the same event cannot deliver it twice. Default 24h.
 	DedupeRetention time.Duration
@@ -158,7 +161,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	store, err := NewStore(rdb, StoreOptions{
-		Endpoints: cfg.Endpoints, Retention: cfg.Retention, MaxAttemptsPerEndpoint: cfg.MaxAttemptsPerEndpoint, Now: cfg.Now,
+		Endpoints: cfg.Endpoints, Retention: cfg.Retention, MaxAttemptsPerEndpoint: cfg.MaxAttemptsPerEndpoint,
+		MaxEvents: cfg.MaxEvents, Now: cfg.Now,
 	})
 	if err != nil {
 		_ = rdb.Close()
