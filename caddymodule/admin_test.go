@@ -289,6 +289,56 @@ func TestAdminThroughCaddy(t *testing.T) {
 		}
 	})
 
+	t.Run("cross-site browser requests are refused", func(t *testing.T) {
+		env.t = t
+		for _, tc := range []struct {
+			method, path string
+			header       map[string]string
+			want         int
+		}{
+			{"POST", "/_authtap/webhooks/" + created.ID + "/rotate-secret", map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
+			{"POST", "/_authtap/webhooks/" + created.ID + "/rotate-secret", map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
+			{"POST", "/_authtap/monitor/api/queues/" + tasks.QueueDeliver + ":pause", map[string]string{"Sec-Fetch-Site": "same-site"}, http.StatusForbidden},
+			{"DELETE", "/_authtap/webhooks/" + created.ID, map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
+			// Reading is always allowed.
+			{"GET", "/_authtap/webhooks", map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusOK},
+		} {
+			req, _ := http.NewRequest(tc.method, env.base+tc.path, nil)
+			req.SetBasicAuth(env.user, env.pass)
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			resp, err := env.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s %s with %v: %d %s, want %d", tc.method, tc.path, tc.header, resp.StatusCode, b, tc.want)
+			}
+		}
+		// The refused rotation did not happen: the endpoint still has one secret.
+		_, body := env.do("GET", "/_authtap/webhooks/"+created.ID, "", true)
+		if strings.Contains(body, "previous_secrets_expire_at") {
+			t.Errorf("a refused rotate-secret rotated: %s", body)
+		}
+		// The admin's own page may.
+		req, _ := http.NewRequest("POST", env.base+"/_authtap/webhooks/"+created.ID+"/rotate-secret", nil)
+		req.SetBasicAuth(env.user, env.pass)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		req.Header.Set("Origin", env.base)
+		resp, err := env.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "whsec_") {
+			t.Errorf("same-origin rotate-secret: %d %s", resp.StatusCode, b)
+		}
+	})
+
 	t.Run("openapi.json", func(t *testing.T) {
 		env.t = t
 		resp, body := env.do("GET", "/_authtap/openapi.json", "", true)
@@ -354,6 +404,9 @@ rules:
 		resp, page := env.do("GET", "/_authtap/monitor/", "", true)
 		if resp.StatusCode != http.StatusOK || !strings.Contains(page, rootPathFlag("/_authtap/monitor")) {
 			t.Fatalf("/monitor/: %d %.300s", resp.StatusCode, page)
+		}
+		if resp.Header.Get("X-Frame-Options") != "DENY" {
+			t.Errorf("asynqmon may be framed: X-Frame-Options %q", resp.Header.Get("X-Frame-Options"))
 		}
 		// A deep link (the UI is a single-page app) serves the same page.
 		resp, deep := env.do("GET", "/_authtap/monitor/queues/authtap_deliver?status=scheduled", "", true)
@@ -491,7 +544,7 @@ func TestAdminRouting(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			h := tc.handler
 			api := &fakeAPI{}
-			h.api = api
+			h.api, h.csrf = api, http.NewCrossOriginProtection()
 			if !h.DisableMonitor {
 				h.monitors = newMonitorCache(asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, false)
 				t.Cleanup(func() { _ = h.monitors.close() })
