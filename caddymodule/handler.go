@@ -35,6 +35,8 @@ const (
 	DefaultMaxBody = 1 << 20
 	// DefaultReloadInterval is how often rule files are checked for changes.
 	DefaultReloadInterval = 2 * time.Second
+	// minReloadInterval keeps a typo from turning the watcher into a busy loop.
+	minReloadInterval = 10 * time.Millisecond
 	// enqueueTimeout bounds the handler's wait for the app to take one event
 	// (Redis within the app's own short timeout, else the on-disk spool).
 	enqueueTimeout = 10 * time.Second
@@ -202,6 +204,9 @@ func (h *Handler) Validate() error {
 	case "", rules.ModeLive, rules.ModeTest:
 	default:
 		return fmt.Errorf("mode: want %q or %q, got %q", rules.ModeLive, rules.ModeTest, h.Mode)
+	}
+	if h.ReloadInterval > 0 && time.Duration(h.ReloadInterval) < minReloadInterval {
+		return fmt.Errorf("reload_interval: want at least %s (or a negative value to disable), got %s", minReloadInterval, time.Duration(h.ReloadInterval))
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body: must not be negative, got %d", h.MaxBody)

@@ -330,7 +330,7 @@ func TestSSEPassesThroughWithFlushes(t *testing.T) {
 	if string(rest) != "\ndata: second\n\n" {
 		t.Errorf("rest = %q", rest)
 	}
-	// the stream's rule does not read the body? it does: no body, no event
+	// the feed rule reads the response body, which a stream never gives whole
 	if evs := e.q.got(); len(evs) != 0 {
 		t.Errorf("a stream is not captured; rules that read its body emit nothing, got %v", e.q.types())
 	}
@@ -580,6 +580,8 @@ func TestValidate(t *testing.T) {
 		{Handler{}, "rules: at least one"},
 		{Handler{Rules: []string{"a"}, Mode: "prod"}, "mode: want"},
 		{Handler{Rules: []string{"a"}, MaxBody: -1}, "max_body"},
+		{Handler{Rules: []string{"a"}, ReloadInterval: 1}, "reload_interval: want at least 10ms"},
+		{Handler{Rules: []string{"a"}, ReloadInterval: -1}, ""},
 		{Handler{Rules: []string{"a"}, LookupUpstream: "ftp://x"}, "lookup_upstream"},
 		{Handler{Rules: []string{"a"}, LookupUpstream: "http://u:p@x"}, "lookup_upstream"},
 		{Handler{Rules: []string{"a"}, LookupUpstream: "http://127.0.0.1:9000/base", Mode: "test"}, ""},
