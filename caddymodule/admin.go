@@ -170,14 +170,14 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 	if prefix == "" {
 		prefix = strippedPrefix(r)
 	}
+	if !safeRootPath(prefix) {
+		return caddyhttp.Error(http.StatusBadRequest,
+			fmt.Errorf("serving asynqmon: cannot serve it below %q (set the prefix option)", prefix))
+	}
 	if path == monitorPath {
 		// asynqmon's pages live below the slash; the redirect keeps the prefix.
 		http.Redirect(w, r, prefix+monitorPath+"/", http.StatusMovedPermanently)
 		return nil
-	}
-	if !safeRootPath(prefix) {
-		return caddyhttp.Error(http.StatusBadRequest,
-			fmt.Errorf("serving asynqmon: cannot serve it below %q (set the prefix option)", prefix))
 	}
 	mon, err := h.monitors.get(prefix + monitorPath)
 	if err != nil {

@@ -540,6 +540,7 @@ func TestAdminRouting(t *testing.T) {
 		{handler: Admin{DisableMonitor: true}, origPath: "/_authtap/monitor/", path: "/monitor/", apiPath: "/monitor/"},
 		{origPath: "/{x}/monitor/", path: "/monitor/", status: http.StatusBadRequest},
 		{origPath: "/a\"b/monitor/", path: "/monitor/", status: http.StatusBadRequest},
+		{origPath: "//evil.example/monitor", path: "/monitor", status: http.StatusBadRequest}, // no open redirect
 	} {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			h := tc.handler
