@@ -144,7 +144,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if !enabled {
 		if len(a.Endpoints) > 0 {
-			a.logger.Warn("authtap: endpoints are declared but the in-process worker is off; they take effect in a worker started with this configuration only",
+			a.logger.Warn("authtap: endpoints are declared but the in-process worker is off, and only that worker uses them; add a worker block, or declare them to the worker that delivers",
 				zap.Int("endpoints", len(a.Endpoints)))
 		}
 		return nil
@@ -169,13 +169,12 @@ func (a *App) acquireBackend(redisURL string) error {
 		return fmt.Errorf("connecting to redis: %w", err)
 	}
 	a.backendKey, a.be = key, v.(*backend)
-	if !loaded {
-		if a.be.embedded {
-			a.logger.Warn("authtap: no redis configured: using an embedded in-memory Redis; events are lost on restart — for trying authtap out only",
-				zap.String("embedded_addr", a.be.embeddedAddr()))
-		} else {
-			a.logger.Info("authtap: using redis", zap.String("redis", redactURL(redisURL)))
-		}
+	switch {
+	case a.be.embedded: // on every config load, so that it is hard to miss
+		a.logger.Warn("authtap: no redis configured: using an embedded in-memory Redis; events are lost on restart — for trying authtap out only",
+			zap.String("embedded_addr", a.be.embeddedAddr()))
+	case !loaded:
+		a.logger.Info("authtap: using redis", zap.String("redis", redactURL(redisURL)))
 	}
 	return nil
 }

@@ -30,10 +30,12 @@ var (
 	workers  = caddy.NewUsagePool() // "worker:"+hash of its config → *pooledWorker
 )
 
-// Replay loop timing.
+// Replay loop and worker start timing.
 var (
 	replayMinWait = time.Second
 	replayMaxWait = 10 * time.Second
+	// workerRetryWait is how often a worker that could not reach Redis at start tries again.
+	workerRetryWait = 2 * time.Second
 )
 
 // backend is one Redis (configured or embedded) with its clients.
@@ -103,7 +105,7 @@ func (p *pooledWorker) start() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			t := time.NewTicker(2 * time.Second)
+			t := time.NewTicker(workerRetryWait)
 			defer t.Stop()
 			for {
 				select {

@@ -32,6 +32,7 @@ func init() {
 	// Tests wait for the replay loop; production pings every 1s backing off to 10s.
 	replayMinWait = 20 * time.Millisecond
 	replayMaxWait = 200 * time.Millisecond
+	workerRetryWait = 50 * time.Millisecond
 }
 
 // testEvent returns a live user.created event with a fresh id.
@@ -610,4 +611,27 @@ func BenchmarkEnqueue(b *testing.B) {
 			})
 		})
 	}
+}
+
+// Redis down when Caddy starts: the app starts anyway (events are spooled), and
+// the in-process worker starts once Redis answers, then processes the replayed events.
+func TestWorkerStartsWhenRedisComesBack(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Stop()
+	a := &App{Redis: srv.URL, Worker: &WorkerConfig{Concurrency: 2}, EnqueueTimeout: caddy.Duration(200 * time.Millisecond)}
+	logs := startApp(t, a)
+	if logs.FilterMessageSnippet("starting the in-process worker; retrying").Len() != 1 {
+		t.Fatalf("logs %v", logs.All())
+	}
+	ev := testEvent(rules.ModeLive)
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Spooled {
+		t.Fatalf("Enqueue = %v, %v", out, err)
+	}
+	srv.Restart()
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+	waitFor(t, 15*time.Second, "the replayed event to be processed by the worker", func() bool {
+		ti := fanoutTask(t, insp, ev.ID)
+		return ti != nil && ti.State == asynq.TaskStateCompleted
+	})
 }
