@@ -418,6 +418,10 @@ func TestEmbeddedWorkerDelivers(t *testing.T) {
 	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Queued {
 		t.Fatalf("Enqueue = %v, %v", out, err)
 	}
+	// Task-id dedupe works on the embedded Redis too.
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Duplicate {
+		t.Fatalf("second Enqueue = %v, %v; want duplicate", out, err)
+	}
 	select {
 	case d := <-got:
 		if d.id != ev.ID || !strings.HasPrefix(d.sig, "v1,") {
