@@ -177,8 +177,9 @@ func waitVerified(ctx context.Context, rc *receiver, want int, timeout time.Dura
 // freeAddr returns addr when it can be listened on, else a free port on the same host.
 func freeAddr(addr string) (string, error) {
 	if ln, err := net.Listen("tcp", addr); err == nil {
+		got := ln.Addr().String() // the real port when addr asked for port 0
 		ln.Close()
-		return addr, nil
+		return got, nil
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -214,7 +215,7 @@ func demoConfig(proxy, upstream, rulesPath, spoolDir, receiverURL, secret string
 	}})
 	cfg := map[string]any{
 		"admin":   map[string]any{"disabled": true},
-		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "WARN"}}},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "WARN", "exclude": []string{"admin"}}}},
 		"apps": map[string]any{
 			"authtap": map[string]any{
 				"spool_dir": spoolDir,
@@ -226,6 +227,7 @@ func demoConfig(proxy, upstream, rulesPath, spoolDir, receiverURL, secret string
 			"http": map[string]any{"servers": map[string]any{"demo": map[string]any{
 				"listen":          []string{proxy},
 				"automatic_https": map[string]any{"disable": true},
+				"protocols":       []string{"h1"}, // plain HTTP on loopback: no TLS, so no HTTP/2 or 3
 				"routes":          routes,
 			}}},
 		},
