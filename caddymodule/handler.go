@@ -426,7 +426,8 @@ func (h *Handler) captureRequest(r *http.Request) (body []byte, over bool) {
 	}
 	buf := new(bytes.Buffer)
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength) + 1)
+		// trust the declared length only as far as the default limit
+		buf.Grow(int(min(r.ContentLength+1, DefaultMaxBody)))
 	}
 	_, err := io.CopyN(buf, r.Body, h.MaxBody+1)
 	rest := io.Reader(r.Body)
