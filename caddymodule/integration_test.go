@@ -342,6 +342,24 @@ func TestIntegration(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics on the admin endpoint", func(t *testing.T) {
+		it.t = t
+		resp, err := http.Get("http://localhost:" + strconv.Itoa(it.adminPort) + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		text := string(b)
+		if !strings.Contains(text, `authtap_events_matched_total{rule="user-created",type="user.created"} 1`) ||
+			!strings.Contains(text, "authtap_queue_latency_seconds_count 1") {
+			t.Errorf("authtap metrics missing from /metrics:\n%s", grepLines(text, "authtap_"))
+		}
+		if strings.Contains(text, "a@x.test") {
+			t.Error("event data in the metrics")
+		}
+	})
+
 	t.Run("failed statuses queue nothing", func(t *testing.T) {
 		it.t = t
 		before := len(it.fanouts())
@@ -541,4 +559,15 @@ func TestIntegration(t *testing.T) {
 		t.Logf("%d sign-ups across 3 reloads", len(subjects))
 		it.waitForSubjects(subjects, 60*time.Second)
 	})
+}
+
+// grepLines returns the lines of text that contain substr.
+func grepLines(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
