@@ -147,3 +147,74 @@ func TestCaddyfileExampleRuns(t *testing.T) {
 		}
 	}
 }
+
+// A site with the authtap handler and no global authtap option: the app is
+// provisioned with its defaults (embedded Redis, in-process worker), and an
+// event still becomes a processed event:fanout task.
+func TestHandlerWithoutGlobalOptionUsesEmbeddedRedis(t *testing.T) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"id":"u_zero","email":"z@acme.test","tenant_id":"t_1"}`)
+	}))
+	defer upstream.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := l.Addr().String()
+	_ = l.Close()
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	caddyfileText := `{
+	admin off
+}
+http://` + site + ` {
+	authtap {
+		rules ` + filepath.Join(root, "rules", "examples", "basic-users-tenants.yaml") + `
+		source zero
+	}
+	reverse_proxy ` + strings.TrimPrefix(upstream.URL, "http://") + `
+}
+`
+	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(cfgJSON), `"authtap":{`) {
+		t.Fatalf("the adapted config has an authtap app although none was configured: %s", cfgJSON)
+	}
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	a := activeApp(t)
+	if !a.be.embedded || a.InProcessWorker() == nil {
+		t.Fatal("the default app has no embedded redis or no in-process worker")
+	}
+
+	resp, err := http.Post("http://"+site+"/api/users", "application/json", strings.NewReader(`{"email":"z@acme.test"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+	waitFor(t, 10*time.Second, "a processed event:fanout task on the embedded redis", func() bool {
+		tis, _ := insp.ListCompletedTasks(tasks.QueueFanout)
+		for _, ti := range tis {
+			if ti.Type == tasks.TypeFanout && strings.Contains(string(ti.Payload), `"subject":"u_zero"`) {
+				return true
+			}
+		}
+		return false
+	})
+}
