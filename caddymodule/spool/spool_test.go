@@ -440,3 +440,29 @@ func TestVanishedSegmentIsForgotten(t *testing.T) {
 		t.Fatalf("replayed %v, empty=%v bytes=%d", ids(got), s.Empty(), s.Bytes())
 	}
 }
+
+func Example() {
+	dir, _ := os.MkdirTemp("", "spool-example")
+	defer os.RemoveAll(dir)
+
+	sp, err := Open(dir, Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer sp.Close()
+	// Redis did not answer: keep the event on disk.
+	_ = sp.Append(rules.Event{ID: "evt_1", Type: "user.created", Data: json.RawMessage(`{"id":"u_1"}`), Mode: rules.ModeLive})
+	_ = sp.Append(rules.Event{ID: "evt_2", Type: "user.deleted", Data: json.RawMessage(`{"id":"u_1"}`), Mode: rules.ModeLive})
+
+	// Redis is back: hand the events over, oldest first.
+	n, err := sp.Replay(context.Background(), func(_ context.Context, ev rules.Event) error {
+		fmt.Println("queue", ev.ID, ev.Type)
+		return nil // an error would keep the segment for the next Replay
+	})
+	fmt.Println(n, err, sp.Empty())
+	// Output:
+	// queue evt_1 user.created
+	// queue evt_2 user.deleted
+	// 2 <nil> true
+}
