@@ -9,9 +9,9 @@ import (
 )
 
 // RequireBearer returns h behind a bearer token: a request must carry
-// "Authorization: Bearer <token>", compared in constant time, or it gets a
-// 401 JSON error with a WWW-Authenticate challenge. The token is never logged
-// or echoed.
+// "Authorization: Bearer <token>" (or, for browsers, HTTP Basic auth with the
+// token as password), compared in constant time, or it gets a 401 JSON error
+// with WWW-Authenticate challenges. The token is never logged or echoed.
 //
 // An empty token is an error: an API without a token must not be served by
 // accident.
@@ -23,20 +23,28 @@ func RequireBearer(token string, h http.Handler) (http.Handler, error) {
 		return nil, errors.New("RequireBearer: nil handler")
 	}
 	want := sha256.Sum256([]byte(token))
+	matches := func(got string) bool {
+		sum := sha256.Sum256([]byte(got))
+		return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if ok && strings.EqualFold(scheme, "Bearer") {
-			sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-			if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
-				h.ServeHTTP(w, r)
-				return
-			}
+		if ok && strings.EqualFold(scheme, "Bearer") && matches(strings.TrimSpace(got)) {
+			h.ServeHTTP(w, r)
+			return
 		}
-		msg, challenge := "missing bearer token: send \"Authorization: Bearer <token>\"", `Bearer realm="authtap"`
-		if ok || r.Header.Get("Authorization") != "" {
-			msg, challenge = "invalid bearer token", `Bearer realm="authtap", error="invalid_token"`
+		// Browsers cannot send a bearer token but prompt for Basic auth: any
+		// user name with the token as password opens asynqmon at /monitor/.
+		if _, pass, basic := r.BasicAuth(); basic && matches(pass) {
+			h.ServeHTTP(w, r)
+			return
 		}
-		w.Header().Set("WWW-Authenticate", challenge)
+		msg := "missing credentials: send \"Authorization: Bearer <token>\" (or Basic auth with the token as password)"
+		if r.Header.Get("Authorization") != "" {
+			msg = "invalid credentials"
+		}
+		w.Header().Add("WWW-Authenticate", `Bearer realm="authtap"`)
+		w.Header().Add("WWW-Authenticate", `Basic realm="authtap", charset="UTF-8"`)
 		writeJSON(w, http.StatusUnauthorized, struct {
 			Error *apiError `json:"error"`
 		}{&apiError{Code: CodeUnauthorized, Message: msg}})

@@ -742,7 +742,9 @@ func TestRequireBearer(t *testing.T) {
 		{"none", "", 401},
 		{"wrong", "Bearer nope", 401},
 		{"prefix of the token", "Bearer s3cret", 401},
-		{"basic", "Basic czNjcmV0LXRva2Vu", 401},
+		{"basic without a user part", "Basic czNjcmV0LXRva2Vu", 401},
+		{"basic, wrong password", "Basic YWRtaW46bm9wZQ==", 401},
+		{"basic, token as password (browsers)", "Basic YWRtaW46czNjcmV0LXRva2Vu", http.StatusTeapot},
 		{"right", "Bearer s3cret-token", http.StatusTeapot},
 		{"scheme case", "bearer s3cret-token", http.StatusTeapot},
 	} {

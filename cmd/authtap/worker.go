@@ -18,12 +18,13 @@ import (
 	"go.uber.org/zap/zapcore"
 	"gopkg.in/yaml.v3"
 
+	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
 
 func init() {
 	register("worker", command{
-		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE]",
+		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE] [--admin ADDR]",
 		summary: "deliver queued events to their endpoints until SIGINT or SIGTERM",
 		run:     runWorker,
 	})
@@ -64,6 +65,11 @@ Flags:`)
 	timeout := fs.Duration("timeout", worker.DefaultTimeout, "timeout of one delivery attempt")
 	shutdown := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long to wait for deliveries in flight when stopping")
 	debug := fs.Bool("debug", false, "log every fan-out and delivery")
+	adminAddr := fs.String("admin", "", "serve the management API (and asynqmon at /monitor/) on this address, e.g. 127.0.0.1:8081; needs --admin-token")
+	adminToken := fs.String("admin-token", os.Getenv("AUTHTAP_ADMIN_TOKEN"),
+		"bearer token the management API requires (default $AUTHTAP_ADMIN_TOKEN); browsers use it as the Basic auth password")
+	var rulesFiles listFlag
+	fs.Var(&rulesFiles, "rules", "rule file or glob whose event types GET /event-types lists; repeatable")
 	var allow listFlag
 	fs.Var(&allow, "allow", "address range (CIDR) live endpoints may reach although it is private or local; repeatable")
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +116,20 @@ Flags:`)
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	cfg.Logger = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), level))
 
+	if *adminAddr != "" && strings.TrimSpace(*adminToken) == "" {
+		fmt.Fprintln(stderr, "authtap worker: --admin needs --admin-token (or AUTHTAP_ADMIN_TOKEN): the management API is never served without authentication")
+		return 2
+	}
+	var eventTypes func() []rules.EventType
+	if len(rulesFiles) > 0 {
+		set, err := rules.Load(rulesFiles...)
+		if err != nil {
+			fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+			return 1
+		}
+		eventTypes = set.EventTypes
+	}
+
 	w, err := worker.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
@@ -122,9 +142,22 @@ Flags:`)
 		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
 		return 1
 	}
+	var admin *adminServer
+	if *adminAddr != "" {
+		admin, err = startAdmin(*adminAddr, *adminToken, opt, w, cfg, eventTypes)
+		if err != nil {
+			w.Shutdown()
+			fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+			return 1
+		}
+		cfg.Logger.Info("management API listening", zap.String("addr", admin.addr), zap.String("monitor", "http://"+admin.addr+"/monitor/"))
+	}
 	<-ctx.Done()
 	cfg.Logger.Info("stopping: waiting for deliveries in flight", zap.Duration("up_to", *shutdown))
 	begin := time.Now()
+	if admin != nil {
+		admin.stop()
+	}
 	w.Shutdown()
 	cfg.Logger.Info("stopped", zap.Duration("took", time.Since(begin)))
 	return 0
