@@ -110,6 +110,8 @@ type Handler struct {
 	lookups  *lookupClient
 	upstream *url.URL
 	watch    *watcher
+	// registryKey names this handler's entry in the rules registry.
+	registryKey string
 }
 
 // enqueuer is the part of the app "authtap" that the handler uses; tests
@@ -183,7 +185,8 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 	if err != nil {
 		return fmt.Errorf("loading rules: %w", err)
 	}
-	h.set.Store(set)
+	h.registryKey = fmt.Sprintf("handler-%p", h)
+	h.swapRules(set)
 	if h.ReloadInterval > 0 {
 		go h.watch.run(ctx)
 	}
@@ -232,12 +235,19 @@ func (h *Handler) Cleanup() error {
 	if h.lookups != nil {
 		h.lookups.close()
 	}
+	if h.registryKey != "" {
+		unregisterRules(h.registryKey)
+	}
 	return nil
 }
 
 // swapRules puts a newly loaded rule set in force; in-flight requests keep
-// the set they started with.
-func (h *Handler) swapRules(set *rules.Set) { h.set.Store(set) }
+// the set they started with. The set is also reported to the registry that
+// authtap_admin's GET /event-types reads.
+func (h *Handler) swapRules(set *rules.Set) {
+	h.set.Store(set)
+	registerRules(h.registryKey, set)
+}
 
 // ServeHTTP observes the exchange and queues its events. See Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {

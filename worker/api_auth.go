@@ -39,9 +39,9 @@ func RequireBearer(token string, h http.Handler) (http.Handler, error) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		msg := "missing credentials: send \"Authorization: Bearer <token>\" (or Basic auth with the token as password)"
+		msg := "missing bearer token: send \"Authorization: Bearer <token>\" (browsers: Basic auth with the token as password)"
 		if r.Header.Get("Authorization") != "" {
-			msg = "invalid credentials"
+			msg = "invalid bearer token"
 		}
 		w.Header().Add("WWW-Authenticate", `Bearer realm="authtap"`)
 		w.Header().Add("WWW-Authenticate", `Basic realm="authtap", charset="UTF-8"`)
