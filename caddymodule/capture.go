@@ -39,7 +39,10 @@ type captureWriter struct {
 
 	max     int64
 	capture bool // some candidate rule reads the response body
-	tunnel  bool // a CONNECT request (e.g. websocket over HTTP/2): never held
+	// wants reports whether some rule accepts a status; a response that no
+	// rule wants streams through untouched. Nil means every status may match.
+	wants  func(status int) bool
+	tunnel bool // a CONNECT request (e.g. websocket over HTTP/2): never held
 
 	mode      int
 	status    int           // the final status, 0 until written
@@ -48,11 +51,12 @@ type captureWriter struct {
 	hijacked  bool
 }
 
-func newCaptureWriter(w http.ResponseWriter, r *http.Request, max int64, capture bool) *captureWriter {
+func newCaptureWriter(w http.ResponseWriter, r *http.Request, max int64, capture bool, wants func(int) bool) *captureWriter {
 	return &captureWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		max:                   max,
 		capture:               capture,
+		wants:                 wants,
 		tunnel:                r.Method == http.MethodConnect,
 	}
 }
@@ -74,7 +78,7 @@ func (cw *captureWriter) WriteHeader(code int) {
 	cw.status = code
 	h := cw.Header()
 	switch {
-	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h):
+	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h) || (cw.wants != nil && !cw.wants(code)):
 		cw.mode = modePass
 		cw.truncated = true
 	case fitsIn(h, cw.max) && h.Get("Trailer") == "":

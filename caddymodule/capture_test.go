@@ -56,7 +56,7 @@ func TestCaptureWriterModes(t *testing.T) {
 				method = http.MethodPost
 			}
 			w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
-			cw := newCaptureWriter(w, httptest.NewRequest(method, "/", nil), 32, true)
+			cw := newCaptureWriter(w, httptest.NewRequest(method, "/", nil), 32, true, nil)
 			tc.write(cw)
 			if held := !w.sent; held != tc.wantHeld {
 				t.Errorf("%d: held = %v, want %v", i, held, tc.wantHeld)
@@ -77,7 +77,7 @@ func TestCaptureWriterModes(t *testing.T) {
 
 func TestInformationalStatusPassesAtOnce(t *testing.T) {
 	w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
-	cw := newCaptureWriter(w, httptest.NewRequest(http.MethodPost, "/", nil), 1024, true)
+	cw := newCaptureWriter(w, httptest.NewRequest(http.MethodPost, "/", nil), 1024, true, nil)
 	cw.Header().Set("Link", "</app.css>; rel=preload")
 	cw.WriteHeader(http.StatusEarlyHints)
 	if !w.sent {
@@ -91,7 +91,7 @@ func TestInformationalStatusPassesAtOnce(t *testing.T) {
 
 func TestHijackReleasesHeldBytes(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cw := newCaptureWriter(w, r, 1024, true)
+		cw := newCaptureWriter(w, r, 1024, true, nil)
 		conn, brw, err := http.NewResponseController(cw).Hijack()
 		if err != nil {
 			t.Errorf("hijack through the capture writer: %v", err)
@@ -113,5 +113,31 @@ func TestHijackReleasesHeldBytes(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if string(b) != "hi" {
 		t.Errorf("got %q", b)
+	}
+}
+
+// A status no rule wants is passed through at once, neither held nor copied.
+func TestCaptureUnwantedStatusPassesThrough(t *testing.T) {
+	rec := httptest.NewRecorder()
+	cw := newCaptureWriter(rec, httptest.NewRequest(http.MethodPost, "/", nil), 1024, true, func(code int) bool { return code == 201 })
+	cw.WriteHeader(http.StatusInternalServerError)
+	if _, err := cw.Write([]byte("boom")); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != 500 || rec.Body.String() != "boom" {
+		t.Fatalf("a 500 no rule wants must reach the client before release: %d %q", rec.Code, rec.Body.String())
+	}
+	if _, complete := cw.body(); complete {
+		t.Fatal("nothing should have been copied")
+	}
+	held := httptest.NewRecorder()
+	cw = newCaptureWriter(held, httptest.NewRequest(http.MethodPost, "/", nil), 1024, true, func(code int) bool { return code == 201 })
+	cw.WriteHeader(http.StatusCreated)
+	_, _ = cw.Write([]byte("ok"))
+	if held.Body.Len() != 0 {
+		t.Fatal("a wanted status is held until release")
+	}
+	if err := cw.release(); err != nil || held.Code != 201 || held.Body.String() != "ok" {
+		t.Fatalf("release: %v %d %q", err, held.Code, held.Body.String())
 	}
 }

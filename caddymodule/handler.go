@@ -291,7 +291,10 @@ func (h *Handler) serveCandidate(w http.ResponseWriter, r *http.Request, next ca
 		if need.RequestBody {
 			ex.RequestBody, reqOver = h.captureRequest(r)
 		}
-		cw = newCaptureWriter(w, r, h.MaxBody, need.ResponseBody)
+		method, path := r.Method, r.URL.Path
+		cw = newCaptureWriter(w, r, h.MaxBody, need.ResponseBody, func(status int) bool {
+			return set.StatusCanMatch(method, path, status)
+		})
 	})
 	if ex == nil || cw == nil {
 		return next.ServeHTTP(w, r)

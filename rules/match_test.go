@@ -280,3 +280,25 @@ rules:
 		t.Error("GET /a should not match")
 	}
 }
+
+func TestStatusCanMatch(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - {name: a, match: {method: POST, path: /a, status: 201}, emit: {type: a.b}}
+  - {name: b, match: {method: POST, path: "/{x}", status: [204, 3xx]}, emit: {type: a.b}}
+  - {name: c, match: {method: DELETE, path: /a}, emit: {type: a.b}}
+`)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		want         bool
+	}{
+		{"POST", "/a", 201, true}, {"POST", "/a", 204, true}, {"POST", "/a", 302, true},
+		{"POST", "/a", 200, false}, {"POST", "/a", 500, false}, {"DELETE", "/a", 200, true},
+		{"DELETE", "/a", 404, false}, {"GET", "/a", 200, false}, {"POST", "/b", 201, false},
+	} {
+		if got := s.StatusCanMatch(tc.method, tc.path, tc.status); got != tc.want {
+			t.Errorf("%s %s %d: %v, want %v", tc.method, tc.path, tc.status, got, tc.want)
+		}
+	}
+}

@@ -208,6 +208,22 @@ func (s *Set) Plan(method, path string) (Need, bool) {
 	return need, true
 }
 
+// StatusCanMatch reports whether some rule for method and path accepts the
+// response status, so a caller can let responses that no rule wants (say, a
+// 500 on a sign-up route) stream through without holding them.
+func (s *Set) StatusCanMatch(method, path string, status int) bool {
+	if s == nil || path == "" || path[0] != '/' {
+		return false
+	}
+	var buf [8]int
+	for _, i := range s.candidates(method, path, buf[:0]) {
+		if s.rules[i].status.match(status) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Set) candidates(method, path string, buf []int) []int {
 	if t := s.byMethod[method]; t != nil {
 		buf = t.collect(path, 1, buf)
