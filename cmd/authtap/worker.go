@@ -57,7 +57,8 @@ SIGINT or SIGTERM, waiting for deliveries in flight.
 Flags:`)
 		fs.PrintDefaults()
 	}
-	redisURL := fs.String("redis", os.Getenv("AUTHTAP_REDIS"),
+	// Not the flag's default: -h would print a password held in $AUTHTAP_REDIS.
+	redisURL := fs.String("redis", "",
 		"Redis URL: redis://, rediss://, redis-socket://, redis-sentinel:// or redis-cluster:// (default $AUTHTAP_REDIS)")
 	concurrency := fs.Int("concurrency", worker.DefaultConcurrency, "tasks processed at once")
 	endpointsFile := fs.String("endpoints", "",
@@ -81,6 +82,9 @@ Flags:`)
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "authtap worker: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *redisURL == "" {
+		*redisURL = os.Getenv("AUTHTAP_REDIS")
 	}
 	if *redisURL == "" {
 		fmt.Fprintln(stderr, "authtap worker: --redis URL (or AUTHTAP_REDIS) is required")

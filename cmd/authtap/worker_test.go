@@ -46,9 +46,9 @@ func TestWorkerCommandFlags(t *testing.T) {
 	if err := os.WriteFile(badFile, []byte("- id: x\n  url: https://x.example\n  colour: red\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("AUTHTAP_REDIS", "")
 	for _, tc := range []struct {
 		args     []string
+		env      string
 		code     int
 		wantErr  string
 		hideText string
@@ -60,7 +60,10 @@ func TestWorkerCommandFlags(t *testing.T) {
 		{args: []string{"--redis", "redis://127.0.0.1:1", "--endpoints", badFile}, code: 1, wantErr: "colour"},
 		{args: []string{"--redis", "redis://127.0.0.1:1", "extra"}, code: 2, wantErr: "unexpected argument"},
 		{args: []string{"--redis", "redis://127.0.0.1:1"}, code: 1, wantErr: "reaching redis"},
+		{args: []string{"-h"}, env: "redis://:s3cret@127.0.0.1:1/0", code: 0, wantErr: "AUTHTAP_REDIS", hideText: "s3cret"},
+		{args: []string{}, env: "redis://:s3cret@127.0.0.1:1/0", code: 1, wantErr: "reaching redis", hideText: "s3cret"},
 	} {
+		t.Setenv("AUTHTAP_REDIS", tc.env)
 		var stderr syncBuffer
 		code := run(append([]string{"worker"}, tc.args...), &stderr, &stderr)
 		if code != tc.code || !strings.Contains(stderr.String(), tc.wantErr) {
