@@ -643,6 +643,9 @@ func printHeader(o options) {
 	}
 	fmt.Printf("machine:   %d CPUs (%s), GOMAXPROCS %d (default), %s %s/%s, load average at start %s\n",
 		runtime.NumCPU(), model, runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAvg())
+	if v, err := exec.Command("git", "log", "-1", "--format=%h %s").Output(); err == nil {
+		fmt.Printf("commit:    %s", v)
+	}
 	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
 		fmt.Printf("redis:     %s", v)
 	}
