@@ -403,21 +403,7 @@ func (h *Handler) enqueue(parent context.Context, ev rules.Event) {
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "event queued"); c != nil {
 		c.Write(zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("rule", ev.Source.Rule),
-			zap.String("outcome", outcomeLabel(out)))
-	}
-}
-
-// outcomeLabel names an enqueue outcome for metrics and logs.
-func outcomeLabel(o Outcome) string {
-	switch o {
-	case Queued:
-		return "queued"
-	case Duplicate:
-		return "duplicate"
-	case Spooled:
-		return "spooled"
-	default:
-		return "unknown"
+			zap.Stringer("outcome", out))
 	}
 }
 
