@@ -124,21 +124,10 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string) []byte {
 		first := true
 		for i, k := range dn.keys {
 			p := append(path, k)
-			act := rc.policy.action(k, p)
-			if act == actOmit {
-				continue
+			var wantValue bool
+			if dst, wantValue = rc.policy.appendKey(dst, k, p, &first); wantValue {
+				dst = dn.vals[i].render(dst, rc, p)
 			}
-			if !first {
-				dst = append(dst, ',')
-			}
-			first = false
-			dst = appendQuote(dst, k)
-			dst = append(dst, ':')
-			if act == actRedact {
-				dst = appendQuote(dst, Redacted)
-				continue
-			}
-			dst = dn.vals[i].render(dst, rc, p)
 		}
 		return append(dst, '}')
 	case 'a':
@@ -208,6 +197,27 @@ func (s *sanitizer) action(key string, path []string) action {
 	return actKeep
 }
 
+// appendKey writes one object member's key (after a comma unless it is the
+// first) as the policy says: nothing for an omitted key, the key and a
+// redacted value for a redacted one. It reports whether the caller still has
+// to write the value.
+func (s *sanitizer) appendKey(dst []byte, key string, path []string, first *bool) ([]byte, bool) {
+	act := s.action(key, path)
+	if act == actOmit {
+		return dst, false
+	}
+	if !*first {
+		dst = append(dst, ',')
+	}
+	*first = false
+	dst = appendQuote(dst, key)
+	dst = append(dst, ':')
+	if act == actRedact {
+		return appendQuote(dst, Redacted), false
+	}
+	return dst, true
+}
+
 // appendValue copies a JSON value, applying the policy to every object key at any depth.
 func (s *sanitizer) appendValue(dst []byte, r gjson.Result, path []string) []byte {
 	switch {
@@ -217,19 +227,8 @@ func (s *sanitizer) appendValue(dst []byte, r gjson.Result, path []string) []byt
 		r.ForEach(func(k, v gjson.Result) bool {
 			key := k.String()
 			p := append(path, key)
-			act := s.action(key, p)
-			if act == actOmit {
-				return true
-			}
-			if !first {
-				dst = append(dst, ',')
-			}
-			first = false
-			dst = appendQuote(dst, key)
-			dst = append(dst, ':')
-			if act == actRedact {
-				dst = appendQuote(dst, Redacted)
-			} else {
+			var wantValue bool
+			if dst, wantValue = s.appendKey(dst, key, p, &first); wantValue {
 				dst = s.appendValue(dst, v, p)
 			}
 			return true
