@@ -260,61 +260,37 @@ func (d *dec) parseMatch(r *Rule, n *yaml.Node) {
 	d.mapping(n, "match",
 		field{name: "method", required: true, fn: func(v *yaml.Node, p string) {
 			seen := map[string]bool{}
-			for i, m := range d.strOrList(v, p) {
-				ip := p
-				if resolve(v).Kind == yaml.SequenceNode {
-					ip = index(p, i)
-				}
-				s, ok := d.str(m, ip)
-				if !ok {
-					continue
-				}
+			d.eachStr(v, p, func(s string, m *yaml.Node, ip string) {
 				up := strings.ToUpper(s)
 				if up != "*" && !methodRE.MatchString(up) {
 					d.errf(m, ip, "want an HTTP method such as POST, PUT, PATCH, DELETE, or \"*\" for any, got %q", s)
-					continue
+					return
 				}
 				if !seen[up] {
 					seen[up] = true
 					r.methods = append(r.methods, up)
 				}
-			}
+			})
 		}},
 		field{name: "path", required: true, fn: func(v *yaml.Node, p string) {
-			for i, pn := range d.strOrList(v, p) {
-				ip := p
-				if resolve(v).Kind == yaml.SequenceNode {
-					ip = index(p, i)
-				}
-				s, ok := d.str(pn, ip)
-				if !ok {
-					continue
-				}
+			d.eachStr(v, p, func(s string, pn *yaml.Node, ip string) {
 				pt, err := parsePathTmpl(s)
 				if err != nil {
 					d.errf(pn, ip, "%v", err)
-					continue
+					return
 				}
 				r.paths = append(r.paths, pt)
-			}
+			})
 		}},
 		field{name: "host", fn: func(v *yaml.Node, p string) {
-			for i, hn := range d.strOrList(v, p) {
-				ip := p
-				if resolve(v).Kind == yaml.SequenceNode {
-					ip = index(p, i)
-				}
-				s, ok := d.str(hn, ip)
-				if !ok {
-					continue
-				}
+			d.eachStr(v, p, func(s string, hn *yaml.Node, ip string) {
 				h := strings.ToLower(strings.TrimSuffix(s, "."))
 				if !hostRE.MatchString(h) {
 					d.errf(hn, ip, "want a host name such as auth.example.com or *.example.com (no scheme, port or path), got %q", s)
-					continue
+					return
 				}
 				r.hosts = append(r.hosts, h)
-			}
+			})
 		}},
 		field{name: "status", fn: func(v *yaml.Node, p string) { r.status = d.parseStatus(v, p) }},
 		field{name: "request", fn: func(v *yaml.Node, p string) { r.req = d.parseCondSet(v, p, true) }},

@@ -184,7 +184,22 @@ func (d *dec) strOrList(n *yaml.Node, path string) []*yaml.Node {
 	return []*yaml.Node{n}
 }
 
-// list reads a sequence, or a single mapping standing for a list of one.
+// eachStr reads "x" or ["x", "y"] and calls fn with each text value, its node
+// and its field path ("match.path" or "match.path[1]").
+func (d *dec) eachStr(n *yaml.Node, path string, fn func(s string, item *yaml.Node, itemPath string)) {
+	isList := resolve(n).Kind == yaml.SequenceNode
+	for i, item := range d.strOrList(n, path) {
+		ip := path
+		if isList {
+			ip = index(path, i)
+		}
+		if s, ok := d.str(item, ip); ok {
+			fn(s, item, ip)
+		}
+	}
+}
+
+// listOrOne reads a sequence, or a single mapping standing for a list of one.
 func (d *dec) listOrOne(n *yaml.Node) []*yaml.Node {
 	n = resolve(n)
 	if n.Kind == yaml.SequenceNode {
