@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"errors"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"net/http"
 	"strings"
 )
