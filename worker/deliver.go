@@ -50,6 +50,36 @@ type deliverHandler struct {
 	now          func() time.Time
 }
 
+// acquireSlot takes one of the endpoint's delivery slots. A throttled
+// delivery normally goes back to the queue without costing a retry, but
+// asynq archives a task whose retries are used up before asking whether the
+// error was a failure: so on the last attempt it waits here for a slot
+// instead (at most one attempt's timeout), and only a delivery that still
+// finds none is archived, where it stays retryable.
+func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, taskID string, lastAttempt bool) (slot, error) {
+	token := func() string { return taskID + "@" + strconv.FormatInt(time.Now().UnixNano(), 36) }
+	held, err := h.limiter.acquire(ctx, r, token())
+	if err == nil || !lastAttempt {
+		return held, err
+	}
+	deadline := time.Now().Add(h.timeout)
+	for {
+		te, throttled := errors.AsType[*ThrottledError](err)
+		if !throttled || time.Now().After(deadline) {
+			return held, err
+		}
+		wait := min(max(te.Wait, 10*time.Millisecond), time.Until(deadline), time.Second)
+		select {
+		case <-ctx.Done():
+			return held, err
+		case <-time.After(wait):
+		}
+		if held, err = h.limiter.acquire(ctx, r, token()); err == nil {
+			return held, nil
+		}
+	}
+}
+
 // ProcessTask implements asynq.Handler.
 func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p, err := tasks.ParseDeliver(t)
@@ -80,7 +110,8 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("delivering %s: %w: %w", taskID, err, asynq.SkipRetry)
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
-	held, err := h.limiter.acquire(ctx, r, taskID+"@"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	maxRetry, known := asynq.GetMaxRetry(ctx)
+	held, err := h.acquireSlot(ctx, r, taskID, known && retried >= maxRetry)
 	if err != nil {
 		if _, ok := errors.AsType[*ThrottledError](err); ok {
 			h.metrics.observe(outcomeThrottled, 0)

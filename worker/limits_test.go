@@ -77,3 +77,36 @@ func TestLimiterRate(t *testing.T) {
 		t.Errorf("granted %d after 500ms at 10/s, want 5", granted)
 	}
 }
+
+// On its last attempt a throttled delivery waits for a slot instead of going
+// back to asynq, which would archive it without trying (its retries are used up).
+func TestLastAttemptWaitsForASlot(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := newTestRedis(t)
+	l := &limiter{rdb: rdb, now: time.Now, lease: time.Minute, concurrencyWait: 20 * time.Millisecond}
+	h := &deliverHandler{limiter: l, timeout: 2 * time.Second}
+	r := &endpointRecord{ID: "ep", MaxConcurrency: 1}
+	busy, err := l.acquire(ctx, r, "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.acquireSlot(ctx, r, "evt:ep", false); err == nil {
+		t.Fatal("a throttled delivery that has retries left must go back to the queue")
+	}
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		l.release(ctx, busy)
+	}()
+	start := time.Now()
+	if _, err := h.acquireSlot(ctx, r, "evt:ep", true); err != nil {
+		t.Fatalf("last attempt: %v", err)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Fatalf("the last attempt got a slot after %s although it was busy", waited)
+	}
+	// still throttled after a whole attempt's timeout: give up, to be archived (and retryable)
+	h.timeout = 100 * time.Millisecond
+	if _, err := h.acquireSlot(ctx, r, "evt:ep2", true); err == nil {
+		t.Fatal("want a ThrottledError when no slot frees up within the timeout")
+	}
+}
