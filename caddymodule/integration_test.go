@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -42,6 +43,9 @@ rules:
   - name: imported
     match: {method: POST, path: /api/import}
     emit: {type: users.imported, data: {batch: "{request.body.batch}"}}
+  - name: socket-opened
+    match: {method: "*", path: /ws, status: [101, 2xx]}
+    emit: {type: socket.opened}
   - name: profile-updated
     match: {method: PATCH, path: "/api/users/{id}"}
     lookup: {get: /api/me, as: me}
@@ -91,6 +95,27 @@ func (a *fakeAuthAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":"u_me","name":"Ann"}`) //nolint:errcheck
+	case "GET /ws":
+		// a websocket-style upgrade: 101, then the raw connection echoes lines
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "want an upgrade", http.StatusBadRequest)
+			return
+		}
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n") //nolint:errcheck
+		rw.Flush()                                                                                              //nolint:errcheck
+		for {
+			line, err := rw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			rw.WriteString("echo " + line) //nolint:errcheck
+			rw.Flush()                     //nolint:errcheck
+		}
 	case "PATCH /api/users/u_me":
 		w.WriteHeader(http.StatusNoContent)
 	case "GET /download":
@@ -422,6 +447,34 @@ func TestIntegration(t *testing.T) {
 				t.Fatalf("users.imported events = %v, want two for b1 and none for b2", batches)
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	})
+
+	t.Run("websocket upgrade on a candidate route passes untouched", func(t *testing.T) {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(it.httpPort), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d, want 101", resp.StatusCode)
+		}
+		for _, msg := range []string{"hello\n", "second message\n"} {
+			if _, err := io.WriteString(conn, msg); err != nil {
+				t.Fatal(err)
+			}
+			got, err := br.ReadString('\n')
+			if err != nil || got != "echo "+msg {
+				t.Fatalf("echo %q (%v), want %q: the tunnel must carry bytes both ways at once", got, err, "echo "+msg)
+			}
 		}
 	})
 
