@@ -767,8 +767,9 @@ func checkEvents(redisAddr string, targets []*target) error {
 	return nil
 }
 
-// profile takes a CPU profile of the authtap Caddy (through its admin
-// endpoint) while it serves each throughput scenario.
+// profile takes a CPU profile and an allocation profile (the allocations
+// made during the same seconds) of the authtap Caddy, through its admin
+// endpoint, while it serves each throughput scenario.
 func profile(o options, targets []*target, scenarios []scenario) error {
 	if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
 		return err
@@ -776,7 +777,7 @@ func profile(o options, targets []*target, scenarios []scenario) error {
 	t := targets[1]
 	fmt.Printf("\nprofiles of %s (pprof via admin %s)\n", t.name, t.adminAddr)
 	for i, sc := range scenarios[:2] {
-		file := filepath.Join(o.profileDir, []string{"authtap-get.pprof", "authtap-post.pprof"}[i])
+		base := filepath.Join(o.profileDir, []string{"authtap-get", "authtap-post"}[i])
 		dur := max(o.duration, 10*time.Second)
 		secs := int(dur.Seconds()) - 2
 		errc := make(chan error, 1)
@@ -785,22 +786,37 @@ func profile(o options, targets []*target, scenarios []scenario) error {
 			errc <- err
 		}()
 		time.Sleep(time.Second)
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.adminAddr, secs))
-		if err != nil {
+		allocErr := make(chan error, 1)
+		go func() {
+			allocErr <- fetchProfile(fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", t.adminAddr, secs), base+".allocs.pprof")
+		}()
+		if err := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.adminAddr, secs), base+".pprof"); err != nil {
 			return fmt.Errorf("profiling %s: %w", t.name, err)
 		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("profiling %s: status %d: %v", t.name, resp.StatusCode, err)
-		}
-		if err := os.WriteFile(file, b, 0o644); err != nil {
-			return err
+		if err := <-allocErr; err != nil {
+			return fmt.Errorf("profiling %s: %w", t.name, err)
 		}
 		if err := <-errc; err != nil {
 			return err
 		}
-		fmt.Printf("  %s: %s (go tool pprof -top %s)\n", sc.name, file, file)
+		fmt.Printf("  %s: go tool pprof -top %s.pprof; go tool pprof -sample_index=alloc_space -top %s.allocs.pprof\n", sc.name, base, base)
 	}
 	return nil
+}
+
+// fetchProfile GETs a pprof endpoint and writes the answer to file.
+func fetchProfile(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d: %s", url, resp.StatusCode, b)
+	}
+	return os.WriteFile(file, b, 0o644)
 }
