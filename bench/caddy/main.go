@@ -67,7 +67,7 @@ func main() {
 	flag.IntVar(&o.conns, "conns", 32, "keep-alive connections of the throughput runs")
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with authtap (default: go build ./cmd/caddy into a temp dir)")
 	flag.BoolVar(&o.withWorker, "with-worker", false, "add a third target: authtap with the in-process worker on (separate Redis db)")
-	flag.StringVar(&o.profileDir, "profile", "", "after the rounds, write CPU profiles of the authtap Caddy under GET and POST load to this dir (enables admin on loopback)")
+	flag.StringVar(&o.profileDir, "profile", "", "after the rounds, write CPU and allocation profiles of the authtap Caddy under GET and POST load to this dir (enables admin on loopback)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs) and print its path")
 	flag.Parse()
 	if o.rounds < 1 || o.conns < 1 || o.duration <= 0 || o.c1Duration <= 0 {
