@@ -132,24 +132,34 @@ func runUpstream(addr string) error {
 
 // proc is a child process started by the benchmark.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process has exited and been reaped
+}
+
+// startProc starts cmd and reaps it when it exits.
+func startProc(name string, cmd *exec.Cmd) (*proc, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	return p, nil
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
+// stop asks the process to exit (SIGTERM) and kills it after 5 s.
 func (p *proc) stop() {
-	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+	if p == nil {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.exited:
 	case <-time.After(5 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
+		<-p.exited
 	}
 }
 
@@ -170,10 +180,10 @@ func startUpstream(dir string) (*proc, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, "", fmt.Errorf("starting upstream: %w", err)
+	p, err := startProc("upstream", cmd)
+	if err != nil {
+		return nil, "", err
 	}
-	p := &proc{name: "upstream", cmd: cmd}
 	line := make(chan string, 1)
 	go func() {
 		s, _ := bufio.NewReader(out).ReadString('\n')
@@ -247,16 +257,15 @@ func startCaddy(bin, dir string, t *target, config []byte) error {
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, t.name+"-xdg"), "XDG_CONFIG_HOME="+filepath.Join(dir, t.name+"-xdg"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting caddy %s: %w", t.name, err)
+	p, err := startProc("caddy "+t.name, cmd)
+	if err != nil {
+		return err
 	}
-	t.proc = &proc{name: t.name, cmd: cmd}
-	exited := make(chan struct{})
-	go func() { _, _ = cmd.Process.Wait(); close(exited) }()
+	t.proc = p
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case <-exited:
+		case <-p.exited:
 			log, _ := os.ReadFile(filepath.Join(dir, t.name+".log"))
 			return fmt.Errorf("caddy %s exited during start:\n%s", t.name, log)
 		default:
