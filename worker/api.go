@@ -120,9 +120,7 @@ func NewAPI(c APIConfig) (http.Handler, error) {
 	if a.inspector == nil {
 		a.inspector = asynq.NewInspectorFromRedisClient(c.Store.rdb)
 	}
-	if a.dedupe <= 0 {
-		a.dedupe = DefaultDedupeRetention
-	}
+	orDefault(&a.dedupe, DefaultDedupeRetention)
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}

@@ -139,17 +139,11 @@ func policyErrorf(format string, a ...any) error {
 
 // NewSender returns a Sender configured by o.
 func NewSender(o SenderOptions) *Sender {
-	if o.MaxResponseBytes <= 0 {
-		o.MaxResponseBytes = DefaultMaxResponseBytes
-	}
-	if o.MaxRetryAfter <= 0 {
-		o.MaxRetryAfter = DefaultMaxRetryAfter
-	}
+	orDefault(&o.MaxResponseBytes, DefaultMaxResponseBytes)
+	orDefault(&o.MaxRetryAfter, DefaultMaxRetryAfter)
+	orDefault(&o.MaxIdleConnsPerHost, 128)
 	if o.UserAgent == "" {
 		o.UserAgent = DefaultUserAgent
-	}
-	if o.MaxIdleConnsPerHost <= 0 {
-		o.MaxIdleConnsPerHost = 128
 	}
 	s := &Sender{opts: o, now: o.Now}
 	if s.now == nil {

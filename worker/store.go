@@ -89,15 +89,9 @@ func NewStore(rdb redis.UniversalClient, o StoreOptions) (*Store, error) {
 		rdb: rdb, configured: map[string]*endpointRecord{}, retention: o.Retention,
 		maxAttempts: o.MaxAttemptsPerEndpoint, maxEvents: o.MaxEvents, now: o.Now,
 	}
-	if s.retention <= 0 {
-		s.retention = DefaultRetention
-	}
-	if s.maxAttempts <= 0 {
-		s.maxAttempts = DefaultMaxAttemptsPerEndpoint
-	}
-	if s.maxEvents <= 0 {
-		s.maxEvents = DefaultMaxEvents
-	}
+	orDefault(&s.retention, DefaultRetention)
+	orDefault(&s.maxAttempts, DefaultMaxAttemptsPerEndpoint)
+	orDefault(&s.maxEvents, DefaultMaxEvents)
 	if s.now == nil {
 		s.now = time.Now
 	}

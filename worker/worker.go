@@ -114,33 +114,15 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Redis == nil {
 		return nil, errors.New("configuring worker: no redis connection options")
 	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = DefaultConcurrency
-	}
-	if cfg.DeliveryTimeout <= 0 {
-		cfg.DeliveryTimeout = DefaultTimeout
-	}
-	if cfg.DisableAfter <= 0 {
-		cfg.DisableAfter = DefaultDisableAfter
-	}
-	if cfg.Retention <= 0 {
-		cfg.Retention = DefaultRetention
-	}
-	if cfg.DedupeRetention <= 0 {
-		cfg.DedupeRetention = DefaultDedupeRetention
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if cfg.TaskCheckInterval <= 0 {
-		cfg.TaskCheckInterval = DefaultTaskCheckInterval
-	}
-	if cfg.DelayedTaskCheckInterval <= 0 {
-		cfg.DelayedTaskCheckInterval = DefaultDelayedTaskCheckInterval
-	}
-	if cfg.ThrottleWait <= 0 {
-		cfg.ThrottleWait = DefaultThrottleWait
-	}
+	orDefault(&cfg.Concurrency, DefaultConcurrency)
+	orDefault(&cfg.DeliveryTimeout, DefaultTimeout)
+	orDefault(&cfg.DisableAfter, DefaultDisableAfter)
+	orDefault(&cfg.Retention, DefaultRetention)
+	orDefault(&cfg.DedupeRetention, DefaultDedupeRetention)
+	orDefault(&cfg.ShutdownTimeout, DefaultShutdownTimeout)
+	orDefault(&cfg.TaskCheckInterval, DefaultTaskCheckInterval)
+	orDefault(&cfg.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
+	orDefault(&cfg.ThrottleWait, DefaultThrottleWait)
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
