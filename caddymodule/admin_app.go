@@ -27,15 +27,7 @@ func (a *App) EndpointStore() (*worker.Store, error) {
 	if rdb == nil {
 		return nil, errAppNotProvisioned
 	}
-	repl := caddy.NewReplacer()
-	eps := make([]worker.EndpointConfig, 0, len(a.Endpoints))
-	for _, ep := range a.Endpoints {
-		ep.URL = repl.ReplaceKnown(ep.URL, "")
-		ep.Secret = repl.ReplaceKnown(ep.Secret, "")
-		ep.BearerToken = repl.ReplaceKnown(ep.BearerToken, "")
-		eps = append(eps, ep)
-	}
-	s, err := worker.NewStore(rdb, worker.StoreOptions{Endpoints: eps})
+	s, err := worker.NewStore(rdb, worker.StoreOptions{Endpoints: a.resolvedEndpoints(caddy.NewReplacer())})
 	if err != nil {
 		return nil, fmt.Errorf("opening endpoint store: %w", err)
 	}

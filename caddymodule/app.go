@@ -223,12 +223,7 @@ func (a *App) acquireWorker(redisURL string, repl *caddy.Replacer) error {
 		}
 		cfg.Allowlist = append(cfg.Allowlist, p)
 	}
-	for _, ep := range a.Endpoints {
-		ep.URL = repl.ReplaceKnown(ep.URL, "")
-		ep.Secret = repl.ReplaceKnown(ep.Secret, "")
-		ep.BearerToken = repl.ReplaceKnown(ep.BearerToken, "")
-		cfg.Endpoints = append(cfg.Endpoints, ep)
-	}
+	cfg.Endpoints = a.resolvedEndpoints(repl)
 	// The key covers everything that shapes the worker, so that a reload with a
 	// changed worker or endpoint list starts a new worker (the old one stops when
 	// the old config is cleaned up). It is a hash: the endpoints carry secrets.
@@ -386,6 +381,19 @@ func (o Outcome) String() string {
 		return "spooled"
 	}
 	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// resolvedEndpoints returns the configured endpoints with their {env.X}
+// placeholders (url, secret, bearer token) filled in.
+func (a *App) resolvedEndpoints(repl *caddy.Replacer) []worker.EndpointConfig {
+	eps := make([]worker.EndpointConfig, 0, len(a.Endpoints))
+	for _, ep := range a.Endpoints {
+		ep.URL = repl.ReplaceKnown(ep.URL, "")
+		ep.Secret = repl.ReplaceKnown(ep.Secret, "")
+		ep.BearerToken = repl.ReplaceKnown(ep.BearerToken, "")
+		eps = append(eps, ep)
+	}
+	return eps
 }
 
 // Interface guards.
