@@ -142,6 +142,9 @@ func TestIndexAgreesWithScan(t *testing.T) {
 			if s.CanMatch(m, p) != (len(want) > 0) {
 				t.Fatalf("%s %q: CanMatch=%v, scan found %v", m, p, !(len(want) > 0), want)
 			}
+			if _, ok := s.Plan(m, p); ok != (len(want) > 0) {
+				t.Fatalf("%s %q: Plan ok=%v, scan found %v", m, p, ok, want)
+			}
 		}
 	}
 }

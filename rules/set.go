@@ -197,15 +197,17 @@ func (s *Set) CanMatch(method, path string) bool {
 // the candidate rules read, so the caller buffers only what is needed.
 func (s *Set) Plan(method, path string) (Need, bool) {
 	var need Need
-	if !s.CanMatch(method, path) {
+	if s == nil || path == "" || path[0] != '/' {
 		return need, false
 	}
-	for _, i := range s.candidates(method, path, nil) {
+	var buf [8]int
+	cands := s.candidates(method, path, buf[:0])
+	for _, i := range cands {
 		n := s.rules[i].need
 		need.RequestBody = need.RequestBody || n.RequestBody
 		need.ResponseBody = need.ResponseBody || n.ResponseBody
 	}
-	return need, true
+	return need, len(cands) > 0
 }
 
 // StatusCanMatch reports whether some rule for method and path accepts the
