@@ -98,13 +98,9 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 	h.Prefix = strings.TrimRight(h.Prefix, "/")
 	h.csrf = http.NewCrossOriginProtection()
 
-	appIface, err := ctx.App("authtap")
+	app, err := authtapApp(ctx)
 	if err != nil {
-		return fmt.Errorf("getting authtap app: %w", err)
-	}
-	app, ok := appIface.(*App)
-	if !ok {
-		return fmt.Errorf("getting authtap app: unexpected type %T", appIface)
+		return err
 	}
 	store, err := app.EndpointStore()
 	if err != nil {

@@ -383,6 +383,20 @@ func (o Outcome) String() string {
 	return fmt.Sprintf("Outcome(%d)", int(o))
 }
 
+// authtapApp returns the app "authtap" of ctx's config, provisioning it (with
+// its defaults: the embedded Redis) when the config has no global authtap block.
+func authtapApp(ctx caddy.Context) (*App, error) {
+	a, err := ctx.App("authtap")
+	if err != nil {
+		return nil, fmt.Errorf("getting authtap app: %w", err)
+	}
+	app, ok := a.(*App)
+	if !ok {
+		return nil, fmt.Errorf("getting authtap app: unexpected module type %T", a)
+	}
+	return app, nil
+}
+
 // resolvedEndpoints returns the configured endpoints with their {env.X}
 // placeholders (url, secret, bearer token) filled in.
 func (a *App) resolvedEndpoints(repl *caddy.Replacer) []worker.EndpointConfig {

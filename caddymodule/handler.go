@@ -132,13 +132,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // configuration error naming file:line:col), takes the app "authtap" and
 // starts watching the rule files.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	a, err := ctx.App("authtap")
+	app, err := authtapApp(ctx)
 	if err != nil {
-		return fmt.Errorf("getting authtap app: %w", err)
-	}
-	app, ok := a.(*App)
-	if !ok {
-		return fmt.Errorf("getting authtap app: unexpected module type %T", a)
+		return err
 	}
 	return h.provision(ctx, app)
 }
