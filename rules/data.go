@@ -102,10 +102,8 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string) []byte {
 		return append(dst, dn.lit...)
 	case 't':
 		// A value read from a password-like source is redacted whatever key it lands under.
-		for _, ref := range dn.t.secretRefs() {
-			if !rc.policy.keep[normKey(ref)] {
-				return appendQuote(dst, Redacted) // the value is not even read
-			}
+		if dn.t.redacted(rc.policy.keep) {
+			return appendQuote(dst, Redacted) // the value is not even read
 		}
 		if dn.t.whole != nil {
 			v := dn.t.whole.resolve(rc.ex, rc.params)
@@ -275,9 +273,6 @@ var (
 	secretParts = []string{"password", "passwd", "passphrase", "secret", "token", "apikey", "privatekey", "credential", "cookie", "authorization"}
 	secretExact = map[string]bool{"otp": true, "pin": true, "cvv": true, "ssn": true, "mfacode": true, "totp": true, "recoverycodes": true, "pwd": true}
 )
-
-// isSecretKey reports whether a key name is password-like.
-func isSecretKey(k string) bool { return secretNorm(normKey(k)) }
 
 func secretNorm(n string) bool {
 	if secretExact[n] {

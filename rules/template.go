@@ -30,11 +30,13 @@ const (
 
 // placeholder is one {…} reference.
 type placeholder struct {
-	raw    string // as written, without braces
-	kind   phKind
-	name   string // path param, query/header/cookie name, or lookup name
-	gpath  string // gjson path into a body; "" for the whole body
-	secret bool   // the last element of the reference is password-like
+	raw   string // as written, without braces
+	kind  phKind
+	name  string // path param, query/header/cookie name, or lookup name
+	gpath string // gjson path into a body; "" for the whole body
+	// secretKey is the normalized last element of the reference when it is
+	// password-like (its value is redacted unless keep_secrets names it), else "".
+	secretKey string
 }
 
 // tmpl is a string with placeholders. When the string is exactly one
@@ -171,7 +173,9 @@ func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
 			return nil, fmt.Errorf("unknown placeholder {%s}: a lookup offers {%s.body}, {%s.body.<path>} and {%s.status}", raw, head, head, head)
 		}
 	}
-	ph.secret = isSecretKey(lastElement(raw))
+	if k := normKey(lastElement(raw)); secretNorm(k) {
+		ph.secretKey = k
+	}
 	return ph, nil
 }
 
@@ -382,15 +386,15 @@ func (t *tmpl) renderURL(ex *Exchange, params []Param, missing *[]string) string
 	return b.String()
 }
 
-// hasSecret reports whether any placeholder reads a password-like value.
-func (t *tmpl) secretRefs() []string {
-	var out []string
+// redacted reports whether the template reads a password-like value that
+// keep (normalized key names from keep_secrets) does not exempt.
+func (t *tmpl) redacted(keep map[string]bool) bool {
 	for _, ph := range t.phs {
-		if ph.secret {
-			out = append(out, lastElement(ph.raw))
+		if ph.secretKey != "" && !keep[ph.secretKey] {
+			return true
 		}
 	}
-	return out
+	return false
 }
 
 func addMissing(missing *[]string, raw string) {
