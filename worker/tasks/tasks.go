@@ -48,10 +48,14 @@ func NewFanoutTask(ev rules.Event, opts ...asynq.Option) (*asynq.Task, error) {
 	if ev.ID == "" {
 		return nil, fmt.Errorf("building %s task: event has no id", TypeFanout)
 	}
-	b, err := json.Marshal(FanoutPayload{Event: ev})
+	// The FanoutPayload JSON, written around the event's own encoding: marshalling
+	// the wrapper would make encoding/json scan and compact the event a second time.
+	evb, err := ev.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s payload for %s: %w", TypeFanout, ev.ID, err)
 	}
+	b := make([]byte, 0, len(evb)+10)
+	b = append(append(append(b, `{"event":`...), evb...), '}')
 	retention := DefaultRetention
 	if ev.DedupeWindow > retention {
 		retention = ev.DedupeWindow
