@@ -37,9 +37,6 @@ const (
 	DefaultReloadInterval = 2 * time.Second
 	// minReloadInterval keeps a typo from turning the watcher into a busy loop.
 	minReloadInterval = 10 * time.Millisecond
-	// enqueueTimeout bounds the handler's wait for the app to take one event
-	// (Redis within the app's own short timeout, else the on-disk spool).
-	enqueueTimeout = 10 * time.Second
 	// maxLookupTotal bounds all lookups of one exchange together.
 	maxLookupTotal = rules.MaxLookupTimeout
 )
@@ -384,10 +381,9 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 	}
 }
 
-// enqueue hands one event to the app and records the outcome.
-func (h *Handler) enqueue(parent context.Context, ev rules.Event) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), enqueueTimeout)
-	defer cancel()
+// enqueue hands one event to the app and records the outcome. The app bounds
+// the wait itself (Redis within enqueue_timeout, else the on-disk spool).
+func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
 	start := time.Now()
 	out, err := h.enq.Enqueue(ctx, ev)
 	h.metrics.queueLatency.Observe(time.Since(start).Seconds())

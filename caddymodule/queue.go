@@ -19,6 +19,7 @@ import (
 	"github.com/authtap/authtap/caddymodule/spool"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/worker/enqueue"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -42,7 +43,7 @@ var (
 type backend struct {
 	opt      asynq.RedisConnOpt
 	rdb      redis.UniversalClient
-	client   *asynq.Client
+	writer   *enqueue.Writer // batches the enqueues of concurrent requests
 	embedded bool
 	mini     *miniredis.Miniredis // the embedded Redis, nil otherwise
 
@@ -57,7 +58,7 @@ func newBackend(opt asynq.RedisConnOpt) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &backend{opt: opt, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb)}, nil
+	return &backend{opt: opt, rdb: rdb, writer: enqueue.New(rdb, enqueue.Options{})}, nil
 }
 
 func (b *backend) embeddedAddr() string {
@@ -69,6 +70,7 @@ func (b *backend) embeddedAddr() string {
 
 // Destruct closes the connection (and stops the embedded Redis).
 func (b *backend) Destruct() error {
+	_ = b.writer.Close()
 	err := b.rdb.Close()
 	if b.mini != nil {
 		b.mini.Close()
@@ -241,7 +243,7 @@ func (a *App) Enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 }
 
 func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
-	task, err := tasks.NewFanoutTask(ev)
+	task, err := tasks.FanoutMessage(ev)
 	if err != nil {
 		return 0, fmt.Errorf("enqueuing event: %w", err)
 	}
@@ -275,23 +277,16 @@ func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 	return Spooled, nil
 }
 
-// enqueueRedis enqueues task and gives up after timeout. go-redis does not
-// interrupt a socket read when a context expires (unless configured to), so
-// the enqueue runs aside and is abandoned, not waited for, when time is up.
-func (a *App) enqueueRedis(ctx context.Context, task *asynq.Task, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := a.be.client.EnqueueContext(ctx, task)
-		errc <- err
-	}()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+// enqueueRedis enqueues task through the backend's batching writer and gives
+// up after timeout (the task may still reach Redis with the round trip it
+// joined; a replay of it is then refused as a duplicate). Cancelling ctx does
+// not cut the wait short.
+func (a *App) enqueueRedis(ctx context.Context, task enqueue.Message, timeout time.Duration) error {
+	err := a.be.writer.Enqueue(context.WithoutCancel(ctx), task, timeout)
+	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("redis did not answer within %s", timeout)
 	}
+	return err
 }
 
 // replayLoop empties the spool into Redis: whenever the spool holds events (or
@@ -349,7 +344,7 @@ func (a *App) replayOnce(ctx context.Context) error {
 	}
 	var dups int
 	n, err := a.sp.Replay(ctx, func(ctx context.Context, ev rules.Event) error {
-		task, err := tasks.NewFanoutTask(ev)
+		task, err := tasks.FanoutMessage(ev)
 		if err != nil {
 			a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), zap.Error(err))
 			return nil

@@ -8,6 +8,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/enqueue"
 )
 
 // Task types.
@@ -45,28 +46,33 @@ const FanoutMaxRetry = 25
 // NewFanoutTask returns the event:fanout task for ev, with TaskID = ev.ID.
 // opts are appended after the defaults (queue, task id, retention, max retry).
 func NewFanoutTask(ev rules.Event, opts ...asynq.Option) (*asynq.Task, error) {
+	m, err := FanoutMessage(ev)
+	if err != nil {
+		return nil, err
+	}
+	return asynq.NewTask(m.Type, m.Payload, append(m.Options(), opts...)...), nil
+}
+
+// FanoutMessage is the event:fanout task for ev as an [enqueue.Message], for a
+// batching [enqueue.Writer]: the same task as [NewFanoutTask].
+func FanoutMessage(ev rules.Event) (enqueue.Message, error) {
 	if ev.ID == "" {
-		return nil, fmt.Errorf("building %s task: event has no id", TypeFanout)
+		return enqueue.Message{}, fmt.Errorf("building %s task: event has no id", TypeFanout)
 	}
 	// The FanoutPayload JSON, written around the event's own encoding: marshalling
 	// the wrapper would make encoding/json scan and compact the event a second time.
-	evb, err := ev.MarshalJSON()
+	b := make([]byte, 0, len(ev.Data)+len(ev.Subject)+len(ev.Source.Name)+len(ev.Source.Rule)+200)
+	b, err := ev.AppendJSON(append(b, `{"event":`...))
 	if err != nil {
-		return nil, fmt.Errorf("encoding %s payload for %s: %w", TypeFanout, ev.ID, err)
+		return enqueue.Message{}, fmt.Errorf("encoding %s payload for %s: %w", TypeFanout, ev.ID, err)
 	}
-	b := make([]byte, 0, len(evb)+10)
-	b = append(append(append(b, `{"event":`...), evb...), '}')
+	b = append(b, '}')
 	retention := DefaultRetention
 	if ev.DedupeWindow > retention {
 		retention = ev.DedupeWindow
 	}
-	all := append([]asynq.Option{
-		asynq.Queue(QueueFanout),
-		asynq.TaskID(ev.ID),
-		asynq.Retention(retention),
-		asynq.MaxRetry(FanoutMaxRetry),
-	}, opts...)
-	return asynq.NewTask(TypeFanout, b, all...), nil
+	return enqueue.Message{Type: TypeFanout, Payload: b, ID: ev.ID, Queue: QueueFanout,
+		MaxRetry: FanoutMaxRetry, Retention: retention}, nil
 }
 
 // ParseFanout reads the payload of an event:fanout task.
