@@ -91,6 +91,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		}
 		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: newSanitizer(e)}
 		ev.Data = e.data.render(make([]byte, 0, 256), rc, make([]string, 0, 8))
+		ev.dataCompact = true
 		if e.dedupeKey != nil {
 			if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
 				ev.ID = DedupeEventID(o.Source, m.Rule.Name, key)

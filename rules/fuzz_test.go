@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -64,7 +65,8 @@ rules:
 `
 
 // FuzzMatch feeds arbitrary exchanges to a fixed rule set: matching and
-// building events must never panic, and every event's data must be valid JSON.
+// building events must never panic, every event's data must be valid, compact
+// JSON, and its envelope must read back as what encoding/json writes.
 func FuzzMatch(f *testing.F) {
 	s := mustSet(f, fuzzSet)
 	f.Add("POST", "/u/1", "q=1", "abc", []byte(`{"n":5,"kind":"created","tags":[]}`), 200, []byte(`{"user":{"id":"x","password":"p"},"internal":1}`))
@@ -84,9 +86,12 @@ func FuzzMatch(f *testing.F) {
 			if !json.Valid(ev.Data) {
 				t.Fatalf("invalid data JSON %q", ev.Data)
 			}
-			if _, err := json.Marshal(ev); err != nil {
-				t.Fatalf("envelope: %v", err)
+			// the envelope copies rendered data as it is: it must be compact already
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, ev.Data); err != nil || !bytes.Equal(compact.Bytes(), ev.Data) {
+				t.Fatalf("rendered data is not compact: %q", ev.Data)
 			}
+			checkEnvelope(t, ev)
 			if !eventTypeRE.MatchString(ev.Type) {
 				t.Fatalf("bad type %q", ev.Type)
 			}

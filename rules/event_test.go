@@ -1,0 +1,109 @@
+package rules
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// referenceJSON is the envelope as encoding/json writes its wire form: what
+// AppendJSON must reproduce byte for byte.
+func referenceJSON(e Event) ([]byte, error) {
+	data := e.Data
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	w := eventJSON{ID: e.ID, Type: e.Type, Timestamp: e.Timestamp.UTC().Format(TimestampFormat),
+		Subject: e.Subject, Data: data, Source: e.Source, Mode: e.Mode}
+	if e.DedupeWindow > 0 {
+		w.Dedupe = e.DedupeWindow.String()
+	}
+	return json.Marshal(w)
+}
+
+// checkEnvelope checks that AppendJSON writes valid, compact JSON that reads
+// back as what encoding/json writes for the wire form (the bytes may differ in
+// escapes: encoding/json also escapes <, > and &, and writes \b for U+0008),
+// and refuses what encoding/json refuses.
+func checkEnvelope(t *testing.T, ev Event) {
+	t.Helper()
+	want, wantErr := referenceJSON(ev)
+	got, err := ev.MarshalJSON()
+	if (err != nil) != (wantErr != nil) {
+		t.Fatalf("%+v: error %v, encoding/json says %v", ev, err, wantErr)
+	}
+	if err != nil {
+		return
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, got); err != nil || !bytes.Equal(compact.Bytes(), got) {
+		t.Fatalf("envelope is not compact, valid JSON (%v): %s", err, got)
+	}
+	var gotV, wantV any
+	if err := json.Unmarshal(got, &gotV); err != nil {
+		t.Fatalf("reading the envelope back: %v", err)
+	}
+	_ = json.Unmarshal(want, &wantV)
+	if !reflect.DeepEqual(gotV, wantV) {
+		t.Fatalf("envelope reads back differently:\n got  %s\n want %s", got, want)
+	}
+	// appending keeps what is already in the buffer
+	pre := []byte(`{"event":`)
+	if got2, err := ev.AppendJSON(pre); err != nil || !bytes.HasPrefix(got2, pre) || !bytes.Equal(got2[len(pre):], got) {
+		t.Fatalf("AppendJSON after a prefix: %s (%v)", got2, err)
+	}
+}
+
+func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
+	ts := time.Date(2026, 11, 27, 3, 4, 5, 678901234, time.FixedZone("x", 3600))
+	odd := []string{"", "plain", `quo"te`, `back\slash`, "<script>&amp;</script>", "tab\tnew\nline\r", "\x00\x1f\x7f",
+		"héllo wörld", "emoji 🎉", "line\u2028sep\u2029", "bad utf8 \xff\xfe", strings.Repeat("long ", 200)}
+	datas := []string{"", `null`, `{"a":1}`, "{ \"a\" : [1, 2,\n 3], \"b\": \"<x>&\" }", `"str"`, `12.5e3`, `[true,false,null]`,
+		`{"html":"\u003cb\u003e"}`, "{\"ls\":\"\u2028\"}", `{"unterminated":`, `not json`}
+	for _, s := range odd {
+		for _, d := range datas {
+			checkEnvelope(t, Event{ID: "evt_" + s, Type: s, Timestamp: ts, Subject: s, Data: json.RawMessage(d),
+				Source: Source{Name: s, Rule: s, Missing: []string{s, "lookup.x"}}, Mode: s, DedupeWindow: 90 * time.Minute})
+		}
+	}
+	checkEnvelope(t, Event{})
+	checkEnvelope(t, Event{ID: "evt_1", Type: "user.created", Timestamp: ts, Data: json.RawMessage(`{"id":"u_1"}`),
+		Source: Source{Name: "legacy-auth", Rule: "user-created"}, Mode: ModeLive})
+}
+
+func FuzzEnvelopeMatchesEncodingJSON(f *testing.F) {
+	f.Add("evt_1", "user.created", "u_1", `{"id":"u_1"}`, "legacy-auth", "missing.x", int64(0))
+	f.Add("\xff", "<&>", "\u2028", "{ \"a\" : 1 }", `"`, "", int64(3600e9))
+	f.Fuzz(func(t *testing.T, id, typ, subject, data, source, missing string, dedupe int64) {
+		ev := Event{ID: id, Type: typ, Subject: subject, Data: json.RawMessage(data), Timestamp: time.Unix(0, dedupe),
+			Source: Source{Name: source, Rule: typ}, Mode: subject, DedupeWindow: time.Duration(dedupe)}
+		if missing != "" {
+			ev.Source.Missing = []string{missing}
+		}
+		checkEnvelope(t, ev)
+	})
+}
+
+func BenchmarkEnvelope(b *testing.B) {
+	data := json.RawMessage(`{"id":"u_123","email":"ada@example.com","name":"Ada Lovelace","roles":["admin","dev"],"tenant":{"id":"t_1","plan":"pro"},"created_at":"2026-11-27T03:04:05Z"}`)
+	ev := Event{ID: NewEventID(time.Now()), Type: "user.created", Timestamp: time.Now(), Subject: "u_123", Data: data,
+		Source: Source{Name: "legacy-auth", Rule: "user-created"}, Mode: ModeLive}
+	b.Run("encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := referenceJSON(ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	ev.dataCompact = true // as Events sets it
+	b.Run("AppendJSON", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := ev.MarshalJSON(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
