@@ -67,7 +67,7 @@ func main() {
 	flag.IntVar(&o.conns, "conns", 32, "keep-alive connections of the throughput runs")
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with authtap (default: go build ./cmd/caddy into a temp dir)")
 	flag.BoolVar(&o.withWorker, "with-worker", false, "add a third target: authtap with the in-process worker on (separate Redis db)")
-	flag.StringVar(&o.profileDir, "profile", "", "after the rounds, write CPU and allocation profiles of the authtap Caddy under GET and POST load to this dir (enables admin on loopback)")
+	flag.StringVar(&o.profileDir, "profile", "", "after the rounds, write CPU and allocation profiles of the plain and the authtap Caddy under GET and POST load to this dir (enables admin on loopback)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs) and print its path")
 	flag.Parse()
 	if o.rounds < 1 || o.conns < 1 || o.duration <= 0 || o.c1Duration <= 0 {
@@ -777,40 +777,48 @@ func checkEvents(redisAddr string, targets []*target) error {
 }
 
 // profile takes a CPU profile and an allocation profile (the allocations
-// made during the same seconds) of the authtap Caddy, through its admin
-// endpoint, while it serves each throughput scenario.
+// made during the same seconds) of the plain and the authtap Caddy, through
+// their admin endpoints, while each serves each throughput scenario.
 func profile(o options, targets []*target, scenarios []scenario) error {
 	if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
 		return err
 	}
-	t := targets[1]
-	fmt.Printf("\nprofiles of %s (pprof via admin %s)\n", t.name, t.adminAddr)
-	for i, sc := range scenarios[:2] {
-		base := filepath.Join(o.profileDir, []string{"authtap-get", "authtap-post"}[i])
-		dur := max(o.duration, 10*time.Second)
-		secs := int(dur.Seconds()) - 2
-		errc := make(chan error, 1)
-		go func() {
-			_, err := load(t.addr, sc, dur)
-			errc <- err
-		}()
-		time.Sleep(time.Second)
-		allocErr := make(chan error, 1)
-		go func() {
-			allocErr <- fetchProfile(fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", t.adminAddr, secs), base+".allocs.pprof")
-		}()
-		if err := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.adminAddr, secs), base+".pprof"); err != nil {
-			return fmt.Errorf("profiling %s: %w", t.name, err)
+	fmt.Println()
+	for _, t := range targets[:2] {
+		fmt.Printf("profiles of %s (pprof via admin %s)\n", t.name, t.adminAddr)
+		for i, sc := range scenarios[:2] {
+			base := filepath.Join(o.profileDir, t.name+[]string{"-get", "-post"}[i])
+			r, err := profileUnderLoad(o, t, sc, base)
+			if err != nil {
+				return fmt.Errorf("profiling %s: %w", t.name, err)
+			}
+			fmt.Printf("  %s (%.0f req/s while profiled): go tool pprof -top %s.pprof; go tool pprof -sample_index=alloc_space -top %s.allocs.pprof\n", sc.name, r.rps(), base, base)
 		}
-		if err := <-allocErr; err != nil {
-			return fmt.Errorf("profiling %s: %w", t.name, err)
-		}
-		if err := <-errc; err != nil {
-			return err
-		}
-		fmt.Printf("  %s: go tool pprof -top %s.pprof; go tool pprof -sample_index=alloc_space -top %s.allocs.pprof\n", sc.name, base, base)
 	}
 	return nil
+}
+
+// profileUnderLoad writes base.pprof (CPU) and base.allocs.pprof of t while sc loads it.
+func profileUnderLoad(o options, t *target, sc scenario, base string) (result, error) {
+	dur := max(o.duration, 10*time.Second)
+	secs := int(dur.Seconds()) - 2
+	type loaded struct {
+		r   result
+		err error
+	}
+	done := make(chan loaded, 1)
+	go func() {
+		r, err := load(t.addr, sc, dur)
+		done <- loaded{r, err}
+	}()
+	time.Sleep(time.Second)
+	allocErr := make(chan error, 1)
+	go func() {
+		allocErr <- fetchProfile(fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", t.adminAddr, secs), base+".allocs.pprof")
+	}()
+	cpuErr := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.adminAddr, secs), base+".pprof")
+	l := <-done
+	return l.r, errors.Join(cpuErr, <-allocErr, l.err)
 }
 
 // fetchProfile GETs a pprof endpoint and writes the answer to file.
