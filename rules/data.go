@@ -254,6 +254,13 @@ func (s *sanitizer) appendValue(dst []byte, r gjson.Result, path []string) []byt
 
 // normKey lower-cases a key and drops '_', '-', '.' and spaces.
 func normKey(k string) string {
+	i := 0
+	for i < len(k) && (k[i] < 'A' || k[i] > 'Z') && k[i] != '_' && k[i] != '-' && k[i] != '.' && k[i] != ' ' {
+		i++
+	}
+	if i == len(k) {
+		return k // already normal: the usual JSON key, no copy
+	}
 	var b strings.Builder
 	b.Grow(len(k))
 	for i := 0; i < len(k); i++ {

@@ -89,8 +89,11 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		if e.subject != nil {
 			ev.Subject = e.subject.renderText(ex, m.Params, &missing)
 		}
-		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: newSanitizer(e)}
-		ev.Data = e.data.render(make([]byte, 0, 256), rc, make([]string, 0, 8))
+		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
+		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8))
+		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
+			e.dataSize.Store(n)
+		}
 		ev.dataCompact = true
 		if e.dedupeKey != nil {
 			if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
@@ -106,6 +109,10 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	}
 	return events, errs
 }
+
+// maxDataSizeHint caps the starting size of a data buffer: one huge event must
+// not make every later one allocate as much.
+const maxDataSizeHint = 16 << 10
 
 // Evaluate matches the exchange and builds every event, using whatever lookup
 // results the exchange already holds. It is what `authtap rules test` and the

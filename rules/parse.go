@@ -7,6 +7,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -66,6 +67,10 @@ type emitSpec struct {
 	mode        string
 	dedupeKey   *tmpl
 	dedupeWin   time.Duration
+	policy      *sanitizer // omit, redact and keep_secrets, read-only once parsed
+	// dataSize is the largest data rendered so far: the next render's buffer
+	// starts that large instead of growing step by step.
+	dataSize atomic.Int64
 }
 
 var (
@@ -225,6 +230,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 				p = index("emit", i)
 			}
 			if e := d.parseEmit(item, p, sc); e != nil {
+				e.policy = newSanitizer(e) // fixed per emit: built once, read by every event
 				r.emits = append(r.emits, e)
 			}
 		}
