@@ -31,6 +31,12 @@ var (
 	workers  = caddy.NewUsagePool() // "worker:"+hash of its config → *pooledWorker
 )
 
+// payloadPool holds fan-out payload buffers (*[]byte); ones that grew past
+// maxPooledPayload are left to the GC.
+var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+const maxPooledPayload = 64 << 10
+
 // Replay loop and worker start timing.
 var (
 	replayMinWait = time.Second
@@ -243,10 +249,19 @@ func (a *App) Enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 }
 
 func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
-	task, err := tasks.FanoutMessage(ev)
+	// The payload buffer is reused: the writer copies it before Enqueue returns.
+	bp := payloadPool.Get().(*[]byte)
+	task, err := tasks.AppendFanoutMessage((*bp)[:0], ev)
 	if err != nil {
+		payloadPool.Put(bp)
 		return 0, fmt.Errorf("enqueuing event: %w", err)
 	}
+	defer func() {
+		if cap(task.Payload) <= maxPooledPayload {
+			*bp = task.Payload[:0]
+			payloadPool.Put(bp)
+		}
+	}()
 	var redisErr error
 	if a.be.down.Load() {
 		redisErr = errors.New("redis is unreachable; spooling until it is back")

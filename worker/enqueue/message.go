@@ -87,7 +87,15 @@ const (
 // field-number order, zero values left out (proto3). The deadline is asynq's
 // "none", Unix time 0, so it is left out too.
 func (m Message) encode() []byte {
-	b := make([]byte, 0, len(m.Type)+len(m.Payload)+len(m.ID)+len(m.queue())+40)
+	return m.appendEncoded(make([]byte, 0, m.encodedSizeHint()))
+}
+
+func (m Message) encodedSizeHint() int {
+	return len(m.Type) + len(m.Payload) + len(m.ID) + len(m.queue()) + 40
+}
+
+// appendEncoded appends the encoding of m (see encode) to b.
+func (m Message) appendEncoded(b []byte) []byte {
 	b = appendString(b, fieldType, m.Type)
 	if len(m.Payload) > 0 {
 		b = protowire.AppendTag(b, fieldPayload, protowire.BytesType)

@@ -56,13 +56,18 @@ func NewFanoutTask(ev rules.Event, opts ...asynq.Option) (*asynq.Task, error) {
 // FanoutMessage is the event:fanout task for ev as an [enqueue.Message], for a
 // batching [enqueue.Writer]: the same task as [NewFanoutTask].
 func FanoutMessage(ev rules.Event) (enqueue.Message, error) {
+	return AppendFanoutMessage(make([]byte, 0, len(ev.Data)+len(ev.Subject)+len(ev.Source.Name)+len(ev.Source.Rule)+200), ev)
+}
+
+// AppendFanoutMessage is FanoutMessage with the payload appended to buf, so
+// that a caller can reuse buffers: the payload is buf extended.
+func AppendFanoutMessage(buf []byte, ev rules.Event) (enqueue.Message, error) {
 	if ev.ID == "" {
 		return enqueue.Message{}, fmt.Errorf("building %s task: event has no id", TypeFanout)
 	}
 	// The FanoutPayload JSON, written around the event's own encoding: marshalling
 	// the wrapper would make encoding/json scan and compact the event a second time.
-	b := make([]byte, 0, len(ev.Data)+len(ev.Subject)+len(ev.Source.Name)+len(ev.Source.Rule)+200)
-	b, err := ev.AppendJSON(append(b, `{"event":`...))
+	b, err := ev.AppendJSON(append(buf, `{"event":`...))
 	if err != nil {
 		return enqueue.Message{}, fmt.Errorf("encoding %s payload for %s: %w", TypeFanout, ev.ID, err)
 	}
