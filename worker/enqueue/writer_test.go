@@ -17,14 +17,14 @@ import (
 	"github.com/authtap/authtap/internal/redistest"
 )
 
-func client(t *testing.T, srv *redistest.Server, db int) *redis.Client {
+func client(t testing.TB, srv *redistest.Server, db int) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: db})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-func writer(t *testing.T, rdb redis.UniversalClient) *Writer {
+func writer(t testing.TB, rdb redis.UniversalClient) *Writer {
 	t.Helper()
 	w := New(rdb, Options{})
 	t.Cleanup(func() { _ = w.Close() })
