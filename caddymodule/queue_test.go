@@ -151,6 +151,28 @@ func TestEnqueueQueuesFanoutTask(t *testing.T) {
 	}
 }
 
+// With a redis-cluster:// URL, events go to the cluster like to a single Redis.
+func TestEnqueueOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	a := &App{Redis: cl.URL}
+	startApp(t, a)
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+	ev := testEvent(rules.ModeLive)
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Queued {
+		t.Fatalf("Enqueue = %v, %v; want queued", out, err)
+	}
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Duplicate {
+		t.Fatalf("second Enqueue = %v, %v; want duplicate", out, err)
+	}
+	if ti := fanoutTask(t, insp, ev.ID); ti == nil || ti.Type != tasks.TypeFanout {
+		t.Fatalf("task = %+v", ti)
+	}
+	if n := len(spoolFiles(t, a.SpoolDir)); n != 0 {
+		t.Fatalf("%d spool files although the cluster is up", n)
+	}
+}
+
 func TestRedisDownSpoolsThenReplays(t *testing.T) {
 	srv := redistest.Start(t)
 	timeout := 300 * time.Millisecond

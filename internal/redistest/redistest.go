@@ -23,9 +23,10 @@ type Server struct {
 	// Port is the TCP port.
 	Port int
 
-	dir string
-	cmd *exec.Cmd
-	t   testing.TB
+	dir   string
+	extra []string // more redis-server arguments
+	cmd   *exec.Cmd
+	t     testing.TB
 }
 
 // Start starts a redis-server on a free loopback port and registers its stop
@@ -60,12 +61,13 @@ func (s *Server) start(bin string, port int) error {
 	s.Port = port
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	s.URL = "redis://" + s.Addr + "/0"
-	s.cmd = exec.Command(bin,
+	args := []string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(port),
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--daemonize", "no", "--protected-mode", "yes",
 		"--logfile", filepath.Join(s.dir, "redis.log"),
-	)
+	}
+	s.cmd = exec.Command(bin, append(args, s.extra...)...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		return err
