@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,21 +39,9 @@ func TestWriterOnRedisCluster(t *testing.T) {
 
 	const callers, each = 16, 40
 	enqueueAll := func(round int) {
-		var wg sync.WaitGroup
-		for g := range callers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range each {
-					m := Message{Type: "job", ID: fmt.Sprintf("r%d-%d-%d", round, g, i), Queue: queues[(g+i)%len(queues)], Payload: []byte("x")}
-					if err := w.Enqueue(ctx, m, 5*time.Second); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		enqueueConcurrently(t, w, callers, each, 5*time.Second, func(g, i int) Message {
+			return Message{Type: "job", ID: fmt.Sprintf("r%d-%d-%d", round, g, i), Queue: queues[(g+i)%len(queues)], Payload: []byte("x")}
+		})
 	}
 	enqueueAll(1)
 	// Every node forgets the script: the writer loads it again.
@@ -85,37 +72,5 @@ func TestWriterOnRedisCluster(t *testing.T) {
 		t.Fatalf("%d tasks pending, want %d", total, want)
 	}
 
-	var mu sync.Mutex
-	seen := map[string]bool{}
-	done := make(chan struct{})
-	weights := map[string]int{}
-	for _, q := range queues {
-		weights[q] = 1
-	}
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{Concurrency: 8, Queues: weights, LogLevel: asynq.ErrorLevel})
-	mux := asynq.NewServeMux()
-	mux.HandleFunc("job", func(_ context.Context, task *asynq.Task) error {
-		mu.Lock()
-		defer mu.Unlock()
-		seen[string(task.ResultWriter().TaskID())] = true
-		if len(seen) == total {
-			select {
-			case <-done:
-			default:
-				close(done)
-			}
-		}
-		return nil
-	})
-	if err := srv.Start(mux); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		mu.Lock()
-		defer mu.Unlock()
-		t.Fatalf("asynq processed %d of %d tasks", len(seen), total)
-	}
+	processAll(t, rdb, queues, total)
 }

@@ -181,32 +181,19 @@ func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 // task once.
 func TestConcurrentEnqueuesAreBatchedAndProcessed(t *testing.T) {
 	srv := redistest.Start(t)
-	ctx := context.Background()
 	rdb := client(t, srv, 0)
 	var pipes pipelineCounter
 	rdb.AddHook(&pipes)
 	w := writer(t, rdb)
 
 	const callers, each = 32, 100
-	var wg sync.WaitGroup
-	for g := range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				q := "qa"
-				if i%3 == 0 {
-					q = "qb" // two queues in one batch: one script call each
-				}
-				m := Message{Type: "job", ID: fmt.Sprintf("%d-%d", g, i), Queue: q, Payload: []byte(strconv.Itoa(g*each + i)), MaxRetry: 1}
-				if err := w.Enqueue(ctx, m, 0); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	enqueueConcurrently(t, w, callers, each, 0, func(g, i int) Message {
+		q := "qa"
+		if i%3 == 0 {
+			q = "qb" // two queues in one batch: one script call each
+		}
+		return Message{Type: "job", ID: fmt.Sprintf("%d-%d", g, i), Queue: q, Payload: []byte(strconv.Itoa(g*each + i)), MaxRetry: 1}
+	})
 	total := callers * each
 	if n := pipes.n.Load(); n >= int64(total) {
 		t.Fatalf("%d round trips for %d tasks: no batching", n, total)
@@ -214,16 +201,46 @@ func TestConcurrentEnqueuesAreBatchedAndProcessed(t *testing.T) {
 		t.Logf("%d tasks in %d round trips", total, n)
 	}
 
+	processAll(t, rdb, []string{"qa", "qb"}, total)
+}
+
+// enqueueConcurrently has callers goroutines enqueue each message msg(g, i)
+// gives them, and waits for all; errors fail the test.
+func enqueueConcurrently(t *testing.T, w *Writer, callers, each int, timeout time.Duration, msg func(g, i int) Message) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := w.Enqueue(context.Background(), msg(g, i), timeout); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// processAll runs an asynq server on queues until it has processed total
+// "job" tasks, and fails the test if one runs twice or some never run.
+func processAll(t *testing.T, rdb redis.UniversalClient, queues []string, total int) {
+	t.Helper()
 	var mu sync.Mutex
 	seen := map[string]int{}
 	done := make(chan struct{})
-	asrv := asynq.NewServerFromRedisClient(rdb, asynq.Config{Concurrency: 8, Queues: map[string]int{"qa": 1, "qb": 1},
-		LogLevel: asynq.ErrorLevel})
+	weights := map[string]int{}
+	for _, q := range queues {
+		weights[q] = 1
+	}
+	asrv := asynq.NewServerFromRedisClient(rdb, asynq.Config{Concurrency: 8, Queues: weights, LogLevel: asynq.ErrorLevel})
 	mux := asynq.NewServeMux()
 	mux.HandleFunc("job", func(_ context.Context, task *asynq.Task) error {
 		mu.Lock()
 		defer mu.Unlock()
-		seen[string(task.Payload())]++
+		seen[task.ResultWriter().TaskID()]++
 		if len(seen) == total {
 			select {
 			case <-done:
@@ -241,13 +258,14 @@ func TestConcurrentEnqueuesAreBatchedAndProcessed(t *testing.T) {
 	case <-done:
 	case <-time.After(60 * time.Second):
 		mu.Lock()
-		t.Fatalf("processed %d of %d tasks", len(seen), total)
+		defer mu.Unlock()
+		t.Fatalf("asynq processed %d of %d tasks", len(seen), total)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	for p, n := range seen {
+	for id, n := range seen {
 		if n != 1 {
-			t.Fatalf("task %s processed %d times", p, n)
+			t.Fatalf("task %s processed %d times", id, n)
 		}
 	}
 }
