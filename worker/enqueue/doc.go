@@ -8,10 +8,14 @@
 // writes the same keys and values as asynq.Client.Enqueue for a task without a
 // schedule, group or uniqueness lock: the task hash (msg, state "pending",
 // pending_since) under asynq:{queue}:t:<id>, its id pushed onto
-// asynq:{queue}:pending, and the queue named in asynq:queues. The message is
+// asynq:{queue}:pending, and the queue named in asynq:queues (again at most
+// every second, so a Redis that lost its data lists it again). The message is
 // asynq's TaskMessage protobuf, encoded here field by field in the order
 // protobuf-go writes it. A task id that already exists is refused with
 // asynq.ErrTaskIDConflict, as asynq refuses it.
+//
+// Under load the writer lets the ready goroutines run before a round trip so
+// that more callers join it; an idle writer sends at once.
 //
 // The layout is asynq's internal one (v0.26); the tests pin it by comparing,
 // byte for byte, what a Writer and asynq.Client write for the same task, and
@@ -19,5 +23,5 @@
 //
 //	w := enqueue.New(rdb, enqueue.Options{})
 //	defer w.Close()
-//	err := w.Enqueue(ctx, enqueue.Message{Type: "event:fanout", ID: id, Queue: "authtap_fanout", Payload: b})
+//	err := w.Enqueue(ctx, enqueue.Message{Type: "event:fanout", ID: id, Queue: "authtap_fanout", Payload: b}, time.Second)
 package enqueue
