@@ -83,18 +83,14 @@ const (
 	fieldRetention = 12
 )
 
-// encode returns the TaskMessage protobuf asynq.Client writes for m: fields in
-// field-number order, zero values left out (proto3). The deadline is asynq's
-// "none", Unix time 0, so it is left out too.
-func (m Message) encode() []byte {
-	return m.appendEncoded(make([]byte, 0, m.encodedSizeHint()))
-}
-
+// encodedSizeHint is about the length of m's encoding.
 func (m Message) encodedSizeHint() int {
 	return len(m.Type) + len(m.Payload) + len(m.ID) + len(m.queue()) + 40
 }
 
-// appendEncoded appends the encoding of m (see encode) to b.
+// appendEncoded appends the TaskMessage protobuf asynq.Client writes for m
+// to b: fields in field-number order, zero values left out (proto3). The
+// deadline is asynq's "none", Unix time 0, so it is left out too.
 func (m Message) appendEncoded(b []byte) []byte {
 	b = appendString(b, fieldType, m.Type)
 	if len(m.Payload) > 0 {
@@ -127,4 +123,9 @@ func appendVarint(b []byte, num protowire.Number, v int64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.VarintType)
 	return protowire.AppendVarint(b, uint64(v))
+}
+
+// wrap names m in an enqueue error.
+func (m Message) wrap(err error) error {
+	return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, err)
 }

@@ -119,10 +119,10 @@ func (w *Writer) Enqueue(ctx context.Context, m Message, timeout time.Duration) 
 		return ErrClosed
 	case <-expired:
 		c.release()
-		return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, context.DeadlineExceeded)
+		return m.wrap(context.DeadlineExceeded)
 	case <-ctx.Done():
 		c.release()
-		return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, ctx.Err())
+		return m.wrap(ctx.Err())
 	}
 	var err error
 	select {
@@ -135,15 +135,15 @@ func (w *Writer) Enqueue(ctx context.Context, m Message, timeout time.Duration) 
 			return ErrClosed // c stays with run's leftovers, not back in the pool
 		}
 	case <-expired:
-		return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, context.DeadlineExceeded)
+		return m.wrap(context.DeadlineExceeded)
 	case <-ctx.Done():
-		return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, ctx.Err())
+		return m.wrap(ctx.Err())
 	}
 	// Answered: run is done with c (and gave its message buffer back), so it
 	// can serve another caller.
 	callPool.Put(c)
 	if err != nil {
-		return fmt.Errorf("enqueuing %s task %s: %w", m.Type, m.ID, err)
+		return m.wrap(err)
 	}
 	return nil
 }
