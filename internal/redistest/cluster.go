@@ -42,19 +42,8 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for range n {
 		s := &Server{dir: t.TempDir(), t: t, extra: []string{
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"}}
-		var lastErr error
-		started := false
-		for attempt := 0; attempt < 10 && !started; attempt++ {
-			port, err := freeClusterPort()
-			if err != nil {
-				t.Fatalf("finding a free port: %v", err)
-			}
-			if lastErr = s.start(bin, port); lastErr == nil {
-				started = true
-			}
-		}
-		if !started {
-			t.Fatalf("starting cluster node: %v", lastErr)
+		if err := s.startOnFreePort(bin, freeClusterPort, 10); err != nil {
+			t.Fatalf("starting cluster node: %v", err)
 		}
 		t.Cleanup(s.Stop)
 		c.Nodes = append(c.Nodes, s)

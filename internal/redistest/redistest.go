@@ -42,19 +42,27 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("redis-server not found on PATH (bash .ci/run installs it): %v", err)
 	}
 	s := &Server{dir: t.TempDir(), t: t}
+	if err := s.startOnFreePort(bin, freePort, 5); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// startOnFreePort starts the server on a port pick returns, trying up to
+// attempts ports (another process may take a port between pick and start).
+func (s *Server) startOnFreePort(bin string, pick func() (int, error), attempts int) error {
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+	for range attempts {
+		port, err := pick()
 		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
+			return fmt.Errorf("finding a free port: %w", err)
 		}
 		if lastErr = s.start(bin, port); lastErr == nil {
-			t.Cleanup(s.Stop)
-			return s
+			return nil
 		}
 	}
-	t.Fatalf("starting redis-server: %v", lastErr)
-	return nil
+	return lastErr
 }
 
 func (s *Server) start(bin string, port int) error {

@@ -14,17 +14,10 @@ func Launch(dir string) (*Server, error) {
 		return nil, fmt.Errorf("redis-server not found on PATH: %w", err)
 	}
 	s := &Server{dir: dir}
-	var lastErr error
-	for range 5 {
-		port, err := freePort()
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		if lastErr = s.start(bin, port); lastErr == nil {
-			return s, nil
-		}
+	if err := s.startOnFreePort(bin, freePort, 5); err != nil {
+		return nil, fmt.Errorf("starting redis-server: %w", err)
 	}
-	return nil, fmt.Errorf("starting redis-server: %w", lastErr)
+	return s, nil
 }
 
 // Pid returns the process id of the running redis-server, or 0.
