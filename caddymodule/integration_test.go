@@ -180,6 +180,12 @@ func (it *integration) configWith(source, rulesFile string) string {
 	if l := os.Getenv("AUTHTAP_TEST_LOG_LEVEL"); l != "" {
 		level = l // e.g. DEBUG, to see the app and handler at work
 	}
+	tap := map[string]any{"handler": "authtap", "rules": []string{rulesFile}, "source": source}
+	if os.Getenv("AUTHTAP_TEST_PLAIN_CADDY") != "" {
+		// the baseline of the reload measurement (BENCHMARKS.md): the same
+		// route without authtap, still a new config on every reload
+		tap = map[string]any{"handler": "headers", "request": map[string]any{"set": map[string]any{"X-Source": []string{source}}}}
+	}
 	cfg := map[string]any{
 		"admin": map[string]any{"listen": "localhost:" + strconv.Itoa(it.adminPort)},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
@@ -198,7 +204,7 @@ func (it *integration) configWith(source, rulesFile string) string {
 					"automatic_https": map[string]any{"disable": true},
 					"routes": []any{map[string]any{"handle": []any{
 						map[string]any{"handler": "authtap_test_seen"}, // seenlog_test.go
-						map[string]any{"handler": "authtap", "rules": []string{rulesFile}, "source": source},
+						tap,
 						map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": it.upstream}}},
 					}}},
 				}},
@@ -622,7 +628,13 @@ func TestIntegration(t *testing.T) {
 			stop     atomic.Bool
 			wg       sync.WaitGroup
 		)
-		for w := range 8 {
+		// AUTHTAP_TEST_RELOADS=40 AUTHTAP_TEST_RELOAD_CLIENTS=16 measure (BENCHMARKS.md).
+		reloads, clients := envInt(t, "AUTHTAP_TEST_RELOADS", 3), envInt(t, "AUTHTAP_TEST_RELOAD_CLIENTS", 8)
+		pause := 150 * time.Millisecond
+		if reloads > 3 {
+			pause = 50 * time.Millisecond
+		}
+		for w := range clients {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -650,13 +662,13 @@ func TestIntegration(t *testing.T) {
 				}
 			}()
 		}
-		for i := range 3 {
-			time.Sleep(150 * time.Millisecond) // let load build up between reloads
+		for i := range reloads {
+			time.Sleep(pause) // let load build up between reloads
 			if err := it.load(it.config(fmt.Sprintf("legacy-auth-%d", i))); err != nil {
 				t.Errorf("reload %d: %v", i, err)
 			}
 		}
-		time.Sleep(150 * time.Millisecond)
+		time.Sleep(pause)
 		stop.Store(true)
 		wg.Wait()
 		if len(failures) > 0 {
@@ -665,7 +677,10 @@ func TestIntegration(t *testing.T) {
 		if len(subjects) < 10 {
 			t.Fatalf("only %d requests ran during the reloads", len(subjects))
 		}
-		t.Logf("%d sign-ups across 3 reloads; %d dropped by Caddy's server before its handlers saw them, and resent", len(subjects), dropped.Load())
+		t.Logf("%d sign-ups across %d reloads; %d dropped by Caddy's server before its handlers saw them, and resent", len(subjects), reloads, dropped.Load())
+		if os.Getenv("AUTHTAP_TEST_PLAIN_CADDY") != "" {
+			return // no authtap, no events
+		}
 		// Every user the upstream created gets its event, answered or not.
 		it.waitForSubjects(it.api.createdIDs("load"), 60*time.Second)
 	})
@@ -680,4 +695,17 @@ func grepLines(text, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// envInt is the positive integer in environment variable name, or def when it is unset.
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
 }
