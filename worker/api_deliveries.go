@@ -41,7 +41,7 @@ func (a *api) listDeliveries(w http.ResponseWriter, r *http.Request) *apiError {
 		return internal(err)
 	}
 	resp := deliveriesResponse{Deliveries: atts}
-	if len(atts) == limit {
+	if len(atts) >= limit { // more may follow; a page keeps one microsecond's attempts together
 		resp.NextBefore = atts[len(atts)-1].Time.UTC().Format(time.RFC3339Nano)
 	}
 	writeJSON(w, http.StatusOK, resp)

@@ -167,7 +167,10 @@ func (s *Store) dropOldestEvents(ctx context.Context, n int64) error {
 
 // Attempts returns up to limit attempts to an endpoint, newest first, older
 // than before (the zero time means now). Pass the Time of the last attempt
-// of a page as before to get the next page.
+// of a page as before to get the next page. A page never splits the attempts
+// recorded in one microsecond (the log's resolution), so that the next page,
+// which starts strictly before that microsecond, skips none: it runs past
+// limit by as many as share the last one's microsecond.
 func (s *Store) Attempts(ctx context.Context, endpointID string, limit int, before time.Time) ([]Attempt, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 1000
@@ -176,11 +179,32 @@ func (s *Store) Attempts(ctx context.Context, endpointID string, limit int, befo
 	if !before.IsZero() {
 		maxScore = "(" + scoreString(before)
 	}
-	vals, err := s.rdb.ZRevRangeByScore(ctx, keyAttemptsByEndpoint+endpointID, &redis.ZRangeBy{
+	key := keyAttemptsByEndpoint + endpointID
+	zs, err := s.rdb.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{
 		Max: maxScore, Min: scoreString(s.now().Add(-s.retention)), Count: int64(limit),
 	}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("listing attempts of endpoint %s: %w", endpointID, err)
+	}
+	if len(zs) == limit {
+		// The rest of the last microsecond, in the same (reverse) order.
+		last := zs[len(zs)-1].Score
+		tie := len(zs) - 1
+		for tie > 0 && zs[tie-1].Score == last {
+			tie--
+		}
+		bound := strconv.FormatFloat(last, 'f', -1, 64)
+		same, err := s.rdb.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Max: bound, Min: bound}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("listing attempts of endpoint %s: %w", endpointID, err)
+		}
+		if len(same) > len(zs)-tie {
+			zs = append(zs[:tie], same...)
+		}
+	}
+	vals := make([]string, len(zs))
+	for i, z := range zs {
+		vals[i], _ = z.Member.(string)
 	}
 	return decodeAttempts(vals)
 }

@@ -76,6 +76,60 @@ func TestAttemptsLog(t *testing.T) {
 	}
 }
 
+// Attempts recorded in the same microsecond are neither skipped nor repeated
+// by paging: a page takes the whole microsecond that it ends in.
+func TestAttemptsPagingKeepsOneMicrosecondTogether(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	s, _ := newTestStore(t, StoreOptions{Now: clock.Now, Retention: time.Hour})
+	rec := func(ev string) {
+		t.Helper()
+		if _, err := s.recordAttempt(ctx, Attempt{DeliveryID: ev + ":ep", EventID: ev, EndpointID: "ep",
+			Attempt: 1, Time: clock.Now(), Success: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec("evt_old")
+	clock.Add(time.Second)
+	for i := range 5 { // a burst: five attempts within one microsecond
+		rec(fmt.Sprintf("evt_burst%d", i))
+		clock.Add(100 * time.Nanosecond)
+	}
+	clock.Add(time.Second)
+	rec("evt_new")
+
+	seen := map[string]int{}
+	var pages [][]string
+	var before time.Time
+	for len(pages) < 10 {
+		page, err := s.Attempts(ctx, "ep", 2, before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for i, a := range page {
+			seen[a.EventID]++
+			ids = append(ids, a.EventID)
+			if i > 0 && a.Time.Truncate(time.Microsecond).After(page[i-1].Time) {
+				t.Errorf("page %v not newest first", ids)
+			}
+		}
+		pages = append(pages, ids)
+		if len(page) < 2 {
+			break
+		}
+		before = page[len(page)-1].Time
+	}
+	if len(seen) != 7 {
+		t.Errorf("paging saw %d of 7 attempts: %v", len(seen), pages)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s on %d pages: %v", id, n, pages)
+		}
+	}
+}
+
 func TestEventIndex(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
