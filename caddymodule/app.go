@@ -113,6 +113,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.logger == nil { // tests may set one
 		a.logger = ctx.Logger()
 	}
+	// go-redis's own messages (failed dials while Redis is down) join Caddy's
+	// logs, sampled, instead of going to stderr unstructured.
+	worker.SetRedisLogger(a.logger)
 	a.kick = make(chan struct{}, 1)
 	a.timeout = time.Duration(a.EnqueueTimeout)
 	if a.timeout <= 0 {

@@ -206,6 +206,9 @@ func TestRedisDownSpoolsThenReplays(t *testing.T) {
 	if logs.FilterMessageSnippet("spooling events to disk").Len() != 1 {
 		t.Fatalf("want one warning about spooling, got %v", logs.All())
 	}
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = a.be.rdb.Ping(pctx).Err() // go-redis logs its failed dials
+	cancel()
 
 	srv.Restart()
 	waitFor(t, 15*time.Second, "the spool to be replayed", func() bool {
@@ -223,6 +226,21 @@ func TestRedisDownSpoolsThenReplays(t *testing.T) {
 	// Back to normal: straight into Redis.
 	if out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != Queued {
 		t.Fatalf("Enqueue after recovery = %v, %v", out, err)
+	}
+	// go-redis's failed dials came through the app's logger, each message once
+	// (not to stderr, once per dial).
+	seen := map[string]bool{}
+	for _, e := range logs.AllUntimed() {
+		if e.LoggerName != "redis" {
+			continue
+		}
+		if e.Level != zap.WarnLevel || seen[e.Message] {
+			t.Errorf("go-redis message logged again or not as a warning: %s %q", e.Level, e.Message)
+		}
+		seen[e.Message] = true
+	}
+	if len(seen) == 0 {
+		t.Errorf("no go-redis message reached the app's logger while Redis was down: %v", logs.AllUntimed())
 	}
 }
 

@@ -119,6 +119,7 @@ Flags:`)
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	cfg.Logger = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), level))
+	worker.SetRedisLogger(cfg.Logger)
 
 	if *adminAddr != "" && strings.TrimSpace(*adminToken) == "" {
 		fmt.Fprintln(stderr, "authtap worker: --admin needs --admin-token (or AUTHTAP_ADMIN_TOKEN): the management API is never served without authentication")
