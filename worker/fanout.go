@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -12,12 +13,18 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/enqueue"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
 // enqueuer is the part of *asynq.Client the handlers use.
 type enqueuer interface {
 	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// taskWriter is the part of *enqueue.Writer the fan-out uses.
+type taskWriter interface {
+	Enqueue(ctx context.Context, m enqueue.Message, timeout time.Duration) error
 }
 
 // DeliverPayloadFor returns the webhook:deliver payload of ev for ep: the body
@@ -42,9 +49,13 @@ func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverP
 
 // fanoutHandler processes event:fanout tasks: it enqueues one webhook:deliver
 // task per enabled endpoint of the event's mode whose filters take the event.
+// The deliveries of one event are enqueued concurrently through the batching
+// writer, so they share Redis round trips with each other and with other
+// fan-outs; the writer also names the deliver queue in asynq's queue list
+// again after Redis lost its data, which asynq's client does once per process.
 type fanoutHandler struct {
 	store *Store
-	q     enqueuer
+	w     taskWriter
 	// maxRetry is the asynq.MaxRetry of the deliveries (RetryPolicy.MaxRetry).
 	maxRetry int
 	// dedupe is how long a completed delivery task is kept, refusing a second
@@ -80,27 +91,42 @@ func (h *fanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err := h.store.recordEvent(ctx, ev, envelope, ids); err != nil {
 		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
 	}
-	var errs []error
-	queued := 0
-	for _, ep := range eps {
+	// One result per endpoint, each written by its own enqueue.
+	results := make([]error, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
 		dp, err := DeliverPayloadFor(ev, ep, false)
 		if err != nil {
-			errs = append(errs, err)
+			results[i] = err
 			continue
 		}
-		task, err := tasks.NewDeliverTask(dp, asynq.MaxRetry(h.maxRetry), asynq.Retention(h.dedupe))
+		m, err := tasks.DeliverMessage(dp, h.maxRetry, h.dedupe)
 		if err != nil {
-			errs = append(errs, err)
+			results[i] = err
 			continue
 		}
-		_, err = h.q.EnqueueContext(ctx, task)
+		enqueueOne := func() {
+			if err := h.w.Enqueue(ctx, m, 0); err != nil {
+				results[i] = fmt.Errorf("enqueuing delivery to %s: %w", ep.ID, err)
+			}
+		}
+		if len(eps) == 1 {
+			enqueueOne()
+		} else {
+			wg.Go(enqueueOne)
+		}
+	}
+	wg.Wait()
+	var errs []error
+	queued := 0
+	for _, err := range results {
 		switch {
 		case err == nil:
 			queued++
 		case errors.Is(err, asynq.ErrTaskIDConflict):
 			// Already queued (or done) by an earlier run of this fan-out.
 		default:
-			errs = append(errs, fmt.Errorf("enqueuing delivery to %s: %w", ep.ID, err))
+			errs = append(errs, err)
 		}
 	}
 	if c := h.log.Check(zapcore.DebugLevel, "event fanned out"); c != nil {

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker/enqueue"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -35,10 +37,11 @@ func TestFanout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	client := asynq.NewClientFromRedisClient(rdb)
+	writer := enqueue.New(rdb, enqueue.Options{})
+	t.Cleanup(func() { _ = writer.Close() })
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	policy := RetryPolicy{Schedule: []time.Duration{0, time.Second, time.Second}}
-	h := &fanoutHandler{store: s, q: client, maxRetry: policy.MaxRetry(), dedupe: time.Hour, log: zap.NewNop()}
+	h := &fanoutHandler{store: s, w: writer, maxRetry: policy.MaxRetry(), dedupe: time.Hour, log: zap.NewNop()}
 
 	ev := testEvent("evt_1", "user.created", "live")
 	task, err := tasks.NewFanoutTask(ev)
@@ -117,5 +120,60 @@ func TestFanout(t *testing.T) {
 	// A malformed payload is not retried.
 	if err := h.ProcessTask(ctx, asynq.NewTask(tasks.TypeFanout, []byte("{"))); err == nil || !isSkipRetry(err) {
 		t.Errorf("malformed fan-out: %v, want SkipRetry", err)
+	}
+}
+
+// A fan-out to many endpoints enqueues every delivery (concurrently, through
+// the batching writer), and names the deliver queue in asynq's queue list
+// again once Redis has lost it.
+func TestFanoutManyEndpoints(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newTestStore(t, StoreOptions{})
+	const n = 60
+	for i := range n {
+		if _, err := s.Create(ctx, EndpointConfig{ID: fmt.Sprintf("ep%02d", i), URL: "https://a.example", Events: []string{"user.*"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writer := enqueue.New(rdb, enqueue.Options{MaxBatch: 16})
+	t.Cleanup(func() { _ = writer.Close() })
+	h := &fanoutHandler{store: s, w: writer, maxRetry: 3, dedupe: time.Hour, log: zap.NewNop()}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	fanout := func(id string) {
+		t.Helper()
+		task, err := tasks.NewFanoutTask(testEvent(id, "user.created", "live"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ProcessTask(ctx, task); err != nil {
+			t.Fatalf("fan-out %s: %v", id, err)
+		}
+	}
+	fanout("evt_a")
+	pending, err := insp.ListPendingTasks(tasks.QueueDeliver, asynq.PageSize(1000))
+	if err != nil || len(pending) != n {
+		t.Fatalf("%d deliveries queued, want %d (%v)", len(pending), n, err)
+	}
+	seen := map[string]bool{}
+	for _, ti := range pending {
+		seen[ti.ID] = true
+	}
+	for i := range n {
+		if id := tasks.DeliverTaskID("evt_a", fmt.Sprintf("ep%02d", i)); !seen[id] {
+			t.Errorf("no delivery %s", id)
+		}
+	}
+
+	// Redis lost asynq's queue list (a restart without persistence).
+	if err := rdb.SRem(ctx, "asynq:queues", tasks.QueueDeliver).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the writer names its queues at most once a second
+	fanout("evt_b")
+	if ok, err := rdb.SIsMember(ctx, "asynq:queues", tasks.QueueDeliver).Result(); err != nil || !ok {
+		t.Errorf("deliver queue not named again in asynq:queues: %v, %v", ok, err)
+	}
+	if got, err := insp.ListPendingTasks(tasks.QueueDeliver, asynq.PageSize(1000)); err != nil || len(got) != 2*n {
+		t.Errorf("%d deliveries queued after the second event, want %d (%v)", len(got), 2*n, err)
 	}
 }

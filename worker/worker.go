@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/authtap/authtap/worker/enqueue"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -96,6 +97,7 @@ type Worker struct {
 	rdb    redis.UniversalClient
 	srv    *asynq.Server
 	client *asynq.Client
+	writer *enqueue.Writer // the fan-out's enqueues
 	store  *Store
 	sender *Sender
 	mux    *asynq.ServeMux
@@ -151,7 +153,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("configuring worker: %w", err)
 	}
 	log := cfg.Logger.Named("worker")
-	w := &Worker{cfg: cfg, rdb: rdb, store: store, log: log, client: asynq.NewClientFromRedisClient(rdb)}
+	w := &Worker{cfg: cfg, rdb: rdb, store: store, log: log, client: asynq.NewClientFromRedisClient(rdb),
+		writer: enqueue.New(rdb, enqueue.Options{})}
 	w.sender = NewSender(SenderOptions{
 		Allowlist: cfg.Allowlist, MaxRetryAfter: cfg.Retry.MaxRetryAfter, Now: cfg.Now,
 		TLSClientConfig: cfg.TLSClientConfig, MaxIdleConnsPerHost: max(cfg.Concurrency, 16),
@@ -177,7 +180,7 @@ func New(cfg Config) (*Worker, error) {
 		})
 	})
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
-		store: store, q: w.client, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
+		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
 	w.mux.Handle(tasks.TypeDeliver, &deliverHandler{
 		store: store, sender: w.sender, q: w.client, timeout: cfg.DeliveryTimeout, disableAfter: cfg.DisableAfter,
@@ -239,6 +242,7 @@ func (w *Worker) Shutdown() {
 			}
 		}
 		w.sender.CloseIdleConnections()
+		_ = w.writer.Close()
 		_ = w.rdb.Close()
 		w.log.Info("worker stopped")
 	})

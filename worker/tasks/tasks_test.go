@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/authtap/authtap/rules"
 )
 
@@ -38,5 +40,33 @@ func TestFanoutTaskRoundTrip(t *testing.T) {
 func TestDeliverTaskIDIsStable(t *testing.T) {
 	if DeliverTaskID("evt_1", "ep_1") != DeliverTaskID("evt_1", "ep_1") || DeliverTaskID("evt_1", "ep_1") == DeliverTaskID("evt_1", "ep_2") {
 		t.Fatal("delivery task ids must be one per event and endpoint")
+	}
+}
+
+// DeliverMessage describes the task NewDeliverTask builds with the same options.
+func TestDeliverMessageMatchesNewDeliverTask(t *testing.T) {
+	p := DeliverPayload{EventID: "evt_1", EventType: "user.created", EndpointID: "ep_1", Body: json.RawMessage(`{"id":"u_1"}`)}
+	m, err := DeliverMessage(p, 9, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := NewDeliverTask(p, asynq.MaxRetry(9), asynq.Retention(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Type != task.Type() || string(m.Payload) != string(task.Payload()) {
+		t.Errorf("message %s %s, task %s %s", m.Type, m.Payload, task.Type(), task.Payload())
+	}
+	if m.ID != DeliverTaskID("evt_1", "ep_1") || m.Queue != QueueDeliver || m.MaxRetry != 9 || m.Retention != time.Hour {
+		t.Errorf("message options %+v", m)
+	}
+	back, err := ParseDeliver(m.Task())
+	if err != nil || back.EndpointID != "ep_1" || string(back.Body) != `{"id":"u_1"}` {
+		t.Errorf("ParseDeliver = %+v, %v", back, err)
+	}
+	for _, bad := range []DeliverPayload{{EventID: "evt_1", Body: json.RawMessage(`{}`)}, {EventID: "evt_1", EndpointID: "ep_1", Body: json.RawMessage(`{`)}} {
+		if _, err := DeliverMessage(bad, 0, 0); err == nil {
+			t.Errorf("DeliverMessage(%+v) accepted", bad)
+		}
 	}
 }
