@@ -37,7 +37,7 @@ func (c *testClock) Add(d time.Duration) {
 }
 
 // newTestRedis starts a private redis-server and returns a client on it.
-func newTestRedis(t *testing.T) (*redistest.Server, redis.UniversalClient) {
+func newTestRedis(t testing.TB) (*redistest.Server, redis.UniversalClient) {
 	t.Helper()
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -45,7 +45,7 @@ func newTestRedis(t *testing.T) (*redistest.Server, redis.UniversalClient) {
 	return srv, rdb
 }
 
-func newTestStore(t *testing.T, o StoreOptions) (*Store, redis.UniversalClient) {
+func newTestStore(t testing.TB, o StoreOptions) (*Store, redis.UniversalClient) {
 	t.Helper()
 	_, rdb := newTestRedis(t)
 	s, err := NewStore(rdb, o)
