@@ -6,7 +6,8 @@
 // 410 Gone or keep failing (announcing it with an endpoint.disabled event).
 //
 // The worker runs inside Caddy (the authtap app) or standalone
-// ("authtap worker"). It talks to Redis through asynq and go-redis only.
+// ("authtap worker"). It talks to Redis through asynq and go-redis; the
+// fan-out enqueues its deliveries in batches through worker/enqueue.
 //
 //	opt, err := worker.ParseRedisURL("redis://127.0.0.1:6379/0")
 //	w, err := worker.New(worker.Config{Redis: opt, Logger: logger})
