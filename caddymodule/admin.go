@@ -109,6 +109,8 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 	cfg := worker.APIConfig{Store: store, EventTypes: loadedEventTypes, Logger: h.logger}
 	if w := app.InProcessWorker(); w != nil {
 		cfg.Client = w.Client()
+		// It delivers, so its allow list decides which addresses are refused.
+		cfg.CheckLiveURL = w.CheckLiveURL
 	}
 	if h.api, err = worker.NewAPI(cfg); err != nil {
 		return fmt.Errorf("provisioning management API: %w", err)

@@ -450,6 +450,12 @@ func TestAdminWithEmbeddedRedis(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated || !strings.Contains(body, `"secret":"whsec_`) {
 		t.Fatalf("create: %d %s", resp.StatusCode, body)
 	}
+	// The in-process worker delivers, so the API refuses a live endpoint at an
+	// address that worker would never dial.
+	if resp, body := env.do("POST", "/_authtap/webhooks", `{"url":"https://10.1.2.3/hook"}`, true); resp.StatusCode != http.StatusBadRequest ||
+		!strings.Contains(body, "10.0.0.0/8") {
+		t.Errorf("live endpoint at a private address: %d %s", resp.StatusCode, body)
+	}
 	var ep struct{ ID string }
 	_ = json.Unmarshal([]byte(body), &ep)
 	if resp, body = env.do("GET", "/_authtap/webhooks", "", true); resp.StatusCode != http.StatusOK || !strings.Contains(body, ep.ID) {

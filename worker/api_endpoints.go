@@ -51,6 +51,9 @@ func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if e := checkEndpointConfig(c); e != nil {
 		return e
 	}
+	if e := a.checkLiveAddress(c.URL, c.Mode); e != nil {
+		return e
+	}
 	ep, err := a.store.Create(r.Context(), c)
 	if err != nil {
 		return storeError(err, c.ID)
@@ -87,6 +90,16 @@ func (a *api) updateEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 			return readOnlyError(id)
 		}
 		if e := checkPatch(p.EndpointPatch, cur); e != nil {
+			return e
+		}
+		u, mode := cur.URL, cur.Mode
+		if p.URL != nil {
+			u = *p.URL
+		}
+		if p.Mode != nil {
+			mode = *p.Mode
+		}
+		if e := a.checkLiveAddress(u, mode); e != nil {
 			return e
 		}
 		if _, err := a.store.Update(ctx, id, p.EndpointPatch); err != nil {

@@ -299,17 +299,36 @@ func checkURL(raw, mode string) *apiError {
 	if mode == rules.ModeLive {
 		want = "an absolute https URL for a live endpoint"
 	}
-	shown := ""
-	if u, perr := url.Parse(raw); perr == nil {
-		if u.User != nil {
-			u.User = url.User("xxxxx")
-		}
-		shown = u.String()
-	}
+	shown := shownURL(raw)
 	if shown == "" {
 		return fieldError("url", "want %s (%v)", want, err)
 	}
 	return fieldError("url", "want %s, got %q (%v)", want, shown, err)
+}
+
+// checkLiveAddress refuses a live endpoint URL whose literal IP address the
+// worker's address guard would never dial (APIConfig.CheckLiveURL).
+func (a *api) checkLiveAddress(raw, mode string) *apiError {
+	if a.liveURL == nil || mode == rules.ModeTest {
+		return nil
+	}
+	if err := a.liveURL(raw); err != nil {
+		return fieldError("url", "%v", liveAddressError(raw, err))
+	}
+	return nil
+}
+
+// shownURL is raw with any user information masked, for messages; "" when
+// raw does not parse.
+func shownURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	return u.String()
 }
 
 // checkPatch validates the fields p sets, given the endpoint's current state.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sort"
@@ -47,6 +48,10 @@ type apiFixture struct {
 type apiFixtureOptions struct {
 	endpoints  []EndpointConfig
 	eventTypes func() []rules.EventType
+	// allow is the worker's Allowlist; checkLiveURL wires its CheckLiveURL
+	// into the API, as Caddy and "authtap worker --admin" do.
+	allow        []netip.Prefix
+	checkLiveURL bool
 }
 
 func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
@@ -60,7 +65,7 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 	logger := zap.New(core)
 	retry := RetryPolicy{Schedule: []time.Duration{0, 50 * time.Millisecond, 50 * time.Millisecond}, Jitter: -1}
 	w, err := New(Config{
-		Redis: opt, Endpoints: o.endpoints, Retry: retry, Logger: logger, Concurrency: 4,
+		Redis: opt, Endpoints: o.endpoints, Retry: retry, Logger: logger, Concurrency: 4, Allowlist: o.allow,
 		DelayedTaskCheckInterval: 50 * time.Millisecond, DeliveryTimeout: 5 * time.Second,
 	})
 	if err != nil {
@@ -70,9 +75,13 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 		t.Fatal(err)
 	}
 	insp := asynq.NewInspector(opt)
-	h, err := NewAPI(APIConfig{
+	apiCfg := APIConfig{
 		Store: w.Store(), Client: w.Client(), Inspector: insp, Retry: retry, Logger: logger, EventTypes: o.eventTypes,
-	})
+	}
+	if o.checkLiveURL {
+		apiCfg.CheckLiveURL = w.CheckLiveURL
+	}
+	h, err := NewAPI(apiCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1018,5 +1027,64 @@ func BenchmarkAPICreateEndpoint(b *testing.B) {
 		if rec.Code != 201 {
 			b.Fatal(rec.Code, rec.Body)
 		}
+	}
+}
+
+// A live endpoint whose URL is a literal address the worker would never dial
+// is refused when it is created or changed, naming the range and the way out;
+// host names are left to the dial-time check.
+func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
+	f := newAPIFixture(t, apiFixtureOptions{allow: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, checkLiveURL: true})
+	for _, tc := range []struct{ url, mode, want string }{
+		{"https://10.0.0.5/hook", "", "10.0.0.0/8"},
+		{"https://169.254.169.254/latest", "live", "169.254.0.0/16"},
+		{"https://[::1]:8443/hook", "live", "::1/128"},
+		{"https://[::ffff:127.0.0.1]/hook", "live", "denied range"},
+	} {
+		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: tc.url, Mode: tc.mode})
+		var e apiErr
+		_ = json.Unmarshal(b, &e)
+		if status != http.StatusBadRequest || e.Error.Field != "url" || !strings.Contains(e.Error.Message, tc.want) ||
+			!strings.Contains(e.Error.Message, "allow") {
+			t.Errorf("POST %s: %d %s", tc.url, status, b)
+		}
+	}
+	f.create(EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})              // allowed range
+	f.create(EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})        // checked at dial time
+	f.create(EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"}) // test endpoints may be local
+
+	for _, tc := range []struct {
+		id   string
+		body map[string]any
+	}{
+		{"named", map[string]any{"url": "https://127.0.0.1/in"}},
+		{"local", map[string]any{"url": "https://127.0.0.1/in", "mode": "live"}},
+	} {
+		status, b := f.call("PATCH", "/webhooks/"+tc.id, tc.body)
+		if status != http.StatusBadRequest || !strings.Contains(string(b), "127.0.0.0/8") {
+			t.Errorf("PATCH %s %v: %d %s", tc.id, tc.body, status, b)
+		}
+	}
+	var ep Endpoint
+	f.must(http.StatusOK, "GET", "/webhooks/named", nil, &ep)
+	if ep.URL != "https://hooks.example.com/in" {
+		t.Errorf("a refused PATCH changed the URL to %s", ep.URL)
+	}
+}
+
+// A configured live endpoint at a denied literal address stops the worker from
+// starting, naming the endpoint.
+func TestConfiguredEndpointAtDeniedAddress(t *testing.T) {
+	_, err := New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []EndpointConfig{
+		{ID: "ok", URL: "https://hooks.example.com/in"},
+		{ID: "meta", URL: "https://169.254.169.254/"},
+	}})
+	if err == nil || !strings.Contains(err.Error(), "endpoints[1] (meta)") || !strings.Contains(err.Error(), "169.254.0.0/16") {
+		t.Fatalf("New = %v", err)
+	}
+	_, err = New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Allowlist: []netip.Prefix{netip.MustParsePrefix("169.254.169.254/32")},
+		Endpoints: []EndpointConfig{{ID: "meta", URL: "https://169.254.169.254/"}}})
+	if err != nil && strings.Contains(err.Error(), "169.254") {
+		t.Fatalf("an allowed address was refused: %v", err)
 	}
 }

@@ -126,6 +126,12 @@ type Sender struct {
 	liveDial *guardedDialer
 }
 
+// CheckLiveURL reports whether a live endpoint URL names, as its host, a
+// literal IP address that this Sender's address guard refuses (private,
+// loopback, metadata… and not in SenderOptions.Allowlist). Host names are
+// not resolved here: they are checked at every dial.
+func (s *Sender) CheckLiveURL(raw string) error { return s.liveDial.guard.literalAddressError(raw) }
+
 // policyError marks URL policy failures (bad URL, plain HTTP for a live
 // endpoint, too many redirects): retrying cannot help.
 type policyError struct{ err error }

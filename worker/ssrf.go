@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"syscall"
 )
 
@@ -136,6 +137,29 @@ func (g *addressGuard) isAllowed(ip netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// LiteralAddressError returns, for a live endpoint URL whose host is a literal
+// IP address that the guard refuses, the error saying so; nil otherwise (a
+// host name, an address the guard lets through, or a URL that does not
+// parse, which ValidateEndpointURL reports).
+func (g *addressGuard) literalAddressError(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil
+	}
+	ip, err := netip.ParseAddr(u.Hostname())
+	if err != nil {
+		return nil
+	}
+	return g.check(ip)
+}
+
+// liveAddressError words err, from literalAddressError, for whoever configures
+// the endpoint.
+func liveAddressError(raw string, err error) error {
+	return fmt.Errorf("live endpoint URL %q: %w; the worker never delivers there: allow the range (the worker's allow option) or make it a test endpoint",
+		shownURL(raw), err)
 }
 
 // embeddedV4 returns the IPv4 address a NAT64 (64:ff9b::/96) or 6to4

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker/enqueue"
 	"github.com/authtap/authtap/worker/tasks"
 )
@@ -130,6 +131,14 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	guard := newAddressGuard(cfg.Allowlist)
+	for i, c := range cfg.Endpoints {
+		if c.Mode != rules.ModeTest {
+			if err := guard.literalAddressError(c.URL); err != nil {
+				return nil, fmt.Errorf("configuring worker: endpoints[%d] (%s): %w", i, c.ID, liveAddressError(c.URL, err))
+			}
+		}
 	}
 	// Each task may hold a connection while the store and limiter use others.
 	if o, ok := cfg.Redis.(asynq.RedisClientOpt); ok && o.PoolSize == 0 {
@@ -250,6 +259,12 @@ func (w *Worker) Shutdown() {
 
 // Store returns the endpoint store and delivery log, for the management API.
 func (w *Worker) Store() *Store { return w.store }
+
+// CheckLiveURL reports whether this worker would refuse to dial a live
+// endpoint URL for its literal IP address (see Sender.CheckLiveURL); the
+// management API asks it so that such an endpoint is refused when it is
+// created, not on every delivery.
+func (w *Worker) CheckLiveURL(raw string) error { return w.sender.CheckLiveURL(raw) }
 
 // Client returns the asynq client on the worker's Redis connection, for
 // enqueuing replays and test deliveries.
