@@ -113,9 +113,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.logger == nil { // tests may set one
 		a.logger = ctx.Logger()
 	}
-	// go-redis's own messages (failed dials while Redis is down) join Caddy's
-	// logs, sampled, instead of going to stderr unstructured.
-	worker.SetRedisLogger(a.logger)
 	a.kick = make(chan struct{}, 1)
 	a.timeout = time.Duration(a.EnqueueTimeout)
 	if a.timeout <= 0 {
@@ -275,6 +272,11 @@ func (a *App) Validate() error {
 // Start starts the in-process worker (when on) and the loop that replays the
 // spool into Redis whenever the spool holds events and Redis answers.
 func (a *App) Start() error {
+	// go-redis's own messages (failed dials while Redis is down) join Caddy's
+	// logs, sampled, instead of going to stderr unstructured. Set on Start,
+	// which only a config that loaded reaches, so a failed reload leaves the
+	// running config's logger in place.
+	worker.SetRedisLogger(a.logger)
 	if a.pw != nil {
 		a.pw.start()
 	}
