@@ -6,15 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -428,52 +424,13 @@ func TestShutdownTimeoutRequeues(t *testing.T) {
 	}
 }
 
-// startClusterNode starts a one-node Redis Cluster owning every slot. Redis
-// refuses multi-key commands across slots there just as on a real cluster, so
-// it catches keys that would break on Redis Cluster.
-func startClusterNode(t *testing.T) string {
-	t.Helper()
-	if os.Getenv("AUTHTAP_SKIP_REDIS") == "1" {
-		t.Skip("AUTHTAP_SKIP_REDIS=1")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	dir := t.TempDir()
-	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-		"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	ctx := context.Background()
-	waitFor(t, 10*time.Second, "redis-server to answer", func() bool { return c.Ping(ctx).Err() == nil })
-	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
-		t.Fatalf("assigning slots: %v", err)
-	}
-	waitFor(t, 10*time.Second, "the cluster to be ok", func() bool {
-		info, _ := c.ClusterInfo(ctx).Result()
-		return strings.Contains(info, "cluster_state:ok")
-	})
-	return addr
-}
-
-// The worker and its store work on Redis Cluster (every multi-key command stays in one slot).
+// The worker and its store work on a real 3-node Redis Cluster: every
+// multi-key command stays in one slot, and batched enqueues reach the nodes
+// that own their queues.
 func TestWorkerOnRedisCluster(t *testing.T) {
 	ctx := context.Background()
-	addr := startClusterNode(t)
-	opt, err := ParseRedisURL("redis-cluster://" + addr)
+	cl := redistest.StartCluster(t, 3)
+	opt, err := ParseRedisURL(cl.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
