@@ -139,7 +139,7 @@ func (g *addressGuard) isAllowed(ip netip.Addr) bool {
 	return false
 }
 
-// LiteralAddressError returns, for a live endpoint URL whose host is a literal
+// literalAddressError returns, for a live endpoint URL whose host is a literal
 // IP address that the guard refuses, the error saying so; nil otherwise (a
 // host name, an address the guard lets through, or a URL that does not
 // parse, which ValidateEndpointURL reports).

@@ -132,10 +132,13 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	guard := newAddressGuard(cfg.Allowlist)
+	sender := NewSender(SenderOptions{
+		Allowlist: cfg.Allowlist, MaxRetryAfter: cfg.Retry.MaxRetryAfter, Now: cfg.Now,
+		TLSClientConfig: cfg.TLSClientConfig, MaxIdleConnsPerHost: max(cfg.Concurrency, 16),
+	})
 	for i, c := range cfg.Endpoints {
 		if c.Mode != rules.ModeTest {
-			if err := guard.literalAddressError(c.URL); err != nil {
+			if err := sender.CheckLiveURL(c.URL); err != nil {
 				return nil, fmt.Errorf("configuring worker: endpoints[%d] (%s): %w", i, c.ID, liveAddressError(c.URL, err))
 			}
 		}
@@ -162,12 +165,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("configuring worker: %w", err)
 	}
 	log := cfg.Logger.Named("worker")
-	w := &Worker{cfg: cfg, rdb: rdb, store: store, log: log, client: asynq.NewClientFromRedisClient(rdb),
+	w := &Worker{cfg: cfg, rdb: rdb, store: store, sender: sender, log: log, client: asynq.NewClientFromRedisClient(rdb),
 		writer: enqueue.New(rdb, enqueue.Options{})}
-	w.sender = NewSender(SenderOptions{
-		Allowlist: cfg.Allowlist, MaxRetryAfter: cfg.Retry.MaxRetryAfter, Now: cfg.Now,
-		TLSClientConfig: cfg.TLSClientConfig, MaxIdleConnsPerHost: max(cfg.Concurrency, 16),
-	})
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   tasks.Queues,
