@@ -55,10 +55,11 @@ const (
 //
 // Browsers send basic-auth credentials with cross-site requests too, so the
 // handler refuses state-changing requests (anything but GET, HEAD and
-// OPTIONS) that a browser marks as cross-origin (net/http's
-// CrossOriginProtection: Sec-Fetch-Site, else Origin against Host), and
-// forbids framing asynqmon. Clients that are not browsers (curl, `authtap
-// endpoints`) send neither header and are not affected.
+// OPTIONS) that a browser marks as cross-origin (Sec-Fetch-Site, else Origin
+// against Host), and forbids framing every response: worker.BrowserGuard,
+// the same protection `authtap worker --admin` has. Clients that are not
+// browsers (curl, `authtap endpoints`) send neither header and are not
+// affected.
 //
 // It works on the Redis of the "authtap" app (and on the in-process worker's
 // endpoint store when that worker is on).
@@ -80,7 +81,7 @@ type Admin struct {
 	logger   *zap.Logger
 	api      http.Handler
 	monitors *monitorCache
-	csrf     *http.CrossOriginProtection
+	guard    *worker.BrowserGuard
 }
 
 // CaddyModule returns the Caddy module information.
@@ -96,7 +97,7 @@ func (Admin) CaddyModule() caddy.ModuleInfo {
 func (h *Admin) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.Prefix = strings.TrimRight(h.Prefix, "/")
-	h.csrf = http.NewCrossOriginProtection()
+	h.guard = worker.NewBrowserGuard()
 
 	app, err := authtapApp(ctx)
 	if err != nil {
@@ -148,8 +149,8 @@ func (h *Admin) Cleanup() error {
 // ServeHTTP serves the management API, or asynqmon below /monitor/. It never
 // calls next.
 func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if err := h.csrf.Check(r); err != nil {
-		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("refusing %s %s: %w", r.Method, r.URL.Path, err))
+	if err := h.guard.Check(w, r); err != nil {
+		return caddyhttp.Error(http.StatusForbidden, err)
 	}
 	path := r.URL.Path
 	if h.Prefix != "" && hasPathPrefix(path, h.Prefix) {
@@ -181,9 +182,6 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	// Its buttons delete and re-run tasks: no framing by other sites.
-	w.Header().Set("X-Frame-Options", "DENY")
-	w.Header().Set("Content-Security-Policy", "frame-ancestors 'none'")
 	// asynqmon routes on the full external path (its RootPath included).
 	mon.ServeHTTP(w, withPath(r, prefix+path))
 	return nil

@@ -27,6 +27,7 @@ import (
 
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -300,6 +301,8 @@ func TestAdminThroughCaddy(t *testing.T) {
 			{"POST", "/_authtap/webhooks/" + created.ID + "/rotate-secret", map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
 			{"POST", "/_authtap/monitor/api/queues/" + tasks.QueueDeliver + ":pause", map[string]string{"Sec-Fetch-Site": "same-site"}, http.StatusForbidden},
 			{"DELETE", "/_authtap/webhooks/" + created.ID, map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
+			{"POST", "/_authtap/webhooks/" + created.ID + "/rotate-secret", map[string]string{"Origin": "https://evil.test", "Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
+			{"POST", "/_authtap/monitor/api/queues/" + tasks.QueueDeliver + ":pause", map[string]string{"Origin": "https://evil.test", "Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
 			// Reading is always allowed.
 			{"GET", "/_authtap/webhooks", map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusOK},
 		} {
@@ -316,6 +319,11 @@ func TestAdminThroughCaddy(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != tc.want {
 				t.Errorf("%s %s with %v: %d %s, want %d", tc.method, tc.path, tc.header, resp.StatusCode, b, tc.want)
+			}
+			// Every answer, refusals included, forbids framing.
+			if resp.Header.Get("X-Frame-Options") != "DENY" || resp.Header.Get("Content-Security-Policy") != "frame-ancestors 'none'" {
+				t.Errorf("%s %s: X-Frame-Options %q, CSP %q: may be framed", tc.method, tc.path,
+					resp.Header.Get("X-Frame-Options"), resp.Header.Get("Content-Security-Policy"))
 			}
 		}
 		// The refused rotation did not happen: the endpoint still has one secret.
@@ -548,7 +556,7 @@ func TestAdminRouting(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			h := tc.handler
 			api := &fakeAPI{}
-			h.api, h.csrf = api, http.NewCrossOriginProtection()
+			h.api, h.guard = api, worker.NewBrowserGuard()
 			if !h.DisableMonitor {
 				h.monitors = newMonitorCache(asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, false)
 				t.Cleanup(func() { _ = h.monitors.close() })

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -193,6 +194,21 @@ func freeAddr(addr string) (string, error) {
 	return ln.Addr().String(), nil
 }
 
+// demoAdminHosts lists the Host values the demo's admin API answers: the
+// loopback names of the proxy's port, and the proxy's own address when it
+// listens on a specific one.
+func demoAdminHosts(proxy string) []string {
+	host, port, err := net.SplitHostPort(proxy)
+	if err != nil {
+		return nil
+	}
+	hosts := []string{net.JoinHostPort("127.0.0.1", port), net.JoinHostPort("localhost", port), net.JoinHostPort("::1", port)}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
+		hosts = append(hosts, net.JoinHostPort(ip.String(), port))
+	}
+	return hosts
+}
+
 // demoConfig is the Caddy JSON config of the demo; the Caddyfile equivalent is
 // in Caddyfile.example.
 func demoConfig(proxy, upstream, rulesPath, spoolDir, receiverURL, secret string) ([]byte, bool, error) {
@@ -200,12 +216,25 @@ func demoConfig(proxy, upstream, rulesPath, spoolDir, receiverURL, secret string
 	hasAdmin := err == nil
 	var routes []any
 	if hasAdmin {
+		// The demo's admin API has no login, so it answers only requests
+		// addressed to its own listener by name: a page whose host name an
+		// attacker rebinds to 127.0.0.1 (DNS rebinding) sends its own Host
+		// and gets 421 instead of the API.
+		hosts := demoAdminHosts(proxy)
 		routes = append(routes, map[string]any{
-			"match": []any{map[string]any{"path": []string{"/_authtap/*"}}},
+			"match": []any{map[string]any{"path": []string{"/_authtap/*"}, "header": map[string]any{"Host": hosts}}},
 			"handle": []any{map[string]any{"handler": "subroute", "routes": []any{map[string]any{"handle": []any{
 				map[string]any{"handler": "rewrite", "strip_path_prefix": "/_authtap"},
 				map[string]any{"handler": "authtap_admin"},
 			}}}}},
+			"terminal": true,
+		}, map[string]any{
+			"match": []any{map[string]any{"path": []string{"/_authtap", "/_authtap/*"}}},
+			"handle": []any{map[string]any{
+				"handler": "static_response", "status_code": http.StatusMisdirectedRequest,
+				"headers": map[string][]string{"Content-Type": {"text/plain; charset=utf-8"}},
+				"body":    "the demo's admin API answers only requests for " + strings.Join(hosts, ", ") + "\n",
+			}},
 			"terminal": true,
 		})
 	}

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -33,5 +37,72 @@ func TestDemoTraffic(t *testing.T) {
 	// secrets from the API's answers must never reach a subscriber
 	if strings.Contains(s, "$2y$") || strings.Contains(s, "ak_live_") || strings.Contains(s, "correct horse") {
 		t.Errorf("a secret reached the receiver:\n%s", s)
+	}
+}
+
+// The demo's admin API has no login: it answers only requests addressed to
+// its own listener (127.0.0.1:port, localhost:port, [::1]:port), so a page
+// whose host name is rebound to 127.0.0.1 cannot reach it (DNS rebinding).
+func TestDemoAdminAnswersOnlyItsOwnHost(t *testing.T) {
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- demo(ctx, demoOptions{listen: "127.0.0.1:0"}, &out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the demo did not stop")
+		}
+	})
+	re := regexp.MustCompile(`through Caddy \+ authtap\s+http://(\S+)/api/users`)
+	var addr string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m := re.FindStringSubmatch(out.String()); m != nil && strings.Contains(out.String(), "Ctrl-C stops the demo") {
+			addr = m[1]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the demo did not start:\n%s", out.String())
+		}
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	do := func(method, host, path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+		req.Host = host
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s (Host %s): %v", method, path, host, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port} {
+		if status, body := do("GET", host, "/_authtap/webhooks", ""); status != http.StatusOK || !strings.Contains(body, "demo-receiver") {
+			t.Errorf("Host %s: %d %.200s", host, status, body)
+		}
+	}
+	for _, host := range []string{
+		"evil.test:" + port, "evil.test", "127.0.0.1", "127.0.0.1:1", "localhost.evil.test:" + port,
+		"127.0.0.1." + ":" + port, "2130706433:" + port,
+	} {
+		for _, path := range []string{"/_authtap/webhooks", "/_authtap/monitor/", "/_authtap"} {
+			if status, body := do("GET", host, path, ""); status != http.StatusMisdirectedRequest {
+				t.Errorf("GET %s with Host %s: %d %.200s, want 421", path, host, status, body)
+			}
+		}
+		status, body := do("POST", host, "/_authtap/webhooks", `{"id":"rebound","url":"http://127.0.0.1:9/","mode":"test"}`)
+		if status != http.StatusMisdirectedRequest {
+			t.Errorf("POST with Host %s: %d %.200s, want 421", host, status, body)
+		}
+	}
+	if status, body := do("GET", "127.0.0.1:"+port, "/_authtap/webhooks/rebound", ""); status != http.StatusNotFound {
+		t.Errorf("a rebound POST created an endpoint: %d %.200s", status, body)
 	}
 }

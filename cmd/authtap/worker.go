@@ -66,8 +66,11 @@ Flags:`)
 	timeout := fs.Duration("timeout", worker.DefaultTimeout, "timeout of one delivery attempt")
 	shutdown := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long to wait for deliveries in flight when stopping")
 	debug := fs.Bool("debug", false, "log every fan-out and delivery")
-	adminAddr := fs.String("admin", "", "serve the management API (and asynqmon at /monitor/) on this address, e.g. 127.0.0.1:8081; needs --admin-token")
-	adminToken := fs.String("admin-token", os.Getenv("AUTHTAP_ADMIN_TOKEN"),
+	adminAddr := fs.String("admin", "",
+		"serve the management API (and asynqmon at /monitor/) on this address; a bare port (8081 or :8081) means 127.0.0.1:8081, "+
+			"any other host (0.0.0.0:8081) is used as given and logged as a warning unless it is loopback; needs --admin-token")
+	// Not the flag's default either: -h would print the token held in $AUTHTAP_ADMIN_TOKEN.
+	adminToken := fs.String("admin-token", "",
 		"bearer token the management API requires (default $AUTHTAP_ADMIN_TOKEN); browsers use it as the Basic auth password")
 	var rulesFiles listFlag
 	fs.Var(&rulesFiles, "rules", "rule file or glob whose event types GET /event-types lists; repeatable")
@@ -121,9 +124,18 @@ Flags:`)
 	cfg.Logger = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), level))
 	worker.SetRedisLogger(cfg.Logger)
 
+	if !flagSet(fs, "admin-token") {
+		*adminToken = os.Getenv("AUTHTAP_ADMIN_TOKEN")
+	}
 	if *adminAddr != "" && strings.TrimSpace(*adminToken) == "" {
 		fmt.Fprintln(stderr, "authtap worker: --admin needs --admin-token (or AUTHTAP_ADMIN_TOKEN): the management API is never served without authentication")
 		return 2
+	}
+	if *adminAddr != "" {
+		if _, err := adminListenAddr(*adminAddr); err != nil {
+			fmt.Fprintf(stderr, "authtap worker: %v\n", err)
+			return 2
+		}
 	}
 	var eventTypes func() []rules.EventType
 	if len(rulesFiles) > 0 {
@@ -166,6 +178,13 @@ Flags:`)
 	w.Shutdown()
 	cfg.Logger.Info("stopped", zap.Duration("took", time.Since(begin)))
 	return 0
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // loadEndpoints reads endpoint declarations from a YAML or JSON file: a list,

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
+	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
@@ -22,7 +24,52 @@ type adminServer struct {
 	mon  *asynqmon.HTTPHandler
 }
 
-// startAdmin serves the management API behind the bearer token on addr.
+// adminListenAddr applies the --admin address rule: a bare port ("8081" or
+// ":8081") means 127.0.0.1:8081, so the management API stays on this
+// machine unless a host is named; any other host:port is used as given.
+func adminListenAddr(addr string) (string, error) {
+	if isPort(addr) {
+		return net.JoinHostPort("127.0.0.1", addr), nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || !isPort(port) {
+		return "", fmt.Errorf("--admin %q: want a port (8081, meaning 127.0.0.1:8081) or host:port (127.0.0.1:8081, [::1]:8081, 0.0.0.0:8081)", addr)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// isPort reports whether s is a decimal port number, 0 to 65535.
+func isPort(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 65535 && strconv.Itoa(n) == s
+}
+
+// listenAdmin listens on the --admin address (see adminListenAddr) and warns
+// when what it bound is not a loopback address: then anyone who can reach the
+// port can try the admin token.
+func listenAdmin(addr string, log *zap.Logger) (net.Listener, error) {
+	a, err := adminListenAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", a)
+	if err != nil {
+		return nil, fmt.Errorf("listening for the management API on %s: %w", a, err)
+	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); !ok || !tcp.IP.IsLoopback() {
+		log.Warn("the management API listens on a non-loopback address: anyone who can reach it can try the admin token; "+
+			"give a bare port (--admin 8081) to keep it on 127.0.0.1",
+			zap.String("addr", ln.Addr().String()))
+	}
+	return ln, nil
+}
+
+// startAdmin serves the management API on addr (see adminListenAddr) behind
+// the browser guard (worker.BrowserGuard: cross-origin and framing
+// protection, as Caddy's authtap_admin has) and the bearer token.
 func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cfg worker.Config, eventTypes func() []rules.EventType) (*adminServer, error) {
 	mon := asynqmon.New(asynqmon.Options{RootPath: "/monitor", RedisConnOpt: opt})
 	api, err := worker.NewAPI(worker.APIConfig{
@@ -38,13 +85,14 @@ func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cf
 		mon.Close()
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenAdmin(addr, cfg.Logger)
 	if err != nil {
 		mon.Close()
-		return nil, fmt.Errorf("listening for the management API on %s: %w", addr, err)
+		return nil, err
 	}
 	s := &adminServer{addr: ln.Addr().String(), mon: mon, srv: &http.Server{
-		Handler: authed, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		// The guard goes first, so that refusals and 401s forbid framing too.
+		Handler: worker.NewBrowserGuard().Handler(authed), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 	}}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

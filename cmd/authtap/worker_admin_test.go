@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,8 +12,79 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/authtap/authtap/internal/redistest"
+	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/worker/tasks"
 )
+
+// redisOpt parses a Redis URL for the test's own clients.
+func redisOpt(t *testing.T, u string) asynq.RedisConnOpt {
+	t.Helper()
+	opt, err := worker.ParseRedisURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opt
+}
+
+// The --admin address rule: a bare port is loopback, anything else is as
+// given, and a listener that is not on loopback is logged as a warning.
+func TestAdminListenAddr(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{in: "8081", want: "127.0.0.1:8081"},
+		{in: ":8081", want: "127.0.0.1:8081"},
+		{in: "127.0.0.1:8081", want: "127.0.0.1:8081"},
+		{in: "localhost:8081", want: "localhost:8081"},
+		{in: "[::1]:8081", want: "[::1]:8081"},
+		{in: "0.0.0.0:8081", want: "0.0.0.0:8081"},
+		{in: "[::]:8081", want: "[::]:8081"},
+		{in: "", err: "want a port"},
+		{in: "8081x", err: "want a port"},
+		{in: "host:", err: "want a port"},
+		{in: "host:99999", err: "want a port"},
+		{in: "127.0.0.1", err: "want a port"},
+	} {
+		got, err := adminListenAddr(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %q, %v; want error %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+
+	for _, tc := range []struct {
+		addr     string
+		loopback bool
+	}{
+		{":0", true},
+		{"0", true},
+		{"127.0.0.1:0", true},
+		{"0.0.0.0:0", false},
+	} {
+		core, logs := observer.New(zap.WarnLevel)
+		ln, err := listenAdmin(tc.addr, zap.New(core))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.addr, err)
+		}
+		ip := ln.Addr().(*net.TCPAddr).IP
+		ln.Close()
+		if ip.IsLoopback() != tc.loopback {
+			t.Errorf("%s bound %s, want loopback=%v", tc.addr, ip, tc.loopback)
+		}
+		warned := logs.FilterMessageSnippet("non-loopback").Len() > 0
+		if warned == tc.loopback {
+			t.Errorf("%s (bound %s): warned=%v", tc.addr, ip, warned)
+		}
+	}
+}
 
 func TestWorkerAdminRequiresToken(t *testing.T) {
 	t.Setenv("AUTHTAP_ADMIN_TOKEN", "")
@@ -94,6 +166,77 @@ func TestWorkerAdminServesAPIAndMonitor(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("monitor with basic auth: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+
+	// Every answer forbids framing, refusals and 401s included.
+	for _, path := range []string{"/webhooks", "/monitor/"} {
+		for _, auth := range []func(*http.Request){nil, bearer} {
+			resp := get(path, auth)
+			if resp.Header.Get("X-Frame-Options") != "DENY" || resp.Header.Get("Content-Security-Policy") != "frame-ancestors 'none'" {
+				t.Errorf("GET %s (%d): X-Frame-Options %q, CSP %q: may be framed", path, resp.StatusCode,
+					resp.Header.Get("X-Frame-Options"), resp.Header.Get("Content-Security-Policy"))
+			}
+		}
+	}
+
+	// A script with the bearer token (no Origin, no Sec-Fetch-Site) changes state.
+	send := func(method, path, body string, header map[string]string, auth func(*http.Request)) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		auth(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	basic := func(r *http.Request) { r.SetBasicAuth("admin", "t0ken-for-tests") }
+	status, body := send("POST", "/webhooks", `{"id":"ep_csrf","url":"http://127.0.0.1:9/in","mode":"test"}`, nil, bearer)
+	if status != http.StatusCreated {
+		t.Fatalf("bearer POST /webhooks: %d %s", status, body)
+	}
+	// A page on another site, with the browser's Basic credentials, is refused:
+	// no rotation, no paused queue, no replay, no deletion.
+	evil := map[string]string{"Origin": "https://evil.test", "Sec-Fetch-Site": "cross-site"}
+	for _, tc := range []struct {
+		method, path string
+		header       map[string]string
+	}{
+		{"POST", "/webhooks/ep_csrf/rotate-secret", evil},
+		{"POST", "/monitor/api/queues/" + tasks.QueueDeliver + ":pause", evil},
+		{"POST", "/webhooks/ep_csrf/replay?since=2026-01-01T00:00:00Z", evil},
+		{"DELETE", "/webhooks/ep_csrf", evil},
+		{"POST", "/webhooks/ep_csrf/rotate-secret", map[string]string{"Origin": "https://evil.test"}},   // older browser
+		{"POST", "/webhooks/ep_csrf/rotate-secret", map[string]string{"Sec-Fetch-Site": "same-site"}}, // a sibling subdomain
+	} {
+		status, body := send(tc.method, tc.path, "", tc.header, basic)
+		if status != http.StatusForbidden || !strings.Contains(body, `"code":"cross_origin"`) {
+			t.Errorf("%s %s with %v: %d %s, want 403 cross_origin", tc.method, tc.path, tc.header, status, body)
+		}
+	}
+	insp := asynq.NewInspector(redisOpt(t, srv.URL))
+	defer insp.Close()
+	if qi, err := insp.GetQueueInfo(tasks.QueueDeliver); err == nil && qi.Paused {
+		t.Error("a cross-site POST paused the deliver queue")
+	}
+	status, body = send("GET", "/webhooks/ep_csrf", "", nil, bearer)
+	if status != http.StatusOK || strings.Contains(body, "previous_secrets_expire_at") {
+		t.Errorf("after the refused requests: %d %s (deleted or rotated)", status, body)
+	}
+	// The operator's own page (same origin) still works with Basic credentials.
+	status, body = send("POST", "/webhooks/ep_csrf/rotate-secret", "",
+		map[string]string{"Origin": "http://" + addr, "Sec-Fetch-Site": "same-origin"}, basic)
+	if status != http.StatusOK || !strings.Contains(body, "whsec_") {
+		t.Errorf("same-origin rotate-secret: %d %s", status, body)
+	}
+
 	cancel()
 	select {
 	case code := <-done:
