@@ -213,7 +213,7 @@ func TestWorkerAdminServesAPIAndMonitor(t *testing.T) {
 		{"POST", "/monitor/api/queues/" + tasks.QueueDeliver + ":pause", evil},
 		{"POST", "/webhooks/ep_csrf/replay?since=2026-01-01T00:00:00Z", evil},
 		{"DELETE", "/webhooks/ep_csrf", evil},
-		{"POST", "/webhooks/ep_csrf/rotate-secret", map[string]string{"Origin": "https://evil.test"}},   // older browser
+		{"POST", "/webhooks/ep_csrf/rotate-secret", map[string]string{"Origin": "https://evil.test"}}, // older browser
 		{"POST", "/webhooks/ep_csrf/rotate-secret", map[string]string{"Sec-Fetch-Site": "same-site"}}, // a sibling subdomain
 	} {
 		status, body := send(tc.method, tc.path, "", tc.header, basic)
