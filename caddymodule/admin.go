@@ -111,7 +111,7 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 	if w := app.InProcessWorker(); w != nil {
 		cfg.Client = w.Client()
 		// It delivers, so its allow list decides which addresses are refused.
-		cfg.CheckLiveURL = w.CheckLiveURL
+		cfg.CheckEndpointURL = w.CheckEndpointURL
 	}
 	if h.api, err = worker.NewAPI(cfg); err != nil {
 		return fmt.Errorf("provisioning management API: %w", err)

@@ -96,8 +96,9 @@ type WorkerConfig struct {
 	// ShutdownTimeout is how long stopping the worker waits for deliveries in
 	// flight before it puts them back in the queue. Default 20s.
 	ShutdownTimeout caddy.Duration `json:"shutdown_timeout,omitempty"`
-	// Allowlist lists address ranges (CIDR, e.g. "10.0.0.0/8") that live
-	// endpoints may reach although they are loopback, private or link-local. Default none.
+	// Allowlist lists address ranges (CIDR, e.g. "10.0.0.0/8") that endpoints
+	// (live and test) may reach although they are loopback, private or
+	// link-local; test endpoints may reach loopback without it. Default none.
 	Allowlist []string `json:"allowlist,omitempty"`
 }
 

@@ -60,12 +60,14 @@ type APIConfig struct {
 	Monitor http.Handler
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
-	// CheckLiveURL, when set, is asked about the URL of every live endpoint
-	// created or changed, and a non-nil answer refuses it: the delivering
-	// worker's Worker.CheckLiveURL, which names a literal IP address its
-	// address guard would never dial. Default nil: such endpoints are
-	// accepted, and refused at dial time by whichever worker delivers.
-	CheckLiveURL func(raw string) error
+	// CheckEndpointURL, when set, is asked about the URL and mode of every
+	// endpoint created or changed (a PATCH of the mode alone included), and
+	// a non-nil answer refuses it: the delivering worker's
+	// Worker.CheckEndpointURL, which names a literal IP address its address
+	// guard for that mode would never dial. Default nil: such endpoints are
+	// accepted, and their deliveries fail permanently at dial time in
+	// whichever worker delivers.
+	CheckEndpointURL func(raw, mode string) error
 }
 
 // api serves the management API.
@@ -78,7 +80,7 @@ type api struct {
 	dedupe     time.Duration
 	log        *zap.Logger
 	now        func() time.Time
-	liveURL    func(raw string) error // APIConfig.CheckLiveURL; nil: none
+	checkURL   func(raw, mode string) error // APIConfig.CheckEndpointURL; nil: none
 	mux        *http.ServeMux
 }
 
@@ -117,7 +119,7 @@ func NewAPI(c APIConfig) (http.Handler, error) {
 	}
 	a := &api{
 		store: c.Store, inspector: c.Inspector, eventTypes: c.EventTypes, maxRetry: c.Retry.MaxRetry(),
-		dedupe: c.DedupeRetention, log: c.Logger, now: c.Now, liveURL: c.CheckLiveURL, mux: http.NewServeMux(),
+		dedupe: c.DedupeRetention, log: c.Logger, now: c.Now, checkURL: c.CheckEndpointURL, mux: http.NewServeMux(),
 	}
 	if c.Client != nil {
 		a.client = c.Client

@@ -51,7 +51,7 @@ func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if e := checkEndpointConfig(c); e != nil {
 		return e
 	}
-	if e := a.checkLiveAddress(c.URL, c.Mode); e != nil {
+	if e := a.checkAddress(c.URL, c.Mode); e != nil {
 		return e
 	}
 	ep, err := a.store.Create(r.Context(), c)
@@ -99,7 +99,7 @@ func (a *api) updateEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 		if p.Mode != nil {
 			mode = *p.Mode
 		}
-		if e := a.checkLiveAddress(u, mode); e != nil {
+		if e := a.checkAddress(u, mode); e != nil {
 			return e
 		}
 		if _, err := a.store.Update(ctx, id, p.EndpointPatch); err != nil {

@@ -295,6 +295,9 @@ func checkURL(raw, mode string) *apiError {
 	if err == nil {
 		return nil
 	}
+	if _, ok := errors.AsType[*hostFormErr](err); ok {
+		return fieldError("url", "%v", err)
+	}
 	want := "an absolute http or https URL for a test endpoint"
 	if mode == rules.ModeLive {
 		want = "an absolute https URL for a live endpoint"
@@ -306,14 +309,14 @@ func checkURL(raw, mode string) *apiError {
 	return fieldError("url", "want %s, got %q (%v)", want, shown, err)
 }
 
-// checkLiveAddress refuses a live endpoint URL whose literal IP address the
-// worker's address guard would never dial (APIConfig.CheckLiveURL).
-func (a *api) checkLiveAddress(raw, mode string) *apiError {
-	if a.liveURL == nil || mode == rules.ModeTest {
+// checkAddress refuses an endpoint URL whose literal IP address the
+// worker's address guard for mode would never dial (APIConfig.CheckEndpointURL).
+func (a *api) checkAddress(raw, mode string) *apiError {
+	if a.checkURL == nil {
 		return nil
 	}
-	if err := a.liveURL(raw); err != nil {
-		return fieldError("url", "%v", liveAddressError(raw, err))
+	if err := a.checkURL(raw, mode); err != nil {
+		return fieldError("url", "%v", err)
 	}
 	return nil
 }

@@ -48,10 +48,10 @@ type apiFixture struct {
 type apiFixtureOptions struct {
 	endpoints  []EndpointConfig
 	eventTypes func() []rules.EventType
-	// allow is the worker's Allowlist; checkLiveURL wires its CheckLiveURL
+	// allow is the worker's Allowlist; checkURL wires its CheckEndpointURL
 	// into the API, as Caddy and "authtap worker --admin" do.
-	allow        []netip.Prefix
-	checkLiveURL bool
+	allow    []netip.Prefix
+	checkURL bool
 }
 
 func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
@@ -78,8 +78,8 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 	apiCfg := APIConfig{
 		Store: w.Store(), Client: w.Client(), Inspector: insp, Retry: retry, Logger: logger, EventTypes: o.eventTypes,
 	}
-	if o.checkLiveURL {
-		apiCfg.CheckLiveURL = w.CheckLiveURL
+	if o.checkURL {
+		apiCfg.CheckEndpointURL = w.CheckEndpointURL
 	}
 	h, err := NewAPI(apiCfg)
 	if err != nil {
@@ -1034,18 +1034,18 @@ func BenchmarkAPICreateEndpoint(b *testing.B) {
 // is refused when it is created or changed, naming the range and the way out;
 // host names are left to the dial-time check.
 func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
-	f := newAPIFixture(t, apiFixtureOptions{allow: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, checkLiveURL: true})
+	f := newAPIFixture(t, apiFixtureOptions{allow: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, checkURL: true})
 	for _, tc := range []struct{ url, mode, want string }{
 		{"https://10.0.0.5/hook", "", "10.0.0.0/8"},
 		{"https://169.254.169.254/latest", "live", "169.254.0.0/16"},
 		{"https://[::1]:8443/hook", "live", "::1/128"},
-		{"https://[::ffff:127.0.0.1]/hook", "live", "denied range"},
+		{"https://[::ffff:127.0.0.1]/hook", "live", "IPv4-mapped IPv6 form of 127.0.0.1; write the IPv4 address in dotted decimal"},
 	} {
 		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: tc.url, Mode: tc.mode})
 		var e apiErr
 		_ = json.Unmarshal(b, &e)
 		if status != http.StatusBadRequest || e.Error.Field != "url" || !strings.Contains(e.Error.Message, tc.want) ||
-			!strings.Contains(e.Error.Message, "allow") {
+			!strings.Contains(e.Error.Message, "allow") && !strings.Contains(e.Error.Message, "dotted decimal") {
 			t.Errorf("POST %s: %d %s", tc.url, status, b)
 		}
 	}
@@ -1086,5 +1086,89 @@ func TestConfiguredEndpointAtDeniedAddress(t *testing.T) {
 		Endpoints: []EndpointConfig{{ID: "meta", URL: "https://169.254.169.254/"}}})
 	if err != nil && strings.Contains(err.Error(), "169.254") {
 		t.Fatalf("an allowed address was refused: %v", err)
+	}
+}
+
+// Numeric host forms are refused when an endpoint is created or changed,
+// through the API or in the configuration, whatever the mode; test
+// endpoints may be local (loopback) but not private or metadata addresses;
+// switching a live endpoint to test mode is checked with the same guard.
+func TestAPIEndpointAddressRules(t *testing.T) {
+	f := newAPIFixture(t, apiFixtureOptions{allow: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, checkURL: true})
+	refused := func(status int, b []byte, want string) bool {
+		var e apiErr
+		_ = json.Unmarshal(b, &e)
+		return status == http.StatusBadRequest && e.Error.Field == "url" && strings.Contains(e.Error.Message, want)
+	}
+	for _, tc := range []struct{ url, mode, want string }{
+		{"https://2130706433/hook", "live", `host "2130706433" is a numeric IPv4 form browsers and resolvers read as 127.0.0.1; write the address in dotted decimal`},
+		{"https://127.1/hook", "live", "read as 127.0.0.1"},
+		{"https://0x7f.1/hook", "live", "read as 127.0.0.1"},
+		{"https://0177.0.0.1/hook", "live", "read as 127.0.0.1"},
+		{"https://127.0.0.1./hook", "live", "read as 127.0.0.1"},
+		{"https://0xa9fea9fe/latest", "live", "read as 169.254.169.254"},
+		{"https://[::ffff:127.0.0.1]/hook", "live", "IPv4-mapped IPv6 form of 127.0.0.1"},
+		{"http://2130706433:9/hook", "test", "read as 127.0.0.1"},
+		{"http://0x0a.1:9/hook", "test", "read as 10.0.0.1"},
+		{"http://[::ffff:10.0.0.1]/hook", "test", "IPv4-mapped IPv6 form of 10.0.0.1"},
+		// Test endpoints: private, link-local and metadata addresses are refused.
+		{"http://10.0.0.5/hook", "test", "10.0.0.0/8"},
+		{"http://169.254.169.254/latest/meta-data/", "test", "169.254.0.0/16"},
+		{"http://100.100.100.200/latest/meta-data/", "test", "100.64.0.0/10"},
+		{"http://[fd00:ec2::254]/latest/meta-data/", "test", "fc00::/7"},
+		{"http://[fe80::1]/hook", "test", "fe80::/10"},
+		// Live endpoints: loopback too, with the hint that test endpoints may.
+		{"https://127.0.0.1/hook", "live", "test endpoints may reach loopback"},
+	} {
+		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: tc.url, Mode: tc.mode})
+		if !refused(status, b, tc.want) {
+			t.Errorf("POST %s (%s): %d %s, want 400 naming %q", tc.url, tc.mode, status, b, tc.want)
+		}
+	}
+	f.create(EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"})    // loopback: fine for tests
+	f.create(EndpointConfig{ID: "lan-test", URL: "http://192.168.1.5/in", Mode: "test"}) // allowlisted
+	f.create(EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})                 // allowlisted
+	f.create(EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})           // checked at dial time
+
+	for _, tc := range []struct {
+		id   string
+		body map[string]any
+		want string
+	}{
+		// Escaping the live guard by switching to test mode.
+		{"named", map[string]any{"mode": "test", "url": "http://10.0.0.5/in"}, "10.0.0.0/8"},
+		{"named", map[string]any{"mode": "test", "url": "http://169.254.169.254/"}, "169.254.0.0/16"},
+		{"named", map[string]any{"mode": "test", "url": "http://0x7f.1:9/in"}, "read as 127.0.0.1"},
+		{"local", map[string]any{"url": "http://172.16.0.1/in"}, "172.16.0.0/12"},
+		{"local", map[string]any{"url": "http://127.1:9/in"}, "read as 127.0.0.1"},
+		{"named", map[string]any{"url": "https://2130706433/in"}, "read as 127.0.0.1"},
+	} {
+		status, b := f.call("PATCH", "/webhooks/"+tc.id, tc.body)
+		if !refused(status, b, tc.want) {
+			t.Errorf("PATCH %s %v: %d %s, want 400 naming %q", tc.id, tc.body, status, b, tc.want)
+		}
+	}
+	var ep Endpoint
+	f.must(http.StatusOK, "GET", "/webhooks/named", nil, &ep)
+	if ep.Mode != "live" || ep.URL != "https://hooks.example.com/in" {
+		t.Errorf("a refused PATCH changed the endpoint: %+v", ep)
+	}
+	// The same allowlist holds in both modes, and names are left to the dial.
+	f.must(http.StatusOK, "PATCH", "/webhooks/lan", map[string]any{"mode": "test"}, &ep)
+	f.must(http.StatusOK, "PATCH", "/webhooks/named", map[string]any{"mode": "test"}, &ep)
+	if ep.Mode != "test" {
+		t.Errorf("mode-only PATCH: %+v", ep)
+	}
+
+	// Configured endpoints: refused when the worker starts.
+	for _, c := range []EndpointConfig{
+		{ID: "num", URL: "https://0x7f.1/", Secret: testSecret(t)},
+		{ID: "num-test", URL: "http://2130706433/", Mode: "test", Secret: testSecret(t)},
+		{ID: "priv-test", URL: "http://10.0.0.1/", Mode: "test", Secret: testSecret(t)},
+	} {
+		_, err := New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []EndpointConfig{c}})
+		if err == nil || !strings.Contains(err.Error(), c.ID) {
+			t.Errorf("configured %s (%s): %v, want refused", c.ID, c.URL, err)
+		}
 	}
 }

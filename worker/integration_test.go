@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -571,5 +572,72 @@ func TestRateLimitSpreadsDeliveries(t *testing.T) {
 		if !a.Success || a.Attempt != 1 {
 			t.Errorf("attempt %+v: throttling must not count as a failed attempt", a)
 		}
+	}
+}
+
+// A delivery the address guard refuses at dial time (a host name that
+// resolves to a private or metadata address) is a permanent failure: one
+// attempt, recorded in the delivery log with the reason, then archived by a
+// real asynq server, never retried. Both modes: a test endpoint may reach
+// loopback, not a private address.
+func TestGuardRefusalArchivesAfterOneAttempt(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	// Many retries, so that a retried refusal would show.
+	retry := RetryPolicy{Schedule: []time.Duration{0, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond}, Jitter: -1}
+	w := startWorker(t, srv, Config{Retry: retry})
+	names := fakeLookup(map[string][]string{
+		"internal.test": {"10.0.0.1"},
+		"meta.test":     {"169.254.169.254"},
+	})
+	w.sender.liveDial.lookup = names
+	w.sender.testDial.lookup = names
+	for _, c := range []EndpointConfig{
+		{ID: "live-private", URL: "https://internal.test/hook", Mode: "live", Events: []string{"user.*"}},
+		{ID: "test-private", URL: "http://internal.test:8080/hook", Mode: "test", Events: []string{"user.*"}},
+		{ID: "test-metadata", URL: "http://meta.test/latest/meta-data/", Mode: "test", Events: []string{"user.*"}},
+	} {
+		if _, err := w.Store().Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	liveIDs := enqueueEvents(t, srv, "user.created", "live", 1)
+	testIDs := enqueueEvents(t, srv, "user.created", "test", 1)
+
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	var archived []*asynq.TaskInfo
+	waitFor(t, 15*time.Second, "the refused deliveries to be archived", func() bool {
+		archived, _ = insp.ListArchivedTasks(tasks.QueueDeliver)
+		return len(archived) == 3
+	})
+	time.Sleep(300 * time.Millisecond) // a retry would run within this
+	for _, ti := range archived {
+		if ti.Retried != 0 {
+			t.Errorf("archived %s after %d retries, want 0", ti.ID, ti.Retried)
+		}
+	}
+	for _, tc := range []struct{ event, endpoint, want string }{
+		{liveIDs[0], "live-private", "10.0.0.0/8"},
+		{testIDs[0], "test-private", "10.0.0.0/8"},
+		{testIDs[0], "test-metadata", "169.254.0.0/16"},
+	} {
+		atts, err := w.Store().EventAttempts(ctx, tc.event)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mine []Attempt
+		for _, a := range atts {
+			if a.EndpointID == tc.endpoint {
+				mine = append(mine, a)
+			}
+		}
+		if len(mine) != 1 || mine[0].Attempt != 1 || mine[0].Success || !strings.Contains(mine[0].Error, tc.want) ||
+			!strings.Contains(mine[0].Error, ErrBlockedAddress.Error()) {
+			t.Errorf("%s: attempts %+v, want one recorded refusal naming %s", tc.endpoint, mine, tc.want)
+		}
+	}
+	if qs, err := insp.ListRetryTasks(tasks.QueueDeliver); err != nil || len(qs) != 0 {
+		t.Errorf("%d deliveries waiting for a retry (%v)", len(qs), err)
 	}
 }

@@ -56,7 +56,8 @@ type SendRequest struct {
 	Timeout time.Duration
 	// Live marks a live endpoint: HTTPS only, and the address guard applies
 	// (see DefaultDeniedRanges). Test endpoints (false) may use plain HTTP
-	// and local addresses.
+	// and loopback addresses; the guard refuses them every other denied
+	// range (private, link-local, metadata…) too.
 	Live bool
 }
 
@@ -89,8 +90,8 @@ type SendResult struct {
 
 // SenderOptions configure a Sender. The zero value is ready to use.
 type SenderOptions struct {
-	// Allowlist lists ranges live endpoints may reach even though
-	// DefaultDeniedRanges denies them. Empty by default.
+	// Allowlist lists ranges endpoints (live and test) may reach even
+	// though DefaultDeniedRanges denies them. Empty by default.
 	Allowlist []netip.Prefix
 	// MaxResponseBytes caps how much of a response body is read (the
 	// excerpt keeps MaxExcerptBytes of it). Zero means 64 KiB.
@@ -112,8 +113,11 @@ type SenderOptions struct {
 }
 
 // Sender signs and delivers webhooks. It keeps one HTTP transport for live
-// endpoints, whose connections go through the address guard and never through
-// a proxy, and one for test endpoints. A Sender is safe for concurrent use.
+// endpoints and one for test endpoints; the connections of both go through
+// an address guard and never through a proxy (which would connect where the
+// guard cannot see). The live guard refuses every range DefaultDeniedRanges
+// lists, the test guard all of them but loopback; SenderOptions.Allowlist
+// opens ranges for both. A Sender is safe for concurrent use.
 type Sender struct {
 	opts   SenderOptions
 	now    func() time.Time
@@ -121,16 +125,22 @@ type Sender struct {
 	test   *http.Client
 	liveTr *http.Transport
 	testTr *http.Transport
-	// liveDial is the live transport's guarded dialer (tests swap its
-	// resolver).
-	liveDial *guardedDialer
+	// liveDial and testDial are the transports' guarded dialers (tests
+	// swap their resolvers).
+	liveDial, testDial *guardedDialer
 }
 
-// CheckLiveURL reports whether a live endpoint URL names, as its host, a
-// literal IP address that this Sender's address guard refuses (private,
-// loopback, metadata… and not in SenderOptions.Allowlist). Host names are
-// not resolved here: they are checked at every dial.
-func (s *Sender) CheckLiveURL(raw string) error { return s.liveDial.guard.literalAddressError(raw) }
+// CheckURL reports whether an endpoint URL names, as its host, a literal IP
+// address that this Sender's address guard for the mode refuses (for live
+// endpoints: private, loopback, metadata…; for test endpoints the same but
+// loopback; neither in SenderOptions.Allowlist). Host names are not resolved
+// here: they are checked at every dial.
+func (s *Sender) CheckURL(raw string, live bool) error {
+	if live {
+		return s.liveDial.guard.literalAddressError(raw)
+	}
+	return s.testDial.guard.literalAddressError(raw)
+}
 
 // policyError marks URL policy failures (bad URL, plain HTTP for a live
 // endpoint, too many redirects): retrying cannot help.
@@ -163,8 +173,9 @@ func NewSender(o SenderOptions) *Sender {
 	s.liveTr.DialContext = s.liveDial.DialContext
 
 	s.testTr = s.newTransport()
-	s.testTr.Proxy = http.ProxyFromEnvironment
-	s.testTr.DialContext = base.DialContext
+	s.testTr.Proxy = nil
+	s.testDial = newGuardedDialer(newTestAddressGuard(o.Allowlist), base)
+	s.testTr.DialContext = s.testDial.DialContext
 
 	s.live = &http.Client{Transport: s.liveTr, CheckRedirect: checkRedirect(true)}
 	s.test = &http.Client{Transport: s.testTr, CheckRedirect: checkRedirect(false)}
@@ -215,8 +226,12 @@ func checkRedirect(live bool) func(*http.Request, []*http.Request) error {
 
 // ValidateEndpointURL checks an endpoint URL without connecting: it must be
 // an absolute http or https URL with a host and without user information, and
-// https when live. The error names the problem. Addresses are checked at
-// connect time, since DNS answers change.
+// https when live. A host written as a numeric address in any form but
+// dotted decimal ("2130706433", "127.1", "0x7f.1", "0177.0.0.1",
+// "127.0.0.1.", "[::ffff:127.0.0.1]") is refused whatever the mode, since
+// browsers, resolvers and the address guard could read it differently; the
+// error says which address it stands for. The error names the problem.
+// Addresses are checked at connect time, since DNS answers change.
 func ValidateEndpointURL(raw string, live bool) error {
 	if strings.TrimSpace(raw) == "" {
 		return policyErrorf("endpoint URL is empty")
@@ -242,6 +257,9 @@ func ValidateEndpointURL(raw string, live bool) error {
 		if err != nil || n < 1 || n > 65535 {
 			return policyErrorf("endpoint URL port %q is out of range", p)
 		}
+	}
+	if err := hostFormError(u); err != nil {
+		return fmt.Errorf("endpoint URL: %w", err)
 	}
 	return nil
 }

@@ -685,3 +685,72 @@ func TestSendLiveResolvesThroughGuard(t *testing.T) {
 		}
 	}
 }
+
+// Test endpoints may reach loopback but not private, link-local or metadata
+// addresses, by name, literally or through a redirect; each refusal is
+// permanent and never reaches the network.
+func TestSendTestEndpointGuard(t *testing.T) {
+	_, key := mustSecret(t)
+	srv, ch := receiver(t, false, nil)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	bounce, _ := receiver(t, false, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://internal.test:"+port+"/", http.StatusTemporaryRedirect)
+	})
+	names := map[string][]string{
+		"receiver.test": {"127.0.0.1"},
+		"internal.test": {"10.0.0.1"},
+		"mixed.test":    {"127.0.0.1", "192.168.1.10"},
+		"meta.test":     {"169.254.169.254"},
+		"imds6.test":    {"fd00:ec2::254"},
+		"aliyun.test":   {"100.100.100.200"},
+	}
+	send := func(s *Sender, u string) SendResult {
+		return s.Send(context.Background(), SendRequest{URL: u, MsgID: "evt_1", Body: []byte("{}"), Secrets: [][]byte{key}, Timeout: 5 * time.Second})
+	}
+	s := NewSender(SenderOptions{})
+	s.testDial.lookup = fakeLookup(names)
+	for _, u := range []string{srv.URL + "/", "http://receiver.test:" + port + "/"} {
+		if res := send(s, u); !res.Success {
+			t.Errorf("%s: %+v, want delivered (loopback)", u, res)
+			continue
+		}
+		next(t, ch)
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"http://internal.test:" + port + "/", "10.0.0.0/8"},
+		{"http://mixed.test:" + port + "/", "192.168.0.0/16"},
+		{"http://meta.test/latest/meta-data/", "169.254.0.0/16"},
+		{"http://imds6.test/", "fc00::/7"},
+		{"http://aliyun.test/", "100.64.0.0/10"},
+		{"http://10.0.0.1:" + port + "/", "10.0.0.0/8"},
+		{"http://169.254.169.254/latest/meta-data/", "169.254.0.0/16"},
+		{"http://[fd00:ec2::254]/", "fc00::/7"},
+		{bounce.URL + "/", "10.0.0.0/8"},
+		{"http://2130706433:" + port + "/", "dotted decimal"},
+		{"http://127.1:" + port + "/", "dotted decimal"},
+	} {
+		res := send(s, tc.url)
+		if res.Success || !res.Permanent || !strings.Contains(res.Err, tc.want) {
+			t.Errorf("%s: %+v, want a permanent refusal naming %s", tc.url, res, tc.want)
+		}
+	}
+	select {
+	case rc := <-ch:
+		t.Errorf("a refused delivery reached the receiver: %s", rc.path)
+	default:
+	}
+	// The allowlist opens a range for test endpoints as for live ones.
+	s = NewSender(SenderOptions{Allowlist: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}})
+	s.testDial.lookup = fakeLookup(names)
+	if res := send(s, "http://mixed.test:"+port+"/"); !res.Success {
+		t.Errorf("allowlisted mixed.test: %+v", res)
+	} else {
+		next(t, ch)
+	}
+	// The system resolver's localhost is loopback too.
+	if res := send(NewSender(SenderOptions{}), "http://localhost:"+port+"/"); !res.Success {
+		t.Errorf("localhost: %+v", res)
+	} else {
+		next(t, ch)
+	}
+}

@@ -7,13 +7,19 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
+	"strings"
 	"syscall"
+
+	"golang.org/x/net/idna"
 )
 
-// ErrBlockedAddress is wrapped by every error that stops a live delivery
-// because its destination resolves to an address that live endpoints may not
-// reach (see DefaultDeniedRanges). Test with errors.Is.
-var ErrBlockedAddress = errors.New("destination address is not allowed for live endpoints")
+// ErrBlockedAddress is wrapped by every error that stops a delivery because
+// its destination resolves to an address that endpoints of its mode may not
+// reach (see DefaultDeniedRanges; test endpoints may reach loopback). Such a
+// delivery fails permanently: it is recorded and archived, never retried.
+// Test with errors.Is.
+var ErrBlockedAddress = errors.New("destination address is not allowed")
 
 // deniedV4 are the IPv4 ranges a live endpoint may not reach.
 var deniedV4 = []string{
@@ -81,10 +87,22 @@ var (
 	sixToFour   = netip.MustParsePrefix("2002::/16")
 )
 
-// addressGuard decides whether a live delivery may connect to an address.
+// addressGuard decides whether a delivery may connect to an address.
 type addressGuard struct {
 	denied  []netip.Prefix
 	allowed []netip.Prefix
+	// loopback lets loopback addresses (127.0.0.0/8, ::1, and their
+	// IPv4-mapped forms) through: the test endpoints' guard.
+	loopback bool
+}
+
+// newTestAddressGuard returns the test endpoints' guard: the live guard that
+// also lets loopback through, so that a local receiver can be tested while
+// private, link-local and metadata addresses stay out of reach.
+func newTestAddressGuard(allow []netip.Prefix) *addressGuard {
+	g := newAddressGuard(allow)
+	g.loopback = true
+	return g
 }
 
 func newAddressGuard(allow []netip.Prefix) *addressGuard {
@@ -120,6 +138,9 @@ func (g *addressGuard) check(ip netip.Addr) error {
 			return nil
 		}
 	}
+	if g.loopback && ip.Unmap().IsLoopback() {
+		return nil
+	}
 	for _, f := range forms {
 		for _, p := range g.denied {
 			if p.Contains(f) {
@@ -139,7 +160,7 @@ func (g *addressGuard) isAllowed(ip netip.Addr) bool {
 	return false
 }
 
-// literalAddressError returns, for a live endpoint URL whose host is a literal
+// literalAddressError returns, for an endpoint URL whose host is a literal
 // IP address that the guard refuses, the error saying so; nil otherwise (a
 // host name, an address the guard lets through, or a URL that does not
 // parse, which ValidateEndpointURL reports).
@@ -155,11 +176,20 @@ func (g *addressGuard) literalAddressError(raw string) error {
 	return g.check(ip)
 }
 
-// liveAddressError words err, from literalAddressError, for whoever configures
-// the endpoint.
-func liveAddressError(raw string, err error) error {
-	return fmt.Errorf("live endpoint URL %q: %w; the worker never delivers there: allow the range (the worker's allow option) or make it a test endpoint",
-		shownURL(raw), err)
+// addressError words err, from literalAddressError, for whoever configures
+// an endpoint of mode (live or test) at raw.
+func addressError(raw, mode string, err error) error {
+	if mode == "" {
+		mode = "live"
+	}
+	hint := ""
+	if u, perr := url.Parse(raw); perr == nil && mode == "live" {
+		if ip, perr := netip.ParseAddr(u.Hostname()); perr == nil && ip.Unmap().IsLoopback() {
+			hint = ", or make it a test endpoint (test endpoints may reach loopback)"
+		}
+	}
+	return fmt.Errorf("%s endpoint URL %q: %w; the worker never delivers there: allow the range (the worker's allow option)%s",
+		mode, shownURL(raw), err, hint)
 }
 
 // embeddedV4 returns the IPv4 address a NAT64 (64:ff9b::/96) or 6to4
@@ -242,4 +272,131 @@ func (d *guardedDialer) DialContext(ctx context.Context, network, address string
 		}
 	}
 	return nil, firstErr
+}
+
+// hostFormError refuses the host of an endpoint URL when it is written in a
+// form that browsers, resolvers and this guard could read differently, so
+// that what is checked is what is dialed:
+//
+//   - a host whose last label is a number (decimal, octal "0177" or hex
+//     "0x7f"), the WHATWG URL rule for an IPv4 address, unless it is the
+//     canonical dotted-decimal form: "2130706433", "127.1", "0x7f.1",
+//     "0177.0.0.1", "127.0.0.1." all mean 127.0.0.1 to a browser or to
+//     getaddrinfo, and are names to a DNS resolver. The error says which
+//     address the form stands for and asks for dotted decimal; a name such
+//     as "foo.123" that is no address at all is refused too (browsers refuse
+//     it);
+//   - a bracketed host that is not an IPv6 address ("[0x7f.1]"), and an
+//     IPv4-mapped IPv6 address ("[::ffff:127.0.0.1]"), which is an IPv4
+//     address written the long way.
+//
+// A non-ASCII host is first mapped as the HTTP transport maps it (IDNA, so
+// full-width digits become ASCII ones). u is a parsed endpoint URL.
+func hostFormError(u *url.URL) error {
+	host := u.Hostname()
+	if strings.HasPrefix(u.Host, "[") {
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.Is6() {
+			return hostFormErrorf("host %q is not an IPv6 address", "["+host+"]")
+		}
+		if ip.Is4In6() {
+			return hostFormErrorf("host %q is an IPv4-mapped IPv6 form of %s; write the IPv4 address in dotted decimal",
+				"["+host+"]", ip.Unmap())
+		}
+		return nil
+	}
+	ascii := host
+	if !isASCII(host) {
+		mapped, err := idna.Lookup.ToASCII(host)
+		if err != nil {
+			return hostFormErrorf("host %q is not a valid internationalized host name: %v", host, err)
+		}
+		ascii = mapped
+	}
+	ascii = strings.ToLower(ascii)
+	labels := strings.Split(strings.TrimSuffix(ascii, "."), ".")
+	if !isNumericLabel(labels[len(labels)-1]) {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(ascii); err == nil && ip.Is4() && ip.String() == ascii && ascii == host {
+		return nil // canonical dotted decimal
+	}
+	if ip, ok := parseWHATWGIPv4(ascii); ok {
+		return hostFormErrorf("host %q is a numeric IPv4 form browsers and resolvers read as %s; write the address in dotted decimal", host, ip)
+	}
+	return hostFormErrorf("host %q ends in a number but is not an IPv4 address (browsers refuse it, resolvers disagree on it)", host)
+}
+
+// hostFormErr is the policy error hostFormError returns.
+type hostFormErr struct{ msg string }
+
+func (e *hostFormErr) Error() string { return e.msg }
+
+func hostFormErrorf(format string, a ...any) error {
+	return &policyError{err: &hostFormErr{msg: fmt.Sprintf(format, a...)}}
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// isNumericLabel reports whether a host label is a number in the WHATWG
+// sense: decimal digits, or "0x" followed by hex digits (possibly none).
+func isNumericLabel(l string) bool {
+	if l == "" {
+		return false
+	}
+	if rest, ok := strings.CutPrefix(l, "0x"); ok {
+		return strings.Trim(rest, "0123456789abcdef") == ""
+	}
+	return strings.Trim(l, "0123456789") == ""
+}
+
+// parseWHATWGIPv4 reads host (lower case ASCII) as the WHATWG URL standard's
+// IPv4 parser (and inet_aton) do: one to four dot-separated parts, each
+// decimal, octal (leading 0) or hex (0x), the last filling the remaining
+// bytes, and one trailing dot allowed.
+func parseWHATWGIPv4(host string) (netip.Addr, bool) {
+	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	nums := make([]uint64, len(parts))
+	for i, p := range parts {
+		base := 10
+		switch {
+		case strings.HasPrefix(p, "0x"):
+			base, p = 16, p[2:]
+			if p == "" {
+				p = "0"
+			}
+		case len(p) > 1 && p[0] == '0':
+			base, p = 8, p[1:]
+		}
+		if p == "" {
+			return netip.Addr{}, false
+		}
+		n, err := strconv.ParseUint(p, base, 64)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		nums[i] = n
+	}
+	last := nums[len(nums)-1]
+	if last >= 1<<(8*(5-len(nums))) {
+		return netip.Addr{}, false
+	}
+	v := last
+	for i, n := range nums[:len(nums)-1] {
+		if n > 255 {
+			return netip.Addr{}, false
+		}
+		v += n << (8 * (3 - i))
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
 }

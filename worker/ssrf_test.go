@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -260,5 +261,98 @@ func TestGuardedDialer(t *testing.T) {
 	d.lookup = fakeLookup(names)
 	if _, err := d.DialContext(context.Background(), "tcp", "nowhere.test:443"); err == nil || errors.Is(err, ErrBlockedAddress) {
 		t.Errorf("unknown name: err %v, want a resolution error", err)
+	}
+}
+
+// Numeric host forms other than dotted decimal are refused whatever the
+// mode, naming the address they stand for; names and canonical addresses
+// pass (the guard checks those).
+func TestNumericHostForms(t *testing.T) {
+	for i, tc := range []struct{ host, want string }{
+		{"2130706433", "read as 127.0.0.1"},
+		{"127.1", "read as 127.0.0.1"},
+		{"127.0.1", "read as 127.0.0.1"},
+		{"0x7f.1", "read as 127.0.0.1"},
+		{"0X7F.1", "read as 127.0.0.1"},
+		{"0177.0.0.1", "read as 127.0.0.1"},
+		{"127.0.0.1.", "read as 127.0.0.1"},
+		{"0x7f000001", "read as 127.0.0.1"},
+		{"017700000001", "read as 127.0.0.1"},
+		{"0x7f.0.0.01", "read as 127.0.0.1"},
+		{"0177.0x0.0.1", "read as 127.0.0.1"},
+		{"127.000.000.001", "read as 127.0.0.1"},
+		{"0xA9.0xFE.0xA9.0xFE", "read as 169.254.169.254"},
+		{"169.254.43518", "read as 169.254.169.254"},
+		{"2852039166", "read as 169.254.169.254"},
+		{"10.1", "read as 10.0.0.1"},
+		{"0x64.0x64.0x64.0xc8", "read as 100.100.100.200"},
+		{"0", "read as 0.0.0.0"},
+		{"0x", "read as 0.0.0.0"},
+		{"%31%32%37.1", "does not parse"},                                // Go refuses escapes in a host name
+		{"\uff11\uff12\uff17.\uff10.\uff10.\uff11", "read as 127.0.0.1"}, // full-width digits, mapped by IDNA
+		{"1.2.3.4.5", "ends in a number but is not an IPv4 address"},
+		{"256.1.1.1", "ends in a number but is not an IPv4 address"},
+		{"1.2.3.256", "ends in a number but is not an IPv4 address"},
+		{"4294967296", "ends in a number but is not an IPv4 address"},
+		{"08.1.1.1", "ends in a number but is not an IPv4 address"},
+		{"hooks.example.123", "ends in a number but is not an IPv4 address"},
+		{"99999999999999999999999", "ends in a number but is not an IPv4 address"},
+		{"[::ffff:127.0.0.1]", "IPv4-mapped IPv6 form of 127.0.0.1"},
+		{"[::ffff:7f00:1]", "IPv4-mapped IPv6 form of 127.0.0.1"},
+		{"[0:0:0:0:0:ffff:a9fe:a9fe]", "IPv4-mapped IPv6 form of 169.254.169.254"},
+		{"[::ffff:0x7f.1]", "does not parse"}, // Go parses bracketed hosts strictly
+		{"[127.0.0.1]", "does not parse"},
+	} {
+		for _, scheme := range []string{"https", "http"} {
+			u := scheme + "://" + tc.host + ":8443/hook"
+			err := ValidateEndpointURL(u, scheme == "https")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%d %s: %v, want %q", i, u, err, tc.want)
+				continue
+			}
+			if _, ok := errors.AsType[*policyError](err); !ok {
+				t.Errorf("%d %s: %v is not a policy (permanent) error", i, u, err)
+			}
+		}
+	}
+	for _, host := range []string{
+		"127.0.0.1", "10.0.0.1", "93.184.216.34", "hooks.example.com", "hooks.example.com.", "0x7f.example.com",
+		"1.2.3.4.nip.io", "123.example", "[::1]", "[2606:4700:4700::1111]", "[fe80::1%25eth0]", "[64:ff9b::7f00:1]",
+		"xn--bcher-kva.example", "b\u00fccher.example",
+	} {
+		if err := ValidateEndpointURL("https://"+host+"/", true); err != nil {
+			t.Errorf("%s: %v, want accepted (the address guard decides)", host, err)
+		}
+	}
+}
+
+// The test endpoints' guard lets loopback through and nothing else of the
+// denied ranges, unless the allowlist opens them.
+func TestTestAddressGuard(t *testing.T) {
+	g := newTestAddressGuard(nil)
+	for _, s := range []string{"127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "8.8.8.8"} {
+		if err := g.check(netip.MustParseAddr(s)); err != nil {
+			t.Errorf("%s: %v, want allowed for test endpoints", s, err)
+		}
+	}
+	for _, s := range []string{
+		"10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.100.100.200", "192.0.0.192", "0.0.0.0",
+		"fd00:ec2::254", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
+		"64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "::7f00:1", "224.0.0.1",
+	} {
+		if err := g.check(netip.MustParseAddr(s)); !errors.Is(err, ErrBlockedAddress) {
+			t.Errorf("%s: %v, want blocked for test endpoints", s, err)
+		}
+	}
+	g = newTestAddressGuard([]netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")})
+	if err := g.check(netip.MustParseAddr("10.1.2.3")); err != nil {
+		t.Errorf("allowlisted 10.1.2.3: %v", err)
+	}
+	if err := g.check(netip.MustParseAddr("10.2.0.1")); !errors.Is(err, ErrBlockedAddress) {
+		t.Errorf("10.2.0.1 outside the allowlist: %v", err)
+	}
+	// The live guard still refuses loopback.
+	if err := newAddressGuard(nil).check(netip.MustParseAddr("127.0.0.1")); !errors.Is(err, ErrBlockedAddress) {
+		t.Errorf("live guard, loopback: %v", err)
 	}
 }

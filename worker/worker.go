@@ -48,8 +48,9 @@ type Config struct {
 	// Endpoints are declared in the configuration: read-only through the API
 	// and merged with the endpoints stored in Redis. Default none.
 	Endpoints []EndpointConfig
-	// Allowlist lists address ranges that live endpoints may reach although they
-	// are loopback, private, link-local or otherwise denied. Default none.
+	// Allowlist lists address ranges that endpoints may reach although they
+	// are loopback, private, link-local or otherwise denied (test endpoints
+	// may reach loopback without it). Default none.
 	Allowlist []netip.Prefix
 	// DeliveryTimeout bounds one delivery attempt, response included. Default 15s.
 	DeliveryTimeout time.Duration
@@ -137,10 +138,8 @@ func New(cfg Config) (*Worker, error) {
 		TLSClientConfig: cfg.TLSClientConfig, MaxIdleConnsPerHost: max(cfg.Concurrency, 16),
 	})
 	for i, c := range cfg.Endpoints {
-		if c.Mode != rules.ModeTest {
-			if err := sender.CheckLiveURL(c.URL); err != nil {
-				return nil, fmt.Errorf("configuring worker: endpoints[%d] (%s): %w", i, c.ID, liveAddressError(c.URL, err))
-			}
+		if err := sender.CheckURL(c.URL, c.Mode != rules.ModeTest); err != nil {
+			return nil, fmt.Errorf("configuring worker: endpoints[%d] (%s): %w", i, c.ID, addressError(c.URL, c.Mode, err))
 		}
 	}
 	// Each task may hold a connection while the store and limiter use others.
@@ -259,11 +258,17 @@ func (w *Worker) Shutdown() {
 // Store returns the endpoint store and delivery log, for the management API.
 func (w *Worker) Store() *Store { return w.store }
 
-// CheckLiveURL reports whether this worker would refuse to dial a live
-// endpoint URL for its literal IP address (see Sender.CheckLiveURL); the
+// CheckEndpointURL reports whether this worker would refuse to dial an
+// endpoint URL of mode (live, the default, or test) for its literal IP
+// address (see Sender.CheckURL), in words for whoever configures it; the
 // management API asks it so that such an endpoint is refused when it is
-// created, not on every delivery.
-func (w *Worker) CheckLiveURL(raw string) error { return w.sender.CheckLiveURL(raw) }
+// created or changed, not on every delivery.
+func (w *Worker) CheckEndpointURL(raw, mode string) error {
+	if err := w.sender.CheckURL(raw, mode != rules.ModeTest); err != nil {
+		return addressError(raw, mode, err)
+	}
+	return nil
+}
 
 // Client returns the asynq client on the worker's Redis connection, for
 // enqueuing replays and test deliveries.

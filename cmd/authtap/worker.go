@@ -75,7 +75,7 @@ Flags:`)
 	var rulesFiles listFlag
 	fs.Var(&rulesFiles, "rules", "rule file or glob whose event types GET /event-types lists; repeatable")
 	var allow listFlag
-	fs.Var(&allow, "allow", "address range (CIDR) live endpoints may reach although it is private or local; repeatable")
+	fs.Var(&allow, "allow", "address range (CIDR) endpoints may reach although it is private or local (test endpoints may reach loopback without it); repeatable")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

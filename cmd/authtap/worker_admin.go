@@ -74,7 +74,7 @@ func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cf
 	mon := asynqmon.New(asynqmon.Options{RootPath: "/monitor", RedisConnOpt: opt})
 	api, err := worker.NewAPI(worker.APIConfig{
 		Store: w.Store(), Client: w.Client(), EventTypes: eventTypes, Retry: cfg.Retry, Logger: cfg.Logger, Monitor: mon,
-		CheckLiveURL: w.CheckLiveURL,
+		CheckEndpointURL: w.CheckEndpointURL,
 	})
 	if err != nil {
 		mon.Close()
