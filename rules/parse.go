@@ -92,6 +92,9 @@ const (
 func Parse(filename string, data []byte) (*File, error) {
 	d := &dec{file: filename}
 	f := &File{Name: filename}
+	if len(data) > MaxFileSize {
+		return nil, ErrorList{tooLargeError(filename, int64(len(data)), data)}
+	}
 	var doc yaml.Node
 	dc := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dc.Decode(&doc); err != nil {
@@ -102,9 +105,14 @@ func Parse(filename string, data []byte) (*File, error) {
 		d.errs = append(d.errs, yamlSyntaxError(filename, err))
 		return nil, d.errs.err()
 	}
+	// nothing walks the tree before its size with aliases expanded is known
+	if !d.checkLimits(&doc) {
+		return nil, d.errs.err()
+	}
 	var extra yaml.Node
 	if err := dc.Decode(&extra); err == nil {
 		d.errf(&extra, "", "want a single document; found a second one (remove the \"---\")")
+		return nil, d.errs.err()
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,13 +26,21 @@ func Load(patterns ...string) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(files) > MaxFiles {
+		return nil, ErrorList{{File: strings.Join(patterns, " "), Msg: fmt.Sprintf("the patterns match %d files; one rule set may load at most %d (rules.MaxFiles)", len(files), MaxFiles)}}
+	}
 	var errs ErrorList
 	var parsed []*File
+	var total int64
 	for _, name := range files {
-		data, err := os.ReadFile(name)
+		data, err := readRuleFile(name)
 		if err != nil {
-			errs = append(errs, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)})
+			errs = append(errs, asErrorList(name, err)...)
 			continue
+		}
+		if total += int64(len(data)); total > MaxTotalSize {
+			errs = append(errs, &Error{File: name, Msg: fmt.Sprintf("the files loaded up to this one hold %d bytes; one rule set may hold at most %s (rules.MaxTotalSize)", total, sizeMiB(MaxTotalSize))})
+			break
 		}
 		f, err := Parse(name, data)
 		if err != nil {
@@ -44,6 +53,33 @@ func Load(patterns ...string) (*Set, error) {
 		return nil, errs.err()
 	}
 	return NewSet(parsed...)
+}
+
+// readRuleFile reads one rule file, refusing one larger than MaxFileSize
+// before reading a byte of it (and reading no more than MaxFileSize+1 bytes
+// of one that grows meanwhile, which Parse then refuses).
+func readRuleFile(name string) ([]byte, error) {
+	// stat before opening: opening a FIFO would block until someone writes
+	st, err := os.Stat(name)
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	if !st.Mode().IsRegular() {
+		return nil, &Error{File: name, Msg: "reading rules: not a regular file"}
+	}
+	if st.Size() > MaxFileSize {
+		return nil, tooLargeError(name, st.Size(), nil)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	return data, nil
 }
 
 // ExpandPatterns turns file names and glob patterns into a sorted list of files.
@@ -119,6 +155,11 @@ func NewSet(files ...*File) (*Set, error) {
 			r.index = len(s.rules)
 			s.rules = append(s.rules, r)
 		}
+	}
+	if len(s.rules) > MaxRules {
+		r := s.rules[MaxRules]
+		errs = append(errs, &Error{File: r.File, Line: r.Line, Column: r.Column,
+			Msg: fmt.Sprintf("the files hold %d rules; one rule set may hold at most %d (rules.MaxRules)", len(s.rules), MaxRules)})
 	}
 	if len(errs) > 0 {
 		return nil, errs.err()
