@@ -39,6 +39,12 @@ const (
 	MaxDepth = 64
 	// MaxRules is how many rules one Set (all files together) may hold.
 	MaxRules = 10_000
+	// MaxEmits is how many events one rule may emit per exchange: each
+	// is one more task in Redis for every matching request.
+	MaxEmits = 32
+	// MaxLookups is how many lookups one rule may declare: each is one
+	// more request to the upstream for every matching exchange.
+	MaxLookups = 8
 	// MaxRegexLen is the longest regex condition, in bytes. Go's RE2
 	// engine matches in linear time and refuses huge repeat counts itself;
 	// this keeps each compiled program small.

@@ -241,3 +241,21 @@ func TestRuleCountLimit(t *testing.T) {
 		t.Fatalf("err = %.300v", err)
 	}
 }
+
+func TestEmitAndLookupCountLimits(t *testing.T) {
+	emits := strings.TrimSuffix(strings.Repeat("{type: a.b}, ", MaxEmits+1), ", ")
+	_, err := Parse("r.yaml", []byte("version: 1\nrules:\n  - {name: r, match: {method: POST, path: /x}, emit: ["+emits+"]}\n"))
+	if err == nil || !strings.Contains(err.Error(), "r.yaml:3:") || !strings.Contains(err.Error(), "rules.MaxEmits") {
+		t.Errorf("err = %v", err)
+	}
+	var lks []string
+	var data []string
+	for i := 0; i <= MaxLookups; i++ {
+		lks = append(lks, fmt.Sprintf("{get: /me, as: l%d}", i))
+		data = append(data, fmt.Sprintf("l%d: \"{l%d.body}\"", i, i))
+	}
+	_, err = Parse("r.yaml", []byte("version: 1\nrules:\n  - {name: r, match: {method: POST, path: /x}, lookup: ["+strings.Join(lks, ", ")+"], emit: {type: a.b, data: {"+strings.Join(data, ", ")+"}}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "r.yaml:3:") || !strings.Contains(err.Error(), "rules.MaxLookups") {
+		t.Errorf("err = %v", err)
+	}
+}

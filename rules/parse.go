@@ -241,6 +241,10 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		if len(items) == 0 {
 			d.errf(emitNode, "emit", "want at least one event, got an empty list")
 		}
+		if len(items) > MaxEmits {
+			d.errf(emitNode, "emit", "the rule emits %d events; a rule may emit at most %d (rules.MaxEmits)", len(items), MaxEmits)
+			items = nil
+		}
 		for i, item := range items {
 			p := "emit"
 			if resolve(emitNode).Kind == yaml.SequenceNode {
@@ -328,6 +332,10 @@ var reservedLookupNames = map[string]bool{"request": true, "response": true, "pa
 
 func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 	items := d.listOrOne(n)
+	if len(items) > MaxLookups {
+		d.errf(n, "lookup", "the rule declares %d lookups; a rule may declare at most %d (rules.MaxLookups)", len(items), MaxLookups)
+		return
+	}
 	for i, item := range items {
 		p := "lookup"
 		if resolve(n).Kind == yaml.SequenceNode {
