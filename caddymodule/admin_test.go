@@ -663,7 +663,7 @@ rules:
     emit: {type: user.created, data: {}}
   - name: action
     match: {method: POST, path: "/users/{id}/{action}"}
-    emit: {type: "user.{path.action}", data: {}}
+    emit: {type: "user.{path.action}", types: [user.promoted, user.banned], data: {}}
 `)
 	b := loadTestRules(t, `version: 1
 rules:
@@ -691,8 +691,11 @@ rules:
 	if created == nil || !slices.Equal(created.Rules, []string{"a-created", "b-created"}) || created.Templated {
 		t.Errorf("user.created merged to %+v", created)
 	}
-	if tpl := find("user.{path.action}"); tpl == nil || !tpl.Templated {
+	if tpl := find("user.{path.action}"); tpl == nil || !tpl.Templated || !slices.Equal(tpl.Types, []string{"user.banned", "user.promoted"}) {
 		t.Errorf("templated type merged to %+v", tpl)
+	}
+	if banned := find("user.banned"); banned == nil || banned.Templated || !slices.Equal(banned.Rules, []string{"action"}) {
+		t.Errorf("a declared type of a templated type is listed as %+v", banned)
 	}
 	if !slices.IsSortedFunc(got, func(x, y rules.EventType) int { return strings.Compare(x.Type, y.Type) }) {
 		t.Errorf("not sorted: %+v", got)

@@ -372,6 +372,8 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 		}
 		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
 		for _, err := range errs {
+			// the error quotes request values only cut short (rules.QuoteCut)
+			h.metrics.countRefused(m.Rule.Name, err)
 			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), zap.Error(err))
 		}
 		for _, ev := range events {

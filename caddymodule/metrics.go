@@ -4,14 +4,20 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/authtap/authtap/rules"
 )
 
-// handlerMetrics are the handler's Prometheus collectors. They carry rule
-// names and event types as labels, never event data. What became of each
+// handlerMetrics are the handler's Prometheus collectors. Every label value
+// comes from the rule files or a fixed set, never from a request or
+// response: rule names, event types (a constant type, or one of the types a
+// templated type declares: rules refuses any other rendering before an event
+// exists), body sides and the fixed refusal reasons. What became of each
 // event (queued, spooled, duplicate) is counted by the app, which does the
 // queueing (authtap_events_queued_total and friends).
 type handlerMetrics struct {
 	matched        *prometheus.CounterVec // rule, type
+	refused        *prometheus.CounterVec // rule, reason
 	tooLarge       *prometheus.CounterVec // side
 	lookupFailures *prometheus.CounterVec // rule
 	enqueueErrors  prometheus.Counter
@@ -32,6 +38,12 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 		Namespace: ns, Name: "events_matched_total",
 		Help: "Events built from observed exchanges, by rule and event type.",
 	}, []string{"rule", "type"})); err != nil {
+		return nil, err
+	}
+	if m.refused, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "events_refused_total",
+		Help: "Events a matching rule did not build, by rule and reason: undeclared_type (a templated type rendered to a type its types list does not declare), invalid_type, type_too_long, other.",
+	}, []string{"rule", "reason"})); err != nil {
 		return nil, err
 	}
 	if m.tooLarge, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -60,6 +72,20 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// countRefused counts one event that a rule refused to build. The reason
+// label is one of rules' fixed Refused* values, or "other".
+func (m *handlerMetrics) countRefused(rule string, err error) {
+	reason := "other"
+	var ee *rules.EmitError
+	if errors.As(err, &ee) {
+		switch ee.Reason {
+		case rules.RefusedUndeclared, rules.RefusedInvalid, rules.RefusedTooLong:
+			reason = ee.Reason
+		}
+	}
+	m.refused.WithLabelValues(rule, reason).Inc()
 }
 
 // register registers c, or returns the collector of the same description

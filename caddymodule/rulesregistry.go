@@ -40,7 +40,8 @@ func unregisterRules(key string) {
 
 // loadedEventTypes returns the event types of every registered rule set,
 // merged by type and sorted: the rule names of one type are the sorted union
-// over all sets, and a type is templated when it is in any set. It never
+// over all sets, a type is templated when it is in any set, and the types a
+// templated type declares are the sorted union too. It never
 // returns nil.
 func loadedEventTypes() []rules.EventType {
 	loadedRules.RLock()
@@ -59,6 +60,7 @@ func loadedEventTypes() []rules.EventType {
 				byType[et.Type] = m
 			}
 			m.Templated = m.Templated || et.Templated
+			m.Types = append(m.Types, et.Types...)
 			m.Rules = append(m.Rules, et.Rules...)
 		}
 	}
@@ -66,6 +68,8 @@ func loadedEventTypes() []rules.EventType {
 	for _, m := range byType {
 		slices.Sort(m.Rules)
 		m.Rules = slices.Compact(m.Rules)
+		slices.Sort(m.Types)
+		m.Types = slices.Compact(m.Types)
 		if m.Rules == nil {
 			m.Rules = []string{}
 		}

@@ -226,6 +226,10 @@ func (d *dec) parseCond(n *yaml.Node, path string) *cond {
 				if !ok {
 					return
 				}
+				if len(s) > MaxRegexLen {
+					d.errf(v, p, "the regex is %d bytes; a regex may be at most %d (rules.MaxRegexLen)", len(s), MaxRegexLen)
+					return
+				}
 				re, err := regexp.Compile(s)
 				if err != nil {
 					d.errf(v, p, "want an RE2 regular expression: %v", err)

@@ -1,8 +1,13 @@
 package rules
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // EmitOptions are the handler's settings applied to every event.
@@ -51,13 +56,71 @@ func (m *Match) Lookup(i int, ex *Exchange) LookupRequest {
 // NumLookups returns how many lookups the rule declares.
 func (m *Match) NumLookups() int { return len(m.Rule.lookups) }
 
-// EmitError is a problem building one event at run time (the rule itself is valid).
+// EmitError is a problem building one event at run time (the rule itself
+// is valid). The event was not built. Its message never carries a whole
+// request or response value: rendered values are cut by QuoteCut.
 type EmitError struct {
+	// Rule is the name of the rule.
 	Rule string
-	Msg  string
+	// Reason is one of the fixed Refused* values: safe as a metric label.
+	Reason string
+	// Msg says what went wrong.
+	Msg string
 }
 
 func (e *EmitError) Error() string { return fmt.Sprintf("rule %q: %s", e.Rule, e.Msg) }
+
+// Reasons an event is refused at run time (EmitError.Reason).
+const (
+	// RefusedUndeclared: a templated type rendered to a valid name that its
+	// emit.types does not list.
+	RefusedUndeclared = "undeclared_type"
+	// RefusedInvalid: a templated type rendered to something that is not a
+	// dot-separated event name (empty, say, or with spaces).
+	RefusedInvalid = "invalid_type"
+	// RefusedTooLong: a templated type rendered to more than MaxEventTypeLen bytes.
+	RefusedTooLong = "type_too_long"
+)
+
+// MaxQuotedValue is how many bytes of a rendered value an error message or
+// log line shows (QuoteCut).
+const MaxQuotedValue = 64
+
+// QuoteCut renders a value taken from a request or response for an error
+// message or a log line: at most MaxQuotedValue bytes of it, %q-escaped,
+// followed by "…(N bytes)" when it was cut.
+func QuoteCut(v string) string {
+	if len(v) <= MaxQuotedValue {
+		return strconv.Quote(v)
+	}
+	cut := MaxQuotedValue
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut-- // do not split a character
+	}
+	return strconv.Quote(v[:cut]) + "…(" + strconv.Itoa(len(v)) + " bytes)"
+}
+
+// renderType renders the emit's type and checks it: a constant type is
+// fixed at parse time; a templated one must render to a name its
+// emit.types lists.
+func (e *emitSpec) renderType(rule string, ex *Exchange, params []Param) (string, *EmitError) {
+	if len(e.typ.phs) == 0 {
+		return e.typ.raw, nil
+	}
+	typ := e.typ.renderText(ex, params, nil)
+	refuse := func(reason, format string, args ...any) (string, *EmitError) {
+		return "", &EmitError{Rule: rule, Reason: reason, Msg: fmt.Sprintf("event type %q ", e.typ.raw) + fmt.Sprintf(format, args...) + "; no event built"}
+	}
+	switch {
+	case len(typ) > MaxEventTypeLen:
+		return refuse(RefusedTooLong, "rendered to %d bytes (%s), more than %d (rules.MaxEventTypeLen)", len(typ), QuoteCut(typ), MaxEventTypeLen)
+	case !validEventType(typ):
+		return refuse(RefusedInvalid, "rendered to %s, which is not a dot-separated event name", QuoteCut(typ))
+	case !e.types[typ]:
+		return refuse(RefusedUndeclared, "rendered to %s, which its types list does not declare", QuoteCut(typ))
+	}
+	return typ, nil
+}
 
 // Events builds the events of the match. An event that cannot be built (e.g.
 // its templated type renders empty) is skipped with an *EmitError; the others
@@ -77,9 +140,9 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	var errs []error
 	for _, e := range m.Rule.emits {
 		var missing []string
-		typ := e.typ.renderText(ex, m.Params, nil)
-		if !validEventType(typ) {
-			errs = append(errs, &EmitError{Rule: m.Rule.Name, Msg: fmt.Sprintf("event type %q rendered to %q, which is not a dot-separated event name", e.typ.raw, typ)})
+		typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
+		if terr != nil {
+			errs = append(errs, terr)
 			continue
 		}
 		ev := Event{Type: typ, Timestamp: ts, Mode: o.Mode, Source: Source{Name: o.Source, Rule: m.Rule.Name}}
@@ -97,7 +160,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		ev.dataCompact = true
 		if e.dedupeKey != nil {
 			if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
-				ev.ID = DedupeEventID(o.Source, m.Rule.Name, key)
+				ev.ID = DedupeEventID(o.Source, m.Rule.Name, key+"\x00"+resultDigest(&ev, ex))
 				ev.DedupeWindow = e.dedupeWin
 			}
 		}
@@ -108,6 +171,35 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		events = append(events, ev)
 	}
 	return events, errs
+}
+
+// resultDigest sums up what an exchange produced, for the dedupe id: the
+// event's type, subject and data, the response status and the response body
+// (when it was captured). A client retrying a request with the same dedupe
+// key and getting the same answer gets the same id; two requests that share
+// a key but created different things (another user id in the response, other
+// data) get different ids, so neither event is dropped as a duplicate. It is
+// hex, of fixed length, so "key\x00digest" is unambiguous.
+func resultDigest(ev *Event, ex *Exchange) string {
+	h := sha256.New()
+	var n [8]byte
+	field := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field([]byte(ev.Type))
+	field([]byte(ev.Subject))
+	field(ev.Data)
+	binary.BigEndian.PutUint64(n[:], uint64(ex.Status))
+	h.Write(n[:])
+	if ex.ResponseBody != nil {
+		h.Write([]byte{1})
+		field(ex.ResponseBody)
+	} else {
+		h.Write([]byte{0}) // not captured (larger than max_body): the data stands in for it
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // maxDataSizeHint caps the starting size of a data buffer: one huge event must

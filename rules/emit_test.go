@@ -25,6 +25,7 @@ rules:
     match: {method: POST, path: "/u/{id}"}
     emit:
       type: user.{request.body.action}
+      types: [user.renamed, user.deleted]
       subject: "user-{path.id}"
       data:
         id: "{path.id}"
@@ -239,11 +240,13 @@ rules:
 func TestEventTypesOfSet(t *testing.T) {
 	s := mustSet(t, `version: 1
 rules:
-  - {name: a, match: {method: POST, path: /a}, emit: [{type: user.created}, {type: "user.{request.body.x}"}]}
+  - {name: a, match: {method: POST, path: /a}, emit: [{type: user.created}, {type: "user.{request.body.x}", types: [user.created, user.removed]}]}
   - {name: b, match: {method: POST, path: /b}, emit: {type: user.created}}
 `)
 	ets := s.EventTypes()
-	if len(ets) != 2 || ets[0].Type != "user.created" || strings.Join(ets[0].Rules, ",") != "a,b" || !ets[1].Templated {
+	if len(ets) != 3 || ets[0].Type != "user.created" || strings.Join(ets[0].Rules, ",") != "a,b" || ets[0].Templated ||
+		ets[1].Type != "user.removed" || strings.Join(ets[1].Rules, ",") != "a" ||
+		ets[2].Type != "user.{request.body.x}" || !ets[2].Templated || strings.Join(ets[2].Types, ",") != "user.created,user.removed" {
 		t.Fatalf("%+v", ets)
 	}
 }

@@ -53,6 +53,7 @@ rules:
       response: {body: {"user.id": exists}}
     emit:
       - type: "u.{request.body.kind}"
+        types: [u.created, u.updated, u.deleted]
         subject: "{path.id}-{request.query.q}"
         data: "{response.body}"
         omit: [internal]

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -42,7 +43,11 @@ type Rule struct {
 	lookups []*lookupSpec
 	emits   []*emitSpec
 	need    Need
-	index   int // position in the Set
+	// digestsResponse: an emit has a dedupe key, whose event id depends on
+	// the response body, so the body is captured when it fits (Plan), but
+	// the rule still emits when it does not (Need leaves it out).
+	digestsResponse bool
+	index           int // position in the Set
 }
 
 // Need says which bodies a rule reads.
@@ -65,9 +70,13 @@ type emitSpec struct {
 	redact      []string
 	keepSecrets map[string]bool
 	mode        string
-	dedupeKey   *tmpl
-	dedupeWin   time.Duration
-	policy      *sanitizer // omit, redact and keep_secrets, read-only once parsed
+	// types is the set a templated type may render to (emit.types), nil
+	// for a constant type; typeList is the same in the order written.
+	types     map[string]bool
+	typeList  []string
+	dedupeKey *tmpl
+	dedupeWin time.Duration
+	policy    *sanitizer // omit, redact and keep_secrets, read-only once parsed
 	// dataSize is the largest data rendered so far: the next render's buffer
 	// starts that large instead of growing step by step.
 	dataSize atomic.Int64
@@ -92,6 +101,9 @@ const (
 func Parse(filename string, data []byte) (*File, error) {
 	d := &dec{file: filename}
 	f := &File{Name: filename}
+	if len(data) > MaxFileSize {
+		return nil, ErrorList{tooLargeError(filename, int64(len(data)), data)}
+	}
 	var doc yaml.Node
 	dc := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dc.Decode(&doc); err != nil {
@@ -102,9 +114,14 @@ func Parse(filename string, data []byte) (*File, error) {
 		d.errs = append(d.errs, yamlSyntaxError(filename, err))
 		return nil, d.errs.err()
 	}
+	// nothing walks the tree before its size with aliases expanded is known
+	if !d.checkLimits(&doc) {
+		return nil, d.errs.err()
+	}
 	var extra yaml.Node
 	if err := dc.Decode(&extra); err == nil {
 		d.errf(&extra, "", "want a single document; found a second one (remove the \"---\")")
+		return nil, d.errs.err()
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
@@ -224,6 +241,10 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		if len(items) == 0 {
 			d.errf(emitNode, "emit", "want at least one event, got an empty list")
 		}
+		if len(items) > MaxEmits {
+			d.errf(emitNode, "emit", "the rule emits %d events; a rule may emit at most %d (rules.MaxEmits)", len(items), MaxEmits)
+			items = nil
+		}
 		for i, item := range items {
 			p := "emit"
 			if resolve(emitNode).Kind == yaml.SequenceNode {
@@ -311,6 +332,10 @@ var reservedLookupNames = map[string]bool{"request": true, "response": true, "pa
 
 func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 	items := d.listOrOne(n)
+	if len(items) > MaxLookups {
+		d.errf(n, "lookup", "the rule declares %d lookups; a rule may declare at most %d (rules.MaxLookups)", len(items), MaxLookups)
+		return
+	}
 	for i, item := range items {
 		p := "lookup"
 		if resolve(n).Kind == yaml.SequenceNode {
@@ -423,14 +448,20 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			}
 		}
 	}
+	var typeNode, typesNode *yaml.Node
 	d.mapping(n, path,
 		field{name: "type", required: true, fn: func(v *yaml.Node, p string) {
+			typeNode = v
 			t := d.tmplField(v, p, sc)
 			if t == nil {
 				return
 			}
 			if len(t.phs) == 0 && !eventTypeRE.MatchString(t.raw) {
 				d.errf(v, p, "want a dot-separated event name of letters, digits, '_' and '-' such as user.created, got %q", t.raw)
+				return
+			}
+			if len(t.phs) == 0 && len(t.raw) > MaxEventTypeLen {
+				d.errf(v, p, "the event type is %d bytes; event types may be at most %d (rules.MaxEventTypeLen)", len(t.raw), MaxEventTypeLen)
 				return
 			}
 			for _, l := range t.lits {
@@ -441,6 +472,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			}
 			e.typ = t
 		}},
+		field{name: "types", fn: func(v *yaml.Node, p string) { typesNode = v }},
 		field{name: "subject", fn: func(v *yaml.Node, p string) { e.subject = d.tmplField(v, p, sc) }},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},
@@ -482,6 +514,9 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			)
 		}},
 	)
+	if e.typ != nil {
+		d.parseTypes(e, typeNode, typesNode, path)
+	}
 	if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
 		d.errf(n, join(path, "dedupe"), "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
 	}
@@ -489,6 +524,83 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 		return nil
 	}
 	return e
+}
+
+// parseTypes reads emit.types, the closed set a templated type may render
+// to. A templated type must have one (otherwise a client would choose the
+// type, and every value it sent would become a metric label); a constant
+// type must not.
+func (d *dec) parseTypes(e *emitSpec, typeNode, typesNode *yaml.Node, path string) {
+	tp := join(path, "types")
+	if len(e.typ.phs) == 0 {
+		if typesNode != nil {
+			d.errf(typesNode, tp, "types lists what a templated type may render to; type %q has no placeholder, so remove types", e.typ.raw)
+		}
+		return
+	}
+	if typesNode == nil {
+		d.errf(typeNode, join(path, "type"), "templated type %q needs the list of types it may render to, or a client chooses the type: add types: [%s] next to it", e.typ.raw, exampleTypes(e.typ))
+		return
+	}
+	n := resolve(typesNode)
+	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+		d.errf(n, tp, "want a list of the event types %q may render to, such as [%s], got %s", e.typ.raw, exampleTypes(e.typ), kindName(n))
+		return
+	}
+	e.types = map[string]bool{}
+	for i, c := range n.Content {
+		ip := index(tp, i)
+		s, ok := d.str(c, ip)
+		switch {
+		case !ok:
+		case !eventTypeRE.MatchString(s):
+			d.errf(c, ip, "want a dot-separated event name of letters, digits, '_' and '-' such as user.created, got %q", s)
+		case len(s) > MaxEventTypeLen:
+			d.errf(c, ip, "the event type is %d bytes; event types may be at most %d (rules.MaxEventTypeLen)", len(s), MaxEventTypeLen)
+		case !e.typ.canRender(s):
+			d.errf(c, ip, "%q can never be rendered from type %q (its fixed text does not fit); list only names it can produce", s, e.typ.raw)
+		case e.types[s]:
+			d.errf(c, ip, "%q is listed twice", s)
+		default:
+			e.types[s] = true
+			e.typeList = append(e.typeList, s)
+		}
+	}
+}
+
+// exampleTypes suggests a types list for a templated type: its fixed text
+// around example values.
+func exampleTypes(t *tmpl) string {
+	var out []string
+	for _, v := range []string{"created", "updated"} {
+		var b strings.Builder
+		for i, l := range t.lits {
+			b.WriteString(l)
+			if i < len(t.phs) {
+				b.WriteString(v)
+			}
+		}
+		out = append(out, b.String())
+	}
+	return strings.Join(out, ", ")
+}
+
+// canRender reports whether s fits the template's fixed text, each
+// placeholder standing for any text (possibly empty).
+func (t *tmpl) canRender(s string) bool {
+	if !strings.HasPrefix(s, t.lits[0]) {
+		return false
+	}
+	s = s[len(t.lits[0]):]
+	last := t.lits[len(t.lits)-1]
+	for _, l := range t.lits[1 : len(t.lits)-1] {
+		i := strings.Index(s, l)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(l):]
+	}
+	return strings.HasSuffix(s, last)
 }
 
 func (r *Rule) computeNeed() {
@@ -510,6 +622,7 @@ func (r *Rule) computeNeed() {
 		e.subject.needs(&n)
 		e.dedupeKey.needs(&n)
 		e.data.needs(&n)
+		r.digestsResponse = r.digestsResponse || e.dedupeKey != nil
 	}
 	r.need = n
 }
@@ -518,11 +631,30 @@ func (r *Rule) computeNeed() {
 func (r *Rule) Need() Need { return r.need }
 
 // EventTypes returns the event types the rule emits, as written (a templated
-// type keeps its placeholders).
+// type keeps its placeholders; DeclaredTypes lists what it may render to).
 func (r *Rule) EventTypes() []string {
 	out := make([]string, len(r.emits))
 	for i, e := range r.emits {
 		out[i] = e.typ.raw
+	}
+	return out
+}
+
+// DeclaredTypes returns every event type the rule can emit: its constant
+// types and the types its templated ones declare, in the order written,
+// without repeats. Only these can appear in an event or a metric label.
+func (r *Rule) DeclaredTypes() []string {
+	var out []string
+	for _, e := range r.emits {
+		list := e.typeList
+		if len(e.typ.phs) == 0 {
+			list = []string{e.typ.raw}
+		}
+		for _, t := range list {
+			if !slices.Contains(out, t) {
+				out = append(out, t)
+			}
+		}
 	}
 	return out
 }

@@ -137,6 +137,7 @@ rules:
         mode: test
         dedupe: {key: "{request.header.Idempotency-Key}", window: 7d}
       - type: "organization.{request.body.kind}"
+        types: [organization.created, organization.renamed]
 `
 	f, err := Parse("ok.yaml", []byte(src))
 	if err != nil {

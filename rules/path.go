@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 )
@@ -247,4 +248,19 @@ func sortUnique(s []int) []int {
 		}
 	}
 	return s[:j]
+}
+
+// escapePathSegment escapes a placeholder value for a lookup path segment:
+// as url.PathEscape does ("/" becomes %2F), and "." and ".." as %2E and
+// %2E%2E, which no client, proxy or server resolves as a dot-segment, so a
+// value cannot move the lookup to another path (/lk/{x}/end with x=".."
+// stays /lk/%2E%2E/end, not /end).
+func escapePathSegment(v string) string {
+	switch v {
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
+	return url.PathEscape(v)
 }

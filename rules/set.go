@@ -2,8 +2,10 @@ package rules
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -25,13 +27,21 @@ func Load(patterns ...string) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(files) > MaxFiles {
+		return nil, ErrorList{{File: strings.Join(patterns, " "), Msg: fmt.Sprintf("the patterns match %d files; one rule set may load at most %d (rules.MaxFiles)", len(files), MaxFiles)}}
+	}
 	var errs ErrorList
 	var parsed []*File
+	var total int64
 	for _, name := range files {
-		data, err := os.ReadFile(name)
+		data, err := readRuleFile(name)
 		if err != nil {
-			errs = append(errs, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)})
+			errs = append(errs, asErrorList(name, err)...)
 			continue
+		}
+		if total += int64(len(data)); total > MaxTotalSize {
+			errs = append(errs, &Error{File: name, Msg: fmt.Sprintf("the files loaded up to this one hold %d bytes; one rule set may hold at most %s (rules.MaxTotalSize)", total, sizeMiB(MaxTotalSize))})
+			break
 		}
 		f, err := Parse(name, data)
 		if err != nil {
@@ -44,6 +54,33 @@ func Load(patterns ...string) (*Set, error) {
 		return nil, errs.err()
 	}
 	return NewSet(parsed...)
+}
+
+// readRuleFile reads one rule file, refusing one larger than MaxFileSize
+// before reading a byte of it (and reading no more than MaxFileSize+1 bytes
+// of one that grows meanwhile, which Parse then refuses).
+func readRuleFile(name string) ([]byte, error) {
+	// stat before opening: opening a FIFO would block until someone writes
+	st, err := os.Stat(name)
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	if !st.Mode().IsRegular() {
+		return nil, &Error{File: name, Msg: "reading rules: not a regular file"}
+	}
+	if st.Size() > MaxFileSize {
+		return nil, tooLargeError(name, st.Size(), nil)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("reading rules: %v", err)}
+	}
+	return data, nil
 }
 
 // ExpandPatterns turns file names and glob patterns into a sorted list of files.
@@ -120,6 +157,11 @@ func NewSet(files ...*File) (*Set, error) {
 			s.rules = append(s.rules, r)
 		}
 	}
+	if len(s.rules) > MaxRules {
+		r := s.rules[MaxRules]
+		errs = append(errs, &Error{File: r.File, Line: r.Line, Column: r.Column,
+			Msg: fmt.Sprintf("the files hold %d rules; one rule set may hold at most %d (rules.MaxRules)", len(s.rules), MaxRules)})
+	}
 	if len(errs) > 0 {
 		return nil, errs.err()
 	}
@@ -153,32 +195,58 @@ func (s *Set) Files() []string {
 	return out
 }
 
-// EventTypes returns the distinct event types the rules emit, sorted; templated
-// types appear as written (e.g. "user.{request.body.action}").
+// EventTypes returns the distinct event types the rules emit, sorted. A
+// templated type appears as written (e.g. "user.{request.body.action}"),
+// with Templated set and Types listing what it may render to; each of those
+// declared types is listed as a type of its own too, since it is what a
+// subscriber receives.
 func (s *Set) EventTypes() []EventType {
 	byType := map[string]*EventType{}
+	add := func(typ, rule string) *EventType {
+		et := byType[typ]
+		if et == nil {
+			et = &EventType{Type: typ}
+			byType[typ] = et
+		}
+		if !slices.Contains(et.Rules, rule) {
+			et.Rules = append(et.Rules, rule)
+		}
+		return et
+	}
 	for _, r := range s.rules {
 		for _, e := range r.emits {
-			et := byType[e.typ.raw]
-			if et == nil {
-				et = &EventType{Type: e.typ.raw, Templated: len(e.typ.phs) > 0}
-				byType[e.typ.raw] = et
+			et := add(e.typ.raw, r.Name)
+			if len(e.typ.phs) == 0 {
+				continue
 			}
-			et.Rules = append(et.Rules, r.Name)
+			et.Templated = true
+			for _, t := range e.typeList {
+				if !slices.Contains(et.Types, t) {
+					et.Types = append(et.Types, t)
+				}
+				add(t, r.Name)
+			}
 		}
 	}
 	out := make([]EventType, 0, len(byType))
 	for _, k := range sortedKeys(byType) {
-		out = append(out, *byType[k])
+		et := byType[k]
+		slices.Sort(et.Types)
+		out = append(out, *et)
 	}
 	return out
 }
 
 // EventType describes one event type the loaded rules can emit.
 type EventType struct {
-	Type      string   `json:"type"`
+	// Type is the event type, or a templated type as written.
+	Type string `json:"type"`
+	// Templated says Type has placeholders; Types then lists the types it
+	// may render to (its emit.types), sorted.
 	Templated bool     `json:"templated,omitempty"`
-	Rules     []string `json:"rules"`
+	Types     []string `json:"types,omitempty"`
+	// Rules names the rules that emit it.
+	Rules []string `json:"rules"`
 }
 
 // CanMatch reports whether any rule could match an exchange with this method
@@ -203,9 +271,11 @@ func (s *Set) Plan(method, path string) (Need, bool) {
 	var buf [8]int
 	cands := s.candidates(method, path, buf[:0])
 	for _, i := range cands {
-		n := s.rules[i].need
-		need.RequestBody = need.RequestBody || n.RequestBody
-		need.ResponseBody = need.ResponseBody || n.ResponseBody
+		r := s.rules[i]
+		need.RequestBody = need.RequestBody || r.need.RequestBody
+		// a dedupe key's id depends on the response body: capture it when
+		// it fits, though the rule does not need it to emit
+		need.ResponseBody = need.ResponseBody || r.need.ResponseBody || r.digestsResponse
 	}
 	return need, len(cands) > 0
 }

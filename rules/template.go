@@ -379,7 +379,7 @@ func (t *tmpl) renderURL(ex *Exchange, params []Param, missing *[]string) string
 		if inQuery {
 			b.WriteString(url.QueryEscape(v.String()))
 		} else {
-			b.WriteString(url.PathEscape(v.String()))
+			b.WriteString(escapePathSegment(v.String()))
 		}
 	}
 	b.WriteString(t.lits[len(t.phs)])

@@ -395,12 +395,19 @@ func ParseResponse(name string, data []byte, ex *Exchange) error {
 }
 
 func parseDoc(name string, data []byte) (*yaml.Node, error) {
+	if len(data) > MaxFileSize {
+		return nil, ErrorList{tooLargeError(name, int64(len(data)), data)}
+	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, ErrorList{yamlSyntaxError(name, err)}
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return nil, ErrorList{{File: name, Msg: "empty input: want a mapping or a raw HTTP message"}}
+	}
+	d := &dec{file: name}
+	if !d.checkLimits(&doc) {
+		return nil, d.errs.err()
 	}
 	return doc.Content[0], nil
 }

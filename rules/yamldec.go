@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -20,12 +21,26 @@ type dec struct {
 }
 
 func (d *dec) errf(n *yaml.Node, field, format string, args ...any) {
+	// a value quoted back from the file is cut: a hostile file must not turn
+	// one error into a megabyte log line
+	for i, a := range args {
+		if s, ok := a.(string); ok && len(s) > maxErrValue {
+			cut := maxErrValue
+			for cut > 0 && !utf8.RuneStart(s[cut]) {
+				cut--
+			}
+			args[i] = s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+		}
+	}
 	e := &Error{File: d.file, Field: field, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Column = n.Line, n.Column
 	}
 	d.errs = append(d.errs, e)
 }
+
+// maxErrValue is how much of a value from the file an error message quotes.
+const maxErrValue = 200
 
 // resolve follows aliases.
 func resolve(n *yaml.Node) *yaml.Node {

@@ -167,9 +167,34 @@ func splitFilesAndFlags(args []string) (files, flags []string) {
 	return files, flags
 }
 
+// maxExchangeFile bounds a --request or --response file (or stdin): room
+// for a raw HTTP message with a body well past the handler's default
+// max_body, but not for one that fills memory.
+const maxExchangeFile = 8 << 20
+
 func readArg(arg string) ([]byte, error) {
-	if arg == "-" {
-		return io.ReadAll(os.Stdin)
+	var r io.Reader = os.Stdin
+	if arg != "-" {
+		st, err := os.Stat(arg)
+		if err != nil {
+			return nil, err
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%s: not a regular file", arg)
+		}
+		if st.Size() > maxExchangeFile {
+			return nil, fmt.Errorf("%s: the file is %d bytes; at most %d MiB", arg, st.Size(), maxExchangeFile>>20)
+		}
+		f, err := os.Open(arg)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
 	}
-	return os.ReadFile(arg)
+	b, err := io.ReadAll(io.LimitReader(r, maxExchangeFile+1))
+	if err == nil && len(b) > maxExchangeFile {
+		err = fmt.Errorf("%s: more than %d MiB", arg, maxExchangeFile>>20)
+	}
+	return b, err
 }

@@ -1,0 +1,192 @@
+package rules
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Limits on what rule files may hold. Anyone who can write a file the
+// handler's glob matches controls its content, so every quantity a file can
+// grow is bounded here, checked where the file enters (Load, Parse), and a
+// file past a limit is refused with an error that names the limit. A running
+// Caddy keeps its last good rules when a changed file is refused.
+const (
+	// MaxFileSize is the largest rule file, in bytes, that Load reads or
+	// Parse accepts (1 MiB; real rule files are a few KiB). Load checks the
+	// size with stat before reading a byte, and reads at most this much.
+	// yaml.v3 builds its node tree before authtap can count the nodes, and
+	// that tree takes up to ~130 bytes per input byte, so this also bounds
+	// the memory one hostile file can take while it is refused.
+	MaxFileSize = 1 << 20
+	// MaxFiles is how many files one Load (all patterns and globs together)
+	// may read.
+	MaxFiles = 256
+	// MaxTotalSize is the sum of the sizes of the files of one Load.
+	MaxTotalSize = 16 << 20
+	// MaxNodes is how many YAML/JSON values (mappings, lists, keys and
+	// scalars) one file may hold, counting an alias (*name) as all the
+	// values it stands for. A "billion laughs" file of nested aliases is
+	// refused here, before anything walks it.
+	MaxNodes = 200_000
+	// MaxAliases is how many aliases one file may resolve, counting an alias
+	// inside an anchored value once per time that value is used.
+	MaxAliases = 10_000
+	// MaxDepth is how deeply mappings and lists may nest in one file
+	// (aliases expanded); the document's top-level mapping is depth 1.
+	MaxDepth = 64
+	// MaxRules is how many rules one Set (all files together) may hold.
+	MaxRules = 10_000
+	// MaxEmits is how many events one rule may emit per exchange: each
+	// is one more task in Redis for every matching request.
+	MaxEmits = 32
+	// MaxLookups is how many lookups one rule may declare: each is one
+	// more request to the upstream for every matching exchange.
+	MaxLookups = 8
+	// MaxRegexLen is the longest regex condition, in bytes. Go's RE2
+	// engine matches in linear time and refuses huge repeat counts itself;
+	// this keeps each compiled program small.
+	MaxRegexLen = 1024
+	// MaxEventTypeLen is the longest event type, in bytes, whether written
+	// in the rule or rendered from a templated type at run time.
+	MaxEventTypeLen = 128
+)
+
+// sizeMiB renders a byte count for messages: "1 MiB", "512 KiB", "700 bytes".
+func sizeMiB(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}
+
+// tooLargeError says a file of size bytes exceeds MaxFileSize. When data
+// (the bytes read) is given, the error points at the line and column where
+// the limit is crossed.
+func tooLargeError(file string, size int64, data []byte) *Error {
+	e := &Error{File: file, Msg: fmt.Sprintf("the file is %d bytes; rule files may be at most %s (rules.MaxFileSize)", size, sizeMiB(MaxFileSize))}
+	if len(data) > MaxFileSize {
+		head := data[:MaxFileSize]
+		e.Line = 1 + strings.Count(string(head), "\n")
+		e.Column = 1 + len(head) - (strings.LastIndexByte(string(head), '\n') + 1)
+		e.Msg = fmt.Sprintf("the file is longer than %s (rules.MaxFileSize) from here on; split it into several files", sizeMiB(MaxFileSize))
+	}
+	return e
+}
+
+// nodeStats is what a value costs once its aliases are expanded.
+type nodeStats struct {
+	nodes, aliases int64
+	height         int // nesting levels of mappings and lists, 0 for a scalar
+}
+
+// limitWalk measures a document with its aliases expanded, without
+// expanding them: each anchored value is measured once and remembered, so
+// the check is linear in the file whatever its aliases do.
+type limitWalk struct {
+	d     *dec
+	memo  map[*yaml.Node]nodeStats
+	doing map[*yaml.Node]bool // values being measured: an alias to one is a cycle
+	// failed is set once a limit is reported; the walk then unwinds.
+	failed bool
+}
+
+// checkLimits reports whether the document rooted at n stays within
+// MaxNodes, MaxAliases and MaxDepth with its aliases expanded; if not, it
+// records one error at the value where the limit is crossed.
+func (d *dec) checkLimits(n *yaml.Node) bool {
+	w := &limitWalk{d: d, memo: map[*yaml.Node]nodeStats{}, doing: map[*yaml.Node]bool{}}
+	w.measure(n, 0)
+	return !w.failed
+}
+
+// measure returns the stats of n, which sits at nesting depth depth.
+func (w *limitWalk) measure(n *yaml.Node, depth int) nodeStats {
+	if n == nil || w.failed {
+		return nodeStats{}
+	}
+	if n.Kind == yaml.DocumentNode {
+		var st nodeStats
+		for _, c := range n.Content {
+			cs := w.measure(c, depth)
+			st.nodes += cs.nodes
+			st.aliases += cs.aliases
+			st.height = max(st.height, cs.height)
+		}
+		return st
+	}
+	if n.Kind == yaml.AliasNode {
+		t := n.Alias
+		if t == nil {
+			return nodeStats{nodes: 1, aliases: 1}
+		}
+		if w.doing[t] {
+			w.fail(n, "alias *%s is used inside the value it names; an alias may only repeat a value defined before and outside it", n.Value)
+			return nodeStats{}
+		}
+		ts, ok := w.memo[t]
+		if !ok {
+			ts = w.measure(t, depth)
+			if w.failed {
+				return nodeStats{}
+			}
+		}
+		st := nodeStats{nodes: ts.nodes, aliases: ts.aliases + 1, height: ts.height}
+		if depth+st.height > MaxDepth {
+			w.failDepth(n)
+		}
+		return st
+	}
+	st := nodeStats{nodes: 1}
+	if n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode {
+		if depth+1 > MaxDepth {
+			w.failDepth(n)
+			return nodeStats{}
+		}
+		st.height = 1
+		if n.Anchor != "" {
+			w.doing[n] = true
+		}
+		for _, c := range n.Content {
+			cs := w.measure(c, depth+1)
+			if w.failed {
+				return nodeStats{}
+			}
+			st.nodes += cs.nodes
+			st.aliases += cs.aliases
+			st.height = max(st.height, cs.height+1)
+			// report at the value whose expansion crosses the limit (for a
+			// billion-laughs file, the first alias that does)
+			if st.nodes > MaxNodes {
+				w.fail(c, "the file holds more than %d values with its aliases expanded (rules.MaxNodes); write the rules out, or split the file", MaxNodes)
+				return nodeStats{}
+			}
+			if st.aliases > MaxAliases {
+				w.fail(c, "the file resolves more than %d aliases (rules.MaxAliases), counting each use of an anchored value that contains aliases", MaxAliases)
+				return nodeStats{}
+			}
+		}
+		delete(w.doing, n)
+	}
+	if n.Anchor != "" {
+		w.memo[n] = st // only anchored values are reached twice
+	}
+	return st
+}
+
+func (w *limitWalk) failDepth(n *yaml.Node) {
+	w.fail(n, "values nest more than %d levels deep here (rules.MaxDepth), aliases expanded", MaxDepth)
+}
+
+func (w *limitWalk) fail(n *yaml.Node, format string, args ...any) {
+	if w.failed {
+		return
+	}
+	w.failed = true
+	w.d.errf(n, "", format, args...)
+}
