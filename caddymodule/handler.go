@@ -80,8 +80,9 @@ type Handler struct {
 	// MaxBody is the largest request or response body, in bytes, that the
 	// handler buffers for extraction; a larger body streams through
 	// untouched, is counted in authtap_bodies_too_large_total, and the rules
-	// that read it emit nothing for that exchange. It also bounds a decoded
-	// (gunzipped) response body and a lookup's answer. Default: 1 MiB.
+	// that read it emit nothing for that exchange. It also bounds each
+	// decoded layer of a compressed response body (and with it each
+	// decoder's memory; see decodeBody) and a lookup's answer. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// LookupUpstream is the base URL (scheme://host[:port][/prefix]) that
