@@ -19,8 +19,8 @@ import (
 // is treated as hostile: a few compressed bytes must not turn into a large
 // allocation, whatever the encoding. Each decoded layer is bounded by max_body
 // (the output) and each decoder's working memory by the limits below, so one
-// decode allocates at most a few × max_body (plus a fixed few hundred KiB of
-// decoder tables); the compressed input itself was already bounded by
+// decode allocates at most a few × max_body (plus each decoder's fixed-size
+// state and tables); the compressed input itself was already bounded by
 // max_body when it was captured.
 const (
 	// maxContentCodings is the most content codings (other than identity) a
