@@ -80,8 +80,9 @@ type Handler struct {
 	// MaxBody is the largest request or response body, in bytes, that the
 	// handler buffers for extraction; a larger body streams through
 	// untouched, is counted in authtap_bodies_too_large_total, and the rules
-	// that read it emit nothing for that exchange. It also bounds a decoded
-	// (gunzipped) response body and a lookup's answer. Default: 1 MiB.
+	// that read it emit nothing for that exchange. It also bounds each
+	// decoded layer of a compressed response body (and with it each
+	// decoder's memory; see decodeBody) and a lookup's answer. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// LookupUpstream is the base URL (scheme://host[:port][/prefix]) that
@@ -90,9 +91,11 @@ type Handler struct {
 	// through this very Caddy server: to the listener address that accepted
 	// the request, with the request's own scheme and Host, so that it takes
 	// the same route as the caller's requests (and reaches the same
-	// upstream). Lookups carry the caller's Cookie and Authorization headers
-	// and an internal marker header; this handler lets marked requests pass
-	// without observing them, so lookups never emit events.
+	// upstream). Lookups carry the caller's Cookie and Authorization headers;
+	// one sent back through Caddy also carries a one-time marker token that
+	// this handler recognises (once, while the lookup is under way) and
+	// strips, so lookups never emit events while a client replaying a
+	// lookup's headers is still observed.
 	LookupUpstream string `json:"lookup_upstream,omitempty"`
 
 	// ReloadInterval is how often the rule files (and the files the globs
@@ -246,11 +249,14 @@ func (h *Handler) swapRules(set *rules.Set) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if v := r.Header[lookupHeader]; v != nil {
 		// the marker is ours: it never reaches the upstream, and only our
-		// own lookups coming back through Caddy pass unobserved
+		// own lookups coming back through Caddy pass unobserved, each once
 		r.Header.Del(lookupHeader)
 		if isOwnLookup(v) {
-			return next.ServeHTTP(w, r)
+			return next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownLookupKey{}, true)))
 		}
+	}
+	if isMarkedLookup(r) {
+		return next.ServeHTTP(w, r)
 	}
 	set := h.set.Load()
 	if !set.CanMatch(r.Method, r.URL.Path) {
@@ -310,7 +316,8 @@ func (h *Handler) safely(what string, f func()) {
 	defer func() {
 		if v := recover(); v != nil {
 			h.logger.Error("authtap failed; request passed through",
-				zap.String("during", what), zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
+				zap.String("during", what), zap.String("panic", clip(fmt.Sprint(v), logErrorMax)),
+				zap.ByteString("stack", debug.Stack()))
 		}
 	}()
 	f()
@@ -340,7 +347,7 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 			case err != nil:
 				respOver = true
 				if c := h.logger.Check(zapcore.WarnLevel, "cannot decode response body for extraction"); c != nil {
-					c.Write(zap.String("path", r.URL.Path), zap.Error(err))
+					c.Write(valueField("path", r.URL.Path), errorField(err))
 				}
 			default:
 				ex.ResponseBody = decoded
@@ -372,9 +379,9 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 		}
 		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
 		for _, err := range errs {
-			// the error quotes request values only cut short (rules.QuoteCut)
+			// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
 			h.metrics.countRefused(m.Rule.Name, err)
-			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), zap.Error(err))
+			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), errorField(err))
 		}
 		for _, ev := range events {
 			h.metrics.matched.WithLabelValues(m.Rule.Name, ev.Type).Inc()
@@ -392,11 +399,11 @@ func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
 	if err != nil {
 		h.metrics.enqueueErrors.Inc()
 		h.logger.Error("event lost: cannot queue or spool it",
-			zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("rule", ev.Source.Rule), zap.Error(err))
+			zap.String("event_id", ev.ID), valueField("type", ev.Type), zap.String("rule", ev.Source.Rule), errorField(err))
 		return
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "event queued"); c != nil {
-		c.Write(zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("rule", ev.Source.Rule),
+		c.Write(zap.String("event_id", ev.ID), valueField("type", ev.Type), zap.String("rule", ev.Source.Rule),
 			zap.Stringer("outcome", out))
 	}
 }

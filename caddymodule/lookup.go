@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,19 +20,57 @@ import (
 	"github.com/authtap/authtap/rules"
 )
 
-// lookupHeader marks a lookup that authtap sends back through Caddy. Its
-// value is a random token of this process, so a client cannot use the header
-// to hide its own requests from the handler.
+// lookupHeader marks a lookup that authtap sends back through Caddy, so that
+// the handler lets it pass without observing it (a lookup never emits
+// events). Its value is a one-time token: random, registered just before the
+// lookup is sent, consumed the first time a handler sees it and withdrawn when
+// the lookup returns, whatever happened to it. Caddy's access log (written
+// once the lookup has been answered) and anything else that records the
+// lookup's headers therefore only ever show spent tokens: a client that
+// replays them is observed like any other. The handler removes the header
+// from every request, so it never reaches the upstream; a lookup sent to
+// lookup_upstream does not carry it at all.
 const lookupHeader = "X-Authtap-Lookup"
 
-var lookupToken = func() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}()
+// lookupTokenBytes is the size of a lookup token before hex encoding.
+const lookupTokenBytes = 16
 
+// lookupTokens holds the tokens of the lookups under way in this process
+// (token → struct{}), whichever handler sent them: a lookup may come back
+// through another site's or another config's handler.
+var lookupTokens sync.Map
+
+// newLookupToken registers a fresh token; the caller withdraws it with
+// lookupTokens.Delete once the lookup has returned.
+func newLookupToken() (string, error) {
+	var b [lookupTokenBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making lookup token: %w", err)
+	}
+	tok := hex.EncodeToString(b[:])
+	lookupTokens.Store(tok, struct{}{})
+	return tok, nil
+}
+
+// isOwnLookup reports whether a request's marker values are exactly one
+// token of a lookup under way, and consumes that token: a second request
+// with the same value is not a lookup.
 func isOwnLookup(v []string) bool {
-	return len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(lookupToken)) == 1
+	if len(v) != 1 || len(v[0]) != 2*lookupTokenBytes {
+		return false
+	}
+	_, ok := lookupTokens.LoadAndDelete(v[0])
+	return ok
+}
+
+// ownLookupKey marks, in a request's context, a lookup whose token a
+// handler consumed, so that a second authtap handler on its way lets it pass
+// too.
+type ownLookupKey struct{}
+
+func isMarkedLookup(r *http.Request) bool {
+	v, _ := r.Context().Value(ownLookupKey{}).(bool)
+	return v
 }
 
 // localAddrKey carries, in a lookup's context, the listener address that
@@ -147,7 +185,15 @@ func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline tim
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "authtap-lookup")
-	req.Header.Set(lookupHeader, lookupToken)
+	if lc.upstream == nil {
+		// back through Caddy, where a handler must recognise it
+		tok, err := newLookupToken()
+		if err != nil {
+			return rules.LookupResult{Err: err.Error()}
+		}
+		defer lookupTokens.Delete(tok)
+		req.Header.Set(lookupHeader, tok)
+	}
 
 	resp, err := lc.client.Do(req)
 	if err != nil {
@@ -185,7 +231,7 @@ func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match
 			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
 			fields := []zap.Field{zap.String("rule", m.Rule.Name), zap.String("as", lk.As)}
 			if res.Err != "" {
-				fields = append(fields, zap.String("error", res.Err))
+				fields = append(fields, zap.String("error", clip(res.Err, logErrorMax)))
 			} else {
 				fields = append(fields, zap.Int("status", res.Status))
 			}

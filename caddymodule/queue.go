@@ -277,7 +277,7 @@ func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 		}
 		if a.be.down.CompareAndSwap(false, true) {
 			a.logger.Warn("authtap: redis did not take an event; spooling events to disk until it answers again",
-				zap.String("event_id", ev.ID), zap.String("spool_dir", a.sp.Dir()), zap.Error(redisErr))
+				zap.String("event_id", ev.ID), zap.String("spool_dir", a.sp.Dir()), errorField(redisErr))
 		}
 	}
 	if err := a.sp.Append(ev); err != nil {
@@ -340,7 +340,7 @@ func (a *App) replayLoop(ctx context.Context, done chan struct{}) {
 				return
 			}
 			if c := a.logger.Check(zap.DebugLevel, "authtap: spool replay postponed"); c != nil {
-				c.Write(zap.Error(err), zap.Duration("next_try", min(wait*2, replayMaxWait)))
+				c.Write(errorField(err), zap.Duration("next_try", min(wait*2, replayMaxWait)))
 			}
 			wait = min(wait*2, replayMaxWait)
 			continue
@@ -361,7 +361,7 @@ func (a *App) replayOnce(ctx context.Context) error {
 	n, err := a.sp.Replay(ctx, func(ctx context.Context, ev rules.Event) error {
 		task, err := tasks.FanoutMessage(ev)
 		if err != nil {
-			a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), zap.Error(err))
+			a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), errorField(err))
 			return nil
 		}
 		err = a.enqueueRedis(ctx, task, max(a.timeout, time.Second))
