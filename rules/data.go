@@ -249,7 +249,7 @@ func newSanitizer(e *emitSpec) *sanitizer {
 // action says what to do with a member of the data template.
 func (s *sanitizer) action(key string, path []string) action {
 	var p string
-	if s.maxPath > 0 {
+	if s != nil && s.maxPath > 0 {
 		p = strings.Join(path, ".")
 	}
 	return s.actionAt(key, []byte(p))
@@ -258,6 +258,9 @@ func (s *sanitizer) action(key string, path []string) action {
 // actionAt says what to do with the member key at the dotted data path path.
 func (s *sanitizer) actionAt(key string, path []byte) action {
 	if s == nil {
+		if secretNorm(normKey(key)) {
+			return actRedact
+		}
 		return actKeep
 	}
 	atPath := func(paths map[string]bool) bool {

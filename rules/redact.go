@@ -44,6 +44,15 @@ var (
 	secretSuffixes = []string{"pin", "session"}
 )
 
+// partsByFirst indexes secretParts by their first byte, so that secretNorm
+// reads a key once instead of once per part: it runs on every member of data.
+var partsByFirst = func() (t [256][]string) {
+	for _, p := range secretParts {
+		t[p[0]] = append(t[p[0]], p)
+	}
+	return t
+}()
+
 // normKey lower-cases a key and drops '_', '-', '.' and spaces.
 func normKey(k string) string {
 	i := 0
@@ -76,9 +85,11 @@ func secretNorm(n string) bool {
 	if secretExact[n] {
 		return true
 	}
-	for _, p := range secretParts {
-		if strings.Contains(n, p) {
-			return true
+	for i := 0; i < len(n); i++ {
+		for _, p := range partsByFirst[n[i]] {
+			if strings.HasPrefix(n[i:], p) {
+				return true
+			}
 		}
 	}
 	for _, suf := range []string{"codes", "code"} {
