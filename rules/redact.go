@@ -29,7 +29,7 @@ var (
 		"password", "passwd", "passphrase", "passcode", "secret", "token", "apikey", "privatekey", "privkey",
 		"credential", "cookie", "authorization", "otpauth", "jwt", "backupcode", "recoverycode", "recoverykey",
 		"accesskey", "sessionid", "sessid", "sessionkey", "signingkey", "encryptionkey", "codeverifier",
-		"seedphrase", "mnemonic",
+		"seedphrase", "mnemonic", "qrcode",
 	}
 	secretExact = map[string]bool{
 		"pwd": true, "otp": true, "hotp": true, "totp": true, "totpuri": true, "totpurl": true, "totpseed": true,
