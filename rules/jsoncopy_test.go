@@ -488,3 +488,34 @@ func BenchmarkWholeData(b *testing.B) {
 		}
 	}
 }
+
+// FuzzCopy: whatever the bytes, the copier writes compact, valid JSON no
+// deeper than MaxDataDepth; on JSON that encoding/json accepts and that the
+// old recursive copier could handle, it writes what that copier wrote.
+func FuzzCopy(f *testing.F) {
+	for _, s := range []string{`{"a":[1,{"password":"x"}],"b":"\u00e9\ud83c\udf89"}`, `[1,]`, nested(120, true), nested(120, false), `"\ud800"`, "\"\xff\"", `{"code":1,"country_code":2}`} {
+		f.Add([]byte(s))
+	}
+	pol := newSanitizer(&emitSpec{omit: []string{"internal", "a.b"}, redact: []string{"phone"}})
+	pol.keepShapes = ^shapeSet(0) // shapes are the new copier's alone
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, tr := copyJSON(pol, string(in))
+		checkCompact(t, out)
+		if d := jsonDepth(out); d > MaxDataDepth {
+			t.Fatalf("depth %d", d)
+		}
+		if !json.Valid(in) {
+			return
+		}
+		if d := jsonDepth(in); d <= MaxDataDepth {
+			if tr != nil {
+				t.Fatalf("cut %+v at depth %d", tr, d)
+			}
+			if want := oldAppendValue(pol, nil, gjson.ParseBytes(in), nil); !bytes.Equal(out, want) {
+				t.Fatalf("input %q\n got  %s\n want %s", in, out, want)
+			}
+		} else if tr == nil {
+			t.Fatalf("depth %d not cut", d)
+		}
+	})
+}
