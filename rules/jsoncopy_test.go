@@ -519,3 +519,29 @@ func FuzzCopy(f *testing.F) {
 		}
 	})
 }
+
+// TestTextDeadline: objects and arrays placed in text (a data string, the
+// subject) cost what whole data costs, whatever their shape.
+func TestTextDeadline(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: text
+    match: {method: POST, path: /x}
+    emit: {type: a.b, subject: "{response.body}", data: {t: "body={response.body} again={response.body}"}}
+`)
+	for _, b := range bodies {
+		body := b.body()
+		start := time.Now()
+		ev := renderWhole(t, s, body)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("%s: rendering took %s", b.name, d)
+		}
+		var d struct{ T string }
+		if err := json.Unmarshal(ev.Data, &d); err != nil || !strings.HasPrefix(d.T, "body=") || len(ev.Subject) == 0 {
+			t.Errorf("%s: data %.100s (%v)", b.name, ev.Data, err)
+		}
+		if strings.Contains(b.name, "nested") != (ev.Source.Truncated != nil) {
+			t.Errorf("%s: truncated %+v", b.name, ev.Source.Truncated)
+		}
+	}
+}

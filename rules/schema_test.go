@@ -291,6 +291,7 @@ var invalid = map[string]string{
 	"test-status-text.yaml":       `test-status-text.yaml:12:24: tests[0].response.status: want a whole number, got "created"`,
 	"json-unknown-key.json":       `json-unknown-key.json:8:16: emit: unknown key "subjct" (did you mean "subject"?)`,
 	"omit-not-a-list.yaml":        `omit-not-a-list.yaml:10:13: emit.omit: want a list of key names`,
+	"keep-shapes-unknown.yaml":    `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
 	"lookup-timeout-text.yaml":    `lookup-timeout-text.yaml:10:16: lookup.timeout: want a duration`,
 	"constant-dedupe-key.yaml":    `constant-dedupe-key.yaml:8:7: emit.dedupe: want a key with a placeholder`,
 	"condition-list-of-maps.yaml": `condition-list-of-maps.yaml:9:18: match.request.body.role[0]: want a single value`,
@@ -337,6 +338,7 @@ var invalidSchemaAt = map[string]string{
 	"test-status-text.yaml":       "/tests/0/response/status",
 	"json-unknown-key.json":       "/rules/0/emit",
 	"omit-not-a-list.yaml":        "/rules/0/emit/omit",
+	"keep-shapes-unknown.yaml":    "/rules/0/emit/keep_shapes/1",
 	"lookup-timeout-text.yaml":    "/rules/0/lookup/timeout",
 	"constant-dedupe-key.yaml":    "/rules/0/emit/dedupe/key",
 	"condition-list-of-maps.yaml": "/rules/0/match/request/body/role",
@@ -549,6 +551,7 @@ rules:
       omit: [internal_notes, user.meta]
       redact: [phone]
       keep_secrets: [token_type]
+      keep_shapes: [jwt, whsec]
       mode: test
       dedupe:
         key: "{request.header.Idempotency-Key}"
