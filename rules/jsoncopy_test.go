@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -407,6 +408,25 @@ var bodies = []struct {
 	{"object-nested-100k", func() []byte { return deepBody(100_000, true) }},
 	{"object-100k-keys", wideBody},
 	{"long-strings", longStringsBody},
+	{"jwt-lookalikes", jwtLookalikesBody},
+}
+
+// jwtLookalikesBody is 1 MiB of strings built to make the shape check work
+// hardest: dotted base64url runs whose every segment decodes to a broken
+// JSON header, otpauth and whsec_ near misses.
+func jwtLookalikesBody() []byte {
+	seg := base64.RawURLEncoding.EncodeToString([]byte(`{"alg"`))
+	var b bytes.Buffer
+	b.WriteString(`{"a":"`)
+	for b.Len() < 1<<19 {
+		b.WriteString(seg + ".")
+	}
+	b.WriteString(`","b":[`)
+	for b.Len() < 1<<20-64 {
+		b.WriteString(`"` + seg + `.` + seg + `.x otpauth whsec_abc:",`)
+	}
+	b.WriteString(`""]}`)
+	return b.Bytes()
 }
 
 const wholeDataRule = `version: 1
@@ -543,5 +563,25 @@ rules:
 		if strings.Contains(b.name, "nested") != (ev.Source.Truncated != nil) {
 			t.Errorf("%s: truncated %+v", b.name, ev.Source.Truncated)
 		}
+	}
+}
+
+// BenchmarkCopierVsOld shows the shape of the cost on deep arrays: the old
+// recursive gjson copier grows with the square of the depth, the streaming
+// copier with the bytes.
+func BenchmarkCopierVsOld(b *testing.B) {
+	pol := newSanitizer(&emitSpec{})
+	for _, depth := range []int{2_500, 5_000, 10_000} {
+		in := nested(depth, false)
+		b.Run(fmt.Sprintf("old/depth=%d", depth), func(b *testing.B) {
+			for b.Loop() {
+				oldAppendValue(pol, nil, gjson.Parse(in), nil)
+			}
+		})
+		b.Run(fmt.Sprintf("streaming/depth=%d", depth), func(b *testing.B) {
+			for b.Loop() {
+				copyJSON(pol, in)
+			}
+		})
 	}
 }
