@@ -252,13 +252,17 @@ func (s *sanitizer) action(key string, path []string) action {
 	if s != nil && s.maxPath > 0 {
 		p = strings.Join(path, ".")
 	}
-	return s.actionAt(key, []byte(p))
+	var scratch []byte
+	return s.actionAt(key, []byte(p), &scratch)
 }
 
-// actionAt says what to do with the member key at the dotted data path path.
-func (s *sanitizer) actionAt(key string, path []byte) action {
+// actionAt says what to do with the member key at the dotted data path path;
+// scratch is a buffer for the normalized key.
+func (s *sanitizer) actionAt(key string, path []byte, scratch *[]byte) action {
+	*scratch = appendNormKey((*scratch)[:0], key)
+	n := *scratch
 	if s == nil {
-		if secretNorm(normKey(key)) {
+		if secretNormBytes(n) {
 			return actRedact
 		}
 		return actKeep
@@ -272,7 +276,7 @@ func (s *sanitizer) actionAt(key string, path []byte) action {
 	if s.redactKeys[key] || atPath(s.redactPaths) {
 		return actRedact
 	}
-	if n := normKey(key); !s.keep[n] && secretNorm(n) {
+	if !s.keep[string(n)] && secretNormBytes(n) {
 		return actRedact
 	}
 	return actKeep

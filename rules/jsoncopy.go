@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -98,6 +99,8 @@ const (
 func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, depth int) []byte {
 	c := rc.copier(raw, base, depth)
 	start := len(dst)
+	dst = slices.Grow(dst, len(raw)+len(raw)/16) // the copy is about as long as its input: grow once
+
 	out, ok := c.copy(dst)
 	if !ok {
 		return append(out[:start], "null"...)
@@ -215,7 +218,7 @@ func (c *copier) copy(dst []byte) ([]byte, bool) {
 			}
 			f.keyAt = len(c.path)
 			c.path = append(c.path, key...)
-			act := c.pol.actionAt(key, c.path)
+			act := c.pol.actionAt(key, c.path, &c.scratch)
 			if act == actOmit {
 				if !c.skip() {
 					return dst, false

@@ -81,21 +81,25 @@ func appendNormKey(dst []byte, k string) []byte {
 }
 
 // secretNorm reports whether the normalized key n is password-like.
-func secretNorm(n string) bool {
-	if secretExact[n] {
+func secretNorm(n string) bool { return secretNormBytes([]byte(n)) }
+
+// secretNormBytes is secretNorm on bytes, for the copier's scratch buffer: it
+// runs on every member of data, so it allocates nothing.
+func secretNormBytes(n []byte) bool {
+	if secretExact[string(n)] {
 		return true
 	}
 	for i := 0; i < len(n); i++ {
 		for _, p := range partsByFirst[n[i]] {
-			if strings.HasPrefix(n[i:], p) {
+			if bytes.HasPrefix(n[i:], []byte(p)) {
 				return true
 			}
 		}
 	}
 	for _, suf := range []string{"codes", "code"} {
-		if pre, ok := strings.CutSuffix(n, suf); ok {
+		if pre, ok := bytes.CutSuffix(n, []byte(suf)); ok {
 			for _, p := range codePrefixes {
-				if strings.HasSuffix(pre, p) {
+				if bytes.HasSuffix(pre, []byte(p)) {
 					return true
 				}
 			}
@@ -103,7 +107,7 @@ func secretNorm(n string) bool {
 		}
 	}
 	for _, suf := range secretSuffixes {
-		if strings.HasSuffix(n, suf) {
+		if bytes.HasSuffix(n, []byte(suf)) {
 			return true
 		}
 	}
