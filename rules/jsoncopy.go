@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"slices"
 	"strconv"
 	"strings"
@@ -477,4 +478,180 @@ func cutPath(b []byte) string {
 		return string(b)
 	}
 	return string(b[:MaxTruncatedPathLen]) + "…"
+}
+
+// validJSON reports whether b is one JSON value (RFC 8259, as encoding/json's
+// Valid, without its nesting limit). Like the copier it keeps its own stack,
+// one byte per open container, where gjson.Valid recurses: 1 MiB of "[" took
+// gjson 64 MiB of goroutine stack.
+func validJSON(b []byte) bool {
+	var stack []byte // '{' or '[' per open container
+	i := 0
+	ws := func() {
+		for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+			i++
+		}
+	}
+	for {
+		// a value
+		ws()
+		if i >= len(b) {
+			return false
+		}
+		switch c := b[i]; {
+		case c == '{' || c == '[':
+			i++
+			ws()
+			if i < len(b) && b[i] == c+2 {
+				i++
+				break
+			}
+			stack = append(stack, c)
+			if c == '{' {
+				if !validKey(b, &i) {
+					return false
+				}
+			}
+			continue
+		case c == '"':
+			if !validString(b, &i) {
+				return false
+			}
+		default:
+			if !validScalar(b, &i) {
+				return false
+			}
+		}
+		// after a value: close containers, or go on to the next member
+		for {
+			ws()
+			if len(stack) == 0 {
+				return i == len(b)
+			}
+			if i >= len(b) {
+				return false
+			}
+			top := stack[len(stack)-1]
+			if b[i] == top+2 {
+				i++
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			if b[i] != ',' {
+				return false
+			}
+			i++
+			if top == '{' && !validKey(b, &i) {
+				return false
+			}
+			break
+		}
+	}
+}
+
+// validKey reads `"key" :` at b[*i:].
+func validKey(b []byte, i *int) bool {
+	for *i < len(b) && (b[*i] == ' ' || b[*i] == '\t' || b[*i] == '\n' || b[*i] == '\r') {
+		*i++
+	}
+	if *i >= len(b) || b[*i] != '"' || !validString(b, i) {
+		return false
+	}
+	for *i < len(b) && (b[*i] == ' ' || b[*i] == '\t' || b[*i] == '\n' || b[*i] == '\r') {
+		*i++
+	}
+	if *i >= len(b) || b[*i] != ':' {
+		return false
+	}
+	*i++
+	return true
+}
+
+// validString reads the string at b[*i:] (its opening quote): no control
+// characters, only JSON escapes.
+func validString(b []byte, i *int) bool {
+	j := *i + 1
+	for j < len(b) {
+		switch c := b[j]; {
+		case c == '"':
+			*i = j + 1
+			return true
+		case c == '\\':
+			if j+1 >= len(b) {
+				return false
+			}
+			switch b[j+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				j += 2
+			case 'u':
+				if j+6 > len(b) {
+					return false
+				}
+				for _, h := range b[j+2 : j+6] {
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return false
+					}
+				}
+				j += 6
+			default:
+				return false
+			}
+		case c < 0x20:
+			return false
+		default:
+			j++
+		}
+	}
+	return false
+}
+
+// validScalar reads a number, true, false or null at b[*i:].
+func validScalar(b []byte, i *int) bool {
+	s := b[*i:]
+	for _, lit := range []string{"true", "false", "null"} {
+		if bytes.HasPrefix(s, []byte(lit)) {
+			*i += len(lit)
+			return true
+		}
+	}
+	j := 0
+	if j < len(s) && s[j] == '-' {
+		j++
+	}
+	switch {
+	case j < len(s) && s[j] == '0':
+		j++
+	case j < len(s) && s[j] >= '1' && s[j] <= '9':
+		for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+			j++
+		}
+	default:
+		return false
+	}
+	if j < len(s) && s[j] == '.' {
+		k := j + 1
+		for k < len(s) && s[k] >= '0' && s[k] <= '9' {
+			k++
+		}
+		if k == j+1 {
+			return false
+		}
+		j = k
+	}
+	if j < len(s) && (s[j] == 'e' || s[j] == 'E') {
+		j++
+		if j < len(s) && (s[j] == '+' || s[j] == '-') {
+			j++
+		}
+		k := j
+		for k < len(s) && s[k] >= '0' && s[k] <= '9' {
+			k++
+		}
+		if k == j {
+			return false
+		}
+		j = k
+	}
+	*i += j
+	return true
 }

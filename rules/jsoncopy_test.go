@@ -182,6 +182,29 @@ func checkCompact(t *testing.T, out []byte) {
 	}
 }
 
+// TestValidJSONDeep: the validator takes what encoding/json takes, and deep
+// input beyond encoding/json's limit, without growing the goroutine stack.
+func TestValidJSONDeep(t *testing.T) {
+	for _, b := range bodies {
+		body := b.body()
+		if !validJSON(body) {
+			t.Errorf("%s: not valid", b.name)
+		}
+		if json.Valid(body) != !strings.Contains(b.name, "nested") {
+			t.Errorf("%s: encoding/json says %v", b.name, json.Valid(body))
+		}
+	}
+	deep := []byte(strings.Repeat("[", 1<<19) + strings.Repeat("]", 1<<19))
+	if !validJSON(deep) || validJSON(deep[1:]) || validJSON(deep[:len(deep)-1]) {
+		t.Error("deep arrays")
+	}
+	for _, s := range []string{`{"a":1,}`, `[1,]`, `01`, `1.`, `-`, `"\x"`, `"\u12"`, "\"\x01\"", `{"a" 1}`, `{1:1}`, `[1 2]`, ` `, `nul`, `{"a":1}}`} {
+		if validJSON([]byte(s)) || json.Valid([]byte(s)) {
+			t.Errorf("%q accepted", s)
+		}
+	}
+}
+
 // TestCopyOddJSON: input that is not JSON, or barely, never yields invalid output.
 func TestCopyOddJSON(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
@@ -521,6 +544,13 @@ func FuzzCopy(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, tr := copyJSON(pol, string(in))
 		checkCompact(t, out)
+		valid := validJSON(in)
+		if valid != json.Valid(in) && bytes.Count(in, []byte("["))+bytes.Count(in, []byte("{")) < 10_000 {
+			t.Fatalf("validJSON %v, json.Valid %v", valid, !valid)
+		}
+		if valid && string(out) == "null" && strings.TrimSpace(string(in)) != "null" {
+			t.Fatalf("valid input %q copied as null", in)
+		}
 		if d := jsonDepth(out); d > MaxDataDepth {
 			t.Fatalf("depth %d", d)
 		}
