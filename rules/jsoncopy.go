@@ -608,11 +608,14 @@ func validString(b []byte, i *int) bool {
 // validScalar reads a number, true, false or null at b[*i:].
 func validScalar(b []byte, i *int) bool {
 	s := b[*i:]
-	for _, lit := range []string{"true", "false", "null"} {
-		if bytes.HasPrefix(s, []byte(lit)) {
-			*i += len(lit)
-			return true
+	if len(s) > 0 && (s[0] == 't' || s[0] == 'f' || s[0] == 'n') {
+		for _, lit := range []string{"true", "false", "null"} {
+			if bytes.HasPrefix(s, []byte(lit)) {
+				*i += len(lit)
+				return true
+			}
 		}
+		return false
 	}
 	j := 0
 	if j < len(s) && s[j] == '-' {
