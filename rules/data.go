@@ -270,13 +270,13 @@ func (s *sanitizer) actionAt(key string, path []byte, scratch *[]byte) action {
 	atPath := func(paths map[string]bool) bool {
 		return paths != nil && len(path) <= s.maxPath && paths[string(path)]
 	}
-	if s.omitKeys[key] || atPath(s.omitPaths) {
+	if s.omitKeys != nil && s.omitKeys[key] || atPath(s.omitPaths) {
 		return actOmit
 	}
-	if s.redactKeys[key] || atPath(s.redactPaths) {
+	if s.redactKeys != nil && s.redactKeys[key] || atPath(s.redactPaths) {
 		return actRedact
 	}
-	if !s.keep[string(n)] && secretNormBytes(n) {
+	if secretNormBytes(n) && (s.keep == nil || !s.keep[string(n)]) {
 		return actRedact
 	}
 	return actKeep

@@ -7,7 +7,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-
 )
 
 // Exchange is one observed HTTP request and its response. Fill the fields you

@@ -16,7 +16,7 @@ import (
 //
 //   - contains one of secretParts (password_hash, client_secret, access_token,
 //     x-api-key, sessionId, backup_codes, …);
-//   - is one of secretExact (code, pin, sid, session, seed, otp, …);
+//   - is one of secretExact's keys (code, pin, sid, session, seed, otp, …);
 //   - ends in "code" or "codes" after one of codePrefixes (otp_code,
 //     verification_code, pinCode, mfa_code, …): a plain *_code suffix is not
 //     enough, so country_code, zip_code, postal_code, status_code, error_code,
@@ -31,11 +31,6 @@ var (
 		"accesskey", "sessionid", "sessid", "sessionkey", "signingkey", "encryptionkey", "codeverifier",
 		"seedphrase", "mnemonic", "qrcode",
 	}
-	secretExact = map[string]bool{
-		"pwd": true, "otp": true, "hotp": true, "totp": true, "totpuri": true, "totpurl": true, "totpseed": true,
-		"totpkey": true, "otpseed": true, "mfaseed": true, "seed": true, "pin": true, "pinnumber": true,
-		"cvv": true, "cvc": true, "ssn": true, "code": true, "codes": true, "sid": true, "session": true,
-	}
 	codePrefixes = []string{
 		"otp", "hotp", "totp", "mfa", "twofactor", "2fa", "tfa", "verification", "verify", "confirmation", "confirm",
 		"auth", "oauth", "pin", "sms", "email", "security", "reset", "activation", "onetime", "device", "user",
@@ -43,6 +38,17 @@ var (
 	}
 	secretSuffixes = []string{"pin", "session"}
 )
+
+// secretExact reports whether n is one of the exact password-like keys.
+// A switch, not a map: it runs on every member of data and hashes nothing.
+func secretExact(n []byte) bool {
+	switch string(n) {
+	case "pwd", "otp", "hotp", "totp", "totpuri", "totpurl", "totpseed", "totpkey", "otpseed", "mfaseed", "seed",
+		"pin", "pinnumber", "cvv", "cvc", "ssn", "code", "codes", "sid", "session":
+		return true
+	}
+	return false
+}
 
 // partsByFirst indexes secretParts by their first byte, so that secretNorm
 // reads a key once instead of once per part: it runs on every member of data.
@@ -86,7 +92,7 @@ func secretNorm(n string) bool { return secretNormBytes([]byte(n)) }
 // secretNormBytes is secretNorm on bytes, for the copier's scratch buffer: it
 // runs on every member of data, so it allocates nothing.
 func secretNormBytes(n []byte) bool {
-	if secretExact[string(n)] {
+	if secretExact(n) {
 		return true
 	}
 	for i := 0; i < len(n); i++ {
