@@ -16,6 +16,9 @@ type dataNode struct {
 	vals  []*dataNode
 	items []*dataNode
 	kind  byte // 'l' literal, 't' template, 'o' object, 'a' array
+	// acts[i] is what the emit's policy does with keys[i] (fixed once the
+	// policy is built: the keys and their paths are the rule's).
+	acts []action
 }
 
 func (d *dec) parseData(n *yaml.Node, path string, sc *scope) *dataNode {
@@ -91,6 +94,10 @@ type renderCtx struct {
 	policy  *sanitizer
 	notes   truncNotes // where data was cut at MaxDataDepth
 	cp      copier     // reused by every JSON value of the event
+	// first buffers of the copier, inside the context so that a small
+	// event's copy allocates nothing more
+	pathBuf  [96]byte
+	frameBuf [6]frame
 }
 
 // render appends the JSON of the data template. path is the dotted key path
@@ -138,8 +145,14 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 		first := true
 		for i, k := range dn.keys {
 			p := append(path, k)
+			var act action
+			if i < len(dn.acts) {
+				act = dn.acts[i]
+			} else {
+				act = rc.policy.action(k, p)
+			}
 			var wantValue bool
-			if dst, wantValue = rc.policy.appendKey(dst, k, p, &first); wantValue {
+			if dst, wantValue = appendKey(dst, k, act, &first); wantValue {
 				dst = dn.vals[i].render(dst, rc, p, depth+1)
 			}
 		}
@@ -162,6 +175,23 @@ func (rc *renderCtx) renderText(t *tmpl, path []string) string {
 	}
 	if len(t.phs) == 0 {
 		return t.lits[0]
+	}
+	if t.whole != nil {
+		// the usual subject, "{response.body.user.id}": no buffer to build
+		v := t.whole.resolve(rc.ex, rc.params)
+		switch {
+		case !v.found:
+			addMissing(rc.missing, t.whole.raw)
+			return ""
+		case !v.isJSON && !rc.policy.redactsShape(v.text):
+			return v.text
+		case v.isJSON && strings.HasPrefix(v.raw, `"`):
+			if str := gjson.Parse(v.raw).Str; !rc.policy.redactsShape(str) {
+				return str
+			}
+			return Redacted
+		}
+		return string(rc.appendText(nil, v, path))
 	}
 	var b []byte
 	for i, ph := range t.phs {
@@ -243,7 +273,29 @@ func newSanitizer(e *emitSpec) *sanitizer {
 	}
 	s.omitKeys, s.omitPaths = split(e.omit)
 	s.redactKeys, s.redactPaths = split(e.redact)
+	s.fixActions(e.data, nil)
 	return s
+}
+
+// fixActions records in each object of the data template what the policy
+// does with its keys.
+func (s *sanitizer) fixActions(dn *dataNode, path []string) {
+	if dn == nil {
+		return
+	}
+	switch dn.kind {
+	case 'o':
+		dn.acts = make([]action, len(dn.keys))
+		for i, k := range dn.keys {
+			p := append(path[:len(path):len(path)], k)
+			dn.acts[i] = s.action(k, p)
+			s.fixActions(dn.vals[i], p)
+		}
+	case 'a':
+		for _, it := range dn.items {
+			s.fixActions(it, path)
+		}
+	}
 }
 
 // action says what to do with a member of the data template.
@@ -283,11 +335,10 @@ func (s *sanitizer) actionAt(key string, path []byte, scratch *[]byte) action {
 }
 
 // appendKey writes one object member's key (after a comma unless it is the
-// first) as the policy says: nothing for an omitted key, the key and a
-// redacted value for a redacted one. It reports whether the caller still has
-// to write the value.
-func (s *sanitizer) appendKey(dst []byte, key string, path []string, first *bool) ([]byte, bool) {
-	act := s.action(key, path)
+// first) as act says: nothing for an omitted key, the key and a redacted
+// value for a redacted one. It reports whether the caller still has to write
+// the value.
+func appendKey(dst []byte, key string, act action, first *bool) ([]byte, bool) {
 	if act == actOmit {
 		return dst, false
 	}

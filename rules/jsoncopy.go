@@ -98,9 +98,12 @@ const (
 // the data path it is placed under, depth the nesting of the data template
 // around it. Input that is not JSON is written as null.
 func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, depth int) []byte {
+	if v := strings.TrimLeft(raw, " \t\r\n"); v == "" || v[0] != '{' && v[0] != '[' {
+		return rc.appendJSONScalar(dst, raw) // no path to track: the usual {response.body.user.id}
+	}
 	c := rc.copier(raw, base, depth)
 	start := len(dst)
-	dst = slices.Grow(dst, len(raw)+len(raw)/16) // the copy is about as long as its input: grow once
+	dst = slices.Grow(dst, len(raw)) // the copy is about as long as its input: grow once
 
 	out, ok := c.copy(dst)
 	if !ok {
@@ -109,10 +112,35 @@ func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, dept
 	return out
 }
 
+// appendJSONScalar copies a JSON string, number, true, false or null, or writes null.
+func (rc *renderCtx) appendJSONScalar(dst []byte, raw string) []byte {
+	c := copier{in: raw, scratch: rc.cp.scratch}
+	c.skipWS()
+	var s string
+	var ok bool
+	isStr := c.pos < len(c.in) && c.in[c.pos] == '"'
+	if isStr {
+		s, ok = c.str()
+	} else {
+		s, ok = c.scalar()
+	}
+	if c.skipWS(); !ok || c.pos != len(c.in) {
+		return append(dst, "null"...)
+	}
+	rc.cp.scratch = c.scratch
+	if isStr {
+		return rc.policy.appendString(dst, s)
+	}
+	return append(dst, s...)
+}
+
 // copier returns the render context's copier set up for raw, reusing its buffers.
 func (rc *renderCtx) copier(raw string, base []string, depth int) *copier {
 	c := &rc.cp
 	c.pol, c.notes, c.in, c.pos, c.depth = rc.policy, &rc.notes, raw, 0, depth
+	if c.path == nil {
+		c.path, c.frames = rc.pathBuf[:0], rc.frameBuf[:0]
+	}
 	c.path = c.path[:0]
 	for i, k := range base {
 		if i > 0 {

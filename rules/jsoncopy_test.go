@@ -27,7 +27,7 @@ func oldAppendValue(s *sanitizer, dst []byte, r gjson.Result, path []string) []b
 			key := k.String()
 			p := append(path, key)
 			var wantValue bool
-			if dst, wantValue = s.appendKey(dst, key, p, &first); wantValue {
+			if dst, wantValue = appendKey(dst, key, s.action(key, p), &first); wantValue {
 				dst = oldAppendValue(s, dst, v, p)
 			}
 			return true
