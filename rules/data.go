@@ -2,6 +2,7 @@ package rules
 
 import (
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 	"gopkg.in/yaml.v3"
@@ -167,6 +168,31 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 // object or array as the JSON that data would hold (redacted and cut the
 // same way). path is where the text lands in data (nil for the subject).
 func (rc *renderCtx) renderText(t *tmpl, path []string) string {
+	return validText(rc.renderRawText(t, path))
+}
+
+// validText returns s with each invalid UTF-8 byte replaced by U+FFFD, as
+// the envelope (and encoding/json) writes it: the subject reads back from the
+// queue as it was rendered.
+func validText(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	b := make([]byte, 0, len(s)+8)
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = utf8.AppendRune(b, utf8.RuneError)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return string(b)
+}
+
+// renderRawText is renderText before invalid UTF-8 is mended.
+func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	if t == nil {
 		return ""
 	}

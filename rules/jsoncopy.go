@@ -104,7 +104,6 @@ func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, dept
 	c := rc.copier(raw, base, depth)
 	start := len(dst)
 	dst = slices.Grow(dst, len(raw)) // the copy is about as long as its input: grow once
-
 	out, ok := c.copy(dst)
 	if !ok {
 		return append(out[:start], "null"...)

@@ -318,3 +318,13 @@ rules:
 		t.Errorf("text %q / %q", d.T, d.N)
 	}
 }
+
+// TestSubjectIsValidUTF8: a subject reads back from the envelope as it was
+// rendered, invalid UTF-8 mended byte by byte as in data.
+func TestSubjectIsValidUTF8(t *testing.T) {
+	s := mustSet(t, redactRules)
+	ev := eval(t, s, responseExchange("/text", "{\"u\":\"a\xff\xfeb\",\"value\":\"\xdd\"}"))[0]
+	if ev.Subject != "a\uFFFD\uFFFDb" || string(ev.Data) != `{"t":"user=a`+"\uFFFD\uFFFD"+`b","v":"\ufffd","vt":"v=`+"\uFFFD"+`"}` {
+		t.Fatalf("subject %q data %s", ev.Subject, ev.Data)
+	}
+}
