@@ -499,12 +499,13 @@ func (c *copier) notePath() string {
 	return cutPath(b)
 }
 
-// cutPath caps a note path at MaxTruncatedPathLen bytes (appendQuote mends a rune it splits).
+// cutPath caps a note path at MaxTruncatedPathLen bytes, invalid UTF-8 (a
+// key's, or a rune the cut splits) mended as the envelope writes it.
 func cutPath(b []byte) string {
 	if len(b) <= MaxTruncatedPathLen {
-		return string(b)
+		return validText(string(b))
 	}
-	return string(b[:MaxTruncatedPathLen]) + "…"
+	return validText(string(b[:MaxTruncatedPathLen])) + "…"
 }
 
 // validJSON reports whether b is one JSON value (RFC 8259, as encoding/json's

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 )
@@ -341,6 +342,12 @@ func TestTruncationNoteIsBounded(t *testing.T) {
 		if len(p) > MaxTruncatedPathLen+len("…") {
 			t.Fatalf("path of %d bytes", len(p))
 		}
+	}
+	// a key of invalid UTF-8, cut in the middle of a rune: the note is valid text
+	in = `{"` + strings.Repeat("é", MaxTruncatedPathLen) + "\xff" + `":` + nested(MaxDataDepth, false) + `,"` + "\xfe" + `":` + nested(MaxDataDepth, false) + "}"
+	_, tr = copyJSON(newSanitizer(&emitSpec{}), in)
+	if tr == nil || len(tr.Paths) != 2 || !utf8.ValidString(tr.Paths[0]) || !strings.HasSuffix(tr.Paths[0], "é…") || !strings.HasPrefix(tr.Paths[1], "�.0.0") {
+		t.Fatalf("paths %q", tr.Paths)
 	}
 }
 
