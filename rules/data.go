@@ -2,6 +2,7 @@ package rules
 
 import (
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 	"gopkg.in/yaml.v3"
@@ -16,6 +17,9 @@ type dataNode struct {
 	vals  []*dataNode
 	items []*dataNode
 	kind  byte // 'l' literal, 't' template, 'o' object, 'a' array
+	// acts[i] is what the emit's policy does with keys[i] (fixed once the
+	// policy is built: the keys and their paths are the rule's).
+	acts []action
 }
 
 func (d *dec) parseData(n *yaml.Node, path string, sc *scope) *dataNode {
@@ -83,17 +87,23 @@ func (dn *dataNode) lookupNames(into map[string]bool) {
 	dn.walkTmpls(func(t *tmpl) { t.lookupNames(into) })
 }
 
-// renderCtx carries what rendering needs.
+// renderCtx carries what rendering one event needs.
 type renderCtx struct {
 	ex      *Exchange
 	params  []Param
 	missing *[]string
 	policy  *sanitizer
+	notes   truncNotes // where data was cut at MaxDataDepth
+	cp      copier     // reused by every JSON value of the event
+	// first buffers of the copier, inside the context so that a small
+	// event's copy allocates nothing more
+	pathBuf  [96]byte
+	frameBuf [6]frame
 }
 
-// render appends the JSON of the data template. key is the object key it sits
-// under ("" at the root or in arrays); path is the dotted path from the root.
-func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string) []byte {
+// render appends the JSON of the data template. path is the dotted key path
+// from the root of data; depth is how many objects and arrays enclose dn.
+func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) []byte {
 	if dn == nil {
 		return append(dst, "null"...)
 	}
@@ -112,36 +122,141 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string) []byte {
 				return append(dst, "null"...)
 			}
 			if v.isJSON {
-				return rc.policy.appendValue(dst, gjson.Parse(v.raw), path)
+				return rc.appendJSONValue(dst, v.raw, path, depth)
 			}
-			return appendQuote(dst, v.text)
+			return rc.policy.appendString(dst, v.text)
 		}
-		return appendQuote(dst, dn.t.renderText(rc.ex, rc.params, rc.missing))
-	case 'o':
+		return appendQuote(dst, rc.renderText(dn.t, path))
+	case 'o', 'a':
+		if depth >= MaxDataDepth {
+			rc.notes.add(func() string { return cutPath([]byte(strings.Join(path, "."))) })
+			return appendQuote(dst, Truncated)
+		}
+		if dn.kind == 'a' {
+			dst = append(dst, '[')
+			for i, it := range dn.items {
+				if i > 0 {
+					dst = append(dst, ',')
+				}
+				dst = it.render(dst, rc, path, depth+1)
+			}
+			return append(dst, ']')
+		}
 		dst = append(dst, '{')
 		first := true
 		for i, k := range dn.keys {
 			p := append(path, k)
+			var act action
+			if i < len(dn.acts) {
+				act = dn.acts[i]
+			} else {
+				act = rc.policy.action(k, p)
+			}
 			var wantValue bool
-			if dst, wantValue = rc.policy.appendKey(dst, k, p, &first); wantValue {
-				dst = dn.vals[i].render(dst, rc, p)
+			if dst, wantValue = appendKey(dst, k, act, &first); wantValue {
+				dst = dn.vals[i].render(dst, rc, p, depth+1)
 			}
 		}
 		return append(dst, '}')
-	case 'a':
-		dst = append(dst, '[')
-		for i, it := range dn.items {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = it.render(dst, rc, path)
-		}
-		return append(dst, ']')
 	}
 	return append(dst, "null"...)
 }
 
-// Redacted replaces the value of a password-like or redacted key.
+// renderText evaluates t as text for an event (its subject, or a string in
+// its data): a template reading a password-like source gives Redacted; each
+// value is written as text, a string redacted when it has a secret shape, an
+// object or array as the JSON that data would hold (redacted and cut the
+// same way). path is where the text lands in data (nil for the subject).
+func (rc *renderCtx) renderText(t *tmpl, path []string) string {
+	return validText(rc.renderRawText(t, path))
+}
+
+// validText returns s with each invalid UTF-8 byte replaced by U+FFFD, as
+// the envelope (and encoding/json) writes it: the subject reads back from the
+// queue as it was rendered.
+func validText(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	b := make([]byte, 0, len(s)+8)
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = utf8.AppendRune(b, utf8.RuneError)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return string(b)
+}
+
+// renderRawText is renderText before invalid UTF-8 is mended.
+func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
+	if t == nil {
+		return ""
+	}
+	if t.redacted(rc.policy.keep) {
+		return Redacted
+	}
+	if len(t.phs) == 0 {
+		return t.lits[0]
+	}
+	if t.whole != nil {
+		// the usual subject, "{response.body.user.id}": no buffer to build
+		v := t.whole.resolve(rc.ex, rc.params)
+		switch {
+		case !v.found:
+			addMissing(rc.missing, t.whole.raw)
+			return ""
+		case !v.isJSON && !rc.policy.redactsShape(v.text):
+			return v.text
+		case v.isJSON && strings.HasPrefix(v.raw, `"`):
+			if str := gjson.Parse(v.raw).Str; !rc.policy.redactsShape(str) {
+				return str
+			}
+			return Redacted
+		}
+		return string(rc.appendText(nil, v, path))
+	}
+	var b []byte
+	for i, ph := range t.phs {
+		b = append(b, t.lits[i]...)
+		v := ph.resolve(rc.ex, rc.params)
+		if !v.found {
+			addMissing(rc.missing, ph.raw)
+			continue
+		}
+		b = rc.appendText(b, v, path)
+	}
+	b = append(b, t.lits[len(t.phs)]...)
+	return string(b)
+}
+
+// appendText appends v as text (see renderText).
+func (rc *renderCtx) appendText(b []byte, v value, path []string) []byte {
+	if !v.isJSON {
+		return rc.policy.appendPlain(b, v.text)
+	}
+	raw := strings.TrimLeft(v.raw, " \t\r\n")
+	if raw == "" {
+		return b
+	}
+	switch raw[0] {
+	case '{', '[':
+		// the text holds the JSON, inside a string: no nesting is added to data
+		return rc.appendJSONValue(b, raw, path, 0)
+	case '"':
+		return rc.policy.appendPlain(b, gjson.Parse(raw).Str)
+	}
+	r := gjson.Parse(raw)
+	if r.Type == gjson.Null {
+		return b
+	}
+	return append(b, r.String()...)
+}
+
+// Redacted replaces the value of a password-like or redacted key, and a string of a secret shape.
 const Redacted = "[REDACTED]"
 
 type action uint8
@@ -152,15 +267,19 @@ const (
 	actRedact
 )
 
-// sanitizer applies omit, redact and the password-like key rule.
+// sanitizer applies omit, redact, the password-like key rule and the secret shapes.
 type sanitizer struct {
 	omitKeys, omitPaths     map[string]bool
 	redactKeys, redactPaths map[string]bool
-	keep                    map[string]bool // normalized keys exempt from the password-like rule
+	// maxPath is the longest omit or redact path: a longer data path matches
+	// none, so it is not looked up (hashing it would cost its length per member).
+	maxPath    int
+	keep       map[string]bool // normalized keys exempt from the password-like rule
+	keepShapes shapeSet        // secret shapes delivered anyway
 }
 
 func newSanitizer(e *emitSpec) *sanitizer {
-	s := &sanitizer{keep: e.keepSecrets}
+	s := &sanitizer{keep: e.keepSecrets, keepShapes: e.keepShapes}
 	split := func(list []string) (keys, paths map[string]bool) {
 		for _, x := range list {
 			if strings.Contains(x, ".") {
@@ -168,6 +287,7 @@ func newSanitizer(e *emitSpec) *sanitizer {
 					paths = map[string]bool{}
 				}
 				paths[x] = true
+				s.maxPath = max(s.maxPath, len(x))
 			} else {
 				if keys == nil {
 					keys = map[string]bool{}
@@ -179,28 +299,72 @@ func newSanitizer(e *emitSpec) *sanitizer {
 	}
 	s.omitKeys, s.omitPaths = split(e.omit)
 	s.redactKeys, s.redactPaths = split(e.redact)
+	s.fixActions(e.data, nil)
 	return s
 }
 
+// fixActions records in each object of the data template what the policy
+// does with its keys.
+func (s *sanitizer) fixActions(dn *dataNode, path []string) {
+	if dn == nil {
+		return
+	}
+	switch dn.kind {
+	case 'o':
+		dn.acts = make([]action, len(dn.keys))
+		for i, k := range dn.keys {
+			p := append(path[:len(path):len(path)], k)
+			dn.acts[i] = s.action(k, p)
+			s.fixActions(dn.vals[i], p)
+		}
+	case 'a':
+		for _, it := range dn.items {
+			s.fixActions(it, path)
+		}
+	}
+}
+
+// action says what to do with a member of the data template.
 func (s *sanitizer) action(key string, path []string) action {
-	if s.omitKeys[key] || (s.omitPaths != nil && s.omitPaths[strings.Join(path, ".")]) {
+	var p string
+	if s != nil && s.maxPath > 0 {
+		p = strings.Join(path, ".")
+	}
+	var scratch []byte
+	return s.actionAt(key, []byte(p), &scratch)
+}
+
+// actionAt says what to do with the member key at the dotted data path path;
+// scratch is a buffer for the normalized key.
+func (s *sanitizer) actionAt(key string, path []byte, scratch *[]byte) action {
+	*scratch = appendNormKey((*scratch)[:0], key)
+	n := *scratch
+	if s == nil {
+		if secretNormBytes(n) {
+			return actRedact
+		}
+		return actKeep
+	}
+	atPath := func(paths map[string]bool) bool {
+		return paths != nil && len(path) <= s.maxPath && paths[string(path)]
+	}
+	if s.omitKeys != nil && s.omitKeys[key] || atPath(s.omitPaths) {
 		return actOmit
 	}
-	if s.redactKeys[key] || (s.redactPaths != nil && s.redactPaths[strings.Join(path, ".")]) {
+	if s.redactKeys != nil && s.redactKeys[key] || atPath(s.redactPaths) {
 		return actRedact
 	}
-	if n := normKey(key); !s.keep[n] && secretNorm(n) {
+	if secretNormBytes(n) && (s.keep == nil || !s.keep[string(n)]) {
 		return actRedact
 	}
 	return actKeep
 }
 
 // appendKey writes one object member's key (after a comma unless it is the
-// first) as the policy says: nothing for an omitted key, the key and a
-// redacted value for a redacted one. It reports whether the caller still has
-// to write the value.
-func (s *sanitizer) appendKey(dst []byte, key string, path []string, first *bool) ([]byte, bool) {
-	act := s.action(key, path)
+// first) as act says: nothing for an omitted key, the key and a redacted
+// value for a redacted one. It reports whether the caller still has to write
+// the value.
+func appendKey(dst []byte, key string, act action, first *bool) ([]byte, bool) {
 	if act == actOmit {
 		return dst, false
 	}
@@ -216,79 +380,27 @@ func (s *sanitizer) appendKey(dst []byte, key string, path []string, first *bool
 	return dst, true
 }
 
-// appendValue copies a JSON value, applying the policy to every object key at any depth.
-func (s *sanitizer) appendValue(dst []byte, r gjson.Result, path []string) []byte {
-	switch {
-	case r.IsObject():
-		dst = append(dst, '{')
-		first := true
-		r.ForEach(func(k, v gjson.Result) bool {
-			key := k.String()
-			p := append(path, key)
-			var wantValue bool
-			if dst, wantValue = s.appendKey(dst, key, p, &first); wantValue {
-				dst = s.appendValue(dst, v, p)
-			}
-			return true
-		})
-		return append(dst, '}')
-	case r.IsArray():
-		dst = append(dst, '[')
-		i := 0
-		r.ForEach(func(_, v gjson.Result) bool {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			i++
-			dst = s.appendValue(dst, v, path)
-			return true
-		})
-		return append(dst, ']')
-	case r.Type == gjson.String:
-		return appendQuote(dst, r.Str)
-	case !r.Exists():
-		return append(dst, "null"...)
+// redactsShape reports whether str has a secret shape the policy does not keep.
+func (s *sanitizer) redactsShape(str string) bool {
+	keep := shapeSet(0)
+	if s != nil {
+		keep = s.keepShapes
 	}
-	return append(dst, r.Raw...)
+	return secretShape(str)&^keep != 0
 }
 
-// normKey lower-cases a key and drops '_', '-', '.' and spaces.
-func normKey(k string) string {
-	i := 0
-	for i < len(k) && (k[i] < 'A' || k[i] > 'Z') && k[i] != '_' && k[i] != '-' && k[i] != '.' && k[i] != ' ' {
-		i++
+// appendString appends str as a JSON string, or Redacted when it has a secret shape.
+func (s *sanitizer) appendString(dst []byte, str string) []byte {
+	if s.redactsShape(str) {
+		return appendQuote(dst, Redacted)
 	}
-	if i == len(k) {
-		return k // already normal: the usual JSON key, no copy
-	}
-	var b strings.Builder
-	b.Grow(len(k))
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		switch {
-		case c == '_' || c == '-' || c == '.' || c == ' ':
-		case c >= 'A' && c <= 'Z':
-			b.WriteByte(c + 'a' - 'A')
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
+	return appendQuote(dst, str)
 }
 
-var (
-	secretParts = []string{"password", "passwd", "passphrase", "secret", "token", "apikey", "privatekey", "credential", "cookie", "authorization"}
-	secretExact = map[string]bool{"otp": true, "pin": true, "cvv": true, "ssn": true, "mfacode": true, "totp": true, "recoverycodes": true, "pwd": true}
-)
-
-func secretNorm(n string) bool {
-	if secretExact[n] {
-		return true
+// appendPlain appends str as text, or Redacted when it has a secret shape.
+func (s *sanitizer) appendPlain(dst []byte, str string) []byte {
+	if s.redactsShape(str) {
+		return append(dst, Redacted...)
 	}
-	for _, p := range secretParts {
-		if strings.Contains(n, p) {
-			return true
-		}
-	}
-	return false
+	return append(dst, str...)
 }

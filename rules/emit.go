@@ -149,11 +149,10 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		if e.mode != "" {
 			ev.Mode = e.mode
 		}
-		if e.subject != nil {
-			ev.Subject = e.subject.renderText(ex, m.Params, &missing)
-		}
 		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
-		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8))
+		ev.Subject = rc.renderText(e.subject, nil)
+		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
+		ev.Source.Truncated = rc.notes.truncation()
 		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 			e.dataSize.Store(n)
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -54,6 +55,21 @@ type Source struct {
 	// Missing lists the placeholders that resolved to nothing (e.g. a failed lookup),
 	// so that a subscriber can tell an incomplete event from a complete one.
 	Missing []string `json:"missing,omitempty"`
+	// Truncated, when set, says that data was nested deeper than MaxDataDepth
+	// and where it was cut; nil when nothing was.
+	Truncated *Truncation `json:"truncated,omitempty"`
+}
+
+// Truncation says where an event's data was cut short.
+type Truncation struct {
+	// MaxDepth is the nesting limit the data hit (MaxDataDepth).
+	MaxDepth int `json:"max_depth"`
+	// Count is how many values were replaced by the string Truncated.
+	Count int `json:"count"`
+	// Paths are the first MaxTruncatedPaths of them, as dotted paths from the
+	// root of data (object keys and array indices), each cut to
+	// MaxTruncatedPathLen bytes.
+	Paths []string `json:"paths"`
 }
 
 // eventJSON is the wire form; the timestamp is rendered with exactly three fractional digits.
@@ -118,6 +134,26 @@ func (e Event) AppendJSON(b []byte) ([]byte, error) {
 			b = appendQuote(b, m)
 		}
 		b = append(b, ']')
+	}
+	if t := e.Source.Truncated; t != nil {
+		b = append(b, `,"truncated":{"max_depth":`...)
+		b = strconv.AppendInt(b, int64(t.MaxDepth), 10)
+		b = append(b, `,"count":`...)
+		b = strconv.AppendInt(b, int64(t.Count), 10)
+		b = append(b, `,"paths":`...)
+		if t.Paths == nil {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, '[')
+			for i, p := range t.Paths {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendQuote(b, p)
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
 	}
 	b = append(b, `},"mode":`...)
 	b = appendQuote(b, e.Mode)

@@ -70,6 +70,16 @@ func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 	checkEnvelope(t, Event{})
+	for _, tr := range []*Truncation{{MaxDepth: MaxDataDepth, Count: 7, Paths: []string{"a.0.b", "", "x\xff\u2028\"<&>"}}, {MaxDepth: 1}} {
+		ev := Event{ID: "evt_1", Type: "a.b", Timestamp: ts, Data: json.RawMessage(`{"a":"[TRUNCATED]"}`), Mode: ModeLive,
+			Source: Source{Name: "s", Rule: "r", Missing: []string{"x"}, Truncated: tr}}
+		checkEnvelope(t, ev)
+		b, _ := ev.MarshalJSON()
+		var back Event
+		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back.Source.Truncated.Count, tr.Count) || back.Source.Truncated.MaxDepth != tr.MaxDepth {
+			t.Fatalf("truncation does not read back: %s (%v)", b, err)
+		}
+	}
 	checkEnvelope(t, Event{ID: "evt_1", Type: "user.created", Timestamp: ts, Data: json.RawMessage(`{"id":"u_1"}`),
 		Source: Source{Name: "legacy-auth", Rule: "user-created"}, Mode: ModeLive})
 }

@@ -7,8 +7,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-
-	"github.com/tidwall/gjson"
 )
 
 // Exchange is one observed HTTP request and its response. Fill the fields you
@@ -150,7 +148,7 @@ func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
 		}
 		return formJSON(vals), true
 	}
-	if gjson.ValidBytes(trimmed) {
+	if validJSON(trimmed) { // not gjson.ValidBytes: it recurses once per nesting level
 		return trimmed, true
 	}
 	return nil, false

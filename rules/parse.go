@@ -69,6 +69,7 @@ type emitSpec struct {
 	omit        []string
 	redact      []string
 	keepSecrets map[string]bool
+	keepShapes  shapeSet // secret shapes delivered anyway (keep_shapes)
 	mode        string
 	// types is the set a templated type may render to (emit.types), nil
 	// for a constant type; typeList is the same in the order written.
@@ -485,6 +486,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 				e.keepSecrets[normKey(lastElement(k))] = true
 			}
 		}},
+		field{name: "keep_shapes", fn: func(v *yaml.Node, p string) { e.keepShapes = d.shapeList(v, p) }},
 		field{name: "mode", fn: func(v *yaml.Node, p string) {
 			if s, ok := d.str(v, p); ok {
 				if s != ModeLive && s != ModeTest {

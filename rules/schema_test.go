@@ -297,6 +297,7 @@ var invalid = map[string]string{
 	"expect-not-a-list.yaml":            `expect-not-a-list.yaml:12:13: tests[0].expect: want a list of expected events`,
 	"templated-type-without-types.yaml": `templated-type-without-types.yaml:8:13: emit.type: templated type "user.{request.body.action}" needs the list of types it may render to, or a client chooses the type: add types: [user.created, user.updated] next to it`,
 	"types-on-constant-type.yaml":       `types-on-constant-type.yaml:9:14: emit.types: types lists what a templated type may render to; type "user.created" has no placeholder, so remove types`,
+	"keep-shapes-unknown.yaml":          `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
 }
 
 // invalidSchemaAt says, for every file in testdata/invalid/, where in the
@@ -345,6 +346,7 @@ var invalidSchemaAt = map[string]string{
 	"expect-not-a-list.yaml":            "/tests/0/expect",
 	"templated-type-without-types.yaml": "/rules/0/emit",
 	"types-on-constant-type.yaml":       "/rules/0/emit",
+	"keep-shapes-unknown.yaml":          "/rules/0/emit/keep_shapes/1",
 }
 
 // invalidSemantic lists every file in testdata/invalid_semantic/: problems
@@ -554,6 +556,7 @@ rules:
       omit: [internal_notes, user.meta]
       redact: [phone]
       keep_secrets: [token_type]
+      keep_shapes: [jwt, whsec]
       mode: test
       dedupe:
         key: "{request.header.Idempotency-Key}"

@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -34,9 +35,11 @@ type placeholder struct {
 	kind  phKind
 	name  string // path param, query/header/cookie name, or lookup name
 	gpath string // gjson path into a body; "" for the whole body
-	// secretKey is the normalized last element of the reference when it is
-	// password-like (its value is redacted unless keep_secrets names it), else "".
-	secretKey string
+	// secretKeys are the normalized password-like elements of the reference
+	// (its value is redacted unless keep_secrets names each of them): the
+	// header, query, cookie or path parameter name, or any key of the gjson
+	// path, since copying the whole body would redact the value under that key.
+	secretKeys []string
 }
 
 // tmpl is a string with placeholders. When the string is exactly one
@@ -173,9 +176,7 @@ func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
 			return nil, fmt.Errorf("unknown placeholder {%s}: a lookup offers {%s.body}, {%s.body.<path>} and {%s.status}", raw, head, head, head)
 		}
 	}
-	if k := normKey(lastElement(raw)); secretNorm(k) {
-		ph.secretKey = k
-	}
+	ph.secretKeys = secretElements(ph)
 	return ph, nil
 }
 
@@ -188,6 +189,24 @@ func paramList(p map[string]bool) string {
 		keys[i] = "{" + k + "}"
 	}
 	return strings.Join(keys, ", ")
+}
+
+// secretElements returns the normalized password-like names a placeholder reads through.
+func secretElements(ph *placeholder) []string {
+	var elems []string
+	switch ph.kind {
+	case phRequestBody, phResponseBody, phLookupBody:
+		elems = strings.FieldsFunc(ph.gpath, func(r rune) bool { return r == '.' || r == '|' })
+	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath:
+		elems = []string{ph.name, lastElement(ph.name)}
+	}
+	var out []string
+	for _, e := range elems {
+		if k := normKey(strings.TrimLeft(e, "@#")); secretNorm(k) && !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // lastElement returns the last dotted element of a reference, ignoring gjson modifiers.
@@ -242,16 +261,6 @@ func (v value) String() string {
 		return ""
 	}
 	return r.String()
-}
-
-func (v value) appendJSON(dst []byte) []byte {
-	if !v.found {
-		return append(dst, "null"...)
-	}
-	if v.isJSON {
-		return append(dst, v.raw...)
-	}
-	return appendQuote(dst, v.text)
 }
 
 func textValue(s string, ok bool) value { return value{found: ok, text: s} }
@@ -333,20 +342,9 @@ func headerValue(h map[string][]string, name string) value {
 	return value{}
 }
 
-// render evaluates the template. missing collects unresolved placeholders.
-// A whole-value template yields its value's JSON; otherwise a JSON string.
-func (t *tmpl) renderJSON(dst []byte, ex *Exchange, params []Param, missing *[]string) []byte {
-	if t.whole != nil {
-		v := t.whole.resolve(ex, params)
-		if !v.found {
-			addMissing(missing, t.whole.raw)
-		}
-		return v.appendJSON(dst)
-	}
-	return appendQuote(dst, t.renderText(ex, params, missing))
-}
-
-// renderText evaluates the template as text.
+// renderText evaluates the template as raw text, without redaction: for
+// what never reaches an event as written (the event type, the dedupe key).
+// Subjects and data go through renderCtx.renderText.
 func (t *tmpl) renderText(ex *Exchange, params []Param, missing *[]string) string {
 	if len(t.phs) == 0 {
 		return t.lits[0]
@@ -390,8 +388,10 @@ func (t *tmpl) renderURL(ex *Exchange, params []Param, missing *[]string) string
 // keep (normalized key names from keep_secrets) does not exempt.
 func (t *tmpl) redacted(keep map[string]bool) bool {
 	for _, ph := range t.phs {
-		if ph.secretKey != "" && !keep[ph.secretKey] {
-			return true
+		for _, k := range ph.secretKeys {
+			if !keep[k] {
+				return true
+			}
 		}
 	}
 	return false
