@@ -184,7 +184,7 @@ var fuzzSeeds = []fuzzSeed{
 	{name: "lookup-dot-segments", pack: "hostile.yaml", rule: "catch-all-lookup", params: "..?q=..",
 		ctl:      fuzzCtl{method: 0, status: st200, maxBody: 1, lookupBody: 0},
 		respBody: `{"id":"..","user":{"id":"."}}`},
-	{name: "lookup-deep-answer", pack: "hostile.yaml", rule: "catch-all-lookup", params: "a/b",
+	{name: "lookup-deep-answer", pack: "hostile.yaml", rule: "catch-all-lookup", params: "a/b?q=1",
 		ctl:      fuzzCtl{method: 2, status: st200, maxBody: 2, lookupBody: 3, respAmpN1: 0x27, respAmpN2: 0x10},
 		respBody: `{"id":"x"}`},
 }

@@ -183,8 +183,8 @@ type fuzzEnv struct {
 // run can look for other failures. Nothing is relaxed by default, and CI
 // relaxes nothing.
 var fuzzKnown = map[string]string{
-	"decode": "every queued event decodes in the worker (data nested deeper than encoding/json's 10,000)",
-	"memory": "allocation bound (e.g. a zstd window allocated as declared)",
+	"decode": "every queued event decodes in the worker (skipped for data nested deeper than encoding/json's 10,000)",
+	"zstd":   "allocation bound (skipped for zstd responses, whose declared window is allocated)",
 	"time":   "time bound (quadratic rendering)",
 	"dots":   "lookup paths carry no . or .. segment from a placeholder",
 	// deep skips inputs whose bodies nest deeper than fuzzDeep: while
@@ -656,10 +656,7 @@ func (fz *fuzzEnv) run(t *testing.T, ctl []byte, params, reqHdr string, reqBody 
 	// (c) memory and time
 	alloc := after.TotalAlloc - before.TotalAlloc
 	allowed := uint64(fuzzMemBase + fuzzMemPerInputByte*int64(c.inputSize) + fuzzMemPerMaxBody*c.maxBody)
-	if os.Getenv("AUTHTAP_FUZZ_STATS") != "" {
-		t.Logf("allocated %d bytes in %v for %d input bytes, max_body %d", alloc, took, c.inputSize, c.maxBody)
-	}
-	if alloc > allowed && !fz.relaxed["memory"] {
+	if alloc > allowed && !(fz.relaxed["zstd"] && strings.Contains(strings.Join(c.header["Content-Encoding"], ","), "zstd")) {
 		t.Fatalf("%s: serving allocated %d bytes, more than the %d allowed for %d input bytes and max_body %d",
 			desc, alloc, allowed, c.inputSize, c.maxBody)
 	}
@@ -680,12 +677,18 @@ func (fz *fuzzEnv) run(t *testing.T, ctl []byte, params, reqHdr string, reqBody 
 	}
 	// (d) every queued event decodes in the worker
 	queued := fz.queue.take()
+	if os.Getenv("AUTHTAP_FUZZ_STATS") != "" {
+		fz.lookupMu.Lock()
+		t.Logf("%s: allocated %d bytes in %v for %d input bytes; %d events, lookups %q",
+			desc, alloc, took, c.inputSize, len(queued), fz.lookupPaths)
+		fz.lookupMu.Unlock()
+	}
 	if wantErr != nil && len(queued) > 0 {
 		t.Fatalf("%s: the upstream failed, yet %d events were queued", desc, len(queued))
 	}
 	for _, q := range queued {
 		if err := c.checkEvent(q); err != nil {
-			if fz.relaxed["decode"] && errors.Is(err, errFuzzUndecodable) {
+			if fz.relaxed["decode"] && errors.Is(err, errFuzzUndecodable) && nestingDepth(q.ev.Data) > fuzzDeep {
 				continue
 			}
 			t.Fatalf("%s: queued event %s (%s, rule %s, %d bytes of data): %v", desc, q.ev.ID, truncate(q.ev.Type, 80), q.ev.Source.Rule, len(q.ev.Data), err)
@@ -782,7 +785,7 @@ func fanOut(payload []byte) (rules.Event, error) {
 		if err != nil {
 			return ev, fmt.Errorf("delivery: %s payload: %w (%w)", format, err, errFuzzUndecodable)
 		}
-		if back.EventID != ev.ID || back.EventType != ev.Type || !rules.JSONEqual(back.Body, dp.Body) {
+		if back.EventID != ev.ID || back.EventType != ev.Type || !sameJSON(back.Body, dp.Body) {
 			return ev, fmt.Errorf("delivery: the %s payload reads back as %s/%s, another body", format, back.EventID, truncate(back.EventType, 80))
 		}
 	}
@@ -821,10 +824,30 @@ func sameEvent(want, got rules.Event) error {
 	if len(wd) == 0 {
 		wd = json.RawMessage("null")
 	}
-	if !rules.JSONEqual(gd, wd) {
+	if !sameJSON(gd, wd) {
 		return fmt.Errorf("data %s, want %s", truncate(string(gd), 200), truncate(string(wd), 200))
 	}
 	return nil
+}
+
+// sameJSON reports whether a and b are the same JSON value. Both sides come
+// from encoders that differ at most in spacing and HTML escaping, so a linear
+// comparison of their compact, escaped forms decides; only when that differs
+// does the slower rules.JSONEqual have the last word.
+func sameJSON(a, b []byte) bool {
+	canon := func(v []byte) []byte {
+		var c, e bytes.Buffer
+		if json.Compact(&c, v) != nil {
+			return nil
+		}
+		json.HTMLEscape(&e, c.Bytes())
+		return e.Bytes()
+	}
+	ca, cb := canon(a), canon(b)
+	if ca != nil && bytes.Equal(ca, cb) {
+		return true
+	}
+	return rules.JSONEqual(a, b)
 }
 
 // wireString is s as a JSON string decodes: each byte of invalid UTF-8
@@ -960,18 +983,19 @@ func amplify(kind, n1, n2 byte, body []byte) []byte {
 			if i > 0 {
 				b.WriteByte(',')
 			}
+			// short keys, so that 100,000 of them fit in 1 MiB
 			switch {
 			case kind == fuzzAmpDuplicateKeys:
 				b.WriteString(`"id":`)
 			case i%7 == 3:
-				fmt.Fprintf(&b, `"password%d":`, i)
+				b.WriteString(`"token` + strconv.FormatInt(int64(i), 36) + `":`)
 			default:
-				fmt.Fprintf(&b, `"k%d":`, i)
+				b.WriteString(`"` + strconv.FormatInt(int64(i), 36) + `":`)
 			}
-			if i%5 == 0 {
+			if i%1000 == 0 || kind == fuzzAmpDuplicateKeys {
 				b.Write(core)
 			} else {
-				b.WriteString(strconv.Itoa(i))
+				b.WriteByte('0' + byte(i%10))
 			}
 		}
 		b.WriteByte('}')
