@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +11,14 @@ import (
 
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/rules/examples"
+	"github.com/authtap/authtap/worker/tasks"
 )
+
+// tasksFanoutPayload is the event:fanout payload the app queues for ev.
+func tasksFanoutPayload(ev rules.Event) ([]byte, error) {
+	m, err := tasks.AppendFanoutMessage(nil, ev)
+	return m.Payload, err
+}
 
 // fuzzSeed is one seed of FuzzHandler, written for people: the pack and rule
 // by name, the control bytes as a fuzzCtl.
@@ -243,5 +251,68 @@ func TestWriteFuzzHandlerSeeds(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, s.name), []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestFuzzHandlerChecksFail shows that FuzzHandler's comparisons see what
+// they are for: a changed response byte, header or status, a changed
+// upstream body or read error, an event that decodes differently, and a
+// payload the fan-out refuses.
+func TestFuzzHandlerChecksFail(t *testing.T) {
+	rec := func(status int, hdr, body string) *wireRecorder {
+		w := newWireRecorder()
+		w.Header().Set("X-A", hdr)
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(body))
+		return w
+	}
+	base := rec(201, "a", `{"id":1}`)
+	for i, got := range []*wireRecorder{rec(200, "a", `{"id":1}`), rec(201, "b", `{"id":1}`), rec(201, "a", `{"id":2}`)} {
+		if base.diff(got) == "" {
+			t.Errorf("%d: a changed response went unseen", i)
+		}
+	}
+	if d := base.diff(rec(201, "a", `{"id":1}`)); d != "" {
+		t.Errorf("the same response differs: %s", d)
+	}
+	seen := fuzzSeen{called: true, method: "POST", path: "/u", header: http.Header{"X-Authtap-Lookup": {"t"}}, length: 2, body: []byte("ab")}
+	other := seen
+	other.header = http.Header{}
+	if d := seen.diff(&other); d != "" {
+		t.Errorf("authtap's own marker header must not count: %s", d)
+	}
+	other.body = []byte("ac")
+	if seen.diff(&other) == "" {
+		t.Error("a changed request body went unseen")
+	}
+	other.body, other.bodyErr = seen.body, errFuzzClientBody
+	if seen.diff(&other) == "" {
+		t.Error("a read error the client did not cause went unseen")
+	}
+
+	ev := rules.Event{ID: "evt_1", Type: "a.b", Subject: "s\xff", Data: []byte(`{"x":"<&>"}`), Source: rules.Source{Name: "fuzz", Rule: "r"}, Mode: rules.ModeLive}
+	m, err := tasksFanoutPayload(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fanOut(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sameEvent(ev, got); err != nil {
+		t.Errorf("an event compared with its own decoding: %v", err)
+	}
+	got.Data = []byte(`{"x":"<&>","y":1}`)
+	if sameEvent(ev, got) == nil {
+		t.Error("changed data went unseen")
+	}
+	deep := ev
+	deep.Data = []byte(strings.Repeat("[", fuzzDeep+1) + strings.Repeat("]", fuzzDeep+1))
+	m, err = tasksFanoutPayload(deep)
+	if err == nil {
+		_, err = fanOut(m)
+	}
+	if err == nil {
+		t.Error("data nested deeper than encoding/json allows was queued and decoded")
 	}
 }

@@ -81,7 +81,8 @@ import (
 //
 // Seeds live in testdata/fuzz/FuzzHandler; they are written by
 // TestWriteFuzzHandlerSeeds (AUTHTAP_FUZZ_WRITE_SEEDS=1) from fuzzSeeds.
-// AUTHTAP_FUZZ_STATS=1 logs each input's allocation and time (with -v).
+// AUTHTAP_FUZZ_STATS=1 logs each input's allocation and time (with -v);
+// AUTHTAP_FUZZ_RELAX turns off checks of known bugs (see fuzzKnown).
 // Run: go test ./caddymodule -run '^$' -fuzz '^FuzzHandler$' -fuzztime 10m -parallel 1
 func FuzzHandler(f *testing.F) {
 	fz := newFuzzEnv(f)
