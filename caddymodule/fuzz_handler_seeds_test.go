@@ -171,6 +171,15 @@ var fuzzSeeds = []fuzzSeed{
 	{name: "deep-objects-request-20000", pack: "hostile.yaml", rule: "catch-all-body", params: "deepreq",
 		ctl:    fuzzCtl{method: 1, status: st201, maxBody: 2, reqAmp: fuzzAmpNestObjects, reqAmpN1: 0x27, reqAmpN2: 0x10},
 		reqHdr: seedJSON, reqBody: `{"password":"p","id":"x"}`},
+	// data 9,999 deep is within encoding/json's 10,000, but the event:fanout
+	// payload wraps it in two more levels ({"event":{"data":…}})
+	{name: "deep-9999-whole-response", pack: "basic-users-tenants.yaml", rule: "user-created",
+		ctl:      fuzzCtl{status: st201, maxBody: 1, respAmp: fuzzAmpNestArrays, respAmpN1: 0x13, respAmpN2: 0x87},
+		respBody: `[1]`},
+	// a lookup answer 10,000 deep, placed one level down in data
+	{name: "lookup-answer-10000-wrapped", pack: "hostile.yaml", rule: "catch-all-lookup", params: "w?q=1",
+		ctl:      fuzzCtl{method: 0, status: st200, maxBody: 1, lookupBody: 3, respAmpN1: 0x13, respAmpN2: 0x88},
+		respBody: `1`},
 	{name: "keys-100000", pack: "hostile.yaml", rule: "catch-all-body", params: "keys",
 		ctl:      fuzzCtl{status: st200, maxBody: 2, respAmp: fuzzAmpManyKeys, respAmpN1: 0xc3, respAmpN2: 0x50},
 		respBody: `{"secret":"s"}`},
