@@ -1084,16 +1084,16 @@ func (e *fuzzEncoders) encode(enc int, plain []byte, window, rle byte) (string, 
 	case fuzzEncIdentityNamed:
 		return "identity", plain
 	case fuzzEncZstdFrame:
-		return "zstd", zstdFrame(plain, window, int(rle)*64)
+		return "zstd", zstdFuzzFrame(plain, window, int(rle)*64)
 	}
 	return "", plain
 }
 
-// zstdFrame builds a zstd frame by hand: the window descriptor wd (the
+// zstdFuzzFrame builds a zstd frame by hand: the window descriptor wd (the
 // window is 2^(10+wd>>3) plus wd&7 eighths: 0x98 declares 512 MiB), no
 // content size, the plain bytes in raw blocks, then rle run-length blocks of
 // 128 KiB each (a few bytes that decode to rle×128 KiB).
-func zstdFrame(plain []byte, wd byte, rle int) []byte {
+func zstdFuzzFrame(plain []byte, wd byte, rle int) []byte {
 	out := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, wd}
 	exp := int(wd >> 3)
 	window := 1 << min(10+exp, 30)
