@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -225,6 +226,12 @@ func TestValidateApp(t *testing.T) {
 		{App{EnqueueTimeout: -1}, false},
 		{App{SpoolMaxSize: -1}, false},
 		{App{Worker: &WorkerConfig{Concurrency: -2}}, false},
+		{App{SpoolProbeInterval: caddy.Duration(MinSpoolProbeInterval)}, true},
+		{App{SpoolProbeInterval: caddy.Duration(time.Hour)}, true},
+		// A probe dials Redis: never at a rate a typo chose.
+		{App{SpoolProbeInterval: 1}, false},
+		{App{SpoolProbeInterval: caddy.Duration(MinSpoolProbeInterval - 1)}, false},
+		{App{SpoolProbeInterval: -1}, false},
 	} {
 		if err := tc.app.Validate(); (err == nil) != tc.ok {
 			t.Errorf("case %d: Validate() = %v", i, err)
