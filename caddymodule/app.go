@@ -189,6 +189,9 @@ func (a *App) acquireBackend(redisURL string) error {
 			zap.String("embedded_addr", a.be.embeddedAddr()))
 	case !loaded:
 		a.logger.Info("authtap: using redis", zap.String("redis", redactURL(redisURL)))
+		// Once per Redis, not per reload; in the background, since Provision
+		// must be fast and Redis may be down (bounded by worker.RedisCheckTimeout).
+		go worker.CheckRedisConfig(a.ctx, a.be.opt, a.logger)
 	}
 	return nil
 }

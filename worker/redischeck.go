@@ -85,6 +85,9 @@ func CheckRedisConfig(ctx context.Context, opt asynq.RedisConnOpt, log *zap.Logg
 		}
 		log.Warn(fmt.Sprintf("authtap: redis %s is %q: %s; set %s", p.Setting, p.Value, p.Loses, p.Want), fields...)
 	}
+	if len(problems) == 0 && len(errs) == 0 {
+		log.Debug("authtap: redis keeps queued tasks (appendonly yes, appendfsync everysec or always, maxmemory-policy noeviction)")
+	}
 	if len(errs) > 0 {
 		log.Info("authtap: could not check redis persistence and eviction settings (CONFIG GET appendonly, save, maxmemory-policy); make sure Redis persists with AOF and never evicts (see the README's production section)",
 			zap.Error(errors.Join(errs...)))

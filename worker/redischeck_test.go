@@ -56,6 +56,9 @@ func TestCheckRedisConfig(t *testing.T) {
 			if (infos == 1) != tc.info || infos > 1 {
 				t.Errorf("%d could-not-check infos, want %v; logs %v", infos, tc.info, logs.All())
 			}
+			if ok := logs.FilterMessageSnippet("redis keeps queued tasks").Len() == 1; ok != (len(tc.want) == 0 && !tc.info) {
+				t.Errorf("all-good message logged: %v; logs %v", ok, logs.All())
+			}
 			if logs.FilterLevelExact(zapcore.ErrorLevel).Len() > 0 {
 				t.Errorf("errors logged: %v", logs.All())
 			}
