@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
@@ -243,5 +246,83 @@ func TestRedisOutageRecovery(t *testing.T) {
 				t.Errorf("the spool was empty %s after Redis answered, want within 5s", rep.drainedAfter)
 			}
 		})
+	}
+}
+
+// freeze SIGSTOPs srv until the returned func (also run at cleanup) SIGCONTs it.
+func freeze(t *testing.T, srv *redistest.Server) (thaw func()) {
+	t.Helper()
+	pid := srv.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	thaw = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(thaw)
+	return thaw
+}
+
+// When the circuit opens, enqueues still waiting for the frozen Redis give up
+// at once and spool, instead of each waiting its own enqueue timeout.
+func TestCircuitReleasesWaitingEnqueues(t *testing.T) {
+	srv := redistest.Start(t)
+	timeout := 400 * time.Millisecond
+	a := &App{Redis: srv.URL, EnqueueTimeout: caddy.Duration(timeout)}
+	startApp(t, a)
+	if out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive)); err != nil || out != Queued {
+		t.Fatalf("Enqueue = %v, %v", out, err)
+	}
+	freeze(t, srv)
+	first := make(chan Outcome, 1)
+	go func() {
+		out, _ := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
+		first <- out
+	}()
+	time.Sleep(timeout / 2)
+	start := time.Now()
+	out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
+	took := time.Since(start)
+	if err != nil || out != Spooled || <-first != Spooled {
+		t.Fatalf("Enqueue = %v, %v; want both spooled", out, err)
+	}
+	// It joined half-way through the first one's wait: released when that ended.
+	if took > timeout*3/4 {
+		t.Fatalf("the second Enqueue took %s; want it released when the first timed out (about %s)", took, timeout/2)
+	}
+}
+
+// A round trip that succeeds while the circuit is open (a frozen Redis
+// answering what it had been sent) closes the circuit at once, without
+// waiting for the next probe.
+func TestCircuitClosesWhenARoundTripSucceeds(t *testing.T) {
+	srv := redistest.Start(t)
+	a := &App{Redis: srv.URL, EnqueueTimeout: caddy.Duration(200 * time.Millisecond), SpoolProbeInterval: caddy.Duration(time.Hour)}
+	logs := startApp(t, a)
+	thaw := freeze(t, srv)
+	ev := testEvent(rules.ModeLive)
+	if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Spooled {
+		t.Fatalf("Enqueue = %v, %v; want spooled", out, err)
+	}
+	waitFor(t, 5*time.Second, "the first probe to fail", func() bool {
+		return logs.FilterMessageSnippet("spool replay postponed").Len() > 0
+	})
+	// An enqueue that waits longer than the app's (as a slow replay would).
+	late := make(chan error, 1)
+	go func() {
+		task, _ := tasks.FanoutMessage(testEvent(rules.ModeLive))
+		late <- a.be.writer.Enqueue(context.Background(), task, 4*time.Second)
+	}()
+	time.Sleep(200 * time.Millisecond)
+	thaw()
+	if err := <-late; err != nil {
+		t.Fatalf("the late enqueue failed: %v", err)
+	}
+	answered := time.Now()
+	waitFor(t, 2*time.Second, "the circuit to close without a probe tick", func() bool { return !a.be.down.Load() && a.sp.Empty() })
+	t.Logf("circuit closed %s after the round trip succeeded (probe interval 1h)", time.Since(answered))
+	insp := asynq.NewInspector(a.RedisOpt())
+	defer insp.Close()
+	if fanoutTask(t, insp, ev.ID) == nil {
+		t.Fatal("the spooled event was not replayed")
 	}
 }
