@@ -51,6 +51,13 @@ var (
 	workerRetryWait = 2 * time.Second
 )
 
+// Replay: events handed to Redis per batch (one round trip, in spool order),
+// and how long one batch may take.
+const (
+	replayBatch   = enqueue.DefaultMaxBatch
+	replayTimeout = time.Second
+)
+
 // errRedisDown is why an event goes straight to the spool while the circuit is open.
 var errRedisDown = errors.New("redis is unreachable; spooling until it answers again")
 
@@ -453,24 +460,33 @@ func (a *App) replayOnce(ctx context.Context) error {
 		a.logger.Info("authtap: redis answers again; events go to redis directly")
 	}
 	var dups int
-	n, err := a.sp.Replay(ctx, func(ctx context.Context, ev rules.Event) error {
-		task, err := tasks.FanoutMessage(ev)
-		if err != nil {
-			a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), zap.Error(err))
-			return nil
+	n, err := a.sp.ReplayBatch(ctx, replayBatch, func(ctx context.Context, evs []rules.Event) (int, error) {
+		msgs := make([]enqueue.Message, 0, len(evs))
+		at := make([]int, 0, len(evs)) // msgs[i] is evs[at[i]]
+		for i, ev := range evs {
+			task, err := tasks.FanoutMessage(ev)
+			if err != nil {
+				a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), zap.Error(err))
+				continue
+			}
+			msgs = append(msgs, task)
+			at = append(at, i)
 		}
-		err = a.enqueueRedis(ctx, task, max(a.timeout, time.Second))
-		switch {
-		case err == nil:
-			a.metrics.queued.Inc()
-		case errors.Is(err, asynq.ErrTaskIDConflict):
-			a.metrics.duplicate.Inc()
-			dups++
-		default:
-			return fmt.Errorf("replaying event %s: %w", ev.ID, err)
+		for i, err := range a.be.writer.EnqueueBatch(ctx, msgs, max(a.timeout, replayTimeout)) {
+			switch {
+			case err == nil:
+				a.metrics.queued.Inc()
+			case errors.Is(err, asynq.ErrTaskIDConflict):
+				a.metrics.duplicate.Inc()
+				dups++
+			default:
+				// The ones before it are in Redis; this one and the rest
+				// come again with the segment on the next replay.
+				return at[i], fmt.Errorf("replaying event %s: %w", msgs[i].ID, err)
+			}
+			a.metrics.replayed.Inc()
 		}
-		a.metrics.replayed.Inc()
-		return nil
+		return len(evs), nil
 	})
 	a.metrics.spoolBytes.Set(float64(a.sp.Bytes()))
 	if n > 0 {

@@ -326,3 +326,61 @@ func TestCircuitClosesWhenARoundTripSucceeds(t *testing.T) {
 		t.Fatal("the spooled event was not replayed")
 	}
 }
+
+// A backlog of spooled events goes into Redis in batches (one round trip per
+// spool.ReplayBatch of replayBatch events), each event exactly once.
+func TestReplayDrainsABacklog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: spools thousands of events")
+	}
+	const n = 5000
+	srv := redistest.Start(t)
+	a := &App{Redis: srv.URL}
+	startApp(t, a)
+	srv.Stop()
+	var wg sync.WaitGroup
+	ids := make(chan string, n)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n / 50 {
+				ev := testEvent(rules.ModeLive)
+				if out, err := a.Enqueue(context.Background(), ev); err != nil || out != Spooled {
+					t.Errorf("Enqueue = %v, %v; want spooled", out, err)
+					return
+				}
+				ids <- ev.ID
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	srv.Restart()
+	back := time.Now()
+	waitFor(t, 20*time.Second, "the backlog to drain", func() bool { return a.sp.Empty() && !a.be.down.Load() })
+	took := time.Since(back)
+	t.Logf("%d spooled events in Redis %s after it answered (%.0f events/s)", n, took, n/took.Seconds())
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	pending, err := rdb.LRange(context.Background(), "asynq:{"+tasks.QueueFanout+"}:pending", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, id := range pending {
+		seen[id]++
+	}
+	for id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("event %s is %d times in Redis", id, seen[id])
+		}
+		delete(seen, id)
+	}
+	if len(seen) != 0 {
+		t.Errorf("%d tasks in Redis that no request made", len(seen))
+	}
+	if took > 10*time.Second {
+		t.Errorf("draining %d events took %s", n, took)
+	}
+}

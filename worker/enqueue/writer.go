@@ -157,6 +157,71 @@ func (w *Writer) Enqueue(ctx context.Context, m Message, timeout time.Duration) 
 	return nil
 }
 
+// EnqueueBatch is Enqueue for several messages: they join round trips in
+// their order (so a batch up to MaxBatch usually goes in one), and errs[i] is
+// what Enqueue would have returned for ms[i]. timeout and ctx cover the whole
+// batch.
+func (w *Writer) EnqueueBatch(ctx context.Context, ms []Message, timeout time.Duration) (errs []error) {
+	errs = make([]error, len(ms))
+	calls := make([]*call, len(ms))
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	deadline, _ := ctx.Deadline()
+	var stop error // why the rest of the batch was not handed over
+	for i, m := range ms {
+		if stop != nil {
+			errs[i] = m.wrap(stop)
+			continue
+		}
+		if err := m.validate(); err != nil {
+			errs[i] = err
+			continue
+		}
+		c := callPool.Get().(*call)
+		c.id, c.queue = m.ID, m.queue()
+		c.msg = m.appendEncoded(getMsgBuf(m.encodedSizeHint()))
+		c.deadline = deadline
+		select {
+		case w.in <- c:
+			calls[i] = c
+			continue
+		case <-w.quit:
+			stop = ErrClosed
+		case <-ctx.Done():
+			stop = ctx.Err()
+		}
+		c.release()
+		errs[i] = m.wrap(stop)
+	}
+	for i, c := range calls {
+		if c == nil {
+			continue
+		}
+		var err error
+		select {
+		case err = <-c.res:
+		case <-w.done:
+			select {
+			case err = <-c.res:
+			default:
+				errs[i] = ErrClosed
+				continue
+			}
+		case <-ctx.Done():
+			errs[i] = ms[i].wrap(ctx.Err())
+			continue
+		}
+		callPool.Put(c)
+		if err != nil {
+			errs[i] = ms[i].wrap(err)
+		}
+	}
+	return errs
+}
+
 // release gives c's message buffer back and c to the pool; only for a call
 // the writer never got or has answered.
 func (c *call) release() {
