@@ -274,20 +274,23 @@ func TestCircuitReleasesWaitingEnqueues(t *testing.T) {
 	}
 	freeze(t, srv)
 	first := make(chan Outcome, 1)
+	began := make(chan time.Time, 1)
 	go func() {
+		began <- time.Now()
 		out, _ := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
 		first <- out
 	}()
+	start1 := <-began
 	time.Sleep(timeout / 2)
-	start := time.Now()
 	out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive))
-	took := time.Since(start)
+	end2 := time.Now()
 	if err != nil || out != Spooled || <-first != Spooled {
 		t.Fatalf("Enqueue = %v, %v; want both spooled", out, err)
 	}
-	// It joined half-way through the first one's wait: released when that ended.
-	if took > timeout*3/4 {
-		t.Fatalf("the second Enqueue took %s; want it released when the first timed out (about %s)", took, timeout/2)
+	// It joined half-way through the first one's wait: released when that
+	// ended (start1+timeout), not at the end of its own (start1+1.5×timeout).
+	if end2.Sub(start1) > timeout*5/4 {
+		t.Fatalf("the second Enqueue ended %s after the first began; want it released when the first timed out (%s)", end2.Sub(start1), timeout)
 	}
 }
 
