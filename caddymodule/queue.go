@@ -327,6 +327,10 @@ func newAppMetrics(reg prometheus.Registerer) (*appMetrics, error) {
 // does it return an error. Cancelling ctx does not abandon the event: the
 // mutation it records has happened.
 //
+// A failed enqueue opens the backend's circuit: enqueues still waiting for
+// Redis then spool at once, and later ones spool without trying Redis, until
+// the replay loop's probe finds Redis answering (see replayLoop).
+//
 // An enqueue that timed out may still reach Redis later; the event is then
 // both queued and spooled, and its replay is refused as a Duplicate, so it is
 // delivered once.
