@@ -457,7 +457,10 @@ func (a *App) replayLoop(ctx context.Context, done chan struct{}) {
 // circuit again.
 func (a *App) replayOnce(ctx context.Context) error {
 	if err := a.be.probe(ctx, a.timeout); err != nil {
-		a.be.trip()
+		if ctx.Err() == nil && a.be.trip() { // events wait in the spool and Redis is gone
+			a.logger.Warn("authtap: redis does not answer; spooling events to disk until it answers again",
+				zap.String("spool_dir", a.sp.Dir()), zap.Error(err))
+		}
 		return err
 	}
 	if a.be.reset() {
