@@ -34,6 +34,10 @@ const (
 	DefaultEnqueueTimeout = 250 * time.Millisecond
 	// DefaultSpoolMaxSize bounds the on-disk spool.
 	DefaultSpoolMaxSize = spool.DefaultMaxBytes
+	// MinSpoolProbeInterval is the shortest spool_probe_interval accepted: a
+	// probe dials Redis afresh, and a Redis that is down should not be dialled
+	// at a rate a typo chose.
+	MinSpoolProbeInterval = 50 * time.Millisecond
 )
 
 // App is the Caddy app "authtap": it owns the connection to Redis (shared by
@@ -65,11 +69,17 @@ type App struct {
 	SpoolMaxSize int64 `json:"spool_max_size,omitempty"`
 	// EnqueueTimeout bounds one enqueue before the event is spooled instead. Default 250ms.
 	EnqueueTimeout caddy.Duration `json:"enqueue_timeout,omitempty"`
+	// SpoolProbeInterval is how often, while Redis is taken for down or events
+	// wait in the spool, a PING on a fresh connection asks Redis whether it
+	// answers (within EnqueueTimeout) again; once it does, new events go to
+	// Redis and the spool is replayed. At least 50ms. Default 1s.
+	SpoolProbeInterval caddy.Duration `json:"spool_probe_interval,omitempty"`
 
-	ctx     caddy.Context
-	logger  *zap.Logger
-	timeout time.Duration
-	metrics *appMetrics
+	ctx           caddy.Context
+	logger        *zap.Logger
+	timeout       time.Duration
+	probeInterval time.Duration
+	metrics       *appMetrics
 
 	backendKey string
 	be         *backend
@@ -118,6 +128,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.timeout = time.Duration(a.EnqueueTimeout)
 	if a.timeout <= 0 {
 		a.timeout = DefaultEnqueueTimeout
+	}
+	a.probeInterval = time.Duration(a.SpoolProbeInterval)
+	if a.probeInterval <= 0 {
+		a.probeInterval = DefaultSpoolProbeInterval
 	}
 	m, err := newAppMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -176,6 +190,9 @@ func (a *App) acquireBackend(redisURL string) error {
 			zap.String("embedded_addr", a.be.embeddedAddr()))
 	case !loaded:
 		a.logger.Info("authtap: using redis", zap.String("redis", redactURL(redisURL)))
+		// Once per Redis, not per reload; in the background, since Provision
+		// must be fast and Redis may be down (bounded by worker.RedisCheckTimeout).
+		go worker.CheckRedisConfig(a.ctx, a.be.opt, a.logger)
 	}
 	return nil
 }
@@ -260,6 +277,9 @@ func (a *App) acquireWorker(redisURL string, repl *caddy.Replacer) error {
 func (a *App) Validate() error {
 	if a.EnqueueTimeout < 0 {
 		return errors.New("enqueue_timeout must not be negative")
+	}
+	if a.SpoolProbeInterval != 0 && time.Duration(a.SpoolProbeInterval) < MinSpoolProbeInterval {
+		return fmt.Errorf("spool_probe_interval must be at least %s", MinSpoolProbeInterval)
 	}
 	if a.SpoolMaxSize < 0 {
 		return errors.New("spool_max_size must not be negative")

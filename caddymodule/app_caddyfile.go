@@ -28,6 +28,7 @@ import (
 //			spool_dir <path>
 //			spool_max_size <size>
 //			enqueue_timeout <duration>
+//			spool_probe_interval <duration>
 //			endpoint <id> {
 //				url <url>
 //				events <filter...>
@@ -108,6 +109,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.EnqueueTimeout = dur
+		case "spool_probe_interval":
+			dur, err := parseDurationArg(d, "spool_probe_interval")
+			if err != nil {
+				return err
+			}
+			a.SpoolProbeInterval = dur
 		case "endpoint":
 			ep, err := parseEndpoint(d)
 			if err != nil {
@@ -115,7 +122,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Endpoints = append(a.Endpoints, ep)
 		default:
-			return d.Errf("unrecognized authtap option %q (want redis, worker, spool_dir, spool_max_size, enqueue_timeout or endpoint)", d.Val())
+			return d.Errf("unrecognized authtap option %q (want redis, worker, spool_dir, spool_max_size, enqueue_timeout, spool_probe_interval or endpoint)", d.Val())
 		}
 	}
 	return nil

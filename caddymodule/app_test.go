@@ -5,15 +5,18 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/worker"
 )
 
@@ -225,6 +228,12 @@ func TestValidateApp(t *testing.T) {
 		{App{EnqueueTimeout: -1}, false},
 		{App{SpoolMaxSize: -1}, false},
 		{App{Worker: &WorkerConfig{Concurrency: -2}}, false},
+		{App{SpoolProbeInterval: caddy.Duration(MinSpoolProbeInterval)}, true},
+		{App{SpoolProbeInterval: caddy.Duration(time.Hour)}, true},
+		// A probe dials Redis: never at a rate a typo chose.
+		{App{SpoolProbeInterval: 1}, false},
+		{App{SpoolProbeInterval: caddy.Duration(MinSpoolProbeInterval - 1)}, false},
+		{App{SpoolProbeInterval: -1}, false},
 	} {
 		if err := tc.app.Validate(); (err == nil) != tc.ok {
 			t.Errorf("case %d: Validate() = %v", i, err)
@@ -299,4 +308,55 @@ func TestAppMetricsAcrossRegistries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With an external Redis, the app checks once at start that Redis persists and
+// never evicts (worker.CheckRedisConfig), warning by setting name; a
+// well-configured Redis gives no warning, and the embedded one is not checked.
+func TestAppChecksRedisConfig(t *testing.T) {
+	checkLogs := func(logs *observer.ObservedLogs) *observer.ObservedLogs {
+		return logs.Filter(func(e observer.LoggedEntry) bool {
+			return strings.Contains(e.Message, "authtap: redis ") && e.ContextMap()["setting"] != nil ||
+				strings.Contains(e.Message, "could not check redis")
+		})
+	}
+	t.Run("loses and evicts", func(t *testing.T) {
+		srv := redistest.StartArgs(t, "--appendonly", "no", "--save", "", "--maxmemory-policy", "allkeys-lru")
+		logs := startApp(t, &App{Redis: srv.URL})
+		waitFor(t, 10*time.Second, "the redis config warnings", func() bool { return checkLogs(logs).Len() >= 2 })
+		var settings []string
+		for _, e := range checkLogs(logs).All() {
+			if e.Level != zap.WarnLevel {
+				t.Errorf("%s %q", e.Level, e.Message)
+			}
+			settings = append(settings, e.ContextMap()["setting"].(string))
+		}
+		if strings.Join(settings, ",") != "appendonly,maxmemory-policy" {
+			t.Errorf("warned about %v", settings)
+		}
+		// A reload (the same Redis) does not check again.
+		startApp(t, &App{Redis: srv.URL})
+		time.Sleep(300 * time.Millisecond)
+		if n := checkLogs(logs).Len(); n != 2 {
+			t.Errorf("%d check messages after a second config, want 2", n)
+		}
+	})
+	t.Run("well configured", func(t *testing.T) {
+		srv := redistest.StartArgs(t, "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+		a := &App{Redis: srv.URL}
+		logs := startApp(t, a)
+		waitFor(t, 10*time.Second, "the redis config check", func() bool {
+			return logs.FilterMessageSnippet("redis keeps queued tasks").Len() == 1
+		})
+		if n := checkLogs(logs).Len(); n != 0 {
+			t.Errorf("check messages for a well-configured Redis: %v", checkLogs(logs).All())
+		}
+	})
+	t.Run("embedded", func(t *testing.T) {
+		logs := startApp(t, &App{})
+		time.Sleep(300 * time.Millisecond)
+		if n := checkLogs(logs).Len(); n != 0 {
+			t.Errorf("the embedded Redis was checked: %v", checkLogs(logs).All())
+		}
+	})
 }

@@ -37,34 +37,130 @@ var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return
 
 const maxPooledPayload = 64 << 10
 
+// DefaultSpoolProbeInterval is how often the app asks a Redis it took for down
+// (or whose events wait in the spool) whether it answers again: one PING on a
+// fresh connection, which must be answered within the enqueue timeout.
+const DefaultSpoolProbeInterval = time.Second
+
 // Replay loop and worker start timing.
 var (
-	replayMinWait = time.Second
-	replayMaxWait = 10 * time.Second
+	// spoolIdleCheck is how often the replay loop looks at a spool that this
+	// app did not write to (another config's handler may have, across a reload).
+	spoolIdleCheck = 10 * time.Second
 	// workerRetryWait is how often a worker that could not reach Redis at start tries again.
 	workerRetryWait = 2 * time.Second
 )
 
-// backend is one Redis (configured or embedded) with its clients.
+// Replay: events handed to Redis per batch (one round trip, in spool order),
+// and how long one batch may take.
+const (
+	replayBatch   = enqueue.DefaultMaxBatch
+	replayTimeout = time.Second
+)
+
+// errRedisDown is why an event goes straight to the spool while the circuit is open.
+var errRedisDown = errors.New("redis is unreachable; spooling until it answers again")
+
+// backend is one Redis (configured or embedded) with its clients, and the
+// circuit that says whether events go to it or straight to the spool.
 type backend struct {
 	opt      asynq.RedisConnOpt
-	rdb      redis.UniversalClient
-	writer   *enqueue.Writer // batches the enqueues of concurrent requests
+	rdb      redis.UniversalClient // worker.FailFastRedisClient: every wait ends at the caller's deadline
+	writer   *enqueue.Writer       // batches the enqueues of concurrent requests
 	embedded bool
 	mini     *miniredis.Miniredis // the embedded Redis, nil otherwise
 
-	// down is set when an enqueue failed; while it is set, events go straight
-	// to the spool (no waiting for a Redis that does not answer) until the
-	// replay loop reaches Redis again and empties the spool.
+	// down is the circuit: set when an enqueue failed; while it is set, events
+	// go straight to the spool (no waiting for a Redis that does not answer)
+	// until the replay loop's probe finds Redis answering again.
 	down atomic.Bool
+	// up is cancelled when the circuit opens, so that enqueues still waiting
+	// for Redis give up at once and spool too; a new one is made when it closes.
+	up atomic.Pointer[upEpoch]
+	mu sync.Mutex // serializes trip and reset
+	// answered is signalled when a round trip succeeds while down is set (a
+	// Redis that was frozen answers the commands it had been sent), so that
+	// the replay loop probes at once instead of at its next tick.
+	answered chan struct{}
+	// kick is signalled when an event was spooled, waking the replay loop of
+	// whichever config is running.
+	kick chan struct{}
+}
+
+// upEpoch is one stretch of time in which the circuit is closed.
+type upEpoch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newUpEpoch() *upEpoch {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &upEpoch{ctx: ctx, cancel: cancel}
 }
 
 func newBackend(opt asynq.RedisConnOpt) (*backend, error) {
-	rdb, err := worker.RedisClient(opt)
+	rdb, err := worker.FailFastRedisClient(opt)
 	if err != nil {
 		return nil, err
 	}
-	return &backend{opt: opt, rdb: rdb, writer: enqueue.New(rdb, enqueue.Options{})}, nil
+	b := &backend{opt: opt, rdb: rdb, answered: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
+	b.up.Store(newUpEpoch())
+	b.writer = enqueue.New(rdb, enqueue.Options{OnRoundTrip: func(err error) {
+		if err == nil && b.down.Load() {
+			signal(b.answered)
+		}
+	}})
+	return b, nil
+}
+
+// signal wakes whoever waits on c, without blocking.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// trip opens the circuit; it reports whether it was closed.
+func (b *backend) trip() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.down.CompareAndSwap(false, true) {
+		return false
+	}
+	b.up.Load().cancel()
+	return true
+}
+
+// reset closes the circuit; it reports whether it was open.
+func (b *backend) reset() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.down.Load() {
+		return false
+	}
+	// A new epoch before the circuit closes: an enqueue that sees it closed
+	// never takes the cancelled one.
+	b.up.Store(newUpEpoch())
+	b.down.Store(false)
+	return true
+}
+
+// probe asks Redis for a PING answered within timeout, on a connection of its
+// own: a client whose pool saw many failed dials waits a second between
+// redials (go-redis), which must not delay noticing that Redis is back.
+func (b *backend) probe(ctx context.Context, timeout time.Duration) error {
+	c, err := worker.FailFastRedisClient(b.opt)
+	if err != nil {
+		return fmt.Errorf("probing redis: %w", err)
+	}
+	defer c.Close()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.Ping(pctx).Err(); err != nil {
+		return fmt.Errorf("probing redis: %w", err)
+	}
+	return nil
 }
 
 func (b *backend) embeddedAddr() string {
@@ -231,6 +327,10 @@ func newAppMetrics(reg prometheus.Registerer) (*appMetrics, error) {
 // does it return an error. Cancelling ctx does not abandon the event: the
 // mutation it records has happened.
 //
+// A failed enqueue opens the backend's circuit: enqueues still waiting for
+// Redis then spool at once, and later ones spool without trying Redis, until
+// the replay loop's probe finds Redis answering (see replayLoop).
+//
 // An enqueue that timed out may still reach Redis later; the event is then
 // both queued and spooled, and its replay is refused as a Duplicate, so it is
 // delivered once.
@@ -264,9 +364,9 @@ func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 	}()
 	var redisErr error
 	if a.be.down.Load() {
-		redisErr = errors.New("redis is unreachable; spooling until it is back")
+		redisErr = errRedisDown
 	} else {
-		redisErr = a.enqueueRedis(ctx, task, a.timeout)
+		redisErr = a.enqueueRedis(a.be.up.Load().ctx, task, a.timeout)
 		switch {
 		case redisErr == nil:
 			a.metrics.queued.Inc()
@@ -275,7 +375,7 @@ func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 			a.metrics.duplicate.Inc()
 			return Duplicate, nil
 		}
-		if a.be.down.CompareAndSwap(false, true) {
+		if a.be.trip() {
 			a.logger.Warn("authtap: redis did not take an event; spooling events to disk until it answers again",
 				zap.String("event_id", ev.ID), zap.String("spool_dir", a.sp.Dir()), errorField(redisErr))
 		}
@@ -285,107 +385,126 @@ func (a *App) enqueue(ctx context.Context, ev rules.Event) (Outcome, error) {
 	}
 	a.metrics.spooled.Inc()
 	a.metrics.spoolBytes.Set(float64(a.sp.Bytes()))
-	select {
-	case a.kick <- struct{}{}:
-	default:
-	}
+	signal(a.kick)
+	signal(a.be.kick)
 	return Spooled, nil
 }
 
 // enqueueRedis enqueues task through the backend's batching writer and gives
-// up after timeout (the task may still reach Redis with the round trip it
-// joined; a replay of it is then refused as a duplicate). Cancelling ctx does
-// not cut the wait short.
+// up after timeout, or when ctx ends (an enqueue of the live path passes the
+// circuit's epoch, which ends when another enqueue found Redis down). The
+// task may still reach Redis with the round trip it joined; a replay of it is
+// then refused as a duplicate.
 func (a *App) enqueueRedis(ctx context.Context, task enqueue.Message, timeout time.Duration) error {
-	err := a.be.writer.Enqueue(context.WithoutCancel(ctx), task, timeout)
-	if errors.Is(err, context.DeadlineExceeded) {
+	err := a.be.writer.Enqueue(ctx, task, timeout)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("redis did not answer within %s", timeout)
+	case errors.Is(err, context.Canceled):
+		return errRedisDown
 	}
 	return err
 }
 
-// replayLoop empties the spool into Redis: whenever the spool holds events (or
-// Redis was marked down), it pings Redis every second, backing off to every
-// 10 seconds, and replays once Redis answers. It returns when ctx is done.
+// replayLoop watches the circuit and the spool. While Redis is taken for down
+// or the spool holds events, it probes Redis every probe interval — at once
+// when a round trip to Redis succeeds meanwhile — and as soon as Redis
+// answers, closes the circuit (new events go to Redis again) and replays the
+// spool. Otherwise it sleeps until an event is spooled. It returns when ctx is done.
 func (a *App) replayLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
-	wait := replayMinWait
 	for {
 		if a.sp.Empty() && !a.be.down.Load() {
-			wait = replayMinWait
-			// Woken by this app's spooling, or now and then in case another
-			// config's app (a handler finishing a request across a reload)
-			// spooled into the shared spool.
-			idle := time.NewTimer(replayMaxWait)
+			// Woken by spooling, or now and then in case another config's
+			// app spooled into a spool this one shares.
+			idle := time.NewTimer(spoolIdleCheck)
 			select {
 			case <-ctx.Done():
 				idle.Stop()
 				return
 			case <-a.kick:
-				// Let a burst of spooled events gather before the first ping.
-				idle.Stop()
+			case <-a.be.kick:
 			case <-idle.C:
 				continue
 			}
+			idle.Stop()
 		}
-		t := time.NewTimer(wait)
+		begin := time.Now()
+		err := a.replayOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			continue
+		}
+		if c := a.logger.Check(zap.DebugLevel, "authtap: spool replay postponed"); c != nil {
+			c.Write(errorField(err), zap.Duration("next_try", a.probeInterval))
+		}
+		t := time.NewTimer(a.probeInterval - time.Since(begin))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-a.be.answered:
+			t.Stop()
 		}
-		if err := a.replayOnce(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if c := a.logger.Check(zap.DebugLevel, "authtap: spool replay postponed"); c != nil {
-				c.Write(errorField(err), zap.Duration("next_try", min(wait*2, replayMaxWait)))
-			}
-			wait = min(wait*2, replayMaxWait)
-			continue
-		}
-		wait = replayMinWait
 	}
 }
 
-// replayOnce pings Redis and, when it answers, replays the whole spool.
+// replayOnce probes Redis and, when it answers, closes the circuit and
+// replays the whole spool. A replay that Redis does not take opens the
+// circuit again.
 func (a *App) replayOnce(ctx context.Context) error {
-	pctx, cancel := context.WithTimeout(ctx, max(a.timeout, time.Second))
-	err := a.be.rdb.Ping(pctx).Err()
-	cancel()
-	if err != nil {
-		return fmt.Errorf("pinging redis: %w", err)
+	if err := a.be.probe(ctx, a.timeout); err != nil {
+		if ctx.Err() == nil && a.be.trip() { // events wait in the spool and Redis is gone
+			a.logger.Warn("authtap: redis does not answer; spooling events to disk until it answers again",
+				zap.String("spool_dir", a.sp.Dir()), errorField(err))
+		}
+		return err
+	}
+	if a.be.reset() {
+		a.logger.Info("authtap: redis answers again; events go to redis directly")
 	}
 	var dups int
-	n, err := a.sp.Replay(ctx, func(ctx context.Context, ev rules.Event) error {
-		task, err := tasks.FanoutMessage(ev)
-		if err != nil {
-			a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), errorField(err))
-			return nil
+	n, err := a.sp.ReplayBatch(ctx, replayBatch, func(ctx context.Context, evs []rules.Event) (int, error) {
+		msgs := make([]enqueue.Message, 0, len(evs))
+		at := make([]int, 0, len(evs)) // msgs[i] is evs[at[i]]
+		for i, ev := range evs {
+			task, err := tasks.FanoutMessage(ev)
+			if err != nil {
+				a.logger.Error("authtap: dropping a spooled event that cannot be queued", zap.String("event_id", ev.ID), errorField(err))
+				continue
+			}
+			msgs = append(msgs, task)
+			at = append(at, i)
 		}
-		err = a.enqueueRedis(ctx, task, max(a.timeout, time.Second))
-		switch {
-		case err == nil:
-			a.metrics.queued.Inc()
-		case errors.Is(err, asynq.ErrTaskIDConflict):
-			a.metrics.duplicate.Inc()
-			dups++
-		default:
-			return fmt.Errorf("replaying event %s: %w", ev.ID, err)
+		for i, err := range a.be.writer.EnqueueBatch(ctx, msgs, max(a.timeout, replayTimeout)) {
+			switch {
+			case err == nil:
+				a.metrics.queued.Inc()
+			case errors.Is(err, asynq.ErrTaskIDConflict):
+				a.metrics.duplicate.Inc()
+				dups++
+			default:
+				// The ones before it are in Redis; this one and the rest
+				// come again with the segment on the next replay.
+				return at[i], fmt.Errorf("replaying event %s: %w", msgs[i].ID, err)
+			}
+			a.metrics.replayed.Inc()
 		}
-		a.metrics.replayed.Inc()
-		return nil
+		return len(evs), nil
 	})
 	a.metrics.spoolBytes.Set(float64(a.sp.Bytes()))
 	if n > 0 {
 		a.logger.Info("authtap: replayed spooled events into redis", zap.Int("events", n), zap.Int("already_queued", dups))
 	}
 	if err != nil {
+		if ctx.Err() == nil && a.be.trip() {
+			a.logger.Warn("authtap: redis did not take a replayed event; spooling events to disk until it answers again",
+				zap.String("spool_dir", a.sp.Dir()), errorField(err))
+		}
 		return err
-	}
-	if a.be.down.CompareAndSwap(true, false) {
-		a.logger.Info("authtap: redis answers again; events go to redis directly")
 	}
 	return nil
 }

@@ -29,9 +29,10 @@ import (
 )
 
 func init() {
-	// Tests wait for the replay loop; production pings every 1s backing off to 10s.
-	replayMinWait = 20 * time.Millisecond
-	replayMaxWait = 200 * time.Millisecond
+	// Tests wait for the replay loop to look at a spool another app wrote to;
+	// production looks every 10s. (The probe interval is the production one,
+	// or the test's own spool_probe_interval.)
+	spoolIdleCheck = 200 * time.Millisecond
 	workerRetryWait = 50 * time.Millisecond
 }
 

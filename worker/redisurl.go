@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -143,4 +144,60 @@ func RedisClient(opt asynq.RedisConnOpt) (redis.UniversalClient, error) {
 		return nil, fmt.Errorf("making redis client: %T does not make a redis.UniversalClient", opt)
 	}
 	return c, nil
+}
+
+// FailFastTimeout caps every wait of a [FailFastRedisClient] (dial, pool, read,
+// write) when the caller's context has no earlier deadline.
+const FailFastTimeout = 5 * time.Second
+
+// FailFastRedisClient returns a go-redis client for opt that gives up rather
+// than waits, for callers that have somewhere else to put their data (the
+// Caddy app's spool): every wait — the dial, a free connection, each read and
+// write — ends at the context's deadline (go-redis ContextTimeoutEnabled), so
+// that one command, retries included, never outlasts it; a failed dial is not
+// dialled again (go-redis's default dials five times, 100ms apart, which a
+// refused connection turns into a half-second wait); a failed command is
+// retried once, at once, on a fresh connection (a pooled connection that
+// Redis or a proxy closed while it was idle). Without a deadline, each wait is
+// capped by FailFastTimeout. TLS, credentials, database, sentinel and cluster
+// settings are opt's.
+func FailFastRedisClient(opt asynq.RedisConnOpt) (redis.UniversalClient, error) {
+	const (
+		dialerRetries = 1  // one dial per connection: no retry
+		maxRetries    = 1  // one retry of a failed command
+		noBackoff     = -1 // go-redis: -1 disables the backoff between retries
+	)
+	capped := func(d time.Duration) time.Duration {
+		if d <= 0 || d > FailFastTimeout {
+			return FailFastTimeout
+		}
+		return d
+	}
+	switch o := opt.(type) {
+	case asynq.RedisClientOpt:
+		return redis.NewClient(&redis.Options{
+			Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password, DB: o.DB,
+			TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
+			DialTimeout: capped(o.DialTimeout), ReadTimeout: capped(o.ReadTimeout), WriteTimeout: capped(o.WriteTimeout),
+			PoolTimeout: FailFastTimeout, ContextTimeoutEnabled: true,
+			DialerRetries: dialerRetries, MaxRetries: maxRetries, MinRetryBackoff: noBackoff, MaxRetryBackoff: noBackoff,
+		}), nil
+	case asynq.RedisFailoverClientOpt:
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: o.MasterName, SentinelAddrs: o.SentinelAddrs,
+			SentinelUsername: o.SentinelUsername, SentinelPassword: o.SentinelPassword,
+			Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
+			DialTimeout: capped(o.DialTimeout), ReadTimeout: capped(o.ReadTimeout), WriteTimeout: capped(o.WriteTimeout),
+			PoolTimeout: FailFastTimeout, ContextTimeoutEnabled: true,
+			DialerRetries: dialerRetries, MaxRetries: maxRetries, MinRetryBackoff: noBackoff, MaxRetryBackoff: noBackoff,
+		}), nil
+	case asynq.RedisClusterClientOpt:
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: o.Addrs, MaxRedirects: o.MaxRedirects, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
+			DialTimeout: capped(o.DialTimeout), ReadTimeout: capped(o.ReadTimeout), WriteTimeout: capped(o.WriteTimeout),
+			PoolTimeout: FailFastTimeout, ContextTimeoutEnabled: true,
+			DialerRetries: dialerRetries, MaxRetries: maxRetries, MinRetryBackoff: noBackoff, MaxRetryBackoff: noBackoff,
+		}), nil
+	}
+	return RedisClient(opt)
 }

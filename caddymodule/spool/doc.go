@@ -14,7 +14,9 @@
 // to a callback in the order they were appended and deletes a segment only once
 // every record in it was accepted, so a replay that fails midway starts again
 // from that segment later: the callback must be idempotent (authtap's is, since
-// a re-enqueued event id is refused by asynq as a duplicate).
+// a re-enqueued event id is refused by asynq as a duplicate). ReplayBatch
+// hands them out in batches of up to a given size (never across segments), so
+// that a caller can write each batch in one round trip.
 //
 // The spool is bounded (Options.MaxBytes, default 1 GiB): when full, Append
 // returns an error wrapping ErrFull instead of dropping anything.

@@ -291,6 +291,26 @@ func (s *Spool) sealLocked() error {
 // records of the segment it stopped in are handed out again by the next
 // Replay. Records appended while Replay runs wait for the next one.
 func (s *Spool) Replay(ctx context.Context, fn func(context.Context, rules.Event) error) (int, error) {
+	return s.ReplayBatch(ctx, 1, func(ctx context.Context, evs []rules.Event) (int, error) {
+		if err := fn(ctx, evs[0]); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	})
+}
+
+// MaxReplayBatch bounds the batch size ReplayBatch accepts.
+const MaxReplayBatch = 4096
+
+// ReplayBatch is Replay handing records to fn in batches of up to size (1 to
+// MaxReplayBatch; out of range means 1), oldest first; a batch never spans two
+// segments. fn returns how many records of the batch, from its start, it
+// accepted, and an error when that is not all of them; the batch's slice is
+// reused after fn returns. The count returned counts accepted records.
+func (s *Spool) ReplayBatch(ctx context.Context, size int, fn func(context.Context, []rules.Event) (int, error)) (int, error) {
+	if size < 1 || size > MaxReplayBatch {
+		size = 1
+	}
 	s.replayMu.Lock()
 	defer s.replayMu.Unlock()
 	s.mu.Lock()
@@ -306,8 +326,9 @@ func (s *Spool) Replay(ctx context.Context, fn func(context.Context, rules.Event
 	s.mu.Unlock()
 
 	accepted := 0
+	batch := make([]rules.Event, 0, size)
 	for _, name := range segs {
-		n, err := s.replaySegment(ctx, name, fn)
+		n, err := s.replaySegment(ctx, name, batch, fn)
 		accepted += n
 		if err != nil {
 			return accepted, err
@@ -317,7 +338,8 @@ func (s *Spool) Replay(ctx context.Context, fn func(context.Context, rules.Event
 }
 
 // replaySegment replays one sealed segment and removes it when done.
-func (s *Spool) replaySegment(ctx context.Context, name string, fn func(context.Context, rules.Event) error) (int, error) {
+// batch is an empty slice whose capacity is the batch size.
+func (s *Spool) replaySegment(ctx context.Context, name string, batch []rules.Event, fn func(context.Context, []rules.Event) (int, error)) (int, error) {
 	path := filepath.Join(s.dir, name)
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -340,6 +362,21 @@ func (s *Spool) replaySegment(ctx context.Context, name string, fn func(context.
 		corrupt  bool
 		hdr      [headerLen]byte
 	)
+	// flush hands the gathered batch to fn.
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		n, err := fn(ctx, batch)
+		n = min(max(n, 0), len(batch))
+		accepted += n
+		if err == nil && n < len(batch) {
+			err = fmt.Errorf("replaying %s: %d of %d records accepted", name, n, len(batch))
+		}
+		clear(batch)
+		batch = batch[:0]
+		return err
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return accepted, err
@@ -392,12 +429,15 @@ func (s *Spool) replaySegment(ctx context.Context, name string, fn func(context.
 		var ev rules.Event
 		if err := json.Unmarshal(payload, &ev); err != nil {
 			s.log.Error("spool: skipping an undecodable record", zap.String("segment", name), zap.Int64("offset", off), zap.Error(err))
-		} else if err := fn(ctx, ev); err != nil {
-			return accepted, err
-		} else {
-			accepted++
+		} else if batch = append(batch, ev); len(batch) == cap(batch) {
+			if err := flush(); err != nil {
+				return accepted, err
+			}
 		}
 		off += headerLen + int64(n)
+	}
+	if err := flush(); err != nil {
+		return accepted, err
 	}
 	_ = f.Close()
 	if corrupt {

@@ -466,3 +466,88 @@ func Example() {
 	// queue evt_2 user.deleted
 	// 2 <nil> true
 }
+
+// ReplayBatch hands records in order, in batches of at most the size asked
+// for and never across segments; a batch that is accepted only in part keeps
+// its segment, whose records all come again on the next replay.
+func TestReplayBatch(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 10 {
+		if err := s.Append(event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sizes []int
+	var ids []string
+	failOnce := true
+	fn := func(_ context.Context, evs []rules.Event) (int, error) {
+		sizes = append(sizes, len(evs))
+		for _, ev := range evs {
+			ids = append(ids, ev.ID)
+		}
+		if failOnce && len(sizes) == 2 {
+			failOnce = false
+			return 2, errors.New("redis went away")
+		}
+		return len(evs), nil
+	}
+	n, err := s.ReplayBatch(context.Background(), 3, fn)
+	if err == nil || n != 5 || fmt.Sprint(sizes) != "[3 3]" {
+		t.Fatalf("first ReplayBatch = %d, %v; batches %v", n, err, sizes)
+	}
+	if s.Empty() {
+		t.Fatal("a partly accepted segment was removed")
+	}
+	sizes, ids = nil, nil
+	n, err = s.ReplayBatch(context.Background(), 3, fn)
+	if err != nil || n != 10 || fmt.Sprint(sizes) != "[3 3 3 1]" {
+		t.Fatalf("second ReplayBatch = %d, %v; batches %v", n, err, sizes)
+	}
+	for i, id := range ids {
+		if id != event(i).ID {
+			t.Fatalf("record %d is %s, want %s (in order)", i, id, event(i).ID)
+		}
+	}
+	if !s.Empty() {
+		t.Fatal("spool not empty after a full replay")
+	}
+
+	// A batch never spans segments, and hostile sizes mean 1; an fn that
+	// claims more than it was given counts only what it was given.
+	s2, err := Open(t.TempDir(), Options{SegmentBytes: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for i := range 6 {
+		if err := s2.Append(event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := len(segments(t, s2.Dir()))
+	sizes = nil
+	n, err = s2.ReplayBatch(context.Background(), MaxReplayBatch+1, func(_ context.Context, evs []rules.Event) (int, error) {
+		sizes = append(sizes, len(evs))
+		return len(evs) + 100, nil
+	})
+	if err != nil || n != 6 || len(sizes) != 6 {
+		t.Fatalf("ReplayBatch(MaxReplayBatch+1) = %d, %v; batches %v", n, err, sizes)
+	}
+	for i := range 4 {
+		if err := s2.Append(event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sizes = nil
+	if n, err := s2.ReplayBatch(context.Background(), 100, func(_ context.Context, evs []rules.Event) (int, error) {
+		sizes = append(sizes, len(evs))
+		return len(evs), nil
+	}); err != nil || n != 4 || len(sizes) < 2 {
+		t.Fatalf("ReplayBatch over %d-record segments = %d, %v; batches %v (want one per segment)", segs, n, err, sizes)
+	}
+}

@@ -159,6 +159,7 @@ Flags:`)
 		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
 		return 1
 	}
+	worker.CheckRedisConfig(ctx, opt, cfg.Logger) // warns when Redis would lose or evict tasks
 	var admin *adminServer
 	if *adminAddr != "" {
 		admin, err = startAdmin(*adminAddr, *adminToken, opt, w, cfg, eventTypes)

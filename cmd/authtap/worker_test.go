@@ -173,4 +173,8 @@ func TestWorkerCommandDeliversAndStopsOnSIGTERM(t *testing.T) {
 	if strings.Contains(stderr.String(), secret) {
 		t.Error("log contains the endpoint secret")
 	}
+	// redistest's Redis persists nothing: the worker says so at start, naming the setting.
+	if !strings.Contains(stderr.String(), `redis appendonly is "no"`) {
+		t.Errorf("log lacks the warning about appendonly:\n%s", stderr.String())
+	}
 }

@@ -34,6 +34,15 @@ type Server struct {
 // redis-server otherwise fails the test, since .ci/run installs it.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartArgs(t)
+}
+
+// StartArgs is Start with more redis-server arguments. They come after the
+// defaults and so override them: StartArgs(t, "--appendonly", "yes") keeps its
+// data across Stop and Restart (the directory is the same), and
+// StartArgs(t, "--maxmemory-policy", "allkeys-lru") makes a Redis that evicts.
+func StartArgs(t testing.TB, args ...string) *Server {
+	t.Helper()
 	if os.Getenv("AUTHTAP_SKIP_REDIS") == "1" {
 		t.Skip("AUTHTAP_SKIP_REDIS=1")
 	}
@@ -41,7 +50,7 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("redis-server not found on PATH (bash .ci/run installs it): %v", err)
 	}
-	s := &Server{dir: t.TempDir(), t: t}
+	s := &Server{dir: t.TempDir(), t: t, extra: args}
 	if err := s.startOnFreePort(bin, freePort, 5); err != nil {
 		t.Fatalf("starting redis-server: %v", err)
 	}
@@ -131,7 +140,8 @@ func (s *Server) Stop() {
 }
 
 // Restart starts the server again on the same port (after Stop), e.g. to test
-// that a client recovers when Redis comes back. The data is gone.
+// that a client recovers when Redis comes back. The data is gone, unless the
+// server was started with persistence (StartArgs "--appendonly", "yes").
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()

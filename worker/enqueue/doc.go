@@ -15,7 +15,13 @@
 // asynq.ErrTaskIDConflict, as asynq refuses it.
 //
 // Under load the writer lets the ready goroutines run before a round trip so
-// that more callers join it; an idle writer sends at once.
+// that more callers join it; an idle writer sends at once. A round trip ends
+// when the last of its callers stops waiting (with a client whose waits follow
+// the context, such as worker.FailFastRedisClient, the dial, read and write end
+// then too), so a Redis that hangs holds up the next batch no longer than its
+// callers' timeouts. [Writer.EnqueueBatch] hands several tasks over in their
+// order (the Caddy app's spool replay); Options.OnRoundTrip reports each round
+// trip's outcome.
 //
 // The layout is asynq's internal one (v0.26); the tests pin it by comparing,
 // byte for byte, what a Writer and asynq.Client write for the same task, and

@@ -38,9 +38,16 @@ const republish = time.Second
 type Options struct {
 	// MaxBatch caps the tasks written in one round trip (default 128).
 	MaxBatch int
-	// RoundTripTimeout bounds one round trip to Redis (default 5 s). A caller
-	// that needs an answer sooner passes a context with a deadline.
+	// RoundTripTimeout bounds one round trip to Redis (default 5 s). A round
+	// trip also ends when the last of its callers stops waiting (the latest
+	// of their deadlines), so a caller that needs an answer sooner passes a
+	// timeout or a context with a deadline.
 	RoundTripTimeout time.Duration
+	// OnRoundTrip, when set, is called after each round trip with its error
+	// (nil: Redis answered, whatever it answered for each task), from the
+	// writer's goroutine: it must not block. The Caddy app uses it to learn at
+	// once that a Redis it took for down answers again.
+	OnRoundTrip func(error)
 }
 
 // Writer enqueues tasks in batches. Its methods are safe for concurrent use.
@@ -48,6 +55,7 @@ type Writer struct {
 	rdb       redis.UniversalClient
 	maxBatch  int
 	rtTimeout time.Duration
+	onRT      func(error)
 
 	in        chan *call
 	quit      chan struct{}
@@ -73,6 +81,7 @@ func New(rdb redis.UniversalClient, opts Options) *Writer {
 		rdb:       rdb,
 		maxBatch:  opts.MaxBatch,
 		rtTimeout: opts.RoundTripTimeout,
+		onRT:      opts.OnRoundTrip,
 		quit:      make(chan struct{}),
 		done:      make(chan struct{}),
 		published: map[string]time.Time{},
@@ -146,6 +155,71 @@ func (w *Writer) Enqueue(ctx context.Context, m Message, timeout time.Duration) 
 		return m.wrap(err)
 	}
 	return nil
+}
+
+// EnqueueBatch is Enqueue for several messages: they join round trips in
+// their order (so a batch up to MaxBatch usually goes in one), and errs[i] is
+// what Enqueue would have returned for ms[i]. timeout and ctx cover the whole
+// batch.
+func (w *Writer) EnqueueBatch(ctx context.Context, ms []Message, timeout time.Duration) (errs []error) {
+	errs = make([]error, len(ms))
+	calls := make([]*call, len(ms))
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	deadline, _ := ctx.Deadline()
+	var stop error // why the rest of the batch was not handed over
+	for i, m := range ms {
+		if stop != nil {
+			errs[i] = m.wrap(stop)
+			continue
+		}
+		if err := m.validate(); err != nil {
+			errs[i] = err
+			continue
+		}
+		c := callPool.Get().(*call)
+		c.id, c.queue = m.ID, m.queue()
+		c.msg = m.appendEncoded(getMsgBuf(m.encodedSizeHint()))
+		c.deadline = deadline
+		select {
+		case w.in <- c:
+			calls[i] = c
+			continue
+		case <-w.quit:
+			stop = ErrClosed
+		case <-ctx.Done():
+			stop = ctx.Err()
+		}
+		c.release()
+		errs[i] = m.wrap(stop)
+	}
+	for i, c := range calls {
+		if c == nil {
+			continue
+		}
+		var err error
+		select {
+		case err = <-c.res:
+		case <-w.done:
+			select {
+			case err = <-c.res:
+			default:
+				errs[i] = ErrClosed
+				continue
+			}
+		case <-ctx.Done():
+			errs[i] = ms[i].wrap(ctx.Err())
+			continue
+		}
+		callPool.Put(c)
+		if err != nil {
+			errs[i] = ms[i].wrap(err)
+		}
+	}
+	return errs
 }
 
 // release gives c's message buffer back and c to the pool; only for a call
@@ -253,6 +327,10 @@ func (w *Writer) drain(batch []*call) []*call {
 func (w *Writer) flush(batch []*call) {
 	now := time.Now()
 	live := batch[:0]
+	// The round trip ends when its last caller stops waiting: a write nobody
+	// waits for is not worth holding up the next batch.
+	deadline := now.Add(w.rtTimeout)
+	latest := time.Time{}
 	for _, c := range batch {
 		if !c.deadline.IsZero() && now.After(c.deadline) {
 			putMsgBuf(c.msg)
@@ -260,13 +338,22 @@ func (w *Writer) flush(batch []*call) {
 			c.res <- context.DeadlineExceeded
 			continue
 		}
+		switch {
+		case c.deadline.IsZero():
+			latest = deadline
+		case latest.IsZero() || c.deadline.After(latest):
+			latest = c.deadline
+		}
 		live = append(live, c)
 	}
 	batch = live
 	if len(batch) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.rtTimeout)
+	if latest.Before(deadline) {
+		deadline = latest
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	results, err := w.write(ctx, batch)
 	if err != nil && isNoScript(err) {
@@ -274,6 +361,9 @@ func (w *Writer) flush(batch []*call) {
 		if err = enqueueScript.Load(ctx, w.rdb).Err(); err == nil {
 			results, err = w.write(ctx, batch)
 		}
+	}
+	if w.onRT != nil {
+		w.onRT(err)
 	}
 	for i, c := range batch {
 		// The messages are in the pipeline's buffer now; give them back

@@ -360,3 +360,85 @@ func TestInvalidMessagesAndClose(t *testing.T) {
 		t.Fatal("a task enqueued after Close was written")
 	}
 }
+
+// EnqueueBatch writes its messages in their order, in few round trips, and
+// answers each as Enqueue would: a duplicate id is a conflict, an invalid
+// message an error of its own, the others written.
+func TestEnqueueBatch(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := client(t, srv, 0)
+	var trips atomic.Int32
+	w := New(rdb, Options{OnRoundTrip: func(error) { trips.Add(1) }})
+	t.Cleanup(func() { _ = w.Close() })
+	if err := w.Enqueue(ctx, Message{Type: "t", ID: "m0007", Queue: "q"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	trips.Store(0)
+	ms := make([]Message, 300)
+	for i := range ms {
+		ms[i] = Message{Type: "t", ID: fmt.Sprintf("m%04d", i), Queue: "q", Payload: []byte("{}")}
+	}
+	ms[11].ID = " " // hostile: a blank id
+	errs := w.EnqueueBatch(ctx, ms, 5*time.Second)
+	for i, err := range errs {
+		switch i {
+		case 7:
+			if !errors.Is(err, asynq.ErrTaskIDConflict) {
+				t.Errorf("message 7: %v, want a task id conflict", err)
+			}
+		case 11:
+			if err == nil {
+				t.Error("a blank id was enqueued")
+			}
+		default:
+			if err != nil {
+				t.Errorf("message %d: %v", i, err)
+			}
+		}
+	}
+	if n := trips.Load(); n > 6 {
+		t.Errorf("%d round trips for 300 messages (MaxBatch %d)", n, DefaultMaxBatch)
+	}
+	// asynq dequeues from the right of the pending list: oldest first.
+	ids, err := rdb.LRange(ctx, "asynq:{q}:pending", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := len(ms) - 1; i >= 0; i-- {
+		if i != 11 && i != 7 {
+			want = append(want, ms[i].ID)
+		}
+	}
+	want = append(want, "m0007")
+	if fmt.Sprint(ids) != fmt.Sprint(want) {
+		t.Errorf("pending list out of order:\n got %v\nwant %v", ids, want)
+	}
+
+	// A batch that Redis does not answer within its timeout: every message
+	// times out, within the timeout.
+	w.Close()
+	w2 := New(rdb, Options{})
+	t.Cleanup(func() { _ = w2.Close() })
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", "1000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	errs = w2.EnqueueBatch(ctx, ms[:50], 200*time.Millisecond)
+	if took := time.Since(start); took > 600*time.Millisecond {
+		t.Errorf("EnqueueBatch took %s with a 200ms timeout", took)
+	}
+	for i, err := range errs {
+		if i != 11 && !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("message %d: %v, want a deadline error", i, err)
+		}
+	}
+	// Once Redis writes again, the writer carries on (these ids exist).
+	time.Sleep(time.Second)
+	for i, err := range w2.EnqueueBatch(ctx, ms[:3], 0) {
+		if !errors.Is(err, asynq.ErrTaskIDConflict) {
+			t.Errorf("after the pause, message %d: %v, want a conflict", i, err)
+		}
+	}
+}
