@@ -82,6 +82,15 @@ type Config struct {
 	// ThrottleWait is the base re-delay (plus up to 50% jitter) of a delivery whose
 	// endpoint has reached its MaxConcurrency. Default 500ms.
 	ThrottleWait time.Duration
+	// RecoveryInterval is how often the worker refreshes the run locks of the
+	// tasks it runs and looks for tasks whose worker is gone (killed, stalled,
+	// or whose dequeue reply Redis lost), which it puts back in their queue
+	// after two such rounds (see recover.go). Default 1s.
+	RecoveryInterval time.Duration
+	// RunLease is how long a task's run lock outlives a worker that stopped
+	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
+	// while it sends. Default 3s.
+	RunLease time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
 	// Logger receives the worker's logs (asynq's included). Default: no logs.
@@ -103,6 +112,10 @@ type Worker struct {
 	sender *Sender
 	mux    *asynq.ServeMux
 	log    *zap.Logger
+	runs   *runs // run locks and recovery of abandoned tasks
+	// stopRecovery ends the recovery loop started by Start.
+	stopRecovery context.CancelFunc
+	recoveryDone chan struct{}
 
 	once    sync.Once
 	started bool
@@ -126,6 +139,8 @@ func New(cfg Config) (*Worker, error) {
 	orDefault(&cfg.TaskCheckInterval, DefaultTaskCheckInterval)
 	orDefault(&cfg.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	orDefault(&cfg.ThrottleWait, DefaultThrottleWait)
+	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
+	orDefault(&cfg.RunLease, DefaultRunLease)
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -187,6 +202,8 @@ func New(cfg Config) (*Worker, error) {
 			return h.ProcessTask(ctx, t)
 		})
 	})
+	w.runs = newRuns(rdb, log, cfg.RecoveryInterval, cfg.RunLease)
+	w.mux.Use(w.runs.middleware)
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
@@ -225,6 +242,12 @@ func (w *Worker) Start() error {
 		return fmt.Errorf("starting worker: %w", err)
 	}
 	w.started = true
+	rctx, cancel := context.WithCancel(context.Background())
+	w.stopRecovery, w.recoveryDone = cancel, make(chan struct{})
+	go func() {
+		defer close(w.recoveryDone)
+		w.runs.loop(rctx, authtapQueues)
+	}()
 	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.Int("configured_endpoints", len(w.cfg.Endpoints)))
 	return nil
 }
@@ -248,6 +271,8 @@ func (w *Worker) Shutdown() {
 			case <-time.After(5 * time.Second):
 				w.log.Warn("closing with task handlers still running")
 			}
+			w.stopRecovery()
+			<-w.recoveryDone
 		}
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()
