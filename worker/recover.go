@@ -416,11 +416,13 @@ func holdForSend(ctx context.Context, timeout time.Duration) (context.Context, f
 func (rs *runs) loop(ctx context.Context, queues []string) {
 	tick := time.NewTicker(rs.interval)
 	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, rs.interval)
 		rs.refresh(rctx)
