@@ -376,3 +376,39 @@ func TestFanoutDelay(t *testing.T) {
 }
 
 var errFail = json.Unmarshal([]byte("x"), new(int))
+
+// The recovery's scripts touch one slot per queue: they run on Redis Cluster.
+func TestRecoveryOnRedisCluster(t *testing.T) {
+	ctx := context.Background()
+	cl := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs})
+	defer rdb.Close()
+	for _, q := range authtapQueues {
+		task := asynq.NewTask("test:cluster", nil, asynq.TaskID("c-"+q), asynq.Queue(q))
+		if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+		abandon(t, rdb, q, "c-"+q, 10*time.Second)
+	}
+	rs := newRuns(rdb, zaptest.NewLogger(t), 50*time.Millisecond, 150*time.Millisecond)
+	if _, err := rs.round(ctx, authtapQueues); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(recoveryConfirm(rs.interval) + 20*time.Millisecond)
+	if n, err := rs.round(ctx, authtapQueues); err != nil || n != len(authtapQueues) {
+		t.Fatalf("moved %d, %v; want %d", n, err, len(authtapQueues))
+	}
+	ins := asynq.NewInspectorFromRedisClient(rdb)
+	for _, q := range authtapQueues {
+		if info, err := ins.GetTaskInfo(q, "c-"+q); err != nil || info.State != asynq.TaskStatePending {
+			t.Errorf("%s: %+v, %v", q, info, err)
+		}
+		key := runKey(q, "c-"+q)
+		if n, err := acquireRunScript.Run(ctx, rdb, []string{key}, "r|z|1", 1, 1000).Int(); err != nil || n != 1 {
+			t.Errorf("%s: acquiring the run lock: %d, %v", q, n, err)
+		}
+		if err := releaseRunScript.Run(ctx, rdb, []string{key}, "r|z|1", 1, 1000).Err(); err != nil {
+			t.Errorf("%s: releasing: %v", q, err)
+		}
+	}
+}
