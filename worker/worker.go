@@ -223,7 +223,15 @@ func (w *Worker) taskError(ctx context.Context, t *asynq.Task, err error) {
 		return
 	}
 	id, _ := asynq.GetTaskID(ctx)
-	w.log.Error("fan-out failed", zap.String("event_id", id), zap.Error(err))
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, known := asynq.GetMaxRetry(ctx)
+	if errors.Is(err, asynq.SkipRetry) || (known && retried >= maxRetry) {
+		// asynq archives it now: say so, since no retry will follow.
+		w.log.Error("fan-out failed for good; the task is archived (retry it in asynqmon)",
+			zap.String("event_id", id), zap.Int("retries", retried), zap.Error(err))
+		return
+	}
+	w.log.Error("fan-out failed", zap.String("event_id", id), zap.Int("retries", retried), zap.Error(err))
 }
 
 // Start starts processing in the background; it fails when Redis cannot be reached.
