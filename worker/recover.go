@@ -69,7 +69,7 @@ const (
 	staleLeaseAge = 3 * time.Second
 	// finishGrace is how long a finished run keeps its task from recovery,
 	// while asynq moves it to completed or retry.
-	finishGrace = 5 * time.Second
+	finishGrace = 2 * time.Second
 	// markerTTL is how long the done and recovered markers live: longer than
 	// asynq's lease, so a worker stopped after its dequeue that comes back
 	// within its lease finds the fence.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/authtap/authtap/internal/redistest"
+	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -411,4 +414,90 @@ func TestRecoveryOnRedisCluster(t *testing.T) {
 			t.Errorf("%s: releasing: %v", q, err)
 		}
 	}
+}
+
+// Acceptance 3 (b), for real: Redis frozen (SIGSTOP) for AUTHTAP_FREEZE (e.g.
+// 15s, or 35s to outlast asynq's lease) while events flow at 50/s; reports
+// how long after SIGCONT every event was delivered. Env-gated: it takes the
+// freeze plus ~10s.
+//
+//	AUTHTAP_FREEZE=35s go test ./worker -run TestFrozenRedisDrains -v
+func TestFrozenRedisDrains(t *testing.T) {
+	freeze, err := time.ParseDuration(os.Getenv("AUTHTAP_FREEZE"))
+	if err != nil {
+		t.Skip("set AUTHTAP_FREEZE=15s (or 35s) to freeze a real Redis")
+	}
+	dir := t.TempDir()
+	srv, err := redistest.Launch(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	ctx := context.Background()
+	rec, recv := newRecorder(t, 5*time.Millisecond, 200)
+	rdb, _ := newTestRedisClient(srv)
+	defer rdb.Close()
+	s, _ := NewStore(rdb, StoreOptions{})
+	if _, err := s.Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test", MaxConcurrency: 20}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, srv, Config{Retry: RetryPolicy{Schedule: DefaultSchedule}})
+	c := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer c.Close()
+	var mu sync.Mutex
+	var queued []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			now := time.Now()
+			ev := rules.Event{ID: rules.NewEventID(now), Type: "user.created", Timestamp: now.UTC().Truncate(time.Millisecond),
+				Data: json.RawMessage(`{}`), Source: rules.Source{Name: "test", Rule: "r"}, Mode: "test"}
+			task, _ := tasks.NewFanoutTask(ev)
+			ectx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			if _, err := c.EnqueueContext(ectx, task); err == nil {
+				mu.Lock()
+				queued = append(queued, ev.ID)
+				mu.Unlock()
+			}
+			cancel()
+		}
+	})
+	time.Sleep(3 * time.Second)
+	p, _ := os.FindProcess(srv.Pid())
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(freeze)
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	want := slices.Clone(queued)
+	mu.Unlock()
+	waitFor(t, 3*time.Minute, "every queued event", func() bool {
+		got := map[string]bool{}
+		for _, h := range rec.snapshot() {
+			got[h.webhookID] = true
+		}
+		for _, id := range want {
+			if !got[id] {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("Redis frozen %s: %d events, all delivered %s after SIGCONT (%d requests)",
+		freeze, len(want), time.Since(resumed).Round(100*time.Millisecond), len(rec.snapshot()))
 }
