@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -136,10 +137,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 `)
 
-// extendRunScript keeps a run's lock. KEYS[1] run key. ARGV: value, TTL ms,
-// mode ("max": never shorten; "set": set exactly). A lock that lapsed (Redis
-// was frozen) is taken back, since a recovery would have left its fence.
-// Returns 1, or 0 when another run or a recovery took it.
+// extendRunScript keeps a run's lock for at least TTL (it never shortens it).
+// KEYS[1] run key. ARGV: value, TTL ms. A lock that lapsed (Redis was frozen)
+// is taken back, since a recovery would have left its fence. Returns 1, or 0
+// when another run or a recovery took it.
 var extendRunScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -147,7 +148,7 @@ if not v then
   return 1
 end
 if v ~= ARGV[1] then return 0 end
-if ARGV[3] == 'set' or redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1
@@ -308,10 +309,13 @@ type runs struct {
 	lastOK int64                           // Redis ms of the last good round; 0: none
 }
 
-// candidate is a task that looked abandoned since first (Redis ms).
+// candidate is a task that looked abandoned since first (Redis ms), with
+// its lease score and a digest of its message.
 type candidate struct {
-	score, msg string
-	first      int64
+	score  string
+	digest [sha256.Size]byte
+	first  int64
+	warned bool
 }
 
 func newRuns(rdb redis.UniversalClient, log *zap.Logger, interval, lease time.Duration) *runs {
@@ -386,29 +390,27 @@ type sendHold struct {
 }
 
 // holdForSend stretches the run lock of ctx's run over an attempt of timeout
-// and returns a context that ends before the lock can lapse, and a function
-// that shrinks the lock again once the attempt is over. Without a run (a
-// handler called directly) it returns ctx as is.
+// and returns a context that ends before the lock can lapse, and its cancel
+// function, to call once the attempt is over. Without a run (a handler called
+// directly) it returns ctx as is.
 func holdForSend(ctx context.Context, timeout time.Duration) (context.Context, func(), error) {
 	h, ok := ctx.Value(sendHoldKey{}).(*sendHold)
 	if !ok {
 		return ctx, func() {}, nil
 	}
 	deadline := time.Now().Add(timeout)
-	ok2, err := extendRunScript.Run(ctx, h.rs.rdb, []string{h.r.key}, h.r.value, (timeout + sendLockMargin).Milliseconds(), "max").Int()
+	ok2, err := extendRunScript.Run(ctx, h.rs.rdb, []string{h.r.key}, h.r.value, (timeout + sendLockMargin).Milliseconds()).Int()
 	if err != nil {
 		return nil, nil, fmt.Errorf("holding the run lock for the attempt: %w", err)
 	}
 	if ok2 != 1 {
 		return nil, nil, errRunSuperseded(h.r.key)
 	}
+	// The lock stays stretched until the run ends (a round trip saved per
+	// attempt): only a worker that dies between its send and the end of its
+	// run leaves it that long.
 	sctx, cancel := context.WithDeadline(ctx, deadline)
-	return sctx, func() {
-		cancel()
-		rctx, done := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer done()
-		_ = extendRunScript.Run(rctx, h.rs.rdb, []string{h.r.key}, h.r.value, h.rs.lease.Milliseconds(), "set").Err()
-	}, nil
+	return sctx, cancel, nil
 }
 
 // loop refreshes this worker's run locks and recovers abandoned tasks every
@@ -448,7 +450,7 @@ func (rs *runs) refresh(ctx context.Context) {
 	cmds := make([]*redis.Cmd, len(held))
 	_, _ = rs.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range held {
-			cmds[i] = extendRunScript.Run(ctx, p, []string{r.key}, r.value, rs.lease.Milliseconds(), "max")
+			cmds[i] = extendRunScript.Run(ctx, p, []string{r.key}, r.value, rs.lease.Milliseconds())
 		}
 		return nil
 	})
@@ -488,9 +490,10 @@ func (rs *runs) round(ctx context.Context, queues []string) (int, error) {
 			id, _ := res[i].(string)
 			score, _ := res[i+1].(string)
 			msg, _ := res[i+2].(string)
+			digest := sha256.Sum256([]byte(msg))
 			c, seen := prev[id]
-			if !seen || c.score != score || c.msg != msg {
-				next[id] = candidate{score: score, msg: msg, first: now}
+			if !seen || c.score != score || c.digest != digest {
+				next[id] = candidate{score: score, digest: digest, first: now}
 				continue
 			}
 			if now-c.first < confirm {
@@ -499,7 +502,11 @@ func (rs *runs) round(ctx context.Context, queues []string) (int, error) {
 			}
 			ok, err := rs.requeue(ctx, q, id, score, msg)
 			if err != nil {
-				rs.log.Warn("recovering an abandoned task", zap.String("queue", q), zap.String("task_id", id), zap.Error(err))
+				if !c.warned {
+					rs.log.Warn("recovering an abandoned task", zap.String("queue", q), zap.String("task_id", id), zap.Error(err))
+				}
+				c.warned = true
+				next[id] = c
 				continue
 			}
 			if ok {

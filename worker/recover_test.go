@@ -177,7 +177,7 @@ func TestRunLockFence(t *testing.T) {
 		t.Fatal("the done marker does not fence older generations off, or blocks the next retry")
 	}
 	// The keeper finds the lock taken over.
-	if n, _ := extendRunScript.Run(ctx, rdb, []string{key}, "r|d|2", 3000, "max").Int(); n != 0 {
+	if n, _ := extendRunScript.Run(ctx, rdb, []string{key}, "r|d|2", 3000).Int(); n != 0 {
 		t.Fatal("a run whose lock was taken over could extend it")
 	}
 }
@@ -427,12 +427,7 @@ func TestFrozenRedisDrains(t *testing.T) {
 	if err != nil {
 		t.Skip("set AUTHTAP_FREEZE=15s (or 35s) to freeze a real Redis")
 	}
-	dir := t.TempDir()
-	srv, err := redistest.Launch(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
+	srv := redistest.Start(t)
 	ctx := context.Background()
 	rec, recv := newRecorder(t, 5*time.Millisecond, 200)
 	rdb, _ := newTestRedisClient(srv)
