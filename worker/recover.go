@@ -27,7 +27,7 @@ import (
 // tasks, or one whose Dequeue reply was lost while Redis was frozen, wait
 // 60–120s. authtap adds its own, faster recovery, built on a run lock:
 //
-//   - every handler run holds authtap:{<queue>}:run:<task id> ("r|token|gen"),
+//   - every run of a webhook:deliver task holds authtap:{<queue>}:run:<task id> ("r|token|gen"),
 //     set when the run starts with a TTL of Config.RunLease and refreshed by
 //     the worker every Config.RecoveryInterval. A webhook:deliver attempt
 //     stretches it, before it sends, over the whole attempt (its timeout plus
@@ -328,24 +328,34 @@ func newRuns(rdb redis.UniversalClient, log *zap.Logger, interval, lease time.Du
 // sendHoldKey is the context key of the run a webhook:deliver attempt holds.
 type sendHoldKey struct{}
 
-// middleware makes every run of an authtap task hold its run lock.
+// middleware makes every run of a webhook:deliver task hold its run lock.
 func (rs *runs) middleware(h asynq.Handler) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		id, _ := asynq.GetTaskID(ctx)
 		queue, _ := asynq.GetQueueName(ctx)
-		if id == "" || queue == "" {
+		// The fan-out is idempotent (its deliveries' task ids), so a second run
+		// of it does no harm: it runs without a lock, saving two round trips
+		// per event, and is recovered on its asynq lease alone.
+		if id == "" || queue == "" || t.Type() == tasks.TypeFanout {
 			return h.ProcessTask(ctx, t)
 		}
 		gen := generation(t)
 		var tok [8]byte
 		_, _ = rand.Read(tok[:])
 		r := &run{key: runKey(queue, id), value: "r|" + rs.instance + hex.EncodeToString(tok[:]) + "|" + strconv.Itoa(gen)}
-		for {
+		// Mostly the key does not exist: a plain SET NX takes it, and only
+		// an existing key (a marker, or another run) needs the script.
+		taken, err := rs.rdb.SetNX(ctx, r.key, r.value, rs.lease).Result()
+		if err != nil {
+			return fmt.Errorf("taking the run lock of task %s: %w", id, err)
+		}
+		for !taken {
 			res, err := acquireRunScript.Run(ctx, rs.rdb, []string{r.key}, r.value, gen, rs.lease.Milliseconds()).Int()
 			if err != nil {
 				return fmt.Errorf("taking the run lock of task %s: %w", id, err)
 			}
 			if res == 1 {
+				taken = true
 				break
 			}
 			// Another run holds the task (it was recovered while this run's
