@@ -27,12 +27,13 @@ import (
 // tasks, or one whose Dequeue reply was lost while Redis was frozen, wait
 // 60–120s. authtap adds its own, faster recovery, built on a run lock:
 //
-//   - every run of a webhook:deliver task holds authtap:{<queue>}:run:<task id> ("r|token|gen"),
-//     set when the run starts with a TTL of Config.RunLease and refreshed by
-//     the worker every Config.RecoveryInterval. A webhook:deliver attempt
-//     stretches it, before it sends, over the whole attempt (its timeout plus
-//     sendLockMargin), so a second attempt can never send while a first one
-//     may still be sending, whatever happened to the first worker;
+//   - every run of a webhook:deliver task holds authtap:{<queue>}:run:<task
+//     id> ("r|token|gen"), set when the run starts with a TTL of
+//     Config.RunLease and refreshed by the worker every
+//     Config.RecoveryInterval. Before it sends, the attempt stretches it over
+//     the whole attempt (its timeout plus sendLockMargin), so a second attempt
+//     can never send while a first one may still be sending, whatever
+//     happened to the first worker;
 //   - at the end the run leaves "d|gen|ms", which for finishGrace keeps the
 //     task from being recovered while asynq records its outcome, and for
 //     markerTTL fences off a run that started late from an older generation;
@@ -48,6 +49,11 @@ import (
 //   - a run whose generation is lower than the fence (it was dequeued before
 //     the recovery and started after it) never runs the handler, and a run
 //     whose lock another run took over has its context canceled.
+//
+// An event:fanout run holds no lock: a second run of it enqueues nothing twice
+// (task ids), so it is recovered on its asynq lease alone, and a live fan-out
+// that takes longer than a few seconds (asynq renews leases every 5s) may run
+// twice.
 //
 // The keys share the queue's hash tag with asynq's, so each script touches one
 // Redis Cluster slot.
