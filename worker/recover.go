@@ -65,6 +65,9 @@ const (
 	// worker died while not sending is recovered about RunLease +
 	// recoveryConfirm after the death.
 	DefaultRunLease = 3 * time.Second
+	// MinRecoveryInterval bounds Config.RecoveryInterval from below: each
+	// round costs one script per queue on Redis.
+	MinRecoveryInterval = 10 * time.Millisecond
 
 	// asynqLease is asynq's rdb.LeaseDuration: a dequeue and each heartbeat
 	// write the lease as now + 30s (unix seconds).

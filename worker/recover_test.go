@@ -520,3 +520,32 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// Hostile recovery options are refused when the worker is configured.
+func TestRecoveryOptionsBounded(t *testing.T) {
+	opt := asynq.RedisClientOpt{Addr: "127.0.0.1:1"}
+	for i, tc := range []struct {
+		interval, lease time.Duration
+		want            string
+	}{
+		{time.Nanosecond, time.Second, "below the minimum"},
+		{time.Second, 1500 * time.Millisecond, "at least twice"},
+		{10 * time.Second, 0, "at least twice"}, // the default lease is 3s
+	} {
+		w, err := New(Config{Redis: opt, RecoveryInterval: tc.interval, RunLease: tc.lease})
+		if err == nil {
+			w.Shutdown()
+			t.Errorf("%d: interval %s lease %s accepted", i, tc.interval, tc.lease)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%d: %v, want %q", i, err, tc.want)
+		}
+	}
+	w, err := New(Config{Redis: opt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Shutdown()
+	if w.cfg.RecoveryInterval != DefaultRecoveryInterval || w.cfg.RunLease != DefaultRunLease {
+		t.Errorf("defaults: %s, %s", w.cfg.RecoveryInterval, w.cfg.RunLease)
+	}
+}

@@ -85,11 +85,12 @@ type Config struct {
 	// RecoveryInterval is how often the worker refreshes the run locks of the
 	// tasks it runs and looks for tasks whose worker is gone (killed, stalled,
 	// or whose dequeue reply Redis lost), which it puts back in their queue
-	// after two such rounds (see recover.go). Default 1s.
+	// after two such rounds (see recover.go). Default 1s; at least
+	// MinRecoveryInterval (10ms).
 	RecoveryInterval time.Duration
 	// RunLease is how long a task's run lock outlives a worker that stopped
 	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
-	// while it sends. Default 3s.
+	// while it sends. Default 3s; at least twice RecoveryInterval.
 	RunLease time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
@@ -141,6 +142,13 @@ func New(cfg Config) (*Worker, error) {
 	orDefault(&cfg.ThrottleWait, DefaultThrottleWait)
 	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
 	orDefault(&cfg.RunLease, DefaultRunLease)
+	if cfg.RecoveryInterval < MinRecoveryInterval {
+		return nil, fmt.Errorf("configuring worker: recovery interval %s is below the minimum %s", cfg.RecoveryInterval, MinRecoveryInterval)
+	}
+	if cfg.RunLease < 2*cfg.RecoveryInterval {
+		// A lock refreshed less often than it lives would lapse under a live run.
+		return nil, fmt.Errorf("configuring worker: run lease %s must be at least twice the recovery interval %s", cfg.RunLease, cfg.RecoveryInterval)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
