@@ -118,10 +118,17 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		return err
 	}
-	res := h.sender.Send(ctx, SendRequest{
+	// No second attempt of this delivery may send until this one is over (recover.go).
+	sctx, sent, err := holdForSend(ctx, h.timeout)
+	if err != nil {
+		h.limiter.release(ctx, held)
+		return fmt.Errorf("delivering %s: %w", taskID, err)
+	}
+	res := h.sender.Send(sctx, SendRequest{
 		URL: r.URL, MsgID: p.EventID, EventType: p.EventType, Body: p.Body, Secrets: keys,
 		BearerToken: r.BearerToken, EventHeader: r.EventHeader, Timeout: h.timeout, Live: r.Mode == rules.ModeLive,
 	})
+	sent()
 
 	a := Attempt{
 		DeliveryID: taskID, EventID: p.EventID, EventType: p.EventType, EndpointID: r.ID, Attempt: retried + 1,

@@ -23,12 +23,15 @@
 // deliver.go (the two asynq handlers), attempts.go (delivery log and event
 // index), limits.go (per-endpoint concurrency and rate limits, kept in Redis
 // so they hold across workers), worker.go (Config, New, Start, Shutdown),
-// redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://);
-// secret.go, sign.go, send.go, ssrf.go and retry.go are the delivery core.
+// redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://),
+// recover.go (run locks, and the recovery of tasks whose worker is gone within
+// seconds instead of asynq's minute); secret.go, sign.go, send.go, ssrf.go and
+// retry.go are the delivery core.
 //
 // Redis keys start with "authtap:". The endpoint registry shares the hash tag
 // {authtap-endpoints} and an endpoint's limit keys the tag {<endpoint id>}, so
-// that every transaction and script works on Redis Cluster too. Attempts and
+// that every transaction and script works on Redis Cluster too; a task's run
+// lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. Attempts and
 // events expire after Config.Retention (14 days); at most
 // Config.MaxAttemptsPerEndpoint (10000) attempts are kept per endpoint.
 package worker

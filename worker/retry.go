@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/authtap/authtap/worker/tasks"
 )
 
 // DefaultSchedule is the Standard Webhooks retry schedule: the first attempt
@@ -33,10 +35,20 @@ const (
 	DefaultMaxRetryAfter = 24 * time.Hour
 	// defaultThrottleWait is used when a ThrottledError carries no Wait.
 	defaultThrottleWait = time.Second
+	// DefaultFanoutFirstRetry is the default RetryPolicy.FanoutFirst: a failed
+	// fan-out runs again after 1s, then 2s, 4s, 8s, 16s, then every FanoutMax.
+	DefaultFanoutFirstRetry = time.Second
+	// DefaultFanoutMaxRetry is the default RetryPolicy.FanoutMax (30s). With
+	// tasks.FanoutMaxRetry (25) retries a fan-out is retried for about 10.5
+	// minutes (1+2+4+8+16+20×30 s) before asynq archives it (see README).
+	DefaultFanoutMaxRetry = 30 * time.Second
 )
 
-// RetryPolicy computes when a failed webhook:deliver task runs again. Its
-// zero value is the Standard Webhooks schedule with ±10% jitter.
+// RetryPolicy computes when a failed task runs again: webhook:deliver tasks
+// follow Schedule (the Standard Webhooks schedule by default), event:fanout
+// tasks their own quick, capped schedule (FanoutFirst doubling up to
+// FanoutMax), and a task whose worker was lost (asynq.ErrLeaseExpired) runs
+// again at once. The zero value is the default of each, with ±10% jitter.
 type RetryPolicy struct {
 	// Schedule lists the delay before each attempt; Schedule[0] is the
 	// first attempt (immediate) and Schedule[i] the delay between attempt i
@@ -49,6 +61,40 @@ type RetryPolicy struct {
 	// MaxRetryAfter bounds how long a Retry-After or throttle wait may
 	// postpone a retry. Zero means the default 24h.
 	MaxRetryAfter time.Duration
+	// FanoutFirst is the delay before the first retry of a failed fan-out;
+	// each further retry waits twice as long, up to FanoutMax. Zero means the
+	// default 1s.
+	FanoutFirst time.Duration
+	// FanoutMax caps the delay between fan-out retries. Zero means the
+	// default 30s.
+	FanoutMax time.Duration
+}
+
+// fanoutDelay is the delay before fan-out retry n+1: FanoutFirst·2ⁿ capped
+// at FanoutMax, with the policy's jitter.
+func (p RetryPolicy) fanoutDelay(n int) time.Duration {
+	first, limit := p.FanoutFirst, p.FanoutMax
+	if first <= 0 {
+		first = DefaultFanoutFirstRetry
+	}
+	if limit <= 0 {
+		limit = DefaultFanoutMaxRetry
+	}
+	d := first
+	for i := 0; i < n && d < limit; i++ {
+		d *= 2
+	}
+	return p.jittered(min(d, limit))
+}
+
+// jittered lengthens or shortens d by up to the policy's jitter.
+func (p RetryPolicy) jittered(d time.Duration) time.Duration {
+	if j := p.jitter(); j > 0 && d > 0 {
+		// Uniform in [d*(1-j), d*(1+j)].
+		f := 1 + j*(2*rand.Float64()-1)
+		d = time.Duration(float64(d) * f)
+	}
+	return d
 }
 
 func (p RetryPolicy) schedule() []time.Duration {
@@ -85,13 +131,19 @@ func (p RetryPolicy) MaxRetry() int {
 
 // Delay is an asynq Config.RetryDelayFunc: it returns the delay before retry
 // number n+1, n being the number of retries made so far (asynq passes 0 after
-// the first attempt failed). It follows the schedule with jitter; past the
+// the first attempt failed). An attempt whose worker was lost
+// (asynq.ErrLeaseExpired: asynq's own recoverer) runs again at once, and an
+// event:fanout task follows the fan-out schedule (see fanoutDelay). A
+// webhook:deliver task follows the schedule with jitter; past the
 // end of the schedule the last delay repeats. When err is or wraps a
 // *RetryAfterError, the delay is the longer of the scheduled delay and the
 // receiver's Retry-After (bounded by MaxRetryAfter). When err is or wraps a
 // *ThrottledError, the delay is its Wait (bounded by MaxRetryAfter, 1s when
 // unset) and the schedule does not apply.
-func (p RetryPolicy) Delay(n int, err error, _ *asynq.Task) time.Duration {
+func (p RetryPolicy) Delay(n int, err error, t *asynq.Task) time.Duration {
+	if errors.Is(err, asynq.ErrLeaseExpired) {
+		return 0
+	}
 	maxRA := p.maxRetryAfter()
 	if te, ok := errors.AsType[*ThrottledError](err); ok {
 		w := te.Wait
@@ -100,17 +152,15 @@ func (p RetryPolicy) Delay(n int, err error, _ *asynq.Task) time.Duration {
 		}
 		return min(w, maxRA)
 	}
+	if t != nil && t.Type() == tasks.TypeFanout {
+		return p.fanoutDelay(max(n, 0))
+	}
 	sched := p.schedule()
 	i := max(n+1, 0)
 	if i >= len(sched) {
 		i = len(sched) - 1
 	}
-	d := sched[i]
-	if j := p.jitter(); j > 0 && d > 0 {
-		// Uniform in [d*(1-j), d*(1+j)].
-		f := 1 + j*(2*rand.Float64()-1)
-		d = time.Duration(float64(d) * f)
-	}
+	d := p.jittered(sched[i])
 	if ra, ok := errors.AsType[*RetryAfterError](err); ok && ra.After > 0 {
 		d = max(d, min(ra.After, maxRA))
 	}

@@ -83,6 +83,16 @@ type Config struct {
 	// ThrottleWait is the base re-delay (plus up to 50% jitter) of a delivery whose
 	// endpoint has reached its MaxConcurrency. Default 500ms.
 	ThrottleWait time.Duration
+	// RecoveryInterval is how often the worker refreshes the run locks of the
+	// tasks it runs and looks for tasks whose worker is gone (killed, stalled,
+	// or whose dequeue reply Redis lost), which it puts back in their queue
+	// after two such rounds (see recover.go). Default 1s; at least
+	// MinRecoveryInterval (10ms).
+	RecoveryInterval time.Duration
+	// RunLease is how long a task's run lock outlives a worker that stopped
+	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
+	// while it sends. Default 3s; at least twice RecoveryInterval.
+	RunLease time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
 	// Logger receives the worker's logs (asynq's included). Default: no logs.
@@ -104,6 +114,10 @@ type Worker struct {
 	sender *Sender
 	mux    *asynq.ServeMux
 	log    *zap.Logger
+	runs   *runs // run locks and recovery of abandoned tasks
+	// stopRecovery ends the recovery loop started by Start.
+	stopRecovery context.CancelFunc
+	recoveryDone chan struct{}
 
 	once    sync.Once
 	started bool
@@ -127,6 +141,15 @@ func New(cfg Config) (*Worker, error) {
 	orDefault(&cfg.TaskCheckInterval, DefaultTaskCheckInterval)
 	orDefault(&cfg.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	orDefault(&cfg.ThrottleWait, DefaultThrottleWait)
+	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
+	orDefault(&cfg.RunLease, DefaultRunLease)
+	if cfg.RecoveryInterval < MinRecoveryInterval {
+		return nil, fmt.Errorf("configuring worker: recovery interval %s is below the minimum %s", cfg.RecoveryInterval, MinRecoveryInterval)
+	}
+	if cfg.RunLease < 2*cfg.RecoveryInterval {
+		// A lock refreshed less often than it lives would lapse under a live run.
+		return nil, fmt.Errorf("configuring worker: run lease %s must be at least twice the recovery interval %s", cfg.RunLease, cfg.RecoveryInterval)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -186,6 +209,8 @@ func New(cfg Config) (*Worker, error) {
 			return h.ProcessTask(ctx, t)
 		})
 	})
+	w.runs = newRuns(rdb, log, cfg.RecoveryInterval, cfg.RunLease)
+	w.mux.Use(w.runs.middleware)
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
@@ -205,7 +230,15 @@ func (w *Worker) taskError(ctx context.Context, t *asynq.Task, err error) {
 		return
 	}
 	id, _ := asynq.GetTaskID(ctx)
-	w.log.Error("fan-out failed", zap.String("event_id", id), zap.Error(err))
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, known := asynq.GetMaxRetry(ctx)
+	if errors.Is(err, asynq.SkipRetry) || (known && retried >= maxRetry) {
+		// asynq archives it now: say so, since no retry will follow.
+		w.log.Error("fan-out failed for good; the task is archived (retry it in asynqmon)",
+			zap.String("event_id", id), zap.Int("retries", retried), zap.Error(err))
+		return
+	}
+	w.log.Error("fan-out failed", zap.String("event_id", id), zap.Int("retries", retried), zap.Error(err))
 }
 
 // Start starts processing in the background; it fails when Redis cannot be reached.
@@ -224,6 +257,12 @@ func (w *Worker) Start() error {
 		return fmt.Errorf("starting worker: %w", err)
 	}
 	w.started = true
+	rctx, cancel := context.WithCancel(context.Background())
+	w.stopRecovery, w.recoveryDone = cancel, make(chan struct{})
+	go func() {
+		defer close(w.recoveryDone)
+		w.runs.loop(rctx, authtapQueues)
+	}()
 	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.Int("configured_endpoints", len(w.cfg.Endpoints)))
 	return nil
 }
@@ -247,6 +286,8 @@ func (w *Worker) Shutdown() {
 			case <-time.After(5 * time.Second):
 				w.log.Warn("closing with task handlers still running")
 			}
+			w.stopRecovery()
+			<-w.recoveryDone
 		}
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()
