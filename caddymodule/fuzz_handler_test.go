@@ -82,7 +82,6 @@ import (
 // Seeds live in testdata/fuzz/FuzzHandler; they are written by
 // TestWriteFuzzHandlerSeeds (AUTHTAP_FUZZ_WRITE_SEEDS=1) from fuzzSeeds.
 // AUTHTAP_FUZZ_STATS=1 logs each input's allocation and time (with -v);
-// AUTHTAP_FUZZ_RELAX turns off checks of known bugs (see fuzzKnown).
 // Run: go test ./caddymodule -run '^$' -fuzz '^FuzzHandler$' -fuzztime 10m -parallel 1
 func FuzzHandler(f *testing.F) {
 	fz := newFuzzEnv(f)
@@ -172,25 +171,9 @@ type fuzzEnv struct {
 	// lookups records the lookup requests of the input being run.
 	lookupMu    sync.Mutex
 	lookupPaths []string
-	// relaxed lists the checks turned off; see fuzzKnown.
-	relaxed map[string]bool
 	// run serializes inputs: the queue, logs and lookup answer are per input.
 	mu  sync.Mutex
 	enc *fuzzEncoders
-}
-
-// fuzzKnown names checks that fail on code still being fixed; listing one in
-// AUTHTAP_FUZZ_RELAX (comma-separated) turns it off, so that a long fuzzing
-// run can look for other failures. Nothing is relaxed by default, and CI
-// relaxes nothing.
-var fuzzKnown = map[string]string{
-	"decode": "every queued event decodes in the worker (skipped for data nested deeper than encoding/json's 10,000)",
-	"zstd":   "allocation bound (skipped for zstd responses, whose declared window is allocated)",
-	"time":   "time bound (quadratic rendering)",
-	"dots":   "lookup paths carry no . or .. segment from a placeholder",
-	// deep skips inputs whose bodies nest deeper than fuzzDeep: while
-	// rendering is quadratic in depth, each such input takes seconds.
-	"deep": "inputs nested deeper than 10,000 are run (skipped when relaxed)",
 }
 
 // fuzzDeep is encoding/json's nesting limit, which the worker decodes with;
@@ -204,15 +187,7 @@ type fuzzAnswer struct {
 }
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
-	fz := &fuzzEnv{queue: &fuzzQueue{}, logs: &fuzzLogCore{}, enc: newFuzzEncoders(f), relaxed: map[string]bool{}}
-	for _, name := range strings.Split(os.Getenv("AUTHTAP_FUZZ_RELAX"), ",") {
-		if name = strings.TrimSpace(name); name != "" {
-			if _, ok := fuzzKnown[name]; !ok {
-				f.Fatalf("AUTHTAP_FUZZ_RELAX: unknown check %q", name)
-			}
-			fz.relaxed[name] = true
-		}
-	}
+	fz := &fuzzEnv{queue: &fuzzQueue{}, logs: &fuzzLogCore{}, enc: newFuzzEncoders(f)}
 	fz.lookup = httptest.NewServer(http.HandlerFunc(fz.serveLookup))
 	f.Cleanup(fz.lookup.Close)
 
@@ -615,9 +590,6 @@ func (fz *fuzzEnv) run(t *testing.T, ctl []byte, params, reqHdr string, reqBody 
 	fz.mu.Lock()
 	defer fz.mu.Unlock()
 	c := fz.build(ctl, params, reqHdr, reqBody, respHdr, respBody)
-	if fz.relaxed["deep"] && (nestingDepth(c.reqBody) > fuzzDeep || nestingDepth(c.plain) > fuzzDeep || nestingDepth(c.answer.body) > fuzzDeep) {
-		t.Skip("nested deeper than 10,000 (AUTHTAP_FUZZ_RELAX=deep)")
-	}
 
 	want := newWireRecorder()
 	var wantSeen fuzzSeen
@@ -659,22 +631,20 @@ func (fz *fuzzEnv) run(t *testing.T, ctl []byte, params, reqHdr string, reqBody 
 	// (c) memory and time
 	alloc := after.TotalAlloc - before.TotalAlloc
 	allowed := uint64(fuzzMemBase + fuzzMemPerInputByte*int64(c.inputSize) + fuzzMemPerMaxBody*c.maxBody)
-	if alloc > allowed && !(fz.relaxed["zstd"] && strings.Contains(strings.Join(c.header["Content-Encoding"], ","), "zstd")) {
+	if alloc > allowed {
 		t.Fatalf("%s: serving allocated %d bytes, more than the %d allowed for %d input bytes and max_body %d",
 			desc, alloc, allowed, c.inputSize, c.maxBody)
 	}
-	if limit := fuzzTimeBase + time.Duration(float64(fuzzTimePerMiB)*float64(c.inputSize)/(1<<20)); took > limit && !fz.relaxed["time"] {
+	if limit := fuzzTimeBase + time.Duration(float64(fuzzTimePerMiB)*float64(c.inputSize)/(1<<20)); took > limit {
 		t.Fatalf("%s: serving took %v, more than the %v allowed for %d input bytes", desc, took, limit, c.inputSize)
 	}
-	if !fz.relaxed["dots"] {
-		fz.lookupMu.Lock()
-		paths := slices.Clone(fz.lookupPaths)
-		fz.lookupMu.Unlock()
-		for _, p := range paths {
-			for _, seg := range strings.Split(p, "/") {
-				if seg == "." || seg == ".." {
-					t.Fatalf("%s: a lookup went to %q, with a dot segment from a placeholder", desc, p)
-				}
+	fz.lookupMu.Lock()
+	paths := slices.Clone(fz.lookupPaths)
+	fz.lookupMu.Unlock()
+	for _, p := range paths {
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("%s: a lookup went to %q, with a dot segment from a placeholder", desc, p)
 			}
 		}
 	}
@@ -691,9 +661,6 @@ func (fz *fuzzEnv) run(t *testing.T, ctl []byte, params, reqHdr string, reqBody 
 	}
 	for _, q := range queued {
 		if err := c.checkEvent(q); err != nil {
-			if fz.relaxed["decode"] && errors.Is(err, errFuzzUndecodable) && nestingDepth(q.ev.Data) > fuzzDeep-2 {
-				continue
-			}
 			t.Fatalf("%s: queued event %s (%s, rule %s, %d bytes of data): %v", desc, q.ev.ID, truncate(q.ev.Type, 80), q.ev.Source.Rule, len(q.ev.Data), err)
 		}
 	}
