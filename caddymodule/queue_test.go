@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -248,33 +246,9 @@ func TestRedisDownSpoolsThenReplays(t *testing.T) {
 // A Redis that accepts connections and never answers: the enqueue must give up
 // after EnqueueTimeout and spool.
 func TestHangingRedisSpoolsWithinTimeout(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-	})
+	addr := redistest.Hanging(t)
 	timeout := 150 * time.Millisecond
-	a := &App{Redis: "redis://" + l.Addr().String() + "/0", EnqueueTimeout: caddy.Duration(timeout)}
+	a := &App{Redis: "redis://" + addr + "/0", EnqueueTimeout: caddy.Duration(timeout)}
 	startApp(t, a)
 	start := time.Now()
 	out, err := a.Enqueue(context.Background(), testEvent(rules.ModeLive))

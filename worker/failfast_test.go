@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,37 +12,6 @@ import (
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/worker/enqueue"
 )
-
-// hangingRedis accepts connections and never answers (a frozen Redis).
-func hangingRedis(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return l.Addr().String()
-}
 
 // refusedAddr is a loopback address nothing listens on.
 func refusedAddr(t *testing.T) string {
@@ -72,7 +40,7 @@ func TestFailFastRedisClient(t *testing.T) {
 		// Generous bounds for a loaded machine; go-redis's defaults take the
 		// whole deadline when refused, and 5s (its read timeout) when hanging.
 		{"refused", refusedAddr(t), 0, 150 * time.Millisecond},
-		{"hanging", hangingRedis(t), deadline - 10*time.Millisecond, deadline + 750*time.Millisecond},
+		{"hanging", redistest.Hanging(t), deadline - 10*time.Millisecond, deadline + 750*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, opt := range []asynq.RedisConnOpt{
@@ -128,7 +96,7 @@ func TestFailFastRedisClient(t *testing.T) {
 // ends when its caller stops waiting (its enqueue timeout), not after the
 // writer's 5s round-trip timeout, so the next batch is not held up.
 func TestWriterRoundTripEndsWithItsCaller(t *testing.T) {
-	c, err := FailFastRedisClient(asynq.RedisClientOpt{Addr: hangingRedis(t)})
+	c, err := FailFastRedisClient(asynq.RedisClientOpt{Addr: redistest.Hanging(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
