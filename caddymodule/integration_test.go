@@ -350,15 +350,16 @@ func (it *integration) waitForSubjects(subjects []string, within time.Duration) 
 	}
 }
 
-func startIntegration(t *testing.T) *integration {
+// newIntegration starts a private Redis and the upstream, and fills in what
+// every Caddy under test shares: ports, spool, clients. It starts no Caddy.
+func newIntegration(t *testing.T, upstream http.Handler) *integration {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: runs Caddy, Redis and an upstream")
 	}
 	rs := redistest.Start(t)
-	api := &fakeAuthAPI{}
-	upstream := httptest.NewServer(api)
-	t.Cleanup(upstream.Close)
-	dir := t.TempDir()
+	up := httptest.NewServer(upstream)
+	t.Cleanup(up.Close)
 	it := &integration{
 		t:         t,
 		redis:     rs,
@@ -366,14 +367,20 @@ func startIntegration(t *testing.T) *integration {
 		rdb:       redis.NewClient(&redis.Options{Addr: rs.Addr}),
 		adminPort: freeTCPPort(t),
 		httpPort:  freeTCPPort(t),
-		rulesFile: filepath.Join(dir, "rules.yaml"),
-		spoolDir:  filepath.Join(dir, "spool"),
-		upstream:  strings.TrimPrefix(upstream.URL, "http://"),
-		api:       api,
+		spoolDir:  filepath.Join(t.TempDir(), "spool"),
+		upstream:  strings.TrimPrefix(up.URL, "http://"),
 		client:    &http.Client{Timeout: 30 * time.Second},
 	}
 	t.Cleanup(func() { it.insp.Close(); it.rdb.Close() })
 	it.base = "http://127.0.0.1:" + strconv.Itoa(it.httpPort)
+	return it
+}
+
+func startIntegration(t *testing.T) *integration {
+	api := &fakeAuthAPI{}
+	it := newIntegration(t, api)
+	it.api = api
+	it.rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(it.rulesFile, []byte(integrationRules), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -4,19 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
-	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker/tasks"
 )
@@ -29,26 +24,7 @@ import (
 // one global Caddy.
 func startTapCaddy(t *testing.T, upstream http.Handler, tap map[string]any, logFile string) *integration {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs Caddy, Redis and an upstream")
-	}
-	rs := redistest.Start(t)
-	up := httptest.NewServer(upstream)
-	t.Cleanup(up.Close)
-	dir := t.TempDir()
-	it := &integration{
-		t:         t,
-		redis:     rs,
-		insp:      asynq.NewInspector(asynq.RedisClientOpt{Addr: rs.Addr}),
-		rdb:       redis.NewClient(&redis.Options{Addr: rs.Addr}),
-		adminPort: freeTCPPort(t),
-		httpPort:  freeTCPPort(t),
-		spoolDir:  filepath.Join(dir, "spool"),
-		upstream:  strings.TrimPrefix(up.URL, "http://"),
-		client:    &http.Client{Timeout: 30 * time.Second},
-	}
-	t.Cleanup(func() { it.insp.Close(); it.rdb.Close() })
-	it.base = "http://127.0.0.1:" + strconv.Itoa(it.httpPort)
+	it := newIntegration(t, upstream)
 	handler := map[string]any{"handler": "authtap"}
 	for k, v := range tap {
 		handler[k] = v
@@ -65,7 +41,7 @@ func startTapCaddy(t *testing.T, upstream http.Handler, tap map[string]any, logF
 			"level": level, "writer": writer, "encoder": map[string]any{"format": "json"},
 		}}},
 		"apps": map[string]any{
-			"authtap": map[string]any{"redis": rs.URL, "spool_dir": it.spoolDir, "enqueue_timeout": "2s"},
+			"authtap": map[string]any{"redis": it.redis.URL, "spool_dir": it.spoolDir, "enqueue_timeout": "2s"},
 			"http": map[string]any{
 				"http_port": it.httpPort,
 				"servers": map[string]any{"srv0": map[string]any{
