@@ -115,8 +115,9 @@ type WorkerConfig struct {
 	// their queue after two such rounds. Default 1s; 10ms to 30s.
 	RecoveryInterval caddy.Duration `json:"recovery_interval,omitempty"`
 	// RunLease is how long a task's run lock outlives a worker that stopped
-	// refreshing it (a task whose worker died is recovered about this long
-	// after); an attempt that is sending holds it for its whole timeout.
+	// refreshing it (a delivery whose worker died is recovered about this
+	// plus two RecoveryIntervals after); an attempt that is sending holds it
+	// for its whole timeout.
 	// Default 3s; at least twice RecoveryInterval, at most 2m.
 	RunLease caddy.Duration `json:"run_lease,omitempty"`
 	// FanoutRetryFirst is the delay before the first retry of a failed
