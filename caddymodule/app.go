@@ -110,6 +110,35 @@ type WorkerConfig struct {
 	// (live and test) may reach although they are loopback, private or
 	// link-local; test endpoints may reach loopback without it. Default none.
 	Allowlist []string `json:"allowlist,omitempty"`
+	// RecoveryInterval is how often the worker refreshes the run locks of its
+	// tasks and looks for tasks whose worker is gone, which it puts back in
+	// their queue after two such rounds. Default 1s; 10ms to 30s.
+	RecoveryInterval caddy.Duration `json:"recovery_interval,omitempty"`
+	// RunLease is how long a task's run lock outlives a worker that stopped
+	// refreshing it (a delivery whose worker died is recovered about this
+	// plus two RecoveryIntervals after); an attempt that is sending holds it
+	// for its whole timeout.
+	// Default 3s; at least twice RecoveryInterval, at most 2m.
+	RunLease caddy.Duration `json:"run_lease,omitempty"`
+	// FanoutRetryFirst is the delay before the first retry of a failed
+	// fan-out; each further retry waits twice as long, up to FanoutRetryMax.
+	// Default 1s; at most FanoutRetryMax.
+	FanoutRetryFirst caddy.Duration `json:"fanout_retry_first,omitempty"`
+	// FanoutRetryMax caps the delay between fan-out retries. Default 30s; at
+	// most 1h.
+	FanoutRetryMax caddy.Duration `json:"fanout_retry_max,omitempty"`
+}
+
+// check reports whether the recovery and fan-out retry options are within the
+// worker's bounds.
+func (wc *WorkerConfig) check() error {
+	if err := worker.CheckRecovery(time.Duration(wc.RecoveryInterval), time.Duration(wc.RunLease)); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := worker.CheckFanoutRetry(time.Duration(wc.FanoutRetryFirst), time.Duration(wc.FanoutRetryMax)); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	return nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -229,10 +258,16 @@ func (a *App) acquireWorker(redisURL string, repl *caddy.Replacer) error {
 		wc = *a.Worker
 	}
 	cfg := worker.Config{
-		Redis:           a.be.opt,
-		Concurrency:     wc.Concurrency,
-		DeliveryTimeout: time.Duration(wc.DeliveryTimeout),
-		ShutdownTimeout: time.Duration(wc.ShutdownTimeout),
+		Redis:            a.be.opt,
+		Concurrency:      wc.Concurrency,
+		DeliveryTimeout:  time.Duration(wc.DeliveryTimeout),
+		ShutdownTimeout:  time.Duration(wc.ShutdownTimeout),
+		RecoveryInterval: time.Duration(wc.RecoveryInterval),
+		RunLease:         time.Duration(wc.RunLease),
+		Retry: worker.RetryPolicy{
+			FanoutFirst: time.Duration(wc.FanoutRetryFirst),
+			FanoutMax:   time.Duration(wc.FanoutRetryMax),
+		},
 	}
 	for _, s := range wc.Allowlist {
 		p, err := netip.ParsePrefix(s)
@@ -286,6 +321,11 @@ func (a *App) Validate() error {
 	}
 	if a.Worker != nil && a.Worker.Concurrency < 0 {
 		return errors.New("worker concurrency must not be negative")
+	}
+	if a.Worker != nil {
+		if err := a.Worker.check(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

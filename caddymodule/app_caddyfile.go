@@ -24,6 +24,9 @@ import (
 //				delivery_timeout <duration>
 //				shutdown_timeout <duration>
 //				allow <cidr...>
+//				recovery_interval <duration>
+//				run_lease <duration>
+//				fanout_retry <first> <max>
 //			}
 //			spool_dir <path>
 //			spool_max_size <size>
@@ -198,9 +201,40 @@ func parseWorker(d *caddyfile.Dispenser) (*WorkerConfig, error) {
 					break
 				}
 			}
+		case "recovery_interval":
+			dur, err := parseDurationArg(d, "worker recovery_interval")
+			if err != nil {
+				return nil, err
+			}
+			wc.RecoveryInterval = dur
+		case "run_lease":
+			dur, err := parseDurationArg(d, "worker run_lease")
+			if err != nil {
+				return nil, err
+			}
+			wc.RunLease = dur
+		case "fanout_retry":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Errf("worker fanout_retry: want the first delay and the cap (e.g. fanout_retry 1s 30s), got %d values", len(args))
+			}
+			for i, a := range args {
+				dur, err := caddy.ParseDuration(a)
+				if err != nil || dur <= 0 {
+					return nil, d.Errf("worker fanout_retry: invalid duration %q (e.g. 1s 30s)", a)
+				}
+				if i == 0 {
+					wc.FanoutRetryFirst = caddy.Duration(dur)
+				} else {
+					wc.FanoutRetryMax = caddy.Duration(dur)
+				}
+			}
 		default:
-			return nil, d.Errf("unrecognized worker option %q (want concurrency, delivery_timeout, shutdown_timeout or allow)", d.Val())
+			return nil, d.Errf("unrecognized worker option %q (want concurrency, delivery_timeout, shutdown_timeout, allow, recovery_interval, run_lease or fanout_retry)", d.Val())
 		}
+	}
+	if err := wc.check(); err != nil {
+		return nil, d.Err(err.Error())
 	}
 	return wc, nil
 }

@@ -234,6 +234,20 @@ func TestValidateApp(t *testing.T) {
 		{App{SpoolProbeInterval: 1}, false},
 		{App{SpoolProbeInterval: caddy.Duration(MinSpoolProbeInterval - 1)}, false},
 		{App{SpoolProbeInterval: -1}, false},
+		// Recovery and fan-out retry options, in JSON too, within the worker's bounds.
+		{App{Worker: &WorkerConfig{RecoveryInterval: caddy.Duration(worker.MaxRecoveryInterval), RunLease: caddy.Duration(worker.MaxRunLease)}}, true},
+		{App{Worker: &WorkerConfig{FanoutRetryFirst: caddy.Duration(time.Second), FanoutRetryMax: caddy.Duration(worker.MaxFanoutRetry)}}, true},
+		{App{Worker: &WorkerConfig{RecoveryInterval: -1}}, false},
+		{App{Worker: &WorkerConfig{RunLease: -1}}, false},
+		{App{Worker: &WorkerConfig{RecoveryInterval: 1}}, false},
+		{App{Worker: &WorkerConfig{RecoveryInterval: caddy.Duration(time.Hour), RunLease: caddy.Duration(3 * time.Hour)}}, false},
+		{App{Worker: &WorkerConfig{RunLease: 1<<63 - 1}}, false},
+		{App{Worker: &WorkerConfig{RecoveryInterval: caddy.Duration(2 * time.Second)}}, false}, // the default lease is 3s
+		{App{Worker: &WorkerConfig{FanoutRetryFirst: -1}}, false},
+		{App{Worker: &WorkerConfig{FanoutRetryFirst: caddy.Duration(time.Minute)}}, false}, // the default cap is 30s
+		{App{Worker: &WorkerConfig{FanoutRetryFirst: 1 << 62, FanoutRetryMax: 1<<63 - 1}}, false},
+		// Off, the worker's options are still checked.
+		{App{Worker: &WorkerConfig{Enabled: new(false), RunLease: -1}}, false},
 	} {
 		if err := tc.app.Validate(); (err == nil) != tc.ok {
 			t.Errorf("case %d: Validate() = %v", i, err)
@@ -250,6 +264,11 @@ func TestProvisionErrors(t *testing.T) {
 		{App{Redis: "redis://:hunter2@127.0.0.1:99999/0"}, "port must be 1 to 65535"},
 		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{Allowlist: []string{"nope"}}}, `allowlist entry "nope"`},
 		{App{Worker: &WorkerConfig{}, Endpoints: []worker.EndpointConfig{{ID: "x", URL: "https://x.test"}}}, "needs a secret"},
+		// Each recovery option reaches the worker, which refuses it.
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{RecoveryInterval: caddy.Duration(time.Minute)}}, "recovery interval 1m0s is above"},
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{RunLease: caddy.Duration(time.Hour)}}, "run lease 1h0m0s is above"},
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{FanoutRetryFirst: caddy.Duration(time.Minute)}}, "first fan-out retry delay 1m0s"},
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{FanoutRetryMax: caddy.Duration(2 * time.Hour)}}, "fan-out retry cap 2h0m0s"},
 	} {
 		a := tc.app
 		a.SpoolDir = t.TempDir()

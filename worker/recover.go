@@ -68,6 +68,15 @@ const (
 	// MinRecoveryInterval bounds Config.RecoveryInterval from below: each
 	// round costs one script per queue on Redis.
 	MinRecoveryInterval = 10 * time.Millisecond
+	// MaxRecoveryInterval bounds Config.RecoveryInterval from above: with
+	// rounds further apart, authtap's recovery (two rounds) would be slower
+	// than asynq's own.
+	MaxRecoveryInterval = 30 * time.Second
+	// MaxRunLease bounds Config.RunLease from above: a task whose worker died
+	// waits out its run lock, and past two minutes (asynq's lease, its
+	// recovery cutoff and its recoverer's minute) authtap's recovery would be
+	// slower than asynq's own.
+	MaxRunLease = 2 * time.Minute
 
 	// asynqLease is asynq's rdb.LeaseDuration: a dequeue and each heartbeat
 	// write the lease as now + 30s (unix seconds).
@@ -97,6 +106,31 @@ const (
 	// was recovered (its generation).
 	recoveredHeader = "authtap-recovered"
 )
+
+// CheckRecovery reports whether interval and lease, a Config's
+// RecoveryInterval and RunLease (zero: the default of each), are within the
+// worker's bounds: the interval from MinRecoveryInterval to
+// MaxRecoveryInterval, the lease at most MaxRunLease and at least twice the
+// interval (a lock refreshed less often than it lives would lapse under a
+// live run).
+func CheckRecovery(interval, lease time.Duration) error {
+	if interval < 0 || lease < 0 {
+		return fmt.Errorf("recovery interval %s and run lease %s must not be negative", interval, lease)
+	}
+	orDefault(&interval, DefaultRecoveryInterval)
+	orDefault(&lease, DefaultRunLease)
+	switch {
+	case interval < MinRecoveryInterval:
+		return fmt.Errorf("recovery interval %s is below the minimum %s", interval, MinRecoveryInterval)
+	case interval > MaxRecoveryInterval:
+		return fmt.Errorf("recovery interval %s is above the maximum %s", interval, MaxRecoveryInterval)
+	case lease > MaxRunLease:
+		return fmt.Errorf("run lease %s is above the maximum %s", lease, MaxRunLease)
+	case lease < 2*interval:
+		return fmt.Errorf("run lease %s must be at least twice the recovery interval %s", lease, interval)
+	}
+	return nil
+}
 
 func runKey(queue, id string) string     { return keyPrefix + "{" + queue + "}:run:" + id }
 func runKeyPrefix(queue string) string   { return keyPrefix + "{" + queue + "}:run:" }

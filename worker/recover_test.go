@@ -531,6 +531,11 @@ func TestRecoveryOptionsBounded(t *testing.T) {
 		{time.Nanosecond, time.Second, "below the minimum"},
 		{time.Second, 1500 * time.Millisecond, "at least twice"},
 		{10 * time.Second, 0, "at least twice"}, // the default lease is 3s
+		{-time.Second, 0, "must not be negative"},
+		{0, -time.Second, "must not be negative"},
+		{MaxRecoveryInterval + time.Millisecond, time.Hour, "above the maximum"},
+		{time.Second, MaxRunLease + time.Millisecond, "above the maximum"},
+		{time.Second, 1<<63 - 1, "above the maximum"}, // hostile: would overflow Redis's PX
 	} {
 		w, err := New(Config{Redis: opt, RecoveryInterval: tc.interval, RunLease: tc.lease})
 		if err == nil {
@@ -539,6 +544,38 @@ func TestRecoveryOptionsBounded(t *testing.T) {
 		} else if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%d: %v, want %q", i, err, tc.want)
 		}
+	}
+	for i, tc := range []struct {
+		first, limit time.Duration
+		want         string
+	}{
+		{-time.Second, 0, "must not be negative"},
+		{0, -time.Second, "must not be negative"},
+		{time.Minute, 0, "longer than"}, // the default cap is 30s
+		{2 * time.Second, time.Second, "longer than"},
+		{time.Second, MaxFanoutRetry + 1, "above the maximum"},
+		{1 << 62, 1<<63 - 1, "above the maximum"}, // hostile: doubling would overflow
+	} {
+		w, err := New(Config{Redis: opt, Retry: RetryPolicy{FanoutFirst: tc.first, FanoutMax: tc.limit}})
+		if err == nil {
+			w.Shutdown()
+			t.Errorf("fan-out %d: first %s cap %s accepted", i, tc.first, tc.limit)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("fan-out %d: %v, want %q", i, err, tc.want)
+		}
+	}
+	// The bounds themselves are accepted.
+	for _, c := range []Config{
+		{Redis: opt, RecoveryInterval: MinRecoveryInterval, RunLease: 2 * MinRecoveryInterval},
+		{Redis: opt, RecoveryInterval: MaxRecoveryInterval, RunLease: MaxRunLease},
+		{Redis: opt, Retry: RetryPolicy{FanoutFirst: MaxFanoutRetry, FanoutMax: MaxFanoutRetry}},
+	} {
+		w, err := New(c)
+		if err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		w.Shutdown()
 	}
 	w, err := New(Config{Redis: opt})
 	if err != nil {

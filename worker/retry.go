@@ -42,7 +42,29 @@ const (
 	// tasks.FanoutMaxRetry (25) retries a fan-out is retried for about 10.5
 	// minutes (1+2+4+8+16+20×30 s) before asynq archives it (see README).
 	DefaultFanoutMaxRetry = 30 * time.Second
+	// MaxFanoutRetry bounds RetryPolicy.FanoutFirst and FanoutMax from above:
+	// the fan-out schedule is meant to be quick, and an event's deliveries
+	// all wait for its fan-out.
+	MaxFanoutRetry = time.Hour
 )
+
+// CheckFanoutRetry reports whether first and limit, a RetryPolicy's
+// FanoutFirst and FanoutMax (zero: the default of each), are within bounds:
+// positive, at most MaxFanoutRetry, and first no longer than limit.
+func CheckFanoutRetry(first, limit time.Duration) error {
+	if first < 0 || limit < 0 {
+		return fmt.Errorf("fan-out retry delays %s and %s must not be negative", first, limit)
+	}
+	orDefault(&first, DefaultFanoutFirstRetry)
+	orDefault(&limit, DefaultFanoutMaxRetry)
+	switch {
+	case limit > MaxFanoutRetry:
+		return fmt.Errorf("fan-out retry cap %s is above the maximum %s", limit, MaxFanoutRetry)
+	case first > limit:
+		return fmt.Errorf("first fan-out retry delay %s is longer than the fan-out retry cap %s", first, limit)
+	}
+	return nil
+}
 
 // RetryPolicy computes when a failed task runs again: webhook:deliver tasks
 // follow Schedule (the Standard Webhooks schedule by default), event:fanout
@@ -63,10 +85,10 @@ type RetryPolicy struct {
 	MaxRetryAfter time.Duration
 	// FanoutFirst is the delay before the first retry of a failed fan-out;
 	// each further retry waits twice as long, up to FanoutMax. Zero means the
-	// default 1s.
+	// default 1s; at most FanoutMax.
 	FanoutFirst time.Duration
 	// FanoutMax caps the delay between fan-out retries. Zero means the
-	// default 30s.
+	// default 30s; at most MaxFanoutRetry (1h).
 	FanoutMax time.Duration
 }
 

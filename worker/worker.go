@@ -54,8 +54,10 @@ type Config struct {
 	Allowlist []netip.Prefix
 	// DeliveryTimeout bounds one delivery attempt, response included. Default 15s.
 	DeliveryTimeout time.Duration
-	// Retry is the retry schedule of deliveries. The zero value is the Standard
-	// Webhooks schedule (0, 5s, 5m, 30m, 2h, 5h, 10h, 14h, 20h, 24h) with ±10% jitter.
+	// Retry is the retry schedule of deliveries and fan-outs. The zero value is
+	// the Standard Webhooks schedule (0, 5s, 5m, 30m, 2h, 5h, 10h, 14h, 20h,
+	// 24h) for deliveries and 1s doubling up to 30s for fan-outs, with ±10%
+	// jitter; FanoutFirst and FanoutMax are bounded by CheckFanoutRetry.
 	Retry RetryPolicy
 	// DisableAfter disables an endpoint whose deliveries have failed without a
 	// success for this long, and emits an endpoint.disabled event. Default 5 days.
@@ -86,12 +88,13 @@ type Config struct {
 	// RecoveryInterval is how often the worker refreshes the run locks of the
 	// tasks it runs and looks for tasks whose worker is gone (killed, stalled,
 	// or whose dequeue reply Redis lost), which it puts back in their queue
-	// after two such rounds (see recover.go). Default 1s; at least
-	// MinRecoveryInterval (10ms).
+	// after two such rounds (see recover.go). Default 1s; from
+	// MinRecoveryInterval (10ms) to MaxRecoveryInterval (30s).
 	RecoveryInterval time.Duration
 	// RunLease is how long a task's run lock outlives a worker that stopped
 	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
-	// while it sends. Default 3s; at least twice RecoveryInterval.
+	// while it sends. Default 3s; at least twice RecoveryInterval, at most
+	// MaxRunLease (2m).
 	RunLease time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
@@ -141,15 +144,14 @@ func New(cfg Config) (*Worker, error) {
 	orDefault(&cfg.TaskCheckInterval, DefaultTaskCheckInterval)
 	orDefault(&cfg.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	orDefault(&cfg.ThrottleWait, DefaultThrottleWait)
+	if err := CheckRecovery(cfg.RecoveryInterval, cfg.RunLease); err != nil {
+		return nil, fmt.Errorf("configuring worker: %w", err)
+	}
+	if err := CheckFanoutRetry(cfg.Retry.FanoutFirst, cfg.Retry.FanoutMax); err != nil {
+		return nil, fmt.Errorf("configuring worker: %w", err)
+	}
 	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
 	orDefault(&cfg.RunLease, DefaultRunLease)
-	if cfg.RecoveryInterval < MinRecoveryInterval {
-		return nil, fmt.Errorf("configuring worker: recovery interval %s is below the minimum %s", cfg.RecoveryInterval, MinRecoveryInterval)
-	}
-	if cfg.RunLease < 2*cfg.RecoveryInterval {
-		// A lock refreshed less often than it lives would lapse under a live run.
-		return nil, fmt.Errorf("configuring worker: run lease %s must be at least twice the recovery interval %s", cfg.RunLease, cfg.RecoveryInterval)
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}

@@ -24,7 +24,7 @@ import (
 
 func init() {
 	register("worker", command{
-		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE] [--admin ADDR]",
+		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE] [--admin ADDR] [--recovery-interval D] [--run-lease D]",
 		summary: "deliver queued events to their endpoints until SIGINT or SIGTERM",
 		run:     runWorker,
 	})
@@ -65,6 +65,16 @@ Flags:`)
 		"YAML or JSON file of read-only endpoints (a list, or {endpoints: [...]}); values \"{env.NAME}\" are read from the environment")
 	timeout := fs.Duration("timeout", worker.DefaultTimeout, "timeout of one delivery attempt")
 	shutdown := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long to wait for deliveries in flight when stopping")
+	recoveryInterval := fs.Duration("recovery-interval", worker.DefaultRecoveryInterval,
+		fmt.Sprintf("how often the worker refreshes its run locks and looks for tasks whose worker is gone (%s to %s)",
+			worker.MinRecoveryInterval, worker.MaxRecoveryInterval))
+	runLease := fs.Duration("run-lease", worker.DefaultRunLease,
+		fmt.Sprintf("how long a task's run lock outlives a worker that stopped: a dead worker's task is back about this long after (at least twice --recovery-interval, at most %s)",
+			worker.MaxRunLease))
+	fanoutFirst := fs.Duration("fanout-retry-first", worker.DefaultFanoutFirstRetry,
+		"delay before the first retry of a failed fan-out; each further retry waits twice as long, up to --fanout-retry-max")
+	fanoutMax := fs.Duration("fanout-retry-max", worker.DefaultFanoutMaxRetry,
+		fmt.Sprintf("cap of the delay between fan-out retries (at most %s)", worker.MaxFanoutRetry))
 	debug := fs.Bool("debug", false, "log every fan-out and delivery")
 	adminAddr := fs.String("admin", "",
 		"serve the management API (and asynqmon at /monitor/) on this address; a bare port (8081 or :8081) means 127.0.0.1:8081, "+
@@ -98,8 +108,27 @@ Flags:`)
 		fmt.Fprintf(stderr, "authtap worker: %v\n", err)
 		return 2
 	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"recovery-interval", *recoveryInterval}, {"run-lease", *runLease}, {"fanout-retry-first", *fanoutFirst}, {"fanout-retry-max", *fanoutMax}} {
+		if f.v <= 0 {
+			fmt.Fprintf(stderr, "authtap worker: --%s %s: want a positive duration\n", f.name, f.v)
+			return 2
+		}
+	}
+	if err := worker.CheckRecovery(*recoveryInterval, *runLease); err != nil {
+		fmt.Fprintf(stderr, "authtap worker: --recovery-interval, --run-lease: %v\n", err)
+		return 2
+	}
+	if err := worker.CheckFanoutRetry(*fanoutFirst, *fanoutMax); err != nil {
+		fmt.Fprintf(stderr, "authtap worker: --fanout-retry-first, --fanout-retry-max: %v\n", err)
+		return 2
+	}
 	cfg := worker.Config{
 		Redis: opt, Concurrency: *concurrency, DeliveryTimeout: *timeout, ShutdownTimeout: *shutdown,
+		RecoveryInterval: *recoveryInterval, RunLease: *runLease,
+		Retry: worker.RetryPolicy{FanoutFirst: *fanoutFirst, FanoutMax: *fanoutMax},
 	}
 	for _, a := range allow {
 		p, err := netip.ParsePrefix(a)

@@ -59,6 +59,17 @@ func TestWorkerCommandFlags(t *testing.T) {
 		{args: []string{"--redis", "redis://127.0.0.1:1", "--allow", "nope"}, code: 2, wantErr: "--allow"},
 		{args: []string{"--redis", "redis://127.0.0.1:1", "--endpoints", badFile}, code: 1, wantErr: "colour"},
 		{args: []string{"--redis", "redis://127.0.0.1:1", "extra"}, code: 2, wantErr: "unexpected argument"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--recovery-interval", "soon"}, code: 2, wantErr: "recovery-interval"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--recovery-interval", "1ns"}, code: 2, wantErr: "below the minimum 10ms"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--recovery-interval", "100000h", "--run-lease", "200000h"}, code: 2, wantErr: "above the maximum 30s"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--recovery-interval", "2s"}, code: 2, wantErr: "at least twice"}, // the default lease is 3s
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--run-lease", "2562047h"}, code: 2, wantErr: "above the maximum 2m0s"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--run-lease", "0s"}, code: 2, wantErr: "--run-lease 0s: want a positive duration"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--fanout-retry-first", "-1s"}, code: 2, wantErr: "--fanout-retry-first -1s: want a positive duration"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--fanout-retry-first", "1m"}, code: 2, wantErr: "longer than the fan-out retry cap 30s"},
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--fanout-retry-max", "1000h"}, code: 2, wantErr: "above the maximum 1h0m0s"},
+		// Within the bounds, the worker is built and fails only on Redis.
+		{args: []string{"--redis", "redis://127.0.0.1:1", "--recovery-interval", "30s", "--run-lease", "2m", "--fanout-retry-first", "1h", "--fanout-retry-max", "1h"}, code: 1, wantErr: "reaching redis"},
 		{args: []string{"--redis", "redis://127.0.0.1:1"}, code: 1, wantErr: "reaching redis"},
 		{args: []string{"-h"}, env: "redis://:s3cret@127.0.0.1:1/0", code: 0, wantErr: "AUTHTAP_REDIS", hideText: "s3cret"},
 		{args: []string{}, env: "redis://:s3cret@127.0.0.1:1/0", code: 1, wantErr: "reaching redis", hideText: "s3cret"},
