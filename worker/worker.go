@@ -93,6 +93,14 @@ type Config struct {
 	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
 	// while it sends. Default 3s; at least twice RecoveryInterval.
 	RunLease time.Duration
+	// ProbeInterval is how often a worker looks at the endpoints that have
+	// deliveries waiting on the retry schedule: one that is failing is probed
+	// by re-sending its oldest waiting delivery early (at most one probe per
+	// endpoint in flight, across all workers, and one per ProbeInterval; a
+	// failed probe costs no schedule step), and one that answers 2xx again has
+	// its waiting deliveries pulled forward (see drain.go). Default 2s; at
+	// least MinProbeInterval (100ms).
+	ProbeInterval time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
 	// Logger receives the worker's logs (asynq's included). Default: no logs.
@@ -114,7 +122,8 @@ type Worker struct {
 	sender *Sender
 	mux    *asynq.ServeMux
 	log    *zap.Logger
-	runs   *runs // run locks and recovery of abandoned tasks
+	runs   *runs    // run locks and recovery of abandoned tasks
+	drain  *drainer // pulls the backlog of recovered endpoints forward
 	// stopRecovery ends the recovery loop started by Start.
 	stopRecovery context.CancelFunc
 	recoveryDone chan struct{}
@@ -145,6 +154,10 @@ func New(cfg Config) (*Worker, error) {
 	orDefault(&cfg.RunLease, DefaultRunLease)
 	if cfg.RecoveryInterval < MinRecoveryInterval {
 		return nil, fmt.Errorf("configuring worker: recovery interval %s is below the minimum %s", cfg.RecoveryInterval, MinRecoveryInterval)
+	}
+	orDefault(&cfg.ProbeInterval, DefaultProbeInterval)
+	if cfg.ProbeInterval < MinProbeInterval {
+		return nil, fmt.Errorf("configuring worker: probe interval %s is below the minimum %s", cfg.ProbeInterval, MinProbeInterval)
 	}
 	if cfg.RunLease < 2*cfg.RecoveryInterval {
 		// A lock refreshed less often than it lives would lapse under a live run.
@@ -214,9 +227,10 @@ func New(cfg Config) (*Worker, error) {
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
+	w.drain = newDrainer(rdb, store, log, cfg.ProbeInterval, cfg.DeliveryTimeout)
 	w.mux.Handle(tasks.TypeDeliver, &deliverHandler{
 		store: store, sender: w.sender, q: w.client, timeout: cfg.DeliveryTimeout, disableAfter: cfg.DisableAfter,
-		log: log, metrics: m, now: cfg.Now,
+		log: log, metrics: m, now: cfg.Now, drain: w.drain,
 		limiter: &limiter{
 			rdb: rdb, now: cfg.Now, lease: cfg.DeliveryTimeout + 30*time.Second, concurrencyWait: cfg.ThrottleWait,
 		},
@@ -263,6 +277,7 @@ func (w *Worker) Start() error {
 		defer close(w.recoveryDone)
 		w.runs.loop(rctx, authtapQueues)
 	}()
+	w.drain.loop()
 	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.Int("configured_endpoints", len(w.cfg.Endpoints)))
 	return nil
 }
@@ -289,6 +304,7 @@ func (w *Worker) Shutdown() {
 			w.stopRecovery()
 			<-w.recoveryDone
 		}
+		w.drain.stop()
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()
 		_ = w.rdb.Close()
