@@ -186,7 +186,7 @@ const (
 // indexCmds are the replies an attempt's index update reads.
 type indexCmds struct {
 	left  *redis.IntCmd    // deliveries still waiting, after a success
-	probe *redis.StringCmd // the endpoint's probe marker
+	probe *redis.SliceCmd // the endpoint's probe marker (MGET: no redis.Nil to fail the pipeline)
 }
 
 // indexIn queues in p the index update of delivery taskID of endpoint id.
@@ -204,7 +204,7 @@ func (d *drainer) indexIn(ctx context.Context, p redis.Pipeliner, id, taskID str
 			c.left = p.ZCard(ctx, wk)
 		}
 	}
-	c.probe = p.Get(ctx, probeKey(id))
+	c.probe = p.MGet(ctx, probeKey(id))
 	return c
 }
 
@@ -212,10 +212,14 @@ func (d *drainer) indexIn(ctx context.Context, p redis.Pipeliner, id, taskID str
 // was a probe, and when its delivery was due; it ends the probe, so that the
 // next one starts no sooner than ProbeInterval from now.
 func (d *drainer) probeDue(ctx context.Context, id, taskID string, c indexCmds) (time.Time, bool) {
-	v, err := c.probe.Result()
-	if err != nil {
+	if c.probe == nil {
 		return time.Time{}, false
 	}
+	vals, err := c.probe.Result()
+	if err != nil || len(vals) != 1 {
+		return time.Time{}, false
+	}
+	v, _ := vals[0].(string)
 	task, dueMS, ok := strings.Cut(v, "|")
 	if !ok || task != taskID {
 		return time.Time{}, false
