@@ -175,7 +175,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	probed := false
 	if h.drain != nil && logErr == nil {
 		probeDue, probed = h.drain.probeDue(rctx, r.ID, taskID, idx)
-		if res.Success && idx.left.Val() > 0 {
+		if res.Success && idx.left != nil && idx.left.Val() > 0 {
 			h.drain.kick(r.ID)
 		}
 	}

@@ -81,6 +81,10 @@ const (
 	// drainPoll is how often a drain looks whether its pulled deliveries are
 	// done, when no local success woke it earlier.
 	drainPoll = 50 * time.Millisecond
+	// maxThrottledWait is how long a pulled delivery may be back in the retry
+	// set, throttled by its endpoint's limits, and still count against the
+	// drain's window.
+	maxThrottledWait = 5 * time.Second
 	// waitingTTL is how long an endpoint's index outlives its last failure.
 	waitingTTL = 7 * 24 * time.Hour
 )
@@ -185,7 +189,7 @@ const (
 
 // indexCmds are the replies an attempt's index update reads.
 type indexCmds struct {
-	left  *redis.IntCmd    // deliveries still waiting, after a success
+	left  *redis.IntCmd   // deliveries still waiting, after a success
 	probe *redis.SliceCmd // the endpoint's probe marker (MGET: no redis.Nil to fail the pipeline)
 }
 
@@ -301,11 +305,13 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 		var held *redis.Cmd
 		var failing *redis.IntCmd
 		states := make(map[string]*redis.StringCmd, len(pulled))
+		dues := make(map[string]*redis.FloatCmd, len(pulled))
 		_, err = d.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			held = extendLockScript.Eval(ctx, p, []string{lk}, token, drainLockTTL.Milliseconds())
 			failing = p.Exists(ctx, failingKey(id))
 			for t := range pulled {
 				states[t] = p.HGet(ctx, asynqKey(d.queue, "t:"+t), "state")
+				dues[t] = p.ZScore(ctx, asynqKey(d.queue, "retry"), t)
 			}
 			return nil
 		})
@@ -320,8 +326,18 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 				zap.String("endpoint_id", id), zap.Int("pulled_forward", pulledTotal))
 			return nil
 		}
+		// A pulled delivery counts against the window until it is done: while
+		// pending or running, and while back in the retry set for a moment
+		// because a limit throttled it (a failure stops the drain above).
+		soon := float64(d.now().Add(maxThrottledWait).Unix())
 		for t, c := range states {
-			if s, _ := c.Result(); s != "pending" && s != "active" {
+			switch s, _ := c.Result(); s {
+			case "pending", "active":
+			case "retry":
+				if due, err := dues[t].Result(); err != nil || due > soon {
+					delete(pulled, t)
+				}
+			default:
 				delete(pulled, t)
 			}
 		}
