@@ -115,16 +115,6 @@ end
 return res
 `)
 
-// dropIfEmptyScript removes endpoint ARGV[1] from KEYS[2]
-// (waiting-endpoints) when its index KEYS[1] is empty.
-var dropIfEmptyScript = redis.NewScript(`
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-`)
-
 // unlockScript deletes KEYS[1] if it still holds ARGV[1].
 var unlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -286,8 +276,8 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 	}()
 	start, pulledTotal := time.Now(), 0
 	pulled := map[string]struct{}{}
-	for first := true; ; first = false {
-		if !first {
+	for now := true; ; {
+		if !now {
 			select {
 			case <-ctx.Done():
 				return nil
@@ -295,6 +285,7 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 			case <-time.After(drainPoll):
 			}
 		}
+		now = false
 		r, err := d.store.lookup(ctx, id)
 		if err != nil {
 			return err
@@ -361,7 +352,7 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 					d.log.Info("endpoint recovered; its waiting deliveries were pulled forward", zap.String("endpoint_id", id),
 						zap.Int("pulled_forward", pulledTotal), zap.Duration("took", time.Since(start)))
 				}
-				return dropIfEmptyScript.Run(ctx, d.rdb, []string{waitingKey(id), keyWaitingEndpoints}, id).Err()
+				return d.dropIfEmpty(ctx, id)
 			}
 			continue
 		}
@@ -373,6 +364,9 @@ func (d *drainer) drain(ctx context.Context, id string, wake <-chan struct{}) er
 			pulled[t] = struct{}{}
 		}
 		pulledTotal += len(moved)
+		// Entries that were not waiting any more (done, running or gone) free
+		// their window slots at once.
+		now = len(moved) < len(ids)
 	}
 }
 
@@ -407,6 +401,23 @@ func (d *drainer) pull(ctx context.Context, id string, ids []string) ([]string, 
 		return moved, fmt.Errorf("updating deliveries waiting for endpoint %s: %w", id, err)
 	}
 	return moved, nil
+}
+
+// dropIfEmpty takes endpoint id off the list of endpoints with waiting
+// deliveries, and puts it back if a failure indexed one meanwhile (two keys
+// in different Redis Cluster slots: no script).
+func (d *drainer) dropIfEmpty(ctx context.Context, id string) error {
+	if err := d.rdb.SRem(ctx, keyWaitingEndpoints, id).Err(); err != nil {
+		return fmt.Errorf("updating endpoints with waiting deliveries: %w", err)
+	}
+	n, err := d.rdb.ZCard(ctx, waitingKey(id)).Result()
+	if err == nil && n > 0 {
+		err = d.rdb.SAdd(ctx, keyWaitingEndpoints, id).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("updating endpoints with waiting deliveries: %w", err)
+	}
+	return nil
 }
 
 // forget drops the index of a deleted or disabled endpoint: its deliveries
@@ -479,7 +490,7 @@ func (d *drainer) probe(ctx context.Context, id string) error {
 	}
 	switch {
 	case card.Val() == 0:
-		return dropIfEmptyScript.Run(ctx, d.rdb, []string{waitingKey(id), keyWaitingEndpoints}, id).Err()
+		return d.dropIfEmpty(ctx, id)
 	case draining.Val() == 1:
 		return nil
 	case failing.Val() == 0:

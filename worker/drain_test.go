@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -278,5 +279,57 @@ func TestSuccessOfNewDeliveryDrainsBacklog(t *testing.T) {
 	got, _ := fr.delivered()
 	if got[0] != ids[n] {
 		t.Errorf("first delivery after the outage was %s, want the new event %s", got[0], ids[n])
+	}
+}
+
+// A hostile or stale index (ids of tasks that do not exist, of an endpoint
+// that was deleted) neither stalls a drain nor a probe: the entries are
+// dropped, and the endpoint leaves the list.
+func TestDrainAndProbeDropStaleEntries(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newTestStore(t, StoreOptions{})
+	if _, err := s.Create(ctx, EndpointConfig{ID: "ep", URL: "http://127.0.0.1:1/", Mode: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, EndpointConfig{ID: "gone", URL: "http://127.0.0.1:1/", Mode: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	d := newDrainer(rdb, s, zap.NewNop(), 100*time.Millisecond, time.Second)
+	defer d.stop()
+	for _, ep := range []string{"ep", "gone"} {
+		for i := range 50 {
+			rdb.ZAdd(ctx, waitingKey(ep), redis.Z{Score: float64(i), Member: "bogus\x00" + strings.Repeat("x", i) + ":" + ep})
+		}
+		rdb.SAdd(ctx, keyWaitingEndpoints, ep)
+	}
+	if err := s.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	// "ep" is not failing: the round drains it; "gone" is forgotten.
+	if err := d.round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stale entries to be dropped", func() bool {
+		return rdb.Exists(ctx, waitingKey("ep"), waitingKey("gone")).Val() == 0 && rdb.SCard(ctx, keyWaitingEndpoints).Val() == 0
+	})
+	// A failing endpoint whose index holds only stale entries is probed
+	// without a send and its entries dropped, at most maxProbeCandidates per probe.
+	rdb.Set(ctx, failingKey("ep"), time.Now().UnixMilli(), time.Hour)
+	for i := range 40 {
+		rdb.ZAdd(ctx, waitingKey("ep"), redis.Z{Score: float64(i), Member: "bogus" + strings.Repeat("y", i)})
+	}
+	rdb.SAdd(ctx, keyWaitingEndpoints, "ep")
+	if err := d.probe(ctx, "ep"); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, waitingKey("ep")).Val(); n != 40-maxProbeCandidates {
+		t.Errorf("%d entries left after one probe, want %d", n, 40-maxProbeCandidates)
+	}
+	// The probe claim holds off a second probe within the interval.
+	if err := d.probe(ctx, "ep"); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, waitingKey("ep")).Val(); n != 40-maxProbeCandidates {
+		t.Errorf("a second probe within the interval ran: %d entries left", n)
 	}
 }
