@@ -48,6 +48,9 @@ type deliverHandler struct {
 	log          *zap.Logger
 	metrics      *metrics
 	now          func() time.Time
+	// drain indexes the deliveries waiting for each endpoint and pulls them
+	// forward once it answers again (drain.go); nil: no index.
+	drain *drainer
 }
 
 // acquireSlot takes one of the endpoint's delivery slots. A throttled
@@ -141,10 +144,40 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// Record even when the task's context ended (shutdown, deadline).
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	failingSince, logErr := h.store.recordAttempt(rctx, a, func(p redis.Pipeliner) { held.releaseIn(rctx, p) })
+	if res.StaleConn != nil {
+		// The first try failed on a keep-alive connection the receiver had
+		// closed; it is logged as a row of this attempt, which the re-send on a
+		// fresh connection completes.
+		st := a
+		st.Time, st.Status, st.Success = res.StaleConn.AttemptedAt.UTC(), 0, false
+		st.LatencyMS, st.ResponseExcerpt = float64(res.StaleConn.Latency.Microseconds())/1000, ""
+		st.Error = res.StaleConn.Err + " (on a reused keep-alive connection the receiver had closed; re-sent at once on a fresh connection)"
+		if _, err := h.store.recordAttempt(rctx, st, nil); err != nil {
+			h.log.Error("recording delivery attempt", zap.String("delivery_id", taskID), zap.Error(err))
+		}
+	}
+	o := outcomeDone
+	if !res.Success && !res.Gone && !res.Permanent && !(known && retried >= maxRetry) {
+		o = outcomeWaits
+	}
+	var idx indexCmds
+	failingSince, logErr := h.store.recordAttempt(rctx, a, func(p redis.Pipeliner) {
+		held.releaseIn(rctx, p)
+		if h.drain != nil {
+			idx = h.drain.indexIn(rctx, p, r.ID, taskID, o, res.Success, a.Time)
+		}
+	})
 	if logErr != nil {
 		h.limiter.release(rctx, held)
 		h.log.Error("recording delivery attempt", zap.String("delivery_id", taskID), zap.Error(logErr))
+	}
+	var probeDue time.Time
+	probed := false
+	if h.drain != nil && logErr == nil {
+		probeDue, probed = h.drain.probeDue(rctx, r.ID, taskID, idx)
+		if res.Success && idx.left != nil && idx.left.Val() > 0 {
+			h.drain.kick(r.ID)
+		}
 	}
 
 	fields := func() []zap.Field {
@@ -186,6 +219,14 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		err2 = fmt.Errorf("delivering %s: endpoint answered %d", taskID, res.StatusCode)
 	} else {
 		err2 = fmt.Errorf("delivering %s: %s", taskID, res.Err)
+	}
+	if now := time.Now(); probed && probeDue.After(now) {
+		// An early probe of a failing endpoint costs the delivery no step of
+		// its schedule: it goes back to the retry set for the time it was due
+		// (a *ThrottledError is not counted as a failure by asynq).
+		wait := max(probeDue.Sub(now), res.RetryAfter)
+		return fmt.Errorf("%w (early probe of a failing endpoint; the delivery keeps its scheduled retry): %w",
+			err2, &ThrottledError{Wait: wait, Reason: "probe of failing endpoint " + r.ID})
 	}
 	if res.RetryAfter > 0 {
 		return &RetryAfterError{After: res.RetryAfter, Err: err2}

@@ -9,10 +9,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -31,6 +33,12 @@ const (
 	MaxExcerptBytes = 1 << 10
 	// MaxRedirects is how many redirects one attempt follows.
 	MaxRedirects = 3
+	// DefaultIdleConnTimeout is how long an idle keep-alive connection to an
+	// endpoint is kept. It is below the keep-alive timeouts of common servers
+	// (Node.js 5 s, Caddy and Go 5 min/none, nginx 75 s, Apache 5 s) so that
+	// authtap drops an idle connection before the receiver closes it under a
+	// request in flight.
+	DefaultIdleConnTimeout = 4 * time.Second
 )
 
 // SendRequest is one delivery attempt of one message to one endpoint.
@@ -86,6 +94,12 @@ type SendResult struct {
 	// Permanent is true when retrying cannot help: a blocked address, an
 	// invalid or non-HTTPS live URL, an invalid header, missing secrets.
 	Permanent bool
+	// StaleConn, when set, is the first try of this attempt, which failed on
+	// a reused keep-alive connection before any response byte arrived (the
+	// receiver had closed it: "connection reset by peer", EOF); the rest of
+	// the result is the re-send made at once on a fresh connection, with the
+	// same webhook-id, timestamp, signature and body.
+	StaleConn *SendResult
 }
 
 // SenderOptions configure a Sender. The zero value is ready to use.
@@ -125,6 +139,10 @@ type Sender struct {
 	test   *http.Client
 	liveTr *http.Transport
 	testTr *http.Transport
+	// liveFresh and testFresh dial a new connection for every request
+	// (keep-alives off): the re-send of a try that failed on a stale
+	// keep-alive connection.
+	liveFresh, testFresh *http.Client
 	// liveDial and testDial are the transports' guarded dialers (tests
 	// swap their resolvers).
 	liveDial, testDial *guardedDialer
@@ -179,6 +197,10 @@ func NewSender(o SenderOptions) *Sender {
 
 	s.live = &http.Client{Transport: s.liveTr, CheckRedirect: checkRedirect(true)}
 	s.test = &http.Client{Transport: s.testTr, CheckRedirect: checkRedirect(false)}
+	liveFresh, testFresh := s.liveTr.Clone(), s.testTr.Clone()
+	liveFresh.DisableKeepAlives, testFresh.DisableKeepAlives = true, true
+	s.liveFresh = &http.Client{Transport: liveFresh, CheckRedirect: checkRedirect(true)}
+	s.testFresh = &http.Client{Transport: testFresh, CheckRedirect: checkRedirect(false)}
 	return s
 }
 
@@ -192,7 +214,7 @@ func (s *Sender) newTransport() *http.Transport {
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           4 * s.opts.MaxIdleConnsPerHost,
 		MaxIdleConnsPerHost:    s.opts.MaxIdleConnsPerHost,
-		IdleConnTimeout:        90 * time.Second,
+		IdleConnTimeout:        DefaultIdleConnTimeout,
 		TLSHandshakeTimeout:    10 * time.Second,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 64 << 10,
@@ -203,6 +225,8 @@ func (s *Sender) newTransport() *http.Transport {
 func (s *Sender) CloseIdleConnections() {
 	s.liveTr.CloseIdleConnections()
 	s.testTr.CloseIdleConnections()
+	s.liveFresh.CloseIdleConnections()
+	s.testFresh.CloseIdleConnections()
 }
 
 // checkRedirect follows at most MaxRedirects redirects that keep the method
@@ -327,15 +351,49 @@ func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
 		h.Set(r.EventHeader, r.EventType)
 	}
 
-	client := s.test
+	client, fresh := s.test, s.testFresh
 	if r.Live {
-		client = s.live
+		client, fresh = s.live, s.liveFresh
 	}
+	res, stale := s.do(client, req, res, timeout)
+	if !stale {
+		return res
+	}
+	// The receiver closed the idle connection this try reused (Node.js does
+	// after 5 s) before answering: nothing was processed, and the re-send on a
+	// fresh connection is the same message (same webhook-id, timestamp,
+	// signature and body). Go's transport re-sends on its own only idempotent
+	// methods, and POST is not one.
+	first := res
+	again := req.Clone(ctx)
+	again.Body = io.NopCloser(bytes.NewReader(r.Body))
+	res, _ = s.do(fresh, again, SendResult{AttemptedAt: now}, timeout)
+	res.StaleConn = &first
+	return res
+}
+
+// do sends req with client and fills res from the response. stale reports a
+// failure on a reused connection before any response byte arrived, which a
+// re-send on a fresh connection may fix: not a timeout, a cancellation or a
+// policy refusal.
+func (s *Sender) do(client *http.Client, req *http.Request, res SendResult, timeout time.Duration) (_ SendResult, stale bool) {
+	var reused, gotByte atomic.Bool
+	trace := &httptrace.ClientTrace{
+		GotConn:              func(info httptrace.GotConnInfo) { reused.Store(info.Reused) },
+		GotFirstResponseByte: func() { gotByte.Store(true) },
+	}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
 		res.Latency = time.Since(start)
-		return s.transportFailure(res, err, timeout)
+		res = s.transportFailure(res, err, timeout)
+		stale = reused.Load() && !gotByte.Load() && !res.Permanent && req.Context().Err() == nil &&
+			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			stale = false
+		}
+		return res, stale
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, s.opts.MaxResponseBytes))
@@ -348,7 +406,7 @@ func (s *Sender) Send(ctx context.Context, r SendRequest) SendResult {
 	if !res.Success {
 		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), s.now(), s.opts.MaxRetryAfter)
 	}
-	return res
+	return res, false
 }
 
 // transportFailure fills res for an attempt that got no HTTP response.

@@ -96,6 +96,14 @@ type Config struct {
 	// while it sends. Default 3s; at least twice RecoveryInterval, at most
 	// MaxRunLease (2m).
 	RunLease time.Duration
+	// ProbeInterval is how often a worker looks at the endpoints that have
+	// deliveries waiting on the retry schedule: one that is failing is probed
+	// by re-sending its oldest waiting delivery early (at most one probe per
+	// endpoint in flight, across all workers, and one per ProbeInterval; a
+	// failed probe costs no schedule step), and one that answers 2xx again has
+	// its waiting deliveries pulled forward (see drain.go). Default 2s; at
+	// least MinProbeInterval (100ms).
+	ProbeInterval time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
 	// Logger receives the worker's logs (asynq's included). Default: no logs.
@@ -117,7 +125,8 @@ type Worker struct {
 	sender *Sender
 	mux    *asynq.ServeMux
 	log    *zap.Logger
-	runs   *runs // run locks and recovery of abandoned tasks
+	runs   *runs    // run locks and recovery of abandoned tasks
+	drain  *drainer // pulls the backlog of recovered endpoints forward
 	// stopRecovery ends the recovery loop started by Start.
 	stopRecovery context.CancelFunc
 	recoveryDone chan struct{}
@@ -152,6 +161,10 @@ func New(cfg Config) (*Worker, error) {
 	}
 	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
 	orDefault(&cfg.RunLease, DefaultRunLease)
+	orDefault(&cfg.ProbeInterval, DefaultProbeInterval)
+	if cfg.ProbeInterval < MinProbeInterval {
+		return nil, fmt.Errorf("configuring worker: probe interval %s is below the minimum %s", cfg.ProbeInterval, MinProbeInterval)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -216,9 +229,10 @@ func New(cfg Config) (*Worker, error) {
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
 	})
+	w.drain = newDrainer(rdb, store, log, cfg.ProbeInterval, cfg.DeliveryTimeout)
 	w.mux.Handle(tasks.TypeDeliver, &deliverHandler{
 		store: store, sender: w.sender, q: w.client, timeout: cfg.DeliveryTimeout, disableAfter: cfg.DisableAfter,
-		log: log, metrics: m, now: cfg.Now,
+		log: log, metrics: m, now: cfg.Now, drain: w.drain,
 		limiter: &limiter{
 			rdb: rdb, now: cfg.Now, lease: cfg.DeliveryTimeout + 30*time.Second, concurrencyWait: cfg.ThrottleWait,
 		},
@@ -265,6 +279,7 @@ func (w *Worker) Start() error {
 		defer close(w.recoveryDone)
 		w.runs.loop(rctx, authtapQueues)
 	}()
+	w.drain.loop()
 	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.Int("configured_endpoints", len(w.cfg.Endpoints)))
 	return nil
 }
@@ -291,6 +306,7 @@ func (w *Worker) Shutdown() {
 			w.stopRecovery()
 			<-w.recoveryDone
 		}
+		w.drain.stop()
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()
 		_ = w.rdb.Close()
