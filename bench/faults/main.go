@@ -32,12 +32,17 @@ const drainGoal = 10 * time.Second
 // is injected: a system that delivers nothing is broken, not slow.
 const firstDeliveryTimeout = 30 * time.Second
 
+// burstLead is how long after the burst's start the worker is killed: long
+// enough for Caddy to queue the burst's events and the worker to take some.
+const burstLead = 300 * time.Millisecond
+
 type options struct {
 	rate          float64
 	outage        time.Duration
 	receiverShort time.Duration
 	receiverLong  time.Duration
 	workerGap     time.Duration
+	burst         int
 	before        time.Duration
 	after         time.Duration
 	maxDrain      time.Duration
@@ -77,6 +82,8 @@ func checkOptions(o options) error {
 		return fmt.Errorf("-rate %g: want 1 to 1000 sign-ups per second", o.rate)
 	case o.outage <= 0 || o.receiverShort <= 0 || o.receiverLong <= 0 || o.workerGap < 0:
 		return errors.New("-outage, -receiver-short and -receiver-long must be positive, -worker-gap not negative")
+	case o.burst < 0 || o.burst > maxInFlight:
+		return fmt.Errorf("-burst %d: want 0 to %d", o.burst, maxInFlight)
 	case o.before < time.Second || o.after < 0 || o.settle < 0:
 		return errors.New("-before must be at least 1s, -after and -settle not negative")
 	case o.maxDrain < time.Second || o.maxDrain > time.Hour:
@@ -95,6 +102,7 @@ func main() {
 	flag.DurationVar(&o.receiverShort, "receiver-short", 4*time.Second, "receiver outage of receiver-short")
 	flag.DurationVar(&o.receiverLong, "receiver-long", 10*time.Second, "receiver outage of receiver-long")
 	flag.DurationVar(&o.workerGap, "worker-gap", 2*time.Second, "worker-kill: time between the SIGKILL and the new worker's start")
+	flag.IntVar(&o.burst, "burst", 200, "worker-kill: sign-ups sent at once just before the SIGKILL (0: none)")
 	flag.DurationVar(&o.before, "before", 5*time.Second, "traffic before the fault")
 	flag.DurationVar(&o.after, "after", 3*time.Second, "traffic after the fault's end (then traffic stops)")
 	flag.DurationVar(&o.maxDrain, "max-drain", 2*time.Minute, "how long to wait, from the fault's end, for every event to arrive")
@@ -160,8 +168,8 @@ func run(o options) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		rows = append(rows, row{name, out})
-		fmt.Printf("   created %d, backlog at the fault's end %d, drain %s, slowest %.1f s, undelivered %d, second webhook-id %d, same-id redeliveries %d\n",
-			out.created, out.backlog, out.drainText(o.maxDrain), out.slowest.Seconds(), out.lost, out.secondID, out.redelivered)
+		fmt.Printf("   created %d, waiting when the fault began %d, backlog at the fault's end %d, drain %s, slowest %.1f s, undelivered %d, second webhook-id %d, same-id redeliveries %d\n",
+			out.created, out.atStart, out.backlog, out.drainText(o.maxDrain), out.slowest.Seconds(), out.lost, out.secondID, out.redelivered)
 	}
 	printTable(o, rows)
 	fmt.Printf("\nload average at end %s\n", loadAvg())
@@ -192,7 +200,7 @@ func faultText(o options, name string) string {
 	case "redis-freeze":
 		return fmt.Sprintf("Redis frozen %s (SIGSTOP, SIGCONT)", o.outage)
 	case "worker-kill":
-		return fmt.Sprintf("standalone worker SIGKILLed under load, a new one started %s later (measured from its start)", o.workerGap)
+		return fmt.Sprintf("standalone worker SIGKILLed %s into a burst of %d sign-ups, a new one started %s later (measured from its start)", burstLead, o.burst, o.workerGap)
 	case "receiver-short":
 		return fmt.Sprintf("receiver down %s (listener and connections closed)", o.receiverShort)
 	case "receiver-long":
@@ -284,6 +292,14 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if err := sleep(ctx, o.before); err != nil {
 		return outcome{}, err
 	}
+	start := time.Now()
+	if name == "worker-kill" && o.burst > 0 {
+		// a burst just before the kill, so that the worker dies with tasks in hand
+		tr.burst(o.burst)
+		if err := sleep(ctx, burstLead); err != nil {
+			return outcome{}, err
+		}
+	}
 	end, err := s.fault(ctx, name)
 	if err != nil {
 		return outcome{}, err
@@ -315,7 +331,7 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if err := sleep(ctx, o.settle); err != nil {
 		return outcome{}, err
 	}
-	out := led.summarize(end)
+	out := led.summarize(start, end)
 	out.requestsTotal, out.clientErrors = int(tr.sent.Load()), int(tr.failed.Load())
 	return out, nil
 }
@@ -408,16 +424,16 @@ func printTable(o options, rows []row) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Printf("\n| fault (%g sign-ups/s) | events | backlog at fault end | drained after the fault's end | slowest event | p99 | undelivered | under a 2nd webhook-id | same-id redeliveries | bad signatures | failed requests | goal ≤ %s |\n",
+	fmt.Printf("\n| fault (%g sign-ups/s) | events | waiting at fault start | backlog at fault end | drained after the fault's end | slowest event | p99 | undelivered | under a 2nd webhook-id | same-id redeliveries | bad signatures | failed requests | goal ≤ %s |\n",
 		o.rate, drainGoal)
-	fmt.Println("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+	fmt.Println("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, r := range rows {
 		v := "MET"
 		if !r.out.ok(drainGoal) {
 			v = "MISSED"
 		}
-		fmt.Printf("| %s | %d | %d | %s | %.1f s | %.1f s | %d | %d | %d | %d | %d | %s |\n",
-			faultText(o, r.name), r.out.created, r.out.backlog, r.out.drainText(o.maxDrain), r.out.slowest.Seconds(), r.out.p99.Seconds(),
+		fmt.Printf("| %s | %d | %d | %d | %s | %.1f s | %.1f s | %d | %d | %d | %d | %d | %s |\n",
+			faultText(o, r.name), r.out.created, r.out.atStart, r.out.backlog, r.out.drainText(o.maxDrain), r.out.slowest.Seconds(), r.out.p99.Seconds(),
 			r.out.lost, r.out.secondID, r.out.redelivered, r.out.badSig+r.out.badBody+r.out.mismatch, r.out.clientErrors, v)
 	}
 }
@@ -444,6 +460,6 @@ func printHeader(o options) {
 	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
 		fmt.Printf("redis:     %s", v)
 	}
-	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -before %s -after %s -max-drain %s -settle %s -redis-signal %s\n",
-		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.before, o.after, o.maxDrain, o.settle, o.redisSignal)
+	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s\n",
+		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal)
 }

@@ -74,6 +74,7 @@ func (l *ledger) counts() (created, delivered int) {
 // outcome is one scenario's figures.
 type outcome struct {
 	created       int           // users the upstream created (201s)
+	atStart       int           // created before the fault began and delivered after it began
 	backlog       int           // of those created by the fault's end, not yet delivered at its end
 	drained       bool          // every event created by the fault's end was delivered within the wait
 	drain         time.Duration // fault end → last delivery of an event created by the fault's end (0: none waited)
@@ -92,8 +93,9 @@ type outcome struct {
 	requestsTotal int
 }
 
-// summarize computes the outcome of a scenario whose fault ended at end.
-func (l *ledger) summarize(end time.Time) outcome {
+// summarize computes the outcome of a scenario whose fault began at start
+// and ended at end.
+func (l *ledger) summarize(start, end time.Time) outcome {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	o := outcome{created: len(l.created), badSig: l.badSig, badBody: l.badBody, mismatch: l.mismatch}
@@ -108,6 +110,9 @@ func (l *ledger) summarize(end time.Time) outcome {
 				o.drained = false
 			}
 			continue
+		}
+		if at.Before(start) && !a.first.Before(start) {
+			o.atStart++
 		}
 		d := a.first.Sub(at)
 		lat = append(lat, d)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -190,10 +190,12 @@ type traffic struct {
 	done   chan struct{}
 	sent   atomic.Int64
 	failed atomic.Int64 // transport errors and statuses other than 201
+	// burstReq asks the sender for n requests at once
+	burstReq chan int
 }
 
 func startTraffic(caddyAddr string, rate float64) *traffic {
-	t := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
+	t := &traffic{stop: make(chan struct{}), done: make(chan struct{}), burstReq: make(chan int)}
 	client := &http.Client{
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{MaxIdleConnsPerHost: maxInFlight, IdleConnTimeout: time.Minute},
@@ -206,45 +208,65 @@ func startTraffic(caddyAddr string, rate float64) *traffic {
 		sem := make(chan struct{}, maxInFlight)
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
-		for n := 0; ; n++ {
-			select {
-			case <-t.stop:
-				return
-			case <-tick.C:
-			}
+		n := 0
+		send := func() {
 			select {
 			case sem <- struct{}{}:
 			default:
 				t.failed.Add(1) // the generator is saturated: counted as a failed request
-				continue
+				return
 			}
+			n++
 			wg.Add(1)
 			t.sent.Add(1)
-			go func() {
+			go func(n int) {
 				defer wg.Done()
 				defer func() { <-sem }()
-				body := fmt.Sprintf(`{"email":"user%d@bench.test","name":"User %d","tenant_id":"t_1","password":"correct horse"}`, n, n)
-				req, err := http.NewRequest(http.MethodPost, "http://"+caddyAddr+"/api/users", bytes.NewReader([]byte(body)))
-				if err != nil {
-					t.failed.Add(1)
-					return
-				}
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Cookie", "session=s_0123456789abcdef")
-				resp, err := client.Do(req)
-				if err != nil {
-					t.failed.Add(1)
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
+				if !signUp(client, caddyAddr, n) {
 					t.failed.Add(1)
 				}
-			}()
+			}(n)
+		}
+		for {
+			select {
+			case <-t.stop:
+				return
+			case k := <-t.burstReq:
+				for range k {
+					send()
+				}
+			case <-tick.C:
+				send()
+			}
 		}
 	}()
 	return t
+}
+
+// signUp sends sign-up n through Caddy and reports whether it answered 201.
+func signUp(client *http.Client, caddyAddr string, n int) bool {
+	body := fmt.Sprintf(`{"email":"user%d@bench.test","name":"User %d","tenant_id":"t_1","password":"correct horse"}`, n, n)
+	req, err := http.NewRequest(http.MethodPost, "http://"+caddyAddr+"/api/users", strings.NewReader(body))
+	if err != nil {
+		return false
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cookie", "session=s_0123456789abcdef")
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusCreated
+}
+
+// burst sends n sign-ups at once, on top of the steady rate.
+func (t *traffic) burst(n int) {
+	select {
+	case t.burstReq <- n:
+	case <-t.done:
+	}
 }
 
 // end stops the traffic and waits for the requests in flight.
