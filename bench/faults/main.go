@@ -48,6 +48,8 @@ type options struct {
 	maxDrain      time.Duration
 	settle        time.Duration
 	redisSignal   string
+	receiver      string
+	timeout       time.Duration
 	scenarios     []string
 	caddyBin      string
 	authtapBin    string
@@ -90,6 +92,10 @@ func checkOptions(o options) error {
 		return fmt.Errorf("-max-drain %s: want 1s to 1h", o.maxDrain)
 	case o.redisSignal != "term" && o.redisSignal != "kill":
 		return fmt.Errorf("-redis-signal %q: want term or kill", o.redisSignal)
+	case o.timeout < 0:
+		return errors.New("-delivery-timeout must not be negative")
+	case o.receiver != "go" && o.receiver != "node":
+		return fmt.Errorf("-receiver %q: want go or node", o.receiver)
 	}
 	return nil
 }
@@ -108,6 +114,8 @@ func main() {
 	flag.DurationVar(&o.maxDrain, "max-drain", 2*time.Minute, "how long to wait, from the fault's end, for every event to arrive")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "after everything arrived, how long to keep counting late duplicate deliveries")
 	flag.StringVar(&o.redisSignal, "redis-signal", "term", "how redis-stop stops Redis: term (SIGTERM; AOF fsync everysec) or kill (SIGKILL; AOF fsync always)")
+	flag.StringVar(&o.receiver, "receiver", "go", "the receiver: go (in this process, idle connections closed after 5 s) or node (node on PATH: http.createServer, default keepAliveTimeout 5 s)")
+	flag.DurationVar(&o.timeout, "delivery-timeout", 0, "the worker's --timeout (one delivery attempt); 0: its default")
 	flag.StringVar(&scen, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+", or all")
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with authtap (default: go build ./cmd/caddy into a temp dir)")
 	flag.StringVar(&o.authtapBin, "authtap", "", "authtap binary (default: go build ./cmd/authtap into a temp dir)")
@@ -202,11 +210,20 @@ func faultText(o options, name string) string {
 	case "worker-kill":
 		return fmt.Sprintf("standalone worker SIGKILLed %s into a burst of %d sign-ups, a new one started %s later (measured from its start)", burstLead, o.burst, o.workerGap)
 	case "receiver-short":
-		return fmt.Sprintf("receiver down %s (listener and connections closed)", o.receiverShort)
+		return fmt.Sprintf("%s receiver down %s", o.receiver, o.receiverShort)
 	case "receiver-long":
-		return fmt.Sprintf("receiver down %s (listener and connections closed)", o.receiverLong)
+		return fmt.Sprintf("%s receiver down %s", o.receiver, o.receiverLong)
 	}
 	return name
+}
+
+// sink is the webhook receiver: in this process (receiver) or a Node.js
+// child (nodeReceiver). down takes it off the network, up brings it back on
+// the same port.
+type sink interface {
+	url() string
+	down()
+	up(ctx context.Context) error
 }
 
 // system is one scenario's processes.
@@ -216,7 +233,7 @@ type system struct {
 	caddy     *proc
 	worker    *proc
 	workers   int
-	recv      *receiver
+	recv      sink
 	endpoints string
 	o         options
 }
@@ -254,7 +271,12 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if err != nil {
 		return outcome{}, err
 	}
-	if s.recv, err = newReceiver(secret, led); err != nil {
+	if o.receiver == "node" {
+		s.recv, err = newNodeReceiver(ctx, dir, secret, led)
+	} else {
+		s.recv, err = newReceiver(secret, led)
+	}
+	if err != nil {
 		return outcome{}, err
 	}
 	defer s.recv.down()
@@ -292,7 +314,6 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if err := sleep(ctx, o.before); err != nil {
 		return outcome{}, err
 	}
-	start := time.Now()
 	if name == "worker-kill" && o.burst > 0 {
 		// a burst just before the kill, so that the worker dies with tasks in hand
 		tr.burst(o.burst)
@@ -300,6 +321,7 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 			return outcome{}, err
 		}
 	}
+	start := time.Now()
 	end, err := s.fault(ctx, name)
 	if err != nil {
 		return outcome{}, err
@@ -338,7 +360,7 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 
 func (s *system) startWorker() error {
 	s.workers++
-	p, err := startWorker(s.o.authtapBin, s.dir, s.redis.addr(), s.endpoints, s.workers)
+	p, err := startWorker(s.o.authtapBin, s.dir, s.redis.addr(), s.endpoints, s.o.timeout, s.workers)
 	if err != nil {
 		return err
 	}
@@ -460,6 +482,6 @@ func printHeader(o options) {
 	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
 		fmt.Printf("redis:     %s", v)
 	}
-	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s\n",
-		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal)
+	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s -receiver %s -delivery-timeout %s\n",
+		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal, o.receiver, o.timeout)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,7 +99,7 @@ func TestParseScenarios(t *testing.T) {
 func TestCheckOptionsRefusesHostileValues(t *testing.T) {
 	good := options{rate: 80, outage: 15 * time.Second, receiverShort: 4 * time.Second, receiverLong: 10 * time.Second,
 		workerGap: 2 * time.Second, burst: 200, before: 5 * time.Second, after: 3 * time.Second, maxDrain: 2 * time.Minute,
-		settle: 3 * time.Second, redisSignal: "term"}
+		settle: 3 * time.Second, redisSignal: "term", receiver: "go"}
 	if err := checkOptions(good); err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +112,8 @@ func TestCheckOptionsRefusesHostileValues(t *testing.T) {
 		"max-drain year":  func(o *options) { o.maxDrain = 365 * 24 * time.Hour },
 		"signal":          func(o *options) { o.redisSignal = "stop" },
 		"before 0":        func(o *options) { o.before = 0 },
+		"receiver":        func(o *options) { o.receiver = "../node" },
+		"timeout":         func(o *options) { o.timeout = -time.Second },
 	} {
 		o := good
 		bad(&o)
@@ -136,31 +139,7 @@ func TestReceiverVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.down()
-	post := func(secret, id string, body []byte) int {
-		t.Helper()
-		wh, err := standardwebhooks.NewWebhook(secret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		now := time.Now()
-		sig, err := wh.Sign(id, now, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req, _ := http.NewRequest(http.MethodPost, r.url(), bytes.NewReader(body))
-		req.Header.Set("webhook-id", id)
-		req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
-		req.Header.Set("webhook-signature", sig)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	event := func(id, user string) []byte {
-		return fmt.Appendf(nil, `{"id":%q,"type":"user.created","data":{"id":%q}}`, id, user)
-	}
+	post := func(secret, id string, body []byte) int { return postSigned(t, r.url(), secret, id, body) }
 	if s := post(secret, "evt_1", event("evt_1", "u_1")); s != http.StatusNoContent {
 		t.Fatalf("good delivery: status %d", s)
 	}
@@ -188,5 +167,99 @@ func TestReceiverVerifies(t *testing.T) {
 	}
 	if s := post(secret, "evt_6", event("evt_6", "u_6")); s != http.StatusNoContent {
 		t.Fatalf("after up: status %d", s)
+	}
+}
+
+func event(id, user string) []byte {
+	return fmt.Appendf(nil, `{"id":%q,"type":"user.created","data":{"id":%q}}`, id, user)
+}
+
+// postSigned POSTs body to url signed with secret under webhook-id id and
+// returns the status.
+func postSigned(t *testing.T, url, secret, id string, body []byte) int {
+	t.Helper()
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sig, err := wh.Sign(id, now, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("webhook-id", id)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set("webhook-signature", sig)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestNodeReceiverVerifies is TestReceiverVerifies for the Node.js receiver
+// (skipped without node): its own signature check must refuse a foreign
+// secret and a stale timestamp, and no delivery it answered may be missed
+// when it is killed right after.
+func TestNodeReceiverVerifies(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node not on PATH")
+	}
+	secret, _ := newSecret()
+	other, _ := newSecret()
+	led := newLedger()
+	r, err := newNodeReceiver(context.Background(), t.TempDir(), secret, led)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.down()
+	if s := postSigned(t, r.url(), secret, "evt_1", event("evt_1", "u_1")); s != http.StatusNoContent {
+		t.Fatalf("good delivery: status %d", s)
+	}
+	if s := postSigned(t, r.url(), other, "evt_2", event("evt_2", "u_2")); s != http.StatusUnauthorized {
+		t.Fatalf("foreign signature: status %d", s)
+	}
+	// a correct signature over a timestamp an hour old
+	wh, _ := standardwebhooks.NewWebhook(secret)
+	old := time.Now().Add(-time.Hour)
+	body := event("evt_3", "u_3")
+	sig, _ := wh.Sign("evt_3", old, body)
+	req, _ := http.NewRequest(http.MethodPost, r.url(), bytes.NewReader(body))
+	req.Header.Set("webhook-id", "evt_3")
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(old.Unix(), 10))
+	req.Header.Set("webhook-signature", sig)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("stale timestamp: status %d", resp.StatusCode)
+	}
+	postSigned(t, r.url(), secret, "evt_4", event("evt_4", "u_4"))
+	r.down() // killed right after answering: its last line must still be read
+	if err := r.up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	postSigned(t, r.url(), secret, "evt_5", event("evt_5", "u_5"))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		led.mu.Lock()
+		n, bad := len(led.delivered), led.badSig
+		led.mu.Unlock()
+		if n == 3 && bad == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d delivered (want u_1, u_4, u_5), %d bad signatures (want 2)", n, bad)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, u := range []string{"u_1", "u_4", "u_5"} {
+		if led.delivered[u] == nil {
+			t.Errorf("%s not recorded", u)
+		}
 	}
 }

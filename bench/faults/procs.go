@@ -27,14 +27,17 @@ type proc struct {
 	exited chan struct{} // closed once the process has exited and been reaped
 }
 
-// startProc starts cmd with its output in logFile; the child dies with this
+// startProc starts cmd with its output (stderr, and stdout unless set) in logFile; the child dies with this
 // process (Pdeathsig) even if the benchmark is killed.
 func startProc(name, logFile string, cmd *exec.Cmd) (*proc, error) {
 	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("%s: opening log: %w", name, err)
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	if cmd.Stdout == nil {
+		cmd.Stdout = logf
+	}
+	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -219,9 +222,14 @@ func startCaddy(ctx context.Context, bin, dir, listen string, config []byte) (*p
 	return nil, fmt.Errorf("caddy did not answer on %s within 30s (see %s)", listen, logFile)
 }
 
-// startWorker starts `authtap worker` against Redis with the endpoints file.
-func startWorker(bin, dir, redisAddr, endpointsFile string, n int) (*proc, error) {
-	cmd := exec.Command(bin, "worker", "--redis", "redis://"+redisAddr+"/0", "--endpoints", endpointsFile)
+// startWorker starts `authtap worker` against Redis with the endpoints file
+// (and --timeout when timeout is not 0).
+func startWorker(bin, dir, redisAddr, endpointsFile string, timeout time.Duration, n int) (*proc, error) {
+	args := []string{"worker", "--redis", "redis://" + redisAddr + "/0", "--endpoints", endpointsFile}
+	if timeout > 0 {
+		args = append(args, "--timeout", timeout.String())
+	}
+	cmd := exec.Command(bin, args...)
 	return startProc("authtap worker", filepath.Join(dir, fmt.Sprintf("worker-%d.log", n)), cmd)
 }
 
