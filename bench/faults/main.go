@@ -176,8 +176,8 @@ func run(o options) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		rows = append(rows, row{name, out})
-		fmt.Printf("   created %d, waiting when the fault began %d, backlog at the fault's end %d, drain %s, slowest %.1f s, undelivered %d, second webhook-id %d, same-id redeliveries %d\n",
-			out.created, out.atStart, out.backlog, out.drainText(o.maxDrain), out.slowest.Seconds(), out.lost, out.secondID, out.redelivered)
+		fmt.Printf("   created %d, waiting when the fault began %d, backlog at the fault's end %d, drain %s, slowest %s, undelivered %d, second webhook-id %d, same-id redeliveries %d\n",
+			out.created, out.atStart, out.backlog, out.drainText(o.maxDrain), out.slowestText(), out.lost, out.secondID, out.redelivered)
 	}
 	printTable(o, rows)
 	fmt.Printf("\nload average at end %s\n", loadAvg())
@@ -353,7 +353,7 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if err := sleep(ctx, o.settle); err != nil {
 		return outcome{}, err
 	}
-	out := led.summarize(start, end)
+	out := led.summarize(start, end, time.Now())
 	out.requestsTotal, out.clientErrors = int(tr.sent.Load()), int(tr.failed.Load())
 	return out, nil
 }
@@ -454,8 +454,8 @@ func printTable(o options, rows []row) {
 		if !r.out.ok(drainGoal) {
 			v = "MISSED"
 		}
-		fmt.Printf("| %s | %d | %d | %d | %s | %.1f s | %.1f s | %d | %d | %d | %d | %d | %s |\n",
-			faultText(o, r.name), r.out.created, r.out.atStart, r.out.backlog, r.out.drainText(o.maxDrain), r.out.slowest.Seconds(), r.out.p99.Seconds(),
+		fmt.Printf("| %s | %d | %d | %d | %s | %s | %.1f s | %d | %d | %d | %d | %d | %s |\n",
+			faultText(o, r.name), r.out.created, r.out.atStart, r.out.backlog, r.out.drainText(o.maxDrain), r.out.slowestText(), r.out.p99.Seconds(),
 			r.out.lost, r.out.secondID, r.out.redelivered, r.out.badSig+r.out.badBody+r.out.mismatch, r.out.clientErrors, v)
 	}
 }

@@ -32,7 +32,7 @@ func TestSummarizeCountsEveryFailure(t *testing.T) {
 	l.create("u_3", t0.Add(9*time.Second))
 	l.deliver("u_3", "evt_3", end.Add(2*time.Second))
 	l.deliver("u_3", "evt_3b", end.Add(3*time.Second))
-	o := l.summarize(start, end)
+	o := l.summarize(start, end, end.Add(time.Minute))
 	if o.created != 3 || o.atStart != 1 || o.backlog != 2 || o.lost != 0 || !o.drained {
 		t.Fatalf("outcome %+v", o)
 	}
@@ -49,12 +49,16 @@ func TestSummarizeCountsEveryFailure(t *testing.T) {
 	l.create("u_5", end.Add(time.Second))
 	// a delivery of a user nobody created
 	l.deliver("u_x", "evt_x", end)
-	o = l.summarize(start, end)
+	o = l.summarize(start, end, end.Add(time.Minute))
 	if o.drained || o.lost != 2 || o.lostBacklog != 1 || o.unexpected != 1 || o.backlog != 3 {
 		t.Fatalf("outcome %+v", o)
 	}
 	if got := o.drainText(2 * time.Minute); got != "not drained within 2m0s, 1 waiting" {
 		t.Fatalf("drain text %q", got)
+	}
+	// u_4 has waited from t0+19 s to until = t0+80 s: 61 s, the slowest so far
+	if got := o.slowestText(); got != "≥ 61.0 s" {
+		t.Fatalf("slowest %q", got)
 	}
 }
 

@@ -80,6 +80,7 @@ type outcome struct {
 	drain         time.Duration // fault end → last delivery of an event created by the fault's end (0: none waited)
 	allDelivered  time.Duration // fault end → last first-delivery of any event (traffic went on after the end)
 	slowest       time.Duration // the largest creation → first-delivery latency
+	slowestOpen   bool          // an event is undelivered: slowest is how long it has waited so far
 	p99           time.Duration // 99th percentile of that latency
 	lost          int           // created, never delivered within the wait
 	lostBacklog   int           // of lost, created by the fault's end
@@ -94,8 +95,8 @@ type outcome struct {
 }
 
 // summarize computes the outcome of a scenario whose fault began at start
-// and ended at end.
-func (l *ledger) summarize(start, end time.Time) outcome {
+// and ended at end, when the wait for deliveries ended at until.
+func (l *ledger) summarize(start, end, until time.Time) outcome {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	o := outcome{created: len(l.created), badSig: l.badSig, badBody: l.badBody, mismatch: l.mismatch}
@@ -105,6 +106,8 @@ func (l *ledger) summarize(start, end time.Time) outcome {
 		a := l.delivered[u]
 		if a == nil {
 			o.lost++
+			o.slowest = max(o.slowest, until.Sub(at))
+			o.slowestOpen = true
 			if !at.After(end) {
 				o.lostBacklog++
 				o.drained = false
@@ -157,4 +160,12 @@ func (o outcome) drainText(maxDrain time.Duration) string {
 		return fmt.Sprintf("not drained within %s, %d waiting", maxDrain, o.lostBacklog)
 	}
 	return fmt.Sprintf("%.1f s", o.drain.Seconds())
+}
+
+// slowestText is the slowest-event column: "≥" when an event has not arrived.
+func (o outcome) slowestText() string {
+	if o.slowestOpen {
+		return fmt.Sprintf("≥ %.1f s", o.slowest.Seconds())
+	}
+	return fmt.Sprintf("%.1f s", o.slowest.Seconds())
 }
