@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,9 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/authtap/authtap/internal/redistest"
 )
 
 // stopGrace is how long a child gets after SIGTERM before it is killed.
@@ -138,25 +138,7 @@ func (r *redisServer) start(ctx context.Context) error {
 	return fmt.Errorf("redis-server on %s did not answer PING (%v); log tail:\n%s", r.addr(), lastErr, tail(log, 2000))
 }
 
-func pingRedis(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("unexpected PING reply %q", line)
-	}
-	return nil
-}
+func pingRedis(addr string) error { return redistest.Ping(addr) }
 
 // ---- caddy and worker ---------------------------------------------------------
 

@@ -102,8 +102,12 @@ func (s *Server) start(bin string, port int) error {
 	return fmt.Errorf("redis-server on %s did not answer PING within 10s; log:\n%s", s.Addr, log)
 }
 
-func (s *Server) ping() error {
-	c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond)
+func (s *Server) ping() error { return Ping(s.Addr) }
+
+// Ping sends one PING to the Redis at addr on a fresh connection and checks
+// for +PONG, within about a second.
+func Ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 	if err != nil {
 		return err
 	}
