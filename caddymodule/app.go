@@ -127,15 +127,25 @@ type WorkerConfig struct {
 	// FanoutRetryMax caps the delay between fan-out retries. Default 30s; at
 	// most 1h.
 	FanoutRetryMax caddy.Duration `json:"fanout_retry_max,omitempty"`
+	// ProbeInterval is how often the worker looks at the endpoints that have
+	// deliveries waiting on the retry schedule: a failing one is probed by
+	// re-sending its oldest waiting delivery early (one probe per endpoint in
+	// flight across all workers; a failed probe costs no schedule step), and
+	// one that answers 2xx again has its waiting deliveries pulled forward.
+	// Default 2s; 100ms to 5m.
+	ProbeInterval caddy.Duration `json:"probe_interval,omitempty"`
 }
 
-// check reports whether the recovery and fan-out retry options are within the
-// worker's bounds.
+// check reports whether the recovery, fan-out retry and probe options are
+// within the worker's bounds.
 func (wc *WorkerConfig) check() error {
 	if err := worker.CheckRecovery(time.Duration(wc.RecoveryInterval), time.Duration(wc.RunLease)); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	if err := worker.CheckFanoutRetry(time.Duration(wc.FanoutRetryFirst), time.Duration(wc.FanoutRetryMax)); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := worker.CheckProbe(time.Duration(wc.ProbeInterval)); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	return nil
@@ -264,6 +274,7 @@ func (a *App) acquireWorker(redisURL string, repl *caddy.Replacer) error {
 		ShutdownTimeout:  time.Duration(wc.ShutdownTimeout),
 		RecoveryInterval: time.Duration(wc.RecoveryInterval),
 		RunLease:         time.Duration(wc.RunLease),
+		ProbeInterval:    time.Duration(wc.ProbeInterval),
 		Retry: worker.RetryPolicy{
 			FanoutFirst: time.Duration(wc.FanoutRetryFirst),
 			FanoutMax:   time.Duration(wc.FanoutRetryMax),

@@ -27,6 +27,7 @@ import (
 //				recovery_interval <duration>
 //				run_lease <duration>
 //				fanout_retry <first> <max>
+//				probe_interval <duration>
 //			}
 //			spool_dir <path>
 //			spool_max_size <size>
@@ -229,8 +230,14 @@ func parseWorker(d *caddyfile.Dispenser) (*WorkerConfig, error) {
 					wc.FanoutRetryMax = caddy.Duration(dur)
 				}
 			}
+		case "probe_interval":
+			dur, err := parseDurationArg(d, "worker probe_interval")
+			if err != nil {
+				return nil, err
+			}
+			wc.ProbeInterval = dur
 		default:
-			return nil, d.Errf("unrecognized worker option %q (want concurrency, delivery_timeout, shutdown_timeout, allow, recovery_interval, run_lease or fanout_retry)", d.Val())
+			return nil, d.Errf("unrecognized worker option %q (want concurrency, delivery_timeout, shutdown_timeout, allow, recovery_interval, run_lease, fanout_retry or probe_interval)", d.Val())
 		}
 	}
 	if err := wc.check(); err != nil {

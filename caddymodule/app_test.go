@@ -246,6 +246,12 @@ func TestValidateApp(t *testing.T) {
 		{App{Worker: &WorkerConfig{FanoutRetryFirst: -1}}, false},
 		{App{Worker: &WorkerConfig{FanoutRetryFirst: caddy.Duration(time.Minute)}}, false}, // the default cap is 30s
 		{App{Worker: &WorkerConfig{FanoutRetryFirst: 1 << 62, FanoutRetryMax: 1<<63 - 1}}, false},
+		{App{Worker: &WorkerConfig{ProbeInterval: caddy.Duration(worker.MinProbeInterval)}}, true},
+		{App{Worker: &WorkerConfig{ProbeInterval: caddy.Duration(worker.MaxProbeInterval)}}, true},
+		{App{Worker: &WorkerConfig{ProbeInterval: -1}}, false},
+		{App{Worker: &WorkerConfig{ProbeInterval: caddy.Duration(worker.MinProbeInterval - 1)}}, false},
+		{App{Worker: &WorkerConfig{ProbeInterval: caddy.Duration(worker.MaxProbeInterval + 1)}}, false},
+		{App{Worker: &WorkerConfig{ProbeInterval: 1<<63 - 1}}, false},
 		// Off, the worker's options are still checked.
 		{App{Worker: &WorkerConfig{Enabled: new(false), RunLease: -1}}, false},
 	} {
@@ -269,6 +275,7 @@ func TestProvisionErrors(t *testing.T) {
 		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{RunLease: caddy.Duration(time.Hour)}}, "run lease 1h0m0s is above"},
 		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{FanoutRetryFirst: caddy.Duration(time.Minute)}}, "first fan-out retry delay 1m0s"},
 		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{FanoutRetryMax: caddy.Duration(2 * time.Hour)}}, "fan-out retry cap 2h0m0s"},
+		{App{Redis: "redis://127.0.0.1:1/0", Worker: &WorkerConfig{ProbeInterval: caddy.Duration(time.Hour)}}, "probe interval 1h0m0s is above"},
 	} {
 		a := tc.app
 		a.SpoolDir = t.TempDir()

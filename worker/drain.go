@@ -67,6 +67,10 @@ const (
 	DefaultProbeInterval = 2 * time.Second
 	// MinProbeInterval bounds Config.ProbeInterval from below.
 	MinProbeInterval = 100 * time.Millisecond
+	// MaxProbeInterval bounds Config.ProbeInterval from above: the probe is
+	// what brings a recovered endpoint's backlog forward before its next
+	// schedule step, and a round this rare would leave that to the schedule.
+	MaxProbeInterval = 5 * time.Minute
 	// maxWaitingPerEndpoint bounds the deliveries indexed per endpoint; the
 	// newest beyond it keep their schedule but are not pulled forward.
 	maxWaitingPerEndpoint = 100_000
@@ -88,6 +92,23 @@ const (
 	// waitingTTL is how long an endpoint's index outlives its last failure.
 	waitingTTL = 7 * 24 * time.Hour
 )
+
+// CheckProbe reports whether interval, a Config's ProbeInterval (zero: the
+// default), is within the worker's bounds: from MinProbeInterval to
+// MaxProbeInterval.
+func CheckProbe(interval time.Duration) error {
+	if interval < 0 {
+		return fmt.Errorf("probe interval %s must not be negative", interval)
+	}
+	orDefault(&interval, DefaultProbeInterval)
+	switch {
+	case interval < MinProbeInterval:
+		return fmt.Errorf("probe interval %s is below the minimum %s", interval, MinProbeInterval)
+	case interval > MaxProbeInterval:
+		return fmt.Errorf("probe interval %s is above the maximum %s", interval, MaxProbeInterval)
+	}
+	return nil
+}
 
 const keyWaitingEndpoints = keyPrefix + "waiting-endpoints" // SET of endpoint ids with deliveries waiting
 

@@ -564,8 +564,28 @@ func TestRecoveryOptionsBounded(t *testing.T) {
 			t.Errorf("fan-out %d: %v, want %q", i, err, tc.want)
 		}
 	}
+	for i, tc := range []struct {
+		interval time.Duration
+		want     string
+	}{
+		{-time.Second, "must not be negative"},
+		{time.Nanosecond, "below the minimum 100ms"},
+		{MinProbeInterval - 1, "below the minimum"},
+		{MaxProbeInterval + time.Millisecond, "above the maximum 5m0s"},
+		{1<<63 - 1, "above the maximum"}, // hostile: a failing endpoint would never be probed
+	} {
+		w, err := New(Config{Redis: opt, ProbeInterval: tc.interval})
+		if err == nil {
+			w.Shutdown()
+			t.Errorf("probe %d: interval %s accepted", i, tc.interval)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("probe %d: %v, want %q", i, err, tc.want)
+		}
+	}
 	// The bounds themselves are accepted.
 	for _, c := range []Config{
+		{Redis: opt, ProbeInterval: MinProbeInterval},
+		{Redis: opt, ProbeInterval: MaxProbeInterval},
 		{Redis: opt, RecoveryInterval: MinRecoveryInterval, RunLease: 2 * MinRecoveryInterval},
 		{Redis: opt, RecoveryInterval: MaxRecoveryInterval, RunLease: MaxRunLease},
 		{Redis: opt, Retry: RetryPolicy{FanoutFirst: MaxFanoutRetry, FanoutMax: MaxFanoutRetry}},
@@ -582,7 +602,7 @@ func TestRecoveryOptionsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Shutdown()
-	if w.cfg.RecoveryInterval != DefaultRecoveryInterval || w.cfg.RunLease != DefaultRunLease {
-		t.Errorf("defaults: %s, %s", w.cfg.RecoveryInterval, w.cfg.RunLease)
+	if w.cfg.RecoveryInterval != DefaultRecoveryInterval || w.cfg.RunLease != DefaultRunLease || w.cfg.ProbeInterval != DefaultProbeInterval {
+		t.Errorf("defaults: %s, %s, %s", w.cfg.RecoveryInterval, w.cfg.RunLease, w.cfg.ProbeInterval)
 	}
 }

@@ -101,8 +101,8 @@ type Config struct {
 	// by re-sending its oldest waiting delivery early (at most one probe per
 	// endpoint in flight, across all workers, and one per ProbeInterval; a
 	// failed probe costs no schedule step), and one that answers 2xx again has
-	// its waiting deliveries pulled forward (see drain.go). Default 2s; at
-	// least MinProbeInterval (100ms).
+	// its waiting deliveries pulled forward (see drain.go). Default 2s; from
+	// MinProbeInterval (100ms) to MaxProbeInterval (5m).
 	ProbeInterval time.Duration
 	// TLSClientConfig is used for HTTPS deliveries. Default nil: the system roots.
 	TLSClientConfig *tls.Config
@@ -159,12 +159,12 @@ func New(cfg Config) (*Worker, error) {
 	if err := CheckFanoutRetry(cfg.Retry.FanoutFirst, cfg.Retry.FanoutMax); err != nil {
 		return nil, fmt.Errorf("configuring worker: %w", err)
 	}
+	if err := CheckProbe(cfg.ProbeInterval); err != nil {
+		return nil, fmt.Errorf("configuring worker: %w", err)
+	}
 	orDefault(&cfg.RecoveryInterval, DefaultRecoveryInterval)
 	orDefault(&cfg.RunLease, DefaultRunLease)
 	orDefault(&cfg.ProbeInterval, DefaultProbeInterval)
-	if cfg.ProbeInterval < MinProbeInterval {
-		return nil, fmt.Errorf("configuring worker: probe interval %s is below the minimum %s", cfg.ProbeInterval, MinProbeInterval)
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}

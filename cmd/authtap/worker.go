@@ -24,7 +24,7 @@ import (
 
 func init() {
 	register("worker", command{
-		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE] [--admin ADDR] [--recovery-interval D] [--run-lease D]",
+		usage:   "worker --redis URL [--concurrency N] [--endpoints FILE] [--admin ADDR] [--recovery-interval D] [--run-lease D] [--probe-interval D]",
 		summary: "deliver queued events to their endpoints until SIGINT or SIGTERM",
 		run:     runWorker,
 	})
@@ -75,6 +75,9 @@ Flags:`)
 		"delay before the first retry of a failed fan-out; each further retry waits twice as long, up to --fanout-retry-max")
 	fanoutMax := fs.Duration("fanout-retry-max", worker.DefaultFanoutMaxRetry,
 		fmt.Sprintf("cap of the delay between fan-out retries (at most %s)", worker.MaxFanoutRetry))
+	probeInterval := fs.Duration("probe-interval", worker.DefaultProbeInterval,
+		fmt.Sprintf("how often the worker probes failing endpoints that have deliveries waiting (re-sending the oldest early) and pulls recovered ones' deliveries forward (%s to %s)",
+			worker.MinProbeInterval, worker.MaxProbeInterval))
 	debug := fs.Bool("debug", false, "log every fan-out and delivery")
 	adminAddr := fs.String("admin", "",
 		"serve the management API (and asynqmon at /monitor/) on this address; a bare port (8081 or :8081) means 127.0.0.1:8081, "+
@@ -111,7 +114,7 @@ Flags:`)
 	for _, f := range []struct {
 		name string
 		v    time.Duration
-	}{{"recovery-interval", *recoveryInterval}, {"run-lease", *runLease}, {"fanout-retry-first", *fanoutFirst}, {"fanout-retry-max", *fanoutMax}} {
+	}{{"recovery-interval", *recoveryInterval}, {"run-lease", *runLease}, {"fanout-retry-first", *fanoutFirst}, {"fanout-retry-max", *fanoutMax}, {"probe-interval", *probeInterval}} {
 		if f.v <= 0 {
 			fmt.Fprintf(stderr, "authtap worker: --%s %s: want a positive duration\n", f.name, f.v)
 			return 2
@@ -125,9 +128,13 @@ Flags:`)
 		fmt.Fprintf(stderr, "authtap worker: --fanout-retry-first, --fanout-retry-max: %v\n", err)
 		return 2
 	}
+	if err := worker.CheckProbe(*probeInterval); err != nil {
+		fmt.Fprintf(stderr, "authtap worker: --probe-interval: %v\n", err)
+		return 2
+	}
 	cfg := worker.Config{
 		Redis: opt, Concurrency: *concurrency, DeliveryTimeout: *timeout, ShutdownTimeout: *shutdown,
-		RecoveryInterval: *recoveryInterval, RunLease: *runLease,
+		RecoveryInterval: *recoveryInterval, RunLease: *runLease, ProbeInterval: *probeInterval,
 		Retry: worker.RetryPolicy{FanoutFirst: *fanoutFirst, FanoutMax: *fanoutMax},
 	}
 	for _, a := range allow {
