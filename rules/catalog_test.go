@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -164,5 +165,35 @@ func TestMergeEventTypes(t *testing.T) {
 	}
 	if m := MergeEventTypes(); m == nil || len(m) != 0 {
 		t.Errorf("MergeEventTypes() = %#v, want an empty non-nil slice", m)
+	}
+}
+
+// TestExamplePacksCatalog: every event type of the example packs has a
+// description and at least one example, and none leaks a test's secret.
+func TestExamplePacksCatalog(t *testing.T) {
+	packs, err := filepath.Glob("examples/*.yaml")
+	if err != nil || len(packs) == 0 {
+		t.Fatalf("no example packs: %v", err)
+	}
+	for _, p := range packs {
+		s, err := Load(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		for _, et := range s.EventTypes() {
+			if et.Description == "" {
+				t.Errorf("%s: %s has no description", p, et.Type)
+			}
+			if len(et.Examples) == 0 {
+				t.Errorf("%s: %s has no example (no inline test produces it)", p, et.Type)
+			}
+			for _, e := range et.Examples {
+				for _, secret := range []string{"$2y$", "hunter2", "s3cret"} {
+					if strings.Contains(string(e), secret) {
+						t.Errorf("%s: an example of %s carries %q: %s", p, et.Type, secret, e)
+					}
+				}
+			}
+		}
 	}
 }
