@@ -197,3 +197,22 @@ func TestExamplePacksCatalog(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalogBuiltOnce: the tests run on the first call only; later calls
+// copy the cached catalog (a few slices per type), whatever the number of tests.
+func TestCatalogBuiltOnce(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("version: 1\nrules:\n  - {name: r, match: {method: POST, path: /a}, emit: {type: a.b, data: \"{request.body}\"}}\ntests:\n")
+	for i := range 200 {
+		fmt.Fprintf(&b, "  - {name: t%d, request: {method: POST, path: /b, body: {n: %d}}, expect: []}\n", i, i)
+	}
+	s := mustSet(t, b.String())
+	first := s.EventTypes()
+	if len(first) != 1 || len(first[0].Examples) != 0 {
+		t.Fatalf("%+v", first)
+	}
+	// one EventType: the outer slice plus at most one clone of each of its three slices
+	if n := testing.AllocsPerRun(20, func() { s.EventTypes() }); n > 4 {
+		t.Errorf("EventTypes allocates %.0f times per call after the first: the catalog is rebuilt", n)
+	}
+}
