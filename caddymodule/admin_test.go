@@ -375,14 +375,32 @@ func TestAdminThroughCaddy(t *testing.T) {
 		set := loadTestRules(t, `version: 1
 rules:
   - name: tenant-gone
+    description: A tenant was deleted.
     match: {method: DELETE, path: "/api/tenants/{id}"}
-    emit: {type: tenant.deleted, subject: "{path.id}", data: {id: "{path.id}"}}
+    emit: {type: tenant.deleted, subject: "{path.id}", data: {id: "{path.id}", by: "{request.body}"}}
+tests:
+  - name: delete
+    request: {method: DELETE, path: /api/tenants/t_1, body: {admin: root, password: adm1n-secret}}
+    expect: [{type: tenant.deleted, subject: t_1}]
 `)
 		registerRules("admin-test", set)
 		t.Cleanup(func() { unregisterRules("admin-test") })
 		types := getEventTypes(t, env)
 		if !slices.Contains(types, "tenant.deleted") {
 			t.Errorf("event types %v lack tenant.deleted", types)
+		}
+		// the catalog: description and the test's event, redacted
+		_, body := env.do("GET", "/_authtap/event-types", "", true)
+		var out struct {
+			EventTypes []rules.EventType `json:"event_types"`
+		}
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(out.EventTypes, func(e rules.EventType) bool { return e.Type == "tenant.deleted" })
+		if i < 0 || out.EventTypes[i].Description != "A tenant was deleted." || len(out.EventTypes[i].Examples) != 1 ||
+			!strings.Contains(string(out.EventTypes[i].Examples[0]), `"password":"[REDACTED]"`) || strings.Contains(body, "adm1n-secret") {
+			t.Errorf("catalog %s", body)
 		}
 		unregisterRules("admin-test")
 		if types := getEventTypes(t, env); slices.Contains(types, "tenant.deleted") {

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/authtap/authtap/rules"
@@ -38,43 +37,25 @@ func unregisterRules(key string) {
 	loadedRules.Unlock()
 }
 
-// loadedEventTypes returns the event types of every registered rule set,
-// merged by type and sorted: the rule names of one type are the sorted union
-// over all sets, a type is templated when it is in any set, and the types a
-// templated type declares are the sorted union too. It never
-// returns nil.
+// loadedEventTypes returns the event catalog of every registered rule set,
+// merged by rules.MergeEventTypes (sets taken in the order of their keys, so
+// the answer does not depend on map order). It never returns nil.
 func loadedEventTypes() []rules.EventType {
 	loadedRules.RLock()
-	sets := make([]*rules.Set, 0, len(loadedRules.sets))
-	for _, s := range loadedRules.sets {
-		sets = append(sets, s)
+	keys := make([]string, 0, len(loadedRules.sets))
+	for k := range loadedRules.sets {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	sets := make([]*rules.Set, len(keys))
+	for i, k := range keys {
+		sets[i] = loadedRules.sets[k]
 	}
 	loadedRules.RUnlock()
 
-	byType := map[string]*rules.EventType{}
-	for _, s := range sets {
-		for _, et := range s.EventTypes() {
-			m := byType[et.Type]
-			if m == nil {
-				m = &rules.EventType{Type: et.Type}
-				byType[et.Type] = m
-			}
-			m.Templated = m.Templated || et.Templated
-			m.Types = append(m.Types, et.Types...)
-			m.Rules = append(m.Rules, et.Rules...)
-		}
+	catalogs := make([][]rules.EventType, len(sets))
+	for i, s := range sets {
+		catalogs[i] = s.EventTypes()
 	}
-	out := make([]rules.EventType, 0, len(byType))
-	for _, m := range byType {
-		slices.Sort(m.Rules)
-		m.Rules = slices.Compact(m.Rules)
-		slices.Sort(m.Types)
-		m.Types = slices.Compact(m.Types)
-		if m.Rules == nil {
-			m.Rules = []string{}
-		}
-		out = append(out, *m)
-	}
-	slices.SortFunc(out, func(a, b rules.EventType) int { return strings.Compare(a.Type, b.Type) })
-	return out
+	return rules.MergeEventTypes(catalogs...)
 }

@@ -52,6 +52,9 @@ const (
 	// MaxEventTypeLen is the longest event type, in bytes, whether written
 	// in the rule or rendered from a templated type at run time.
 	MaxEventTypeLen = 128
+	// MaxDescriptionLen is the longest description of a rule or an emit, in
+	// bytes: it is served to every subscriber in the event catalog.
+	MaxDescriptionLen = 1024
 )
 
 // sizeMiB renders a byte count for messages: "1 MiB", "512 KiB", "700 bytes".

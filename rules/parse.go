@@ -28,7 +28,10 @@ func (f *File) Rules() []*Rule { return f.rules }
 // Rule is one compiled rule. It is immutable once parsed.
 type Rule struct {
 	// Name is unique across a Set.
-	Name        string
+	Name string
+	// Description is the rule's description: free text, at most
+	// MaxDescriptionLen bytes, shown in the event catalog for the types the
+	// rule emits (unless an emit has a description of its own).
 	Description string
 	// File and Line say where the rule is defined.
 	File         string
@@ -64,6 +67,7 @@ type lookupSpec struct {
 
 type emitSpec struct {
 	typ         *tmpl
+	description string // emit.description; the event catalog falls back to the rule's
 	subject     *tmpl
 	data        *dataNode
 	omit        []string
@@ -222,7 +226,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 				r.Name = s
 			}
 		}},
-		field{name: "description", fn: func(v *yaml.Node, p string) { r.Description, _ = d.str(v, p) }},
+		field{name: "description", fn: func(v *yaml.Node, p string) { r.Description = d.description(v, p) }},
 		field{name: "match", required: true, fn: func(v *yaml.Node, p string) { matchNode = v }},
 		field{name: "lookup", fn: func(v *yaml.Node, p string) { lookupNode = v }},
 		field{name: "emit", required: true, fn: func(v *yaml.Node, p string) { emitNode = v }},
@@ -474,6 +478,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			e.typ = t
 		}},
 		field{name: "types", fn: func(v *yaml.Node, p string) { typesNode = v }},
+		field{name: "description", fn: func(v *yaml.Node, p string) { e.description = d.description(v, p) }},
 		field{name: "subject", fn: func(v *yaml.Node, p string) { e.subject = d.tmplField(v, p, sc) }},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},

@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 )
@@ -17,6 +16,7 @@ type Set struct {
 	rules    []*Rule
 	byMethod map[string]*trie
 	anyMeth  *trie
+	catalog  catalogCache // EventTypes, built on first use
 }
 
 // Load reads rule files named by paths or glob patterns and merges them into a
@@ -193,60 +193,6 @@ func (s *Set) Files() []string {
 		out[i] = f.Name
 	}
 	return out
-}
-
-// EventTypes returns the distinct event types the rules emit, sorted. A
-// templated type appears as written (e.g. "user.{request.body.action}"),
-// with Templated set and Types listing what it may render to; each of those
-// declared types is listed as a type of its own too, since it is what a
-// subscriber receives.
-func (s *Set) EventTypes() []EventType {
-	byType := map[string]*EventType{}
-	add := func(typ, rule string) *EventType {
-		et := byType[typ]
-		if et == nil {
-			et = &EventType{Type: typ}
-			byType[typ] = et
-		}
-		if !slices.Contains(et.Rules, rule) {
-			et.Rules = append(et.Rules, rule)
-		}
-		return et
-	}
-	for _, r := range s.rules {
-		for _, e := range r.emits {
-			et := add(e.typ.raw, r.Name)
-			if len(e.typ.phs) == 0 {
-				continue
-			}
-			et.Templated = true
-			for _, t := range e.typeList {
-				if !slices.Contains(et.Types, t) {
-					et.Types = append(et.Types, t)
-				}
-				add(t, r.Name)
-			}
-		}
-	}
-	out := make([]EventType, 0, len(byType))
-	for _, k := range sortedKeys(byType) {
-		et := byType[k]
-		slices.Sort(et.Types)
-		out = append(out, *et)
-	}
-	return out
-}
-
-// EventType describes one event type the loaded rules can emit.
-type EventType struct {
-	// Type is the event type, or a templated type as written.
-	Type string `json:"type"`
-	// Templated says Type has placeholders; Types then lists the types it
-	// may render to (its emit.types), sorted.
-	Templated bool     `json:"templated,omitempty"`
-	Types     []string `json:"types,omitempty"`
-	// Rules names the rules that emit it.
-	Rules []string `json:"rules"`
 }
 
 // CanMatch reports whether any rule could match an exchange with this method

@@ -41,8 +41,10 @@ type APIConfig struct {
 	// Inspector finds and re-runs archived or waiting deliveries. Default: an
 	// inspector on the Store's Redis connection.
 	Inspector *asynq.Inspector
-	// EventTypes lists the event types the loaded rules can emit, for GET
-	// /event-types; it is called on every request. Default nil: an empty list.
+	// EventTypes lists the event types the loaded rules can emit, with their
+	// descriptions and examples (rules.Set.EventTypes, which builds them once
+	// per rule set), for GET /event-types; it is called on every request, so
+	// it must not rebuild the catalog. Default nil: an empty list.
 	EventTypes func() []rules.EventType
 	// Retry is the workers' retry policy; deliveries enqueued through the API
 	// get its MaxRetry. The zero value is the Standard Webhooks schedule.

@@ -86,7 +86,7 @@ Flags:`)
 	adminToken := fs.String("admin-token", "",
 		"bearer token the management API requires (default $AUTHTAP_ADMIN_TOKEN); browsers use it as the Basic auth password")
 	var rulesFiles listFlag
-	fs.Var(&rulesFiles, "rules", "rule file or glob whose event types GET /event-types lists; repeatable")
+	fs.Var(&rulesFiles, "rules", "rule file or glob whose event catalog GET /event-types serves; repeatable")
 	var allow listFlag
 	fs.Var(&allow, "allow", "address range (CIDR) endpoints may reach although it is private or local (test endpoints may reach loopback without it); repeatable")
 	if err := fs.Parse(args); err != nil {
