@@ -2,8 +2,10 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -228,5 +230,69 @@ func TestEndpointTenantValidated(t *testing.T) {
 	none := ""
 	if ep, err = s.Update(ctx, "e", EndpointPatch{Tenant: &none}); err != nil || ep.Tenant != "" {
 		t.Errorf("patch to no tenant: %+v, %v", ep, err)
+	}
+}
+
+// The management API takes a tenant on create and patch, refuses an invalid
+// one as a field error, lists one tenant's endpoints with ?tenant=, and
+// openapi.json documents all three.
+func TestAPIEndpointTenant(t *testing.T) {
+	f := newAPIFixture(t, apiFixtureOptions{endpoints: []EndpointConfig{
+		{ID: "cfg_t2", URL: "https://c.example/", Tenant: "t2", Secret: SecretPrefix + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+	}})
+	for _, c := range []EndpointConfig{
+		{ID: "op", URL: "https://a.example/"},
+		{ID: "a1", URL: "https://a.example/", Tenant: "t1"},
+		{ID: "b1", URL: "https://a.example/", Tenant: "T1"},
+	} {
+		if status, b := f.call("POST", "/webhooks", c); status != http.StatusCreated || !strings.Contains(string(b), `"tenant":"`+c.Tenant+`"`) == (c.Tenant != "") {
+			t.Fatalf("create %s: %d %s", c.ID, status, b)
+		}
+	}
+	for _, bad := range []string{"t1 ", "t\u00e9", strings.Repeat("x", rules.MaxTenantLen+1), "a/b"} {
+		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: "https://a.example/", Tenant: bad})
+		if status != http.StatusBadRequest || !strings.Contains(string(b), `"field":"tenant"`) {
+			t.Errorf("create with tenant %q: %d %s", bad, status, b)
+		}
+	}
+	list := func(query string) (int, string) {
+		t.Helper()
+		status, b := f.call("GET", "/webhooks"+query, nil)
+		var resp struct{ Webhooks []Endpoint }
+		_ = json.Unmarshal(b, &resp)
+		var ids []string
+		for _, ep := range resp.Webhooks {
+			ids = append(ids, ep.ID)
+		}
+		slices.Sort(ids)
+		return status, strings.Join(ids, ",")
+	}
+	for q, want := range map[string]string{"": "a1,b1,cfg_t2,op", "?tenant=t1": "a1", "?tenant=T1": "b1", "?tenant=t2": "cfg_t2", "?tenant=t9": ""} {
+		if status, got := list(q); status != http.StatusOK || got != want {
+			t.Errorf("GET /webhooks%s: %d %q, want %q", q, status, got, want)
+		}
+	}
+	for _, q := range []string{"?tenant=", "?tenant=t1%20", "?tenant=%00", "?tenant=" + strings.Repeat("x", rules.MaxTenantLen+1)} {
+		if status, _ := list(q); status != http.StatusBadRequest {
+			t.Errorf("GET /webhooks%s: %d, want 400", q, status)
+		}
+	}
+	if status, b := f.call("PATCH", "/webhooks/op", map[string]any{"tenant": "t1"}); status != http.StatusOK || !strings.Contains(string(b), `"tenant":"t1"`) {
+		t.Errorf("patch tenant: %d %s", status, b)
+	}
+	if status, b := f.call("PATCH", "/webhooks/op", map[string]any{"tenant": "t1\n"}); status != http.StatusBadRequest || !strings.Contains(string(b), `"field":"tenant"`) {
+		t.Errorf("patch to a bad tenant: %d %s", status, b)
+	}
+	if status, got := list("?tenant=t1"); status != http.StatusOK || got != "a1,op" {
+		t.Errorf("after the patch, tenant t1 lists %q", got)
+	}
+	if status, b := f.call("PATCH", "/webhooks/cfg_t2", map[string]any{"tenant": "t1"}); status != http.StatusConflict && status != http.StatusForbidden {
+		t.Errorf("patch of a configured endpoint's tenant: %d %s", status, b)
+	}
+	doc := string(openAPIDoc)
+	for _, want := range []string{`"name": "tenant"`, `"tenant": {`} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("openapi.json lacks %s", want)
+		}
 	}
 }
