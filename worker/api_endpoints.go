@@ -216,7 +216,8 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 		return internal(err)
 	}
 	ev := rules.Event{
-		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Data: data,
+		// A tenant endpoint's test event is its tenant's, as what it will receive is.
+		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Tenant: ep.Tenant, Data: data,
 		Source: rules.Source{Name: SourceName, Rule: EventTest}, Mode: ep.Mode,
 	}
 	envelope, err := ev.Envelope()

@@ -289,6 +289,16 @@ func TestAPIEndpointTenant(t *testing.T) {
 	if status, b := f.call("PATCH", "/webhooks/cfg_t2", map[string]any{"tenant": "t1"}); status != http.StatusConflict && status != http.StatusForbidden {
 		t.Errorf("patch of a configured endpoint's tenant: %d %s", status, b)
 	}
+	// A tenant endpoint's test event carries its tenant; an operator endpoint's none.
+	if status, b := f.call("POST", "/webhooks/a1/test", nil); status != http.StatusAccepted || !strings.Contains(string(b), `"tenant":"t1"`) {
+		t.Errorf("test event of a tenant endpoint: %d %s", status, b)
+	}
+	if status, b := f.call("PATCH", "/webhooks/op", map[string]any{"tenant": ""}); status != http.StatusOK || strings.Contains(string(b), `"tenant"`) {
+		t.Errorf("patch to no tenant: %d %s", status, b)
+	}
+	if status, b := f.call("POST", "/webhooks/op/test", nil); status != http.StatusAccepted || strings.Contains(string(b), `"tenant"`) {
+		t.Errorf("test event of an operator endpoint: %d %s", status, b)
+	}
 	doc := string(openAPIDoc)
 	for _, want := range []string{`"name": "tenant"`, `"tenant": {`} {
 		if !strings.Contains(doc, want) {
