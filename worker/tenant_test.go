@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -303,6 +304,42 @@ func TestAPIEndpointTenant(t *testing.T) {
 	for _, want := range []string{`"name": "tenant"`, `"tenant": {`} {
 		if !strings.Contains(doc, want) {
 			t.Errorf("openapi.json lacks %s", want)
+		}
+	}
+}
+
+// Replay keeps the tenant rule: a tenant endpoint's replayed window holds only
+// its tenant's events, an operator endpoint's every event.
+func TestAPIReplayTenant(t *testing.T) {
+	f := newAPIFixture(t, apiFixtureOptions{})
+	rcv := newAPIReceiver(t, 200)
+	f.create(EndpointConfig{ID: "t1ep", URL: rcv.srv.URL, Mode: "test", Tenant: "t1"})
+	f.create(EndpointConfig{ID: "opep", URL: rcv.srv.URL, Mode: "test"})
+	ctx := context.Background()
+	start := time.Now().Add(-time.Second)
+	var all, mine []string
+	for i, tenant := range []string{"t1", "", "T1", "t1 ", "t2", "t1"} {
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		ev := rules.Event{ID: rules.NewEventID(now), Type: "user.created", Timestamp: now, Tenant: tenant,
+			Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i)), Source: rules.Source{Name: "test", Rule: "r"}, Mode: "test"}
+		env, err := ev.Envelope()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.worker.Store().recordEvent(ctx, ev, env, nil); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, ev.ID)
+		if tenant == "t1" {
+			mine = append(mine, ev.ID)
+		}
+	}
+	since := url.QueryEscape(start.Format(time.RFC3339Nano))
+	for id, want := range map[string][]string{"t1ep": mine, "opep": all} {
+		var rr replayResponse
+		f.must(202, "POST", "/webhooks/"+id+"/replay?since="+since, nil, &rr)
+		if got := slices.Sorted(slices.Values(rr.EventIDs)); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+			t.Errorf("replay to %s sent %v, want %v", id, got, want)
 		}
 	}
 }
