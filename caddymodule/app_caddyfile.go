@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
 
@@ -37,6 +38,7 @@ import (
 //				url <url>
 //				events <filter...>
 //				mode live|test
+//				tenant <id>
 //				secret <whsec_…>
 //				bearer_token <token>
 //				event_header <name>
@@ -282,6 +284,13 @@ func parseEndpoint(d *caddyfile.Dispenser) (worker.EndpointConfig, error) {
 			if err == nil && ep.Mode != "live" && ep.Mode != "test" {
 				return ep, d.Errf("endpoint %s mode: want live or test, got %q", ep.ID, ep.Mode)
 			}
+		case "tenant":
+			ep.Tenant, err = one(field)
+			if err == nil {
+				if terr := rules.ValidTenant(ep.Tenant); terr != nil {
+					return ep, d.Errf("endpoint %s tenant: %v", ep.ID, terr)
+				}
+			}
 		case "secret":
 			ep.Secret, err = one(field)
 		case "bearer_token":
@@ -319,7 +328,7 @@ func parseEndpoint(d *caddyfile.Dispenser) (worker.EndpointConfig, error) {
 			}
 			ep.Disabled = true
 		default:
-			return ep, d.Errf("unrecognized endpoint option %q (want url, events, mode, secret, bearer_token, event_header, format, description, rate_limit, max_concurrency or disabled)", field)
+			return ep, d.Errf("unrecognized endpoint option %q (want url, events, mode, tenant, secret, bearer_token, event_header, format, description, rate_limit, max_concurrency or disabled)", field)
 		}
 		if err != nil {
 			return ep, err

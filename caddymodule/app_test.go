@@ -45,6 +45,7 @@ func TestGlobalOptionCaddyfile(t *testing.T) {
 				url https://crm.example.com/hooks
 				events user.* tenant.deleted
 				mode test
+				tenant org_1
 				secret {env.CRM_SECRET}
 				bearer_token {env.CRM_TOKEN}
 				event_header X-Crm-Event
@@ -60,7 +61,7 @@ func TestGlobalOptionCaddyfile(t *testing.T) {
 			}
 		}`, want: `{"redis":"{env.REDIS_URL}",` +
 			`"worker":{"concurrency":20,"delivery_timeout":10000000000,"shutdown_timeout":5000000000,"allowlist":["10.0.0.0/8","fd00::/8"]},` +
-			`"endpoints":[{"id":"crm","url":"https://crm.example.com/hooks","description":"CRM sync","events":["user.*","tenant.deleted"],"mode":"test","secret":"{env.CRM_SECRET}","bearer_token":"{env.CRM_TOKEN}","event_header":"X-Crm-Event","format":"data","rate_limit":2.5,"max_concurrency":3,"disabled":true},` +
+			`"endpoints":[{"id":"crm","url":"https://crm.example.com/hooks","description":"CRM sync","events":["user.*","tenant.deleted"],"mode":"test","tenant":"org_1","secret":"{env.CRM_SECRET}","bearer_token":"{env.CRM_TOKEN}","event_header":"X-Crm-Event","format":"data","rate_limit":2.5,"max_concurrency":3,"disabled":true},` +
 			`{"id":"audit","url":"https://audit.example.com/in","secret":"whsec_abc"}],` +
 			`"spool_dir":"/var/lib/authtap/spool","spool_max_size":536870912,"enqueue_timeout":250000000}`},
 		{input: `authtap {
@@ -112,6 +113,12 @@ func TestGlobalOptionCaddyfile(t *testing.T) {
 				url https://x
 			}
 		}`, err: "endpoint: missing id"},
+		{input: `authtap {
+			endpoint crm {
+				url https://x
+				tenant "org 1"
+			}
+		}`, err: `endpoint crm tenant: tenant "org 1" has byte ' ' at 3`},
 		{input: `authtap {
 			endpoint crm {
 				url https://x

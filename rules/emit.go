@@ -151,6 +151,15 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		}
 		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
 		ev.Subject = rc.renderText(e.subject, nil)
+		if e.tenant != nil {
+			if t := rc.renderText(e.tenant, nil); t != "" {
+				if ValidTenant(t) == nil {
+					ev.Tenant = t
+				} else {
+					missing = append(missing, TenantMissing)
+				}
+			}
+		}
 		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
 		ev.Source.Truncated = rc.notes.truncation()
 		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
@@ -189,6 +198,9 @@ func resultDigest(ev *Event, ex *Exchange) string {
 	}
 	field([]byte(ev.Type))
 	field([]byte(ev.Subject))
+	if ev.Tenant != "" {
+		field([]byte(ev.Tenant)) // only when set, so ids of rules without a tenant stay as they were
+	}
 	field(ev.Data)
 	binary.BigEndian.PutUint64(n[:], uint64(ex.Status))
 	h.Write(n[:])

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -270,5 +271,31 @@ func TestValidEventTypeAgreesWithRegexp(t *testing.T) {
 		if validEventType(s) != eventTypeRE.MatchString(s) {
 			t.Errorf("%q: validEventType=%v regexp=%v", s, validEventType(s), eventTypeRE.MatchString(s))
 		}
+	}
+}
+
+// Two requests that share a dedupe key but belong to different tenants are
+// two events: the tenant is part of what the exchange produced.
+func TestDedupeTenant(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: r
+    match: {method: POST, path: /x}
+    emit: {type: a.b, tenant: "{request.header.X-Org}", dedupe: "{request.header.Idempotency-Key}"}
+`)
+	ex := func(org string) *Exchange {
+		h := http.Header{}
+		h.Set("Idempotency-Key", "k1")
+		h.Set("X-Org", org)
+		return &Exchange{Method: "POST", Path: "/x", Status: 200, RequestHeader: h}
+	}
+	a, b, c := eval(t, s, ex("t1"))[0], eval(t, s, ex("t1"))[0], eval(t, s, ex("t2"))[0]
+	if a.Tenant != "t1" || c.Tenant != "t2" || a.ID != b.ID || a.ID == c.ID {
+		t.Fatalf("tenants %q %q, ids %s %s %s", a.Tenant, c.Tenant, a.ID, b.ID, c.ID)
+	}
+	// A hostile tenant header makes an operator-only event that says why.
+	d := eval(t, s, ex("t1\", \"x"))[0]
+	if d.Tenant != "" || !slices.Contains(d.Source.Missing, TenantMissing) {
+		t.Fatalf("hostile tenant: %q, missing %v", d.Tenant, d.Source.Missing)
 	}
 }

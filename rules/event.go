@@ -31,6 +31,10 @@ type Event struct {
 	Timestamp time.Time `json:"timestamp"`
 	// Subject names the thing the event is about (e.g. the user id); empty when the rule sets none.
 	Subject string `json:"subject,omitempty"`
+	// Tenant is whose customer the event belongs to (emit.tenant, a valid
+	// tenant id, see ValidTenant); empty for operator-only events, which only
+	// endpoints without a tenant receive.
+	Tenant string `json:"tenant,omitempty"`
 	// Data is the event payload, a JSON value.
 	Data json.RawMessage `json:"data"`
 	// Source says where the event came from.
@@ -78,6 +82,7 @@ type eventJSON struct {
 	Type      string          `json:"type"`
 	Timestamp string          `json:"timestamp"`
 	Subject   string          `json:"subject,omitempty"`
+	Tenant    string          `json:"tenant,omitempty"`
 	Data      json.RawMessage `json:"data"`
 	Source    Source          `json:"source"`
 	Mode      string          `json:"mode"`
@@ -89,7 +94,7 @@ const TimestampFormat = "2006-01-02T15:04:05.000Z07:00"
 
 // MarshalJSON renders the event envelope.
 func (e Event) MarshalJSON() ([]byte, error) {
-	return e.AppendJSON(make([]byte, 0, len(e.Data)+len(e.ID)+len(e.Type)+len(e.Subject)+len(e.Source.Name)+len(e.Source.Rule)+120))
+	return e.AppendJSON(make([]byte, 0, len(e.Data)+len(e.ID)+len(e.Type)+len(e.Subject)+len(e.Tenant)+len(e.Source.Name)+len(e.Source.Rule)+120))
 }
 
 // AppendJSON appends the event envelope, as MarshalJSON renders it, to b:
@@ -107,6 +112,10 @@ func (e Event) AppendJSON(b []byte) ([]byte, error) {
 	if e.Subject != "" {
 		b = append(b, `,"subject":`...)
 		b = appendQuote(b, e.Subject)
+	}
+	if e.Tenant != "" {
+		b = append(b, `,"tenant":`...)
+		b = appendQuote(b, e.Tenant)
 	}
 	b = append(b, `,"data":`...)
 	switch {
@@ -175,7 +184,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if err != nil && w.Timestamp != "" {
 		return err
 	}
-	*e = Event{ID: w.ID, Type: w.Type, Timestamp: ts, Subject: w.Subject, Data: w.Data, Source: w.Source, Mode: w.Mode}
+	*e = Event{ID: w.ID, Type: w.Type, Timestamp: ts, Subject: w.Subject, Tenant: w.Tenant, Data: w.Data, Source: w.Source, Mode: w.Mode}
 	if w.Dedupe != "" {
 		if e.DedupeWindow, err = time.ParseDuration(w.Dedupe); err != nil {
 			return err

@@ -17,7 +17,7 @@ func referenceJSON(e Event) ([]byte, error) {
 		data = json.RawMessage("null")
 	}
 	w := eventJSON{ID: e.ID, Type: e.Type, Timestamp: e.Timestamp.UTC().Format(TimestampFormat),
-		Subject: e.Subject, Data: data, Source: e.Source, Mode: e.Mode}
+		Subject: e.Subject, Tenant: e.Tenant, Data: data, Source: e.Source, Mode: e.Mode}
 	if e.DedupeWindow > 0 {
 		w.Dedupe = e.DedupeWindow.String()
 	}
@@ -65,7 +65,7 @@ func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
 		`{"html":"\u003cb\u003e"}`, "{\"ls\":\"\u2028\"}", `{"unterminated":`, `not json`}
 	for _, s := range odd {
 		for _, d := range datas {
-			checkEnvelope(t, Event{ID: "evt_" + s, Type: s, Timestamp: ts, Subject: s, Data: json.RawMessage(d),
+			checkEnvelope(t, Event{ID: "evt_" + s, Type: s, Timestamp: ts, Subject: s, Tenant: s, Data: json.RawMessage(d),
 				Source: Source{Name: s, Rule: s, Missing: []string{s, "lookup.x"}}, Mode: s, DedupeWindow: 90 * time.Minute})
 		}
 	}
@@ -84,11 +84,48 @@ func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
 		Source: Source{Name: "legacy-auth", Rule: "user-created"}, Mode: ModeLive})
 }
 
+// TestEnvelopeTenant checks the tenant field: written after subject when set,
+// absent when empty (an operator-only event), and read back by the decoder.
+func TestEnvelopeTenant(t *testing.T) {
+	ts := time.Date(2026, 11, 27, 3, 4, 5, 0, time.UTC)
+	ev := Event{ID: "evt_1", Type: "user.created", Timestamp: ts, Subject: "u_1", Tenant: "org_1", Data: json.RawMessage(`{}`),
+		Source: Source{Name: "s", Rule: "r"}, Mode: ModeLive}
+	b, err := ev.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"subject":"u_1","tenant":"org_1","data":{}`; !strings.Contains(string(b), want) {
+		t.Errorf("envelope %s lacks %s", b, want)
+	}
+	var back Event
+	if err := json.Unmarshal(b, &back); err != nil || back.Tenant != "org_1" {
+		t.Errorf("tenant reads back as %q (%v) from %s", back.Tenant, err, b)
+	}
+	ev.Tenant = ""
+	if b, _ = ev.MarshalJSON(); strings.Contains(string(b), "tenant") {
+		t.Errorf("an operator-only envelope names a tenant: %s", b)
+	}
+}
+
+func TestValidTenant(t *testing.T) {
+	for _, ok := range []string{"t1", "T1", "org_1", "a-b.c:d@e", strings.Repeat("x", MaxTenantLen)} {
+		if err := ValidTenant(ok); err != nil {
+			t.Errorf("ValidTenant(%q) = %v, want nil", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "t1 ", " t1", "t\x00", "t/1", "t\n1", "a\u200bb", "é", "t1\xff", "{\"$ne\":1}", "*",
+		strings.Repeat("x", MaxTenantLen+1)} {
+		if err := ValidTenant(bad); err == nil {
+			t.Errorf("ValidTenant(%q) = nil, want an error", bad)
+		}
+	}
+}
+
 func FuzzEnvelopeMatchesEncodingJSON(f *testing.F) {
 	f.Add("evt_1", "user.created", "u_1", `{"id":"u_1"}`, "legacy-auth", "missing.x", int64(0))
 	f.Add("\xff", "<&>", "\u2028", "{ \"a\" : 1 }", `"`, "", int64(3600e9))
 	f.Fuzz(func(t *testing.T, id, typ, subject, data, source, missing string, dedupe int64) {
-		ev := Event{ID: id, Type: typ, Subject: subject, Data: json.RawMessage(data), Timestamp: time.Unix(0, dedupe),
+		ev := Event{ID: id, Type: typ, Subject: subject, Tenant: source, Data: json.RawMessage(data), Timestamp: time.Unix(0, dedupe),
 			Source: Source{Name: source, Rule: typ}, Mode: subject, DedupeWindow: time.Duration(dedupe)}
 		if missing != "" {
 			ev.Source.Missing = []string{missing}

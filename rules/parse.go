@@ -69,6 +69,7 @@ type emitSpec struct {
 	typ         *tmpl
 	description string // emit.description; the event catalog falls back to the rule's
 	subject     *tmpl
+	tenant      *tmpl // emit.tenant; nil = operator-only events
 	data        *dataNode
 	omit        []string
 	redact      []string
@@ -268,7 +269,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 	}
 	used := map[string]bool{}
 	for _, e := range r.emits {
-		for _, t := range []*tmpl{e.typ, e.subject, e.dedupeKey} {
+		for _, t := range []*tmpl{e.typ, e.subject, e.tenant, e.dedupeKey} {
 			t.lookupNames(used)
 		}
 		e.data.lookupNames(used)
@@ -480,6 +481,16 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 		field{name: "types", fn: func(v *yaml.Node, p string) { typesNode = v }},
 		field{name: "description", fn: func(v *yaml.Node, p string) { e.description = d.description(v, p) }},
 		field{name: "subject", fn: func(v *yaml.Node, p string) { e.subject = d.tmplField(v, p, sc) }},
+		field{name: "tenant", fn: func(v *yaml.Node, p string) {
+			t := d.tmplField(v, p, sc)
+			if t != nil && len(t.phs) == 0 {
+				if err := ValidTenant(t.lits[0]); err != nil {
+					d.errf(v, p, "%v", err)
+					return
+				}
+			}
+			e.tenant = t
+		}},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},
 		field{name: "redact", fn: keyList(&e.redact)},
@@ -627,6 +638,7 @@ func (r *Rule) computeNeed() {
 	for _, e := range r.emits {
 		e.typ.needs(&n)
 		e.subject.needs(&n)
+		e.tenant.needs(&n)
 		e.dedupeKey.needs(&n)
 		e.data.needs(&n)
 		r.digestsResponse = r.digestsResponse || e.dedupeKey != nil

@@ -364,6 +364,7 @@ var invalidSemantic = map[string]string{
 	"duplicate-key.yaml":               `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
 	"yaml-syntax.yaml":                 `yaml-syntax.yaml:`,
 	"unknown-placeholder-in-data.yaml": `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
+	"constant-tenant-invalid.yaml":     `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
 	"type-never-rendered.yaml":         `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
 }
 
@@ -614,6 +615,51 @@ rules:
       subject: "{path.org}"
       data: {user: "{me.body.id}", org: "{org.body.name}"}
       dedupe: {key: "{me.body.id}-{path.org}", window: 7d}
+`},
+	{"tenant of an event: valid, missing, invalid, hostile", `
+version: 1
+rules:
+  - name: member-added
+    match: {method: POST, path: "/orgs/{org}/members"}
+    emit:
+      type: organization.member_added
+      subject: "{response.body.id}"
+      tenant: "{response.body.organization_id}"
+      data: {id: "{response.body.id}"}
+  - name: constant-tenant
+    match: {method: POST, path: /acme/ping}
+    emit: {type: acme.ping, tenant: "acme:eu@1"}
+tests:
+  - name: the tenant comes from the response
+    request: {method: POST, path: /orgs/o1/members}
+    response: {status: 201, body: {"id": "m_1", "organization_id": "org_1"}}
+    expect:
+      - {type: organization.member_added, subject: m_1, tenant: org_1, data: {id: m_1}}
+  - name: no tenant in the response makes the event operator-only
+    request: {method: POST, path: /orgs/o1/members}
+    response: {status: 201, body: {"id": "m_1"}}
+    expect:
+      - {type: organization.member_added, tenant: "", missing: [response.body.organization_id]}
+  - name: a tenant with a trailing space is not a tenant
+    request: {method: POST, path: /orgs/o1/members}
+    response: {status: 201, body: {"id": "m_1", "organization_id": "org_1 "}}
+    expect:
+      - {type: organization.member_added, tenant: "", missing: [emit.tenant]}
+  - name: a tenant that is an object is not a tenant
+    request: {method: POST, path: /orgs/o1/members}
+    response: {status: 201, body: {"id": "m_1", "organization_id": {"$ne": null}}}
+    expect:
+      - {type: organization.member_added, tenant: "", missing: [emit.tenant]}
+  - name: a tenant longer than 128 bytes is not a tenant
+    request: {method: POST, path: /orgs/o1/members}
+    response: {status: 201, body: {"id": "m_1", "organization_id": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}
+    expect:
+      - {type: organization.member_added, tenant: "", missing: [emit.tenant]}
+  - name: a constant tenant
+    request: {method: POST, path: /acme/ping}
+    response: {status: 200}
+    expect:
+      - {type: acme.ping, tenant: "acme:eu@1"}
 `},
 	{"snake_case type names", `
 version: 1

@@ -30,7 +30,8 @@ type expectSpec struct {
 	line    int
 	typ     string
 	subject *string
-	data    []byte // JSON; nil = not checked
+	tenant  *string // "" expects an operator-only event
+	data    []byte  // JSON; nil = not checked
 	mode    string
 	missing []string
 	hasMiss bool
@@ -94,6 +95,11 @@ func (d *dec) parseExpect(n *yaml.Node, path string) expectSpec {
 		field{name: "subject", fn: func(v *yaml.Node, p string) {
 			if s, ok := d.text(v, p); ok {
 				e.subject = &s
+			}
+		}},
+		field{name: "tenant", fn: func(v *yaml.Node, p string) {
+			if s, ok := d.text(v, p); ok {
+				e.tenant = &s
 			}
 		}},
 		field{name: "data", fn: func(v *yaml.Node, p string) {
@@ -270,6 +276,9 @@ func (s *Set) runTest(t *Test) TestResult {
 			}
 			if want.subject != nil && ev.Subject != *want.subject {
 				problems = append(problems, fmt.Sprintf("%s: want subject %q, got %q", where, *want.subject, ev.Subject))
+			}
+			if want.tenant != nil && ev.Tenant != *want.tenant {
+				problems = append(problems, fmt.Sprintf("%s: want tenant %q, got %q", where, *want.tenant, ev.Tenant))
 			}
 			if want.mode != "" && ev.Mode != want.mode {
 				problems = append(problems, fmt.Sprintf("%s: want mode %q, got %q", where, want.mode, ev.Mode))

@@ -227,7 +227,7 @@ func endpointTakes(ep Endpoint, ev rules.Event) bool {
 	if mode == "" {
 		mode = rules.ModeLive
 	}
-	if mode != ep.Mode {
+	if mode != ep.Mode || !TenantTakes(ep.Tenant, ev.Tenant) {
 		return false
 	}
 	if len(ep.Events) == 0 {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -30,14 +31,29 @@ type apiPatch struct {
 
 func (p apiPatch) changesConfig() bool {
 	q := p.EndpointPatch
-	return q.URL != nil || q.Description != nil || q.Events != nil || q.Mode != nil || q.BearerToken != nil ||
+	return q.URL != nil || q.Description != nil || q.Events != nil || q.Mode != nil || q.Tenant != nil || q.BearerToken != nil ||
 		q.EventHeader != nil || q.Format != nil || q.RateLimit != nil || q.MaxConcurrency != nil
 }
 
+// listEndpoints answers GET /webhooks; ?tenant=ID lists only the endpoints of
+// that tenant (an empty or invalid id is refused rather than read as "all").
 func (a *api) listEndpoints(w http.ResponseWriter, r *http.Request) *apiError {
+	q := r.URL.Query()
+	tenant, byTenant := q.Get("tenant"), q.Has("tenant")
+	if byTenant {
+		if err := rules.ValidTenant(tenant); err != nil {
+			return fieldError("tenant", "%v", err)
+		}
+	}
 	eps, err := a.store.List(r.Context())
 	if err != nil {
 		return internal(err)
+	}
+	if byTenant {
+		eps = slices.DeleteFunc(eps, func(ep Endpoint) bool { return ep.Tenant != tenant })
+		if eps == nil {
+			eps = []Endpoint{}
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"webhooks": eps})
 	return nil
@@ -200,7 +216,8 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 		return internal(err)
 	}
 	ev := rules.Event{
-		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Data: data,
+		// A tenant endpoint's test event is its tenant's, as what it will receive is.
+		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Tenant: ep.Tenant, Data: data,
 		Source: rules.Source{Name: SourceName, Rule: EventTest}, Mode: ep.Mode,
 	}
 	envelope, err := ev.Envelope()

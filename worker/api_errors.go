@@ -253,6 +253,11 @@ func checkEndpointConfig(c EndpointConfig) *apiError {
 	if e := checkURL(c.URL, mode); e != nil {
 		return e
 	}
+	if c.Tenant != "" {
+		if err := rules.ValidTenant(c.Tenant); err != nil {
+			return fieldError("tenant", "%v", err)
+		}
+	}
 	for i, f := range c.Events {
 		if err := validateEventFilter(f); err != nil {
 			return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "events",
@@ -346,6 +351,9 @@ func checkPatch(p EndpointPatch, cur Endpoint) *apiError {
 	}
 	if p.Events != nil {
 		c.Events = *p.Events
+	}
+	if p.Tenant != nil {
+		c.Tenant = *p.Tenant
 	}
 	if p.Format != nil {
 		c.Format = *p.Format

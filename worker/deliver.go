@@ -259,9 +259,12 @@ func (h *deliverHandler) disable(ctx context.Context, r *endpointRecord, reason 
 		Type:      EventEndpointDisabled,
 		Timestamp: now.Truncate(time.Millisecond),
 		Subject:   r.ID,
-		Data:      data,
-		Source:    rules.Source{Name: SourceName, Rule: EventEndpointDisabled},
-		Mode:      r.Mode,
+		// A tenant endpoint's disabling is news for its tenant (its other
+		// endpoints) and for the operator, and for no other tenant.
+		Tenant: r.Tenant,
+		Data:   data,
+		Source: rules.Source{Name: SourceName, Rule: EventEndpointDisabled},
+		Mode:   r.Mode,
 	}
 	task, err := tasks.NewFanoutTask(ev)
 	if err == nil {

@@ -232,7 +232,7 @@ func TestDeliverAutoDisable(t *testing.T) {
 	f := newDeliverFixture(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(502) }))
 	defer srv.Close()
-	if _, err := f.store.Create(ctx, EndpointConfig{ID: "bad", URL: srv.URL, Mode: "test"}); err != nil {
+	if _, err := f.store.Create(ctx, EndpointConfig{ID: "bad", URL: srv.URL, Mode: "test", Tenant: "org_1"}); err != nil {
 		t.Fatal(err)
 	}
 	start := f.clock.Now()
@@ -265,7 +265,7 @@ func TestDeliverAutoDisable(t *testing.T) {
 	var data map[string]string
 	_ = json.Unmarshal(p.Event.Data, &data)
 	if p.Event.Type != EventEndpointDisabled || p.Event.Source.Name != "authtap" || data["endpoint_id"] != "bad" ||
-		data["url"] != srv.URL || data["reason"] == "" || data["failing_since"] != start.Format("2006-01-02T15:04:05.000Z07:00") {
+		p.Event.Tenant != "org_1" || data["url"] != srv.URL || data["reason"] == "" || data["failing_since"] != start.Format("2006-01-02T15:04:05.000Z07:00") {
 		t.Errorf("endpoint.disabled event = %+v, data %v", p.Event, data)
 	}
 	// Re-enabling starts a fresh failure period.

@@ -61,6 +61,12 @@ type EndpointConfig struct {
 	// Mode is "live" (default) or "test": live events go only to live endpoints,
 	// test events only to test endpoints.
 	Mode string `json:"mode,omitempty"`
+	// Tenant, when set, makes this a tenant endpoint: it receives only events
+	// of this tenant (rules.Event.Tenant, compared exactly), never another
+	// tenant's nor an operator-only event. Empty (default) is an operator
+	// endpoint, which receives every tenant's events and the operator-only
+	// ones its filters take. A tenant id is checked by rules.ValidTenant.
+	Tenant string `json:"tenant,omitempty"`
 	// Secret is the signing secret ("whsec_" + base64 of 24–64 bytes). Required in
 	// the configuration; Store.Create generates one when it is empty.
 	Secret string `json:"secret,omitempty"`
@@ -84,6 +90,7 @@ type EndpointPatch struct {
 	Description    *string   `json:"description,omitempty"`
 	Events         *[]string `json:"events,omitempty"`
 	Mode           *string   `json:"mode,omitempty"`
+	Tenant         *string   `json:"tenant,omitempty"` // "" makes it an operator endpoint
 	BearerToken    *string   `json:"bearer_token,omitempty"`
 	EventHeader    *string   `json:"event_header,omitempty"`
 	Format         *string   `json:"format,omitempty"`
@@ -100,6 +107,7 @@ type Endpoint struct {
 	Description    string   `json:"description,omitempty"`
 	Events         []string `json:"events"`
 	Mode           string   `json:"mode"`
+	Tenant         string   `json:"tenant,omitempty"`
 	Enabled        bool     `json:"enabled"`
 	DisabledReason string   `json:"disabled_reason,omitempty"`
 	EventHeader    string   `json:"event_header,omitempty"`
@@ -133,6 +141,7 @@ type endpointRecord struct {
 	Description    string         `json:"description,omitempty"`
 	Events         []string       `json:"events"`
 	Mode           string         `json:"mode"`
+	Tenant         string         `json:"tenant,omitempty"`
 	Enabled        bool           `json:"enabled"`
 	DisabledReason string         `json:"disabled_reason,omitempty"`
 	BearerToken    string         `json:"bearer_token,omitempty"`
@@ -158,7 +167,7 @@ type secretRecord struct {
 func (r *endpointRecord) public(now time.Time) Endpoint {
 	e := Endpoint{
 		ID: r.ID, URL: r.URL, Description: r.Description, Events: slices.Clone(r.Events),
-		Mode: r.Mode, Enabled: r.Enabled, DisabledReason: r.DisabledReason, EventHeader: r.EventHeader,
+		Mode: r.Mode, Tenant: r.Tenant, Enabled: r.Enabled, DisabledReason: r.DisabledReason, EventHeader: r.EventHeader,
 		Format: r.Format, RateLimit: r.RateLimit, MaxConcurrency: r.maxConcurrency(),
 		HasBearerToken: r.BearerToken != "", ReadOnly: r.readOnly,
 		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, rec: r,
@@ -215,9 +224,10 @@ func (r *endpointRecord) pruneSecrets(now time.Time) {
 	r.Secrets = kept
 }
 
-// matches reports whether the endpoint takes events of type typ in mode.
-func (r *endpointRecord) matches(typ, mode string) bool {
-	if !r.Enabled || r.Mode != mode {
+// matches reports whether the endpoint takes events of type typ in mode
+// belonging to tenant ("" for an operator-only event).
+func (r *endpointRecord) matches(typ, mode, tenant string) bool {
+	if !r.Enabled || r.Mode != mode || !TenantTakes(r.Tenant, tenant) {
 		return false
 	}
 	if len(r.Events) == 0 {
@@ -229,6 +239,14 @@ func (r *endpointRecord) matches(typ, mode string) bool {
 		}
 	}
 	return false
+}
+
+// TenantTakes reports whether an endpoint of endpointTenant may receive an
+// event of eventTenant: an operator endpoint ("") takes every event, a tenant
+// endpoint only events of exactly its tenant, so never another tenant's event
+// and never an operator-only event (eventTenant "").
+func TenantTakes(endpointTenant, eventTenant string) bool {
+	return endpointTenant == "" || endpointTenant == eventTenant
 }
 
 // MatchEventFilter reports whether the event-type filter pattern takes events of
@@ -324,6 +342,11 @@ func (r *endpointRecord) normalize() error {
 	if err := ValidateEndpointURL(r.URL, r.Mode == rules.ModeLive); err != nil {
 		return wrap(err)
 	}
+	if r.Tenant != "" {
+		if err := rules.ValidTenant(r.Tenant); err != nil {
+			return wrap(err)
+		}
+	}
 	if r.Format == "" {
 		r.Format = FormatEnvelope
 	}
@@ -373,7 +396,7 @@ func (r *endpointRecord) normalize() error {
 // recordFromConfig builds a record from c; an empty secret is generated.
 func recordFromConfig(c EndpointConfig, now time.Time) (*endpointRecord, error) {
 	r := &endpointRecord{
-		ID: c.ID, URL: c.URL, Description: c.Description, Events: slices.Clone(c.Events), Mode: c.Mode,
+		ID: c.ID, URL: c.URL, Description: c.Description, Events: slices.Clone(c.Events), Mode: c.Mode, Tenant: c.Tenant,
 		Enabled: !c.Disabled, BearerToken: c.BearerToken, EventHeader: c.EventHeader, Format: c.Format,
 		RateLimit: c.RateLimit, MaxConcurrency: c.MaxConcurrency, CreatedAt: now, UpdatedAt: now,
 	}
@@ -401,6 +424,7 @@ func (p EndpointPatch) apply(r *endpointRecord) {
 	set(&r.URL, p.URL)
 	set(&r.Description, p.Description)
 	set(&r.Mode, p.Mode)
+	set(&r.Tenant, p.Tenant)
 	set(&r.BearerToken, p.BearerToken)
 	set(&r.EventHeader, p.EventHeader)
 	set(&r.Format, p.Format)

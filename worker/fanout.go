@@ -48,7 +48,9 @@ func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverP
 }
 
 // fanoutHandler processes event:fanout tasks: it enqueues one webhook:deliver
-// task per enabled endpoint of the event's mode whose filters take the event.
+// task per enabled endpoint of the event's mode whose filters take the event
+// and whose tenant may receive it (TenantTakes: operator endpoints, and the
+// endpoints of the event's own tenant).
 // The deliveries of one event are enqueued concurrently through the batching
 // writer, so they share Redis round trips with each other and with other
 // fan-outs; the writer also names the deliver queue in asynq's queue list
@@ -75,7 +77,7 @@ func (h *fanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if mode == "" {
 		mode = rules.ModeLive
 	}
-	eps, err := h.store.Match(ctx, ev.Type, mode)
+	eps, err := h.store.Match(ctx, ev.Type, mode, ev.Tenant)
 	if err != nil {
 		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
 	}

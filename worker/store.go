@@ -330,9 +330,11 @@ func (s *Store) afterEnable(ctx context.Context, id string, enabled bool) {
 	}
 }
 
-// Match returns the enabled endpoints of mode whose filters take eventType,
-// from the cache (one small Redis read checks that it is current).
-func (s *Store) Match(ctx context.Context, eventType, mode string) ([]Endpoint, error) {
+// Match returns the enabled endpoints of mode whose filters take eventType
+// and which may receive an event of tenant ("" for an operator-only event;
+// see TenantTakes), from the cache (one small Redis read checks that it is
+// current).
+func (s *Store) Match(ctx context.Context, eventType, mode, tenant string) ([]Endpoint, error) {
 	snap, err := s.refresh(ctx, false)
 	if err != nil {
 		return nil, err
@@ -340,7 +342,7 @@ func (s *Store) Match(ctx context.Context, eventType, mode string) ([]Endpoint, 
 	now := s.now()
 	var out []Endpoint
 	for _, r := range snap.ordered {
-		if r.matches(eventType, mode) {
+		if r.matches(eventType, mode, tenant) {
 			out = append(out, r.public(now))
 		}
 	}

@@ -224,7 +224,7 @@ func TestStoreConfiguredEndpointsAreReadOnly(t *testing.T) {
 	if got.Enabled || got.DisabledReason != "410 Gone" {
 		t.Errorf("configured endpoint state = %+v", got)
 	}
-	m, _ := s.Match(ctx, "user.created", "live")
+	m, _ := s.Match(ctx, "user.created", "live", "")
 	for _, e := range m {
 		if e.ID == "gitops" {
 			t.Errorf("disabled configured endpoint still matches")
@@ -263,7 +263,7 @@ func TestStoreMatch(t *testing.T) {
 		{"tenant.created", "live", "all"},
 		{"user.created", "test", "test"},
 	} {
-		got, err := s.Match(ctx, tc.typ, tc.mode)
+		got, err := s.Match(ctx, tc.typ, tc.mode, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +276,7 @@ func TestStoreMatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := other.Match(ctx, "user.created", "live"); ids(got) != "all,users" {
+	if got, _ := other.Match(ctx, "user.created", "live", ""); ids(got) != "all,users" {
 		t.Fatalf("other store Match = %s", ids(got))
 	}
 	if _, err := s.SetEnabled(ctx, users.ID, false, "manual"); err != nil {
@@ -285,18 +285,18 @@ func TestStoreMatch(t *testing.T) {
 	if err := s.Delete(ctx, all.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := other.Match(ctx, "user.created", "live"); ids(got) != "" {
+	if got, _ := other.Match(ctx, "user.created", "live", ""); ids(got) != "" {
 		t.Errorf("other store still matches %s after disable and delete", ids(got))
 	}
 	if _, err := s.SetEnabled(ctx, users.ID, true, ""); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := other.Match(ctx, "user.created", "live"); ids(got) != "users" {
+	if got, _ := other.Match(ctx, "user.created", "live", ""); ids(got) != "users" {
 		t.Errorf("re-enabled endpoint not matched: %s", ids(got))
 	}
 	// With the default cache, another store sees a change within DefaultCacheFor.
 	cached, _ := NewStore(rdb, StoreOptions{})
-	if got, _ := cached.Match(ctx, "user.created", "live"); ids(got) != "users" {
+	if got, _ := cached.Match(ctx, "user.created", "live", ""); ids(got) != "users" {
 		t.Fatalf("cached store Match = %s", ids(got))
 	}
 	if err := s.Delete(ctx, users.ID); err != nil {
@@ -304,7 +304,7 @@ func TestStoreMatch(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got, _ := cached.Match(ctx, "user.created", "live")
+		got, _ := cached.Match(ctx, "user.created", "live", "")
 		if len(got) == 0 {
 			break
 		}

@@ -31,7 +31,7 @@ const defaultAPI = "http://127.0.0.1:8081"
 
 const endpointsUsage = `usage:
   authtap endpoints list [--json]
-  authtap endpoints add --url URL [--events a.b,c.*] [--mode live|test] [--id ID] [flags]
+  authtap endpoints add --url URL [--events a.b,c.*] [--mode live|test] [--tenant ID] [--id ID] [flags]
   authtap endpoints update ID [--url URL] [--events ...] [--enabled=true|false] [flags]
   authtap endpoints rm ID
   authtap endpoints rotate ID [--keep-old-for 24h]
@@ -298,11 +298,11 @@ func printJSON(w io.Writer, v any) int {
 
 // endpointFlags are the flags of add and update.
 type endpointFlags struct {
-	url, events, mode, description, bearerToken, eventHeader, format, id *string
-	rateLimit                                                            *float64
-	maxConcurrency                                                       *int
-	enabled                                                              *bool
-	asJSON                                                               *bool
+	url, events, mode, tenant, description, bearerToken, eventHeader, format, id *string
+	rateLimit                                                                    *float64
+	maxConcurrency                                                               *int
+	enabled                                                                      *bool
+	asJSON                                                                       *bool
 }
 
 func addEndpointFlags(fs *flag.FlagSet, update bool) endpointFlags {
@@ -310,6 +310,7 @@ func addEndpointFlags(fs *flag.FlagSet, update bool) endpointFlags {
 		url:            fs.String("url", "", "URL that receives the deliveries (https for live endpoints)"),
 		events:         fs.String("events", "", "comma-separated event-type filters, e.g. user.created,tenant.* (empty: every type)"),
 		mode:           fs.String("mode", "", "live (default) or test"),
+		tenant:         fs.String("tenant", "", "tenant id: the endpoint receives only that tenant's events (empty: an operator endpoint, every event)"),
 		description:    fs.String("description", "", "free text for people"),
 		bearerToken:    fs.String("bearer-token", "", "sent as Authorization: Bearer TOKEN with each delivery"),
 		eventHeader:    fs.String("event-header", "", "header that carries the event type, e.g. X-Defguard-Event"),
@@ -360,7 +361,7 @@ func endpointsAdd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg := worker.EndpointConfig{
-		ID: *f.id, URL: *f.url, Description: *f.description, Mode: *f.mode, BearerToken: *f.bearerToken,
+		ID: *f.id, URL: *f.url, Description: *f.description, Mode: *f.mode, Tenant: *f.tenant, BearerToken: *f.bearerToken,
 		EventHeader: *f.eventHeader, Format: *f.format, RateLimit: *f.rateLimit, MaxConcurrency: *f.maxConcurrency,
 	}
 	if *f.events != "" {
@@ -408,6 +409,8 @@ func endpointsUpdate(args []string, stdout, stderr io.Writer) int {
 			patch["events"] = splitEvents(*f.events)
 		case "mode":
 			patch["mode"] = *f.mode
+		case "tenant":
+			patch["tenant"] = *f.tenant
 		case "description":
 			patch["description"] = *f.description
 		case "bearer-token":

@@ -64,7 +64,7 @@ func TestEndpointsCommand(t *testing.T) {
 	store := startAPI(t)
 	ctx := context.Background()
 
-	code, out, errs := cli("add", "--id", "crm", "--url", "http://127.0.0.1:9/hook", "--mode", "test",
+	code, out, errs := cli("add", "--id", "crm", "--url", "http://127.0.0.1:9/hook", "--mode", "test", "--tenant", "org_1",
 		"--events", "user.created, tenant.*", "--description", "CRM sync", "--bearer-token", "tok-1",
 		"--event-header", "X-Crm-Event", "--format", "data", "--rate-limit", "2.5", "--max-concurrency", "3")
 	if code != 0 {
@@ -78,7 +78,7 @@ func TestEndpointsCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ep.Secret() != m[2] || ep.Mode != "test" || !slices.Equal(ep.Events, []string{"user.created", "tenant.*"}) ||
+	if ep.Secret() != m[2] || ep.Mode != "test" || ep.Tenant != "org_1" || !slices.Equal(ep.Events, []string{"user.created", "tenant.*"}) ||
 		ep.Description != "CRM sync" || !ep.HasBearerToken || ep.EventHeader != "X-Crm-Event" || ep.Format != "data" ||
 		ep.RateLimit != 2.5 || ep.MaxConcurrency != 3 {
 		t.Errorf("stored %+v", ep)
@@ -112,14 +112,14 @@ func TestEndpointsCommand(t *testing.T) {
 	}
 
 	// update changes only the flags given; the id may come before or after them.
-	if code, out, errs = cli("update", "crm", "--description", "CRM", "--events", "user.*"); code != 0 || !strings.Contains(out, "updated endpoint crm") {
+	if code, out, errs = cli("update", "crm", "--description", "CRM", "--events", "user.*", "--tenant", "org_2"); code != 0 || !strings.Contains(out, "updated endpoint crm") {
 		t.Fatalf("update: exit %d %q %s", code, out, errs)
 	}
 	if code, _, errs = cli("update", "--enabled=false", "crm"); code != 0 {
 		t.Fatalf("update --enabled=false: exit %d %s", code, errs)
 	}
 	ep, _ = store.Get(ctx, "crm")
-	if ep.Description != "CRM" || !slices.Equal(ep.Events, []string{"user.*"}) || ep.Mode != "test" || ep.Format != "data" ||
+	if ep.Description != "CRM" || !slices.Equal(ep.Events, []string{"user.*"}) || ep.Mode != "test" || ep.Format != "data" || ep.Tenant != "org_2" ||
 		ep.URL != "http://127.0.0.1:9/hook" || ep.RateLimit != 2.5 || ep.Enabled {
 		t.Errorf("after update %+v", ep)
 	}

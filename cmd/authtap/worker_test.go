@@ -105,6 +105,7 @@ func TestLoadEndpoints(t *testing.T) {
     event_header: X-Authtap-Event
     format: data
     max_concurrency: 3
+    tenant: org_1
 `
 	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -113,7 +114,7 @@ func TestLoadEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(eps) != 1 || eps[0].Secret != secret || eps[0].Format != "data" || eps[0].MaxConcurrency != 3 || eps[0].Events[0] != "user.*" {
+	if len(eps) != 1 || eps[0].Secret != secret || eps[0].Format != "data" || eps[0].MaxConcurrency != 3 || eps[0].Events[0] != "user.*" || eps[0].Tenant != "org_1" {
 		t.Errorf("loadEndpoints = %+v", eps)
 	}
 	jsonFile := filepath.Join(dir, "e.json")

@@ -56,7 +56,7 @@ func NewFanoutTask(ev rules.Event, opts ...asynq.Option) (*asynq.Task, error) {
 // FanoutMessage is the event:fanout task for ev as an [enqueue.Message], for a
 // batching [enqueue.Writer]: the same task as [NewFanoutTask].
 func FanoutMessage(ev rules.Event) (enqueue.Message, error) {
-	return AppendFanoutMessage(make([]byte, 0, len(ev.Data)+len(ev.Subject)+len(ev.Source.Name)+len(ev.Source.Rule)+200), ev)
+	return AppendFanoutMessage(make([]byte, 0, len(ev.Data)+len(ev.Subject)+len(ev.Tenant)+len(ev.Source.Name)+len(ev.Source.Rule)+200), ev)
 }
 
 // AppendFanoutMessage is FanoutMessage with the payload appended to buf, so
