@@ -93,12 +93,23 @@ func QuoteCut(v string) string {
 	if len(v) <= MaxQuotedValue {
 		return strconv.Quote(v)
 	}
-	cut := MaxQuotedValue
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
-		cut-- // do not split a character
-	}
-	return strconv.Quote(v[:cut]) + "…(" + strconv.Itoa(len(v)) + " bytes)"
+	return strconv.Quote(runePrefix(v, MaxQuotedValue)) + cutNote(v)
 }
+
+// runePrefix is at most max bytes of s, cut where a character starts so that
+// none is split in two.
+func runePrefix(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
+	}
+	return s[:max]
+}
+
+// cutNote follows a value cut short: "…(N bytes)", N its whole length.
+func cutNote(s string) string { return "…(" + strconv.Itoa(len(s)) + " bytes)" }
 
 // renderType renders the emit's type and checks it: a constant type is
 // fixed at parse time; a templated one must render to a name its

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -25,11 +24,7 @@ func (d *dec) errf(n *yaml.Node, field, format string, args ...any) {
 	// one error into a megabyte log line
 	for i, a := range args {
 		if s, ok := a.(string); ok && len(s) > maxErrValue {
-			cut := maxErrValue
-			for cut > 0 && !utf8.RuneStart(s[cut]) {
-				cut--
-			}
-			args[i] = s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+			args[i] = runePrefix(s, maxErrValue) + cutNote(s)
 		}
 	}
 	e := &Error{File: d.file, Field: field, Msg: fmt.Sprintf(format, args...)}
