@@ -101,13 +101,7 @@ func CheckProbe(interval time.Duration) error {
 		return fmt.Errorf("probe interval %s must not be negative", interval)
 	}
 	orDefault(&interval, DefaultProbeInterval)
-	switch {
-	case interval < MinProbeInterval:
-		return fmt.Errorf("probe interval %s is below the minimum %s", interval, MinProbeInterval)
-	case interval > MaxProbeInterval:
-		return fmt.Errorf("probe interval %s is above the maximum %s", interval, MaxProbeInterval)
-	}
-	return nil
+	return checkRange("probe interval", interval, MinProbeInterval, MaxProbeInterval)
 }
 
 const keyWaitingEndpoints = keyPrefix + "waiting-endpoints" // SET of endpoint ids with deliveries waiting

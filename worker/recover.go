@@ -119,14 +119,13 @@ func CheckRecovery(interval, lease time.Duration) error {
 	}
 	orDefault(&interval, DefaultRecoveryInterval)
 	orDefault(&lease, DefaultRunLease)
-	switch {
-	case interval < MinRecoveryInterval:
-		return fmt.Errorf("recovery interval %s is below the minimum %s", interval, MinRecoveryInterval)
-	case interval > MaxRecoveryInterval:
-		return fmt.Errorf("recovery interval %s is above the maximum %s", interval, MaxRecoveryInterval)
-	case lease > MaxRunLease:
-		return fmt.Errorf("run lease %s is above the maximum %s", lease, MaxRunLease)
-	case lease < 2*interval:
+	if err := checkRange("recovery interval", interval, MinRecoveryInterval, MaxRecoveryInterval); err != nil {
+		return err
+	}
+	if err := checkRange("run lease", lease, 0, MaxRunLease); err != nil {
+		return err
+	}
+	if lease < 2*interval {
 		return fmt.Errorf("run lease %s must be at least twice the recovery interval %s", lease, interval)
 	}
 	return nil

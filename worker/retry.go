@@ -57,10 +57,10 @@ func CheckFanoutRetry(first, limit time.Duration) error {
 	}
 	orDefault(&first, DefaultFanoutFirstRetry)
 	orDefault(&limit, DefaultFanoutMaxRetry)
-	switch {
-	case limit > MaxFanoutRetry:
-		return fmt.Errorf("fan-out retry cap %s is above the maximum %s", limit, MaxFanoutRetry)
-	case first > limit:
+	if err := checkRange("fan-out retry cap", limit, 0, MaxFanoutRetry); err != nil {
+		return err
+	}
+	if first > limit {
 		return fmt.Errorf("first fan-out retry delay %s is longer than the fan-out retry cap %s", first, limit)
 	}
 	return nil
