@@ -27,6 +27,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/authtap/authtap/bench/internal/benchenv"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules/examples"
 	"github.com/authtap/authtap/worker/tasks"
@@ -625,19 +626,6 @@ func column(rs []result, f func(result) float64) []float64 {
 	return out
 }
 
-// loadAvg returns the 1, 5 and 15 minute load averages.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func printHeader(o options) {
 	fmt.Printf("authtap whole-system Caddy benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("command:   go run ./bench/caddy %s\n", strings.Join(os.Args[1:], " "))
@@ -651,18 +639,13 @@ func printHeader(o options) {
 		}
 	}
 	fmt.Printf("machine:   %d CPUs (%s), GOMAXPROCS %d (default), %s %s/%s, load average at start %s\n",
-		runtime.NumCPU(), model, runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAvg())
-	if v, err := exec.Command("git", "log", "-1", "--format=%h %s").Output(); err == nil {
-		fmt.Printf("commit:    %s", v)
-	}
-	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
-		fmt.Printf("redis:     %s", v)
-	}
+		runtime.NumCPU(), model, runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, benchenv.LoadAvg())
+	benchenv.PrintBuild()
 	fmt.Printf("settings:  -duration %s -c1-duration %s -rounds %d -conns %d -warmup %s\n", o.duration, o.c1Duration, o.rounds, o.conns, o.warmup)
 }
 
 func printSummary(o options, scenarios []scenario, targets []*target, results map[string]map[string][]result) {
-	fmt.Printf("\nload average at end %s\n", loadAvg())
+	fmt.Printf("\nload average at end %s\n", benchenv.LoadAvg())
 	fmt.Printf("\nmedians of %d rounds (CPU/req = CPU time of that process ÷ requests completed)\n", o.rounds)
 	fmt.Printf("  %-30s %-15s %10s %9s %9s %11s %11s %11s %11s\n", "scenario", "target", "req/s", "p50 ms", "p99 ms",
 		"caddy µs", "redis µs", "upstream µs", "loadgen µs")

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/authtap/authtap/bench/internal/benchenv"
 	"github.com/authtap/authtap/rules/examples"
 )
 
@@ -180,7 +181,7 @@ func run(o options) error {
 			out.created, out.atStart, out.backlog, out.drainText(o.maxDrain), out.slowestText(), out.lost, out.secondID, out.redelivered)
 	}
 	printTable(o, rows)
-	fmt.Printf("\nload average at end %s\n", loadAvg())
+	fmt.Printf("\nload average at end %s\n", benchenv.LoadAvg())
 	for _, r := range rows {
 		if !r.out.ok(drainGoal) {
 			return errors.New("some scenario missed the goal (see the table)")
@@ -460,28 +461,11 @@ func printTable(o options, rows []row) {
 	}
 }
 
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func printHeader(o options) {
 	fmt.Printf("authtap fault recovery benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("command:   go run ./bench/faults %s\n", strings.Join(os.Args[1:], " "))
-	fmt.Printf("machine:   %d CPUs, %s %s/%s, load average at start %s\n", runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAvg())
-	if v, err := exec.Command("git", "log", "-1", "--format=%h %s").Output(); err == nil {
-		fmt.Printf("commit:    %s", v)
-	}
-	if v, err := exec.Command("redis-server", "--version").Output(); err == nil {
-		fmt.Printf("redis:     %s", v)
-	}
+	fmt.Printf("machine:   %d CPUs, %s %s/%s, load average at start %s\n", runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, benchenv.LoadAvg())
+	benchenv.PrintBuild()
 	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s -receiver %s -delivery-timeout %s\n",
 		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal, o.receiver, o.timeout)
 }
