@@ -47,6 +47,11 @@ type LookupResult struct {
 	Body   []byte
 	// Err describes a failed lookup (timeout, connection refused); empty on any HTTP answer.
 	Err string
+	// Missing lists placeholders of the lookup's own request headers
+	// (lookup.header) that did not render, so the header was left out
+	// (LookupRequest.HeaderMissing): the events that read the lookup list
+	// them in source.missing.
+	Missing []string
 
 	parsed parsedBody
 }

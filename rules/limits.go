@@ -45,6 +45,16 @@ const (
 	// MaxLookups is how many lookups one rule may declare: each is one
 	// more request to the upstream for every matching exchange.
 	MaxLookups = 8
+	// MaxLookupHeaders is how many request headers one lookup may set
+	// (lookup.header).
+	MaxLookupHeaders = 16
+	// MaxLookupHeaderValue is the longest value, in bytes, a lookup.header
+	// template may render to; a longer one is left out (and listed in
+	// source.missing), as an empty one or one with a control character is.
+	MaxLookupHeaderValue = 8 << 10
+	// MaxLookupSetCookies is how many of a response's Set-Cookie lines are
+	// applied to the cookies an after-lookup sends; later ones are ignored.
+	MaxLookupSetCookies = 64
 	// MaxRegexLen is the longest regex condition, in bytes. Go's RE2
 	// engine matches in linear time and refuses huge repeat counts itself;
 	// this keeps each compiled program small.

@@ -55,6 +55,7 @@ type tmpl struct {
 type scope struct {
 	params  []map[string]bool // per path template: its parameter names
 	lookups map[string]bool   // lookups declared so far
+	before  map[string]bool   // those of them that run before the request (when: before)
 }
 
 // parseTmpl parses s; errors describe the problem without position (the caller adds it).
