@@ -298,6 +298,8 @@ var invalid = map[string]string{
 	"templated-type-without-types.yaml": `templated-type-without-types.yaml:8:13: emit.type: templated type "user.{request.body.action}" needs the list of types it may render to, or a client chooses the type: add types: [user.created, user.updated] next to it`,
 	"types-on-constant-type.yaml":       `types-on-constant-type.yaml:9:14: emit.types: types lists what a templated type may render to; type "user.created" has no placeholder, so remove types`,
 	"keep-shapes-unknown.yaml":          `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
+	"lookup-when-sometime.yaml":         `lookup-when-sometime.yaml:10:13: lookup.when: want before (before the request is forwarded) or after (after the response, the default), got "earlier"`,
+	"lookup-header-host.yaml":           `lookup-header-host.yaml:12:9: lookup.header.host: header Host cannot be set on a lookup`,
 }
 
 // invalidSchemaAt says, for every file in testdata/invalid/, where in the
@@ -347,25 +349,29 @@ var invalidSchemaAt = map[string]string{
 	"templated-type-without-types.yaml": "/rules/0/emit",
 	"types-on-constant-type.yaml":       "/rules/0/emit",
 	"keep-shapes-unknown.yaml":          "/rules/0/emit/keep_shapes/1",
+	"lookup-when-sometime.yaml":         "/rules/0/lookup/when",
+	"lookup-header-host.yaml":           "/rules/0/lookup", // the propertyNames error is placed oddly by the library; it says invalid propertyName 'host'
 }
 
 // invalidSemantic lists every file in testdata/invalid_semantic/: problems
 // only the parser can see (the schema accepts these files).
 var invalidSemantic = map[string]string{
-	"status-reversed-range.yaml":       `status-reversed-range.yaml:8:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "204-200"`,
-	"regex-does-not-compile.yaml":      `regex-does-not-compile.yaml:10:26: match.request.body.email.regex: want an RE2 regular expression`,
-	"unknown-placeholder-root.yaml":    `unknown-placeholder-root.yaml:10:16: emit.subject: unknown placeholder {foo.bar}`,
-	"undeclared-lookup.yaml":           `undeclared-lookup.yaml:15:16: emit.data.email: unknown placeholder {usr.body.email}: "usr" is not a lookup of this rule (lookups: user)`,
-	"duplicate-path-param.yaml":        `duplicate-path-param.yaml:7:13: match.path: parameter {id} appears twice`,
-	"unknown-path-param.yaml":          `unknown-path-param.yaml:10:16: emit.subject: placeholder {path.user_id}: the path template has no parameter {user_id}`,
-	"lookup-timeout-too-long.yaml":     `lookup-timeout-too-long.yaml:10:16: lookup.timeout: want a timeout between 1ms and 10s, got 30s`,
-	"unused-lookup.yaml":               `unused-lookup.yaml:3:5: lookup: lookup "me" is never used`,
-	"duplicate-rule-name.yaml":         `duplicate-rule-name.yaml:9:5: name: duplicate rule name "user-created" (first defined at line 3)`,
-	"duplicate-key.yaml":               `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
-	"yaml-syntax.yaml":                 `yaml-syntax.yaml:`,
-	"unknown-placeholder-in-data.yaml": `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
-	"constant-tenant-invalid.yaml":     `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
-	"type-never-rendered.yaml":         `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
+	"status-reversed-range.yaml":            `status-reversed-range.yaml:8:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "204-200"`,
+	"regex-does-not-compile.yaml":           `regex-does-not-compile.yaml:10:26: match.request.body.email.regex: want an RE2 regular expression`,
+	"unknown-placeholder-root.yaml":         `unknown-placeholder-root.yaml:10:16: emit.subject: unknown placeholder {foo.bar}`,
+	"undeclared-lookup.yaml":                `undeclared-lookup.yaml:15:16: emit.data.email: unknown placeholder {usr.body.email}: "usr" is not a lookup of this rule (lookups: user)`,
+	"duplicate-path-param.yaml":             `duplicate-path-param.yaml:7:13: match.path: parameter {id} appears twice`,
+	"unknown-path-param.yaml":               `unknown-path-param.yaml:10:16: emit.subject: placeholder {path.user_id}: the path template has no parameter {user_id}`,
+	"lookup-timeout-too-long.yaml":          `lookup-timeout-too-long.yaml:10:16: lookup.timeout: want a timeout between 1ms and 10s, got 30s`,
+	"unused-lookup.yaml":                    `unused-lookup.yaml:3:5: lookup: lookup "me" is never used`,
+	"duplicate-rule-name.yaml":              `duplicate-rule-name.yaml:9:5: name: duplicate rule name "user-created" (first defined at line 3)`,
+	"duplicate-key.yaml":                    `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
+	"yaml-syntax.yaml":                      `yaml-syntax.yaml:`,
+	"unknown-placeholder-in-data.yaml":      `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
+	"constant-tenant-invalid.yaml":          `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
+	"type-never-rendered.yaml":              `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
+	"before-lookup-reads-response.yaml":     `before-lookup-reads-response.yaml:8:12: lookup.get: placeholder {response.body.id} reads the response, which a before-lookup (when: before) runs ahead of`,
+	"before-lookup-reads-after-lookup.yaml": `before-lookup-reads-after-lookup.yaml:14:26: lookup[1].header.X-Acting-User: placeholder {me.body.id} reads lookup "me", which runs after the response`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -661,6 +667,38 @@ tests:
     expect:
       - {type: acme.ping, tenant: "acme:eu@1"}
 `},
+	{"before-lookups and lookup headers", `
+version: 1
+rules:
+  - name: member-removed
+    description: A member was removed; data is the membership as it was.
+    match: {method: DELETE, path: "/orgs/{org}/members/{user}", status: 204, request: {header: {X-Admin: exists}}}
+    lookup:
+      - get: "/orgs/{path.org}/members/{path.user}"
+        as: old
+        when: before
+        timeout: 500ms
+        header: {X-Tenant: "{request.header.X-Tenant}", accept-language: en}
+      - {get: "/orgs/{old.body.org_id}", as: org, when: before}
+      - {get: /me, as: me, when: after, header: {Authorization: "Bearer {response.header.X-Token}", Cookie: "session={request.cookie.session}"}}
+    emit:
+      type: organization.member_removed
+      subject: "{path.org}"
+      data: {membership: "{old.body}", org: "{org.body.name}", by: "{me.body.id}"}
+tests:
+  - name: the membership comes from the before-lookup
+    request: {method: DELETE, path: /orgs/o1/members/u2, header: {X-Admin: "1"}}
+    response: {status: 204}
+    lookup:
+      old: {body: {org_id: o1, user_id: u2, role: admin}}
+      org: {body: {name: Acme}}
+      me: {body: {id: u1}}
+    expect:
+      - type: organization.member_removed
+        subject: o1
+        data: {membership: {org_id: o1, user_id: u2, role: admin}, org: Acme, by: u1}
+        missing: []
+`},
 	{"snake_case type names", `
 version: 1
 rules:
@@ -765,5 +803,33 @@ func TestValidSnippets(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The schema and the parser agree on which headers a lookup may set.
+func TestLookupHeaderNamesSchemaAndParserAgree(t *testing.T) {
+	sch := schema(t)
+	file := func(name string) []byte {
+		return []byte(fmt.Sprintf("version: 1\nrules:\n  - name: a\n    match: {method: POST, path: /x}\n    lookup: {get: /me, as: me, header: {%q: \"v {request.header.X-A}\"}}\n    emit: {type: a.b, data: \"{me.body}\"}\n", name))
+	}
+	for _, name := range []string{"Host", "host", "HOST", "Content-Length", "content-length", "Connection", "Keep-Alive",
+		"TE", "te", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authorization", "Proxy-Connection", "Proxy-Authenticate",
+		"X-Authtap-Lookup", "x-authtap-lookup", "X-Authtap-Anything", "X Tenant", "X:Tenant"} {
+		src := file(name)
+		if err := validate(sch, src); err == nil {
+			t.Errorf("schema accepts header %q", name)
+		}
+		if _, err := rules.Parse("h.yaml", src); err == nil {
+			t.Errorf("parser accepts header %q", name)
+		}
+	}
+	for _, name := range []string{"Authorization", "Cookie", "X-Tenant", "Accept", "TEA", "Hostname", "X-Authtap", "X-Upgrade-Id", "x_custom.header~1"} {
+		src := file(name)
+		if err := validate(sch, src); err != nil {
+			t.Errorf("schema rejects header %q: %v", name, err)
+		}
+		if _, err := rules.Parse("h.yaml", src); err != nil {
+			t.Errorf("parser rejects header %q: %v", name, err)
+		}
 	}
 }
