@@ -204,6 +204,32 @@ var fuzzSeeds = []fuzzSeed{
 	{name: "lookup-deep-answer", pack: "hostile.yaml", rule: "catch-all-lookup", params: "a/b?q=1",
 		ctl:      fuzzCtl{method: 2, status: st200, maxBody: 2, lookupBody: 3, respAmpN1: 0x27, respAmpN2: 0x10},
 		respBody: `{"id":"x"}`},
+
+	// ---- before-lookups and lookup headers ------------------------------------------------
+	{name: "before-lookup-chain", pack: "hostile.yaml", rule: "catch-all-before", params: "m_1?q=1",
+		ctl:    fuzzCtl{method: 3, status: st204, maxBody: 1, lookupBody: 0},
+		reqHdr: seedSession + "X-Test: t_1\n", respBody: `{"id":"m_1","user":"usr_2","token":"tok_new"}`},
+	{name: "before-lookup-refused-request", pack: "hostile.yaml", rule: "catch-all-before", params: "m_1?q=2",
+		ctl:    fuzzCtl{method: 3, status: st404, maxBody: 1, lookupBody: 0},
+		reqHdr: seedSession, respBody: `{"id":"m_1"}`},
+	{name: "before-lookup-dot-segments", pack: "hostile.yaml", rule: "catch-all-before", params: "..?q=..",
+		ctl:      fuzzCtl{status: st200, maxBody: 1, lookupBody: 0},
+		respBody: `{"id":"..","user":"."}`},
+	{name: "before-lookup-header-crlf", pack: "hostile.yaml", rule: "catch-all-before", params: "h?q=3",
+		ctl:      fuzzCtl{status: st200, maxBody: 1, lookupBody: 0},
+		reqHdr:   "Cookie: sid=a\tb\n",
+		respBody: "{\"id\":\"x\",\"user\":\"a\\r\\nX-Admin: 1\",\"token\":\"a\\u0000b\"}"},
+	{name: "before-lookup-answer-500-deep", pack: "hostile.yaml", rule: "catch-all-before", params: "d?q=4",
+		ctl:      fuzzCtl{method: 1, status: st200, maxBody: 2, lookupStatus: 3, lookupBody: 3, respAmpN1: 0x27, respAmpN2: 0x10},
+		respBody: `{"id":"x"}`},
+	{name: "before-lookup-request-read-error", pack: "hostile.yaml", rule: "catch-all-before", params: "r?q=5",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 1, reqFlags: fuzzReqReadError | fuzzReqChunked},
+		reqBody: `{"id":"partial`, respBody: `{"id":"x"}`},
+	{name: "saas-member-removed-before", pack: "saas-catalog.yaml", rule: "organization-member-removed", params: "org_1|usr_2",
+		ctl:      fuzzCtl{status: st204, maxBody: 1, lookupBody: 1},
+		reqHdr:   seedSession,
+		reqBody:  `{"membership":{"organization_id":"org_1","user_id":"usr_2","role":"admin"}}`,
+		respBody: ``},
 }
 
 // TestWriteFuzzHandlerSeeds writes fuzzSeeds to testdata/fuzz/FuzzHandler

@@ -833,3 +833,49 @@ func TestLookupHeaderNamesSchemaAndParserAgree(t *testing.T) {
 		}
 	}
 }
+
+// The worked examples of README.md's lookup section are valid for the schema
+// and the parser, and their inline tests pass.
+func TestReadmeLookupExamples(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	sec := text[strings.Index(text, "\n## lookup\n"):]
+	sec = sec[:strings.Index(sec[1:], "\n## ")+1]
+	sch := schema(t)
+	n, tests := 0, 0
+	for _, block := range strings.Split(sec, "```yaml\n")[1:] {
+		block = block[:strings.Index(block, "```")]
+		if !strings.Contains(block, "- name:") {
+			continue // the key-by-key summary, not a rule
+		}
+		n++
+		src := []byte("version: 1\nrules:\n" + block)
+		if err := validate(sch, src); err != nil {
+			t.Errorf("schema rejects the README example:\n%s\n%v", block, err)
+		}
+		f, err := rules.Parse("readme.yaml", src)
+		if err != nil {
+			t.Errorf("parser rejects the README example:\n%s\n%v", block, err)
+			continue
+		}
+		set, err := rules.NewSet(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range set.RunTests() {
+			tests++
+			if !r.Passed {
+				t.Errorf("README example test %q failed: %s", r.Name, r.Failure)
+			}
+		}
+	}
+	if tests < 2 {
+		t.Errorf("the README examples ran %d inline tests, want the DELETE example's two", tests)
+	}
+	if n < 2 {
+		t.Errorf("found %d rule examples in README.md's lookup section, want the DELETE and the header one", n)
+	}
+}
