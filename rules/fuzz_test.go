@@ -22,6 +22,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: POST, path: \"/u/{id}\", status: [2xx, 301-302]}\nemit: {type: \"u.{request.body.x}\", data: \"{response.body}\"}")))
 	f.Add([]byte(`{"version":1,"rules":[{"name":"a","match":{"method":"*","path":"/f/{p...}"},"emit":{"type":"a.b"}}]}`))
+	f.Add([]byte(ruleFile("name: a\nmatch: {method: DELETE, path: \"/m/{id}\"}\nlookup:\n  - {get: \"/m/{path.id}\", as: old, when: before, header: {X-T: \"{request.header.X-T}\"}}\n  - {get: \"/o/{old.body.o}\", as: org, header: {Authorization: \"Bearer {response.body.t}\"}}\nemit: {type: a.b, data: {o: \"{old.body}\", g: \"{org.body}\"}}")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -63,6 +64,13 @@ rules:
   - name: b
     match: {method: "*", path: "/{x...}", status: 100-599}
     emit: {type: any.thing, data: {p: "{path.x}", s: "{response.status}"}}
+  - name: c
+    match: {method: [POST, DELETE], path: "/u/{id}", request: {header: {X-A: exists}}}
+    lookup:
+      - {get: "/u/{path.id}?q={request.query.q}", as: old, when: before, header: {X-A: "{request.header.X-A}", Cookie: "c={request.cookie.c}"}}
+      - {get: "/o/{old.body.org}", as: org, when: before, header: {X-Org: "{old.body.org}"}}
+      - {get: "/me", as: me, header: {Authorization: "Bearer {response.body.user.id}", X-Old: "{old.body}"}}
+    emit: {type: u.removed, data: {old: "{old.body}", org: "{org.status}", me: "{me.body.id}"}}
 `
 
 // FuzzMatch feeds arbitrary exchanges to a fixed rule set: matching and
@@ -78,10 +86,25 @@ func FuzzMatch(f *testing.F) {
 		ex := &Exchange{Method: method, Path: path, RawQuery: query, Status: status,
 			RequestHeader:  http.Header{"X-A": {hdr}, "Cookie": {hdr}, "Idempotency-Key": {hdr}},
 			RequestBody:    reqBody,
-			ResponseHeader: http.Header{"Content-Type": {"application/json"}},
+			ResponseHeader: http.Header{"Content-Type": {"application/json"}, "Set-Cookie": {hdr, "c=" + hdr, "c=; Max-Age=0"}},
 			ResponseBody:   respBody}
 		s.CanMatch(method, path)
 		s.Plan(method, path)
+		// before-lookups, then every lookup of the matches: what would be sent
+		for _, m := range s.MatchBefore(ex) {
+			for i := 0; i < m.NumLookups(); i++ {
+				if m.LookupBefore(i) {
+					lk := m.Lookup(i, ex)
+					checkLookupRequest(t, lk, hdr)
+					ex.SetLookup(lk.As, LookupResult{Status: 200, Body: respBody, Missing: lk.HeaderMissing})
+				}
+			}
+		}
+		for _, m := range s.Match(ex) {
+			for i := 0; i < m.NumLookups(); i++ {
+				checkLookupRequest(t, m.Lookup(i, ex), hdr)
+			}
+		}
 		evs, _ := s.Evaluate(ex, EmitOptions{})
 		for _, ev := range evs {
 			if !json.Valid(ev.Data) {
@@ -98,4 +121,27 @@ func FuzzMatch(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkLookupRequest holds a rendered lookup to what may be sent: no header
+// rules forbid, no value a server would split or refuse, none too long. The
+// caller's Authorization and Cookie pass as sent (reqHdr: a real server
+// refuses a request whose headers hold CR, LF or NUL, so then nothing is
+// checked of them).
+func checkLookupRequest(t *testing.T, lk LookupRequest, reqHdr string) {
+	t.Helper()
+	asSent := strings.ContainsAny(reqHdr, "\r\n\x00")
+	for name, vals := range lk.Header {
+		if _, bad := forbiddenLookupHeader(name); bad || !validHeaderName(name) {
+			t.Fatalf("lookup %s sets header %q", lk.As, name)
+		}
+		for _, v := range vals {
+			if name != "Authorization" && name != "Cookie" && badHeaderValue(v) != "" {
+				t.Fatalf("lookup %s header %s = %q: %s", lk.As, name, v, badHeaderValue(v))
+			}
+			if strings.ContainsAny(v, "\r\n\x00") && !(asSent && (name == "Authorization" || name == "Cookie")) {
+				t.Fatalf("lookup %s header %s = %q holds CR, LF or NUL", lk.As, name, v)
+			}
+		}
+	}
 }
