@@ -336,7 +336,9 @@ func (h *Handler) runBeforeLookups(r *http.Request, set *rules.Set, ex *rules.Ex
 			var res rules.LookupResult
 			if len(lk.Missing) == 0 {
 				key = lookupKey(lk)
-				res, same = sent[key]
+				if res, same = sent[key]; same {
+					res.Missing = lk.HeaderMissing // this rule's own templates
+				}
 			}
 			if !same {
 				res = h.lookups.do(r, lk, deadline, h.MaxBody)
