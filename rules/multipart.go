@@ -128,11 +128,13 @@ type partHeader struct {
 	disposition, contentType, encoding string
 }
 
-// headers reads the header block starting at i, up to its empty line, within
-// MaxMultipartHeaderSize bytes. contentStart is where the part's content begins.
+// headers reads the header block starting at i: its lines, with their line
+// breaks, are at most MaxMultipartHeaderSize bytes, and an empty line ends
+// it. contentStart is where the part's content begins.
 func (mp *multipartScanner) headers(i int) (h partHeader, contentStart int, ok bool) {
-	limit := min(len(mp.body), i+MaxMultipartHeaderSize+2)
-	var last *string // the header a folded line continues
+	start := i
+	limit := min(len(mp.body), i+MaxMultipartHeaderSize+2) // room for the empty line's CRLF
+	var last *string                                        // the header a folded line continues
 	for {
 		j := bytes.IndexByte(mp.body[i:limit], '\n')
 		if j < 0 {
@@ -140,10 +142,10 @@ func (mp *multipartScanner) headers(i int) (h partHeader, contentStart int, ok b
 		}
 		line := mp.body[i : i+j]
 		line = bytes.TrimSuffix(line, []byte("\r"))
-		i += j + 1
 		if len(line) == 0 {
-			return h, i, true
+			return h, i + j + 1, i-start <= MaxMultipartHeaderSize
 		}
+		i += j + 1
 		if line[0] == ' ' || line[0] == '\t' {
 			if last == nil {
 				return h, 0, false // a continuation of nothing
