@@ -134,7 +134,7 @@ type partHeader struct {
 func (mp *multipartScanner) headers(i int) (h partHeader, contentStart int, ok bool) {
 	start := i
 	limit := min(len(mp.body), i+MaxMultipartHeaderSize+2) // room for the empty line's CRLF
-	var last *string                                        // the header a folded line continues
+	var last *string                                       // the header a folded line continues
 	for {
 		j := bytes.IndexByte(mp.body[i:limit], '\n')
 		if j < 0 {
