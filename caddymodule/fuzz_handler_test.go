@@ -148,6 +148,19 @@ rules:
       type: lookup.done
       subject: "{first.body.id}"
       data: {first: "{first.body}", second: "{second.body.user}", status: "{second.status}", all: "x{first.body}"}
+  - name: catch-all-funcs
+    match: {method: "*", path: "/fn/{rest...}", status: 100-599}
+    emit:
+      type: funcs.read
+      subject: "{jwt(request.header.Authorization).sub}"
+      data:
+        claims: "{jwt(request.body.token)}"
+        cookie: "{jwt(request.cookie.sid).org.id}"
+        location: "{last_segment(response.header.Location)}"
+        id: '{match(response.header.Location, "/Users/([^/?]+)$")}'
+        part: '{match(last_segment(jwt(request.body.token).url), "^(.{0,16})")}'
+        text: "sub={jwt(request.body.token).sub} seg={last_segment(request.path)} claims={jwt(request.cookie.sid)}"
+        form: "{request.body.email}"
 `
 
 // fuzzPack is one rule file and the handlers provisioned on it, one per

@@ -423,3 +423,47 @@ func TestLastSegment(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPlaceholderFuncs builds one event whose subject is read through a
+// function, against the same event reading a plain placeholder (the
+// baselines): the difference is what the function costs per call.
+func BenchmarkPlaceholderFuncs(b *testing.B) {
+	tok := tokenOf(`{"alg":"RS256","typ":"JWT","kid":"2026-11"}`, `{"iss":"https://auth.example.test","sub":"u_1234567890","aud":"app","exp":1767225600,"iat":1767222000,"email":"ann@example.test","email_verified":true,"org":{"id":"org_42","role":"admin"},"purpose":"email_verification","jti":"8f14e45f-ceea-467f-a8f8-6b0e3b3c7b5e"}`)
+	ex := func() *Exchange {
+		return &Exchange{Method: "POST", Path: "/verify", Status: 201,
+			RequestHeader: http.Header{"Content-Type": {"application/json"}}, RequestBody: []byte(`{"token":"` + tok + `","sub":"u_1234567890"}`),
+			ResponseHeader: http.Header{"Location": {"https://scim.example.test/scim/v2/Users/2819c223-7f76-453a-919d-413861904646"}}}
+	}
+	for _, bc := range []struct{ name, subject, data string }{
+		{"baseline-body-value", "{request.body.sub}", "null"},
+		{"jwt-claim", "{jwt(request.body.token).sub}", "null"},
+		{"baseline-3-body-values", "{request.body.sub}", `{e: "{request.body.sub}", o: "{request.body.sub}"}`},
+		{"jwt-3-claims", "{jwt(request.body.token).sub}", `{e: "{jwt(request.body.token).email}", o: "{jwt(request.body.token).org.id}"}`},
+		{"jwt-whole-claims", "{request.body.sub}", `"{jwt(request.body.token)}"`},
+		{"baseline-header", "{response.header.Location}", "null"},
+		{"last_segment", "{last_segment(response.header.Location)}", "null"},
+		{"match", `{match(response.header.Location, "/Users/([^/?]+)$")}`, "null"},
+	} {
+		s := mustSet(b, "version: 1\nrules:\n  - name: r\n    match: {method: POST, path: /verify}\n    emit: {type: a.b, subject: "+yamlQuote(bc.subject)+", data: "+bc.data+"}\n")
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				e := ex()
+				ms := s.Match(e)
+				evs, _ := ms[0].Events(e, EmitOptions{Source: "bench"})
+				if len(evs) != 1 || evs[0].Subject == "" {
+					b.Fatal("no subject")
+				}
+			}
+		})
+	}
+	// the functions alone, one call each (no memo)
+	b.Run("decodeJWT", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := decodeJWT(tok); !ok {
+				b.Fatal("not a JWT")
+			}
+		}
+	})
+}
