@@ -43,8 +43,10 @@ type placeholder struct {
 	// call is set when the placeholder is a function around another one,
 	// {jwt(request.body.token).sub}: resolve applies it to what call.arg
 	// resolves to. kind, name and gpath are then those of the innermost
-	// placeholder (the source the value comes from), so that whatever asks
-	// what a placeholder reads (needs, lookupNames) sees through functions.
+	// placeholder (source), so that whatever asks what a placeholder reads
+	// (needs, lookupNames) sees through functions. Read the value with
+	// resolve, or with resolveWith where the innermost placeholder's value
+	// comes from elsewhere: never by switching on kind alone.
 	call *phCall
 }
 
@@ -320,6 +322,25 @@ func jsonResult(r gjson.Result) value {
 		return value{}
 	}
 	return value{found: true, isJSON: true, raw: r.Raw}
+}
+
+// source returns the innermost placeholder of ph: ph itself unless ph is a function call.
+func (ph *placeholder) source() *placeholder {
+	for ph.call != nil {
+		ph = ph.call.arg
+	}
+	return ph
+}
+
+// resolveWith resolves ph with read giving the value of its innermost
+// placeholder, and the functions around it applied: a kind of placeholder
+// whose value is not in the exchange (an element being iterated over, say)
+// is wrapped in functions like any other.
+func (ph *placeholder) resolveWith(ex *Exchange, read func(src *placeholder) value) value {
+	if c := ph.call; c != nil {
+		return c.apply(ex, c.arg.resolveWith(ex, read))
+	}
+	return read(ph)
 }
 
 // resolve reads ph from the exchange.
