@@ -208,7 +208,7 @@ func TestValuesAndMultipartThroughCaddy(t *testing.T) {
 		h.Set("Content-Type", "image/png")
 		pw, _ := w.CreatePart(h)
 		io.CopyN(pw, zeroReader{}, file) //nolint:errcheck
-		w.Close()                   //nolint:errcheck
+		w.Close()                        //nolint:errcheck
 	}
 
 	t.Run("multipart sign-up: text fields, the file skipped, bytes unchanged", func(t *testing.T) {
