@@ -164,6 +164,11 @@ var hostileMultipart = []struct {
 		// its content a near-miss delimiter every 5 bytes: each one found, then refused
 		return []byte(head + strings.Repeat("\n--Bx", (1<<20-len(head)-len(tail))/5) + tail)
 	}, `{"email":"a@x.test"}`},
+	{"a file part of max_body, plain bytes", func() []byte {
+		head := "--B\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\na@x.test\r\n--B\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+		tail := "\r\n--B--\r\n"
+		return []byte(head + strings.Repeat("\x89PNG\r\n\x1a\n", (1<<20-len(head)-len(tail))/8) + tail)
+	}, `{"email":"a@x.test"}`},
 	{"near-miss delimiters all through one field", func() []byte {
 		return []byte("--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n" + strings.Repeat("\r\n--Bx", 170_000) + "\r\n--B--")
 	}, `{}`}, // over MaxMultipartFieldSize: skipped
@@ -286,6 +291,7 @@ func BenchmarkMultipart(b *testing.B) {
 		mpPart{name: "password", value: "s3cret"}, mpPart{name: "plan", value: "pro"})
 	b.Run("sign-up-4-fields", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			if _, ok := bodyAsJSON(body, ct); !ok {
 				b.Fatal("not read")
@@ -295,6 +301,7 @@ func BenchmarkMultipart(b *testing.B) {
 	form := []byte("email=ann%40example.test&name=Ann+Lee&password=s3cret&plan=pro")
 	b.Run("baseline-form-urlencoded-4-fields", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			bodyAsJSON(form, "application/x-www-form-urlencoded")
 		}
@@ -312,6 +319,7 @@ func BenchmarkMultipart(b *testing.B) {
 	mib := bytes.Repeat([]byte("x"), 1<<20)
 	b.Run("baseline-bytes.Index-1MiB", func(b *testing.B) {
 		b.SetBytes(int64(len(mib)))
+		defer reportCPU(b)()
 		for b.Loop() {
 			bytes.Index(mib, []byte("\n--B"))
 		}
