@@ -141,7 +141,7 @@ func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
 	return parsePlaceholderIn(raw, sc, 0)
 }
 
-// parsePlaceholderIn parses raw, which sits inside calls functions.
+// parsePlaceholderIn parses raw, found inside calls function calls (0 at the top).
 func parsePlaceholderIn(raw string, sc *scope, calls int) (*placeholder, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("empty placeholder {}: %s", placeholderHelp)
