@@ -159,6 +159,19 @@ rules:
       type: before.done
       subject: "{old.body.id}"
       data: {old: "{old.body}", older: "{older.body.user}", after: "{after.status}", text: "was {old.body}"}
+  - name: catch-all-funcs
+    match: {method: "*", path: "/fn/{rest...}", status: 100-599}
+    emit:
+      type: funcs.read
+      subject: "{jwt(request.header.Authorization).sub}"
+      data:
+        claims: "{jwt(request.body.token)}"
+        cookie: "{jwt(request.cookie.sid).org.id}"
+        location: "{last_segment(response.header.Location)}"
+        id: '{match(response.header.Location, "/Users/([^/?]+)$")}'
+        part: '{match(last_segment(jwt(request.body.token).url), "^(.{0,16})")}'
+        text: "sub={jwt(request.body.token).sub} seg={last_segment(request.path)} claims={jwt(request.cookie.sid)}"
+        form: "{request.body.email}"
 `
 
 // fuzzPack is one rule file and the handlers provisioned on it, one per

@@ -23,6 +23,15 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: POST, path: \"/u/{id}\", status: [2xx, 301-302]}\nemit: {type: \"u.{request.body.x}\", data: \"{response.body}\"}")))
 	f.Add([]byte(`{"version":1,"rules":[{"name":"a","match":{"method":"*","path":"/f/{p...}"},"emit":{"type":"a.b"}}]}`))
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: DELETE, path: \"/m/{id}\"}\nlookup:\n  - {get: \"/m/{path.id}\", as: old, when: before, header: {X-T: \"{request.header.X-T}\"}}\n  - {get: \"/o/{old.body.o}\", as: org, header: {Authorization: \"Bearer {response.body.t}\"}}\nemit: {type: a.b, data: {o: \"{old.body}\", g: \"{org.body}\"}}")))
+	// placeholder functions, well and badly written
+	f.Add([]byte(ruleFile(`name: f
+match: {method: POST, path: "/u/{id}"}
+lookup: {get: "/x/{jwt(request.body.t).sub}", as: lk}
+emit: {type: "u.{jwt(request.header.Authorization).act}", types: [u.a], subject: '{match(last_segment(response.header.Location), "^([^?]+)$")}', data: {c: "{jwt(lk.body.id_token)}", p: '{match(path.id, "a{2,}\"")}'}}`)))
+	for _, ph := range []string{`{jwt(jwt(jwt(jwt(jwt(request.body.a)))))}`, `{match(request.body.a, "(")}`, `{match(request.body.a, "x`, `{nope(request.body.a)}`,
+		`{jwt(request.body.a).}`, `{last_segment(request.body.a).x}`, `{match(request.body.a, "` + strings.Repeat("a", MaxRegexLen+1) + `")}`, `{jwt(}`, `{jwt())}`, `{match(,)}`} {
+		f.Add([]byte(ruleFile("name: f\nmatch: {method: POST, path: /x}\nemit: {type: a.b, subject: '" + ph + "'}")))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -61,6 +70,16 @@ rules:
       - type: u.updated
         data: {id: "{response.body.user.id}", n: "{request.body.n}", c: "{request.cookie.c}", h: "{request.header.X-A}", all: "{request.body}", t: "a{response.body.user}b"}
         dedupe: "{request.header.Idempotency-Key}"
+      - type: u.token
+        subject: "{jwt(request.header.X-A).sub}"
+        data:
+          claims: "{jwt(request.header.X-A)}"
+          body: "{jwt(request.body.token).org.id}"
+          cookie: "{jwt(request.cookie.c)}"
+          seg: "{last_segment(request.header.X-A)}"
+          m: '{match(request.header.X-A, "([^/.]+)$")}'
+          nested: '{match(last_segment(jwt(request.body.token).url), "^(.{0,8})")}'
+          text: "s={jwt(request.header.X-A).sub} l={last_segment(request.body.kind)}"
   - name: b
     match: {method: "*", path: "/{x...}", status: 100-599}
     emit: {type: any.thing, data: {p: "{path.x}", s: "{response.status}"}}
@@ -82,6 +101,10 @@ func FuzzMatch(f *testing.F) {
 	f.Add("PUT", "/f/1/a/b", "q=%zz", "ABC", []byte(`{"n":"7"}`), 201, []byte(`[1,2`))
 	f.Add("GET", "//", "", "", []byte(nil), 0, []byte("\xff\xfe"))
 	f.Add("POST", "/u/\x00", "q", "a", []byte(`{"n":1e308,"kind":"a.b"}`), 204, []byte(`{"user":{"id":{"a":[{"b":"\u2028"}]}}}`))
+	// hostile JWTs in a header, a cookie and the body
+	for _, tok := range hostileTokens() {
+		f.Add("POST", "/u/1", "q=1", tok, []byte(`{"n":5,"kind":"created","token":"`+tok+`"}`), 200, []byte(`{"user":{"id":"x"}}`))
+	}
 	f.Fuzz(func(t *testing.T, method, path, query, hdr string, reqBody []byte, status int, respBody []byte) {
 		ex := &Exchange{Method: method, Path: path, RawQuery: query, Status: status,
 			RequestHeader:  http.Header{"X-A": {hdr}, "Cookie": {hdr}, "Idempotency-Key": {hdr}},
@@ -144,4 +167,76 @@ func checkLookupRequest(t *testing.T, lk LookupRequest, reqHdr string) {
 			}
 		}
 	}
+}
+
+// hostileTokens are JWTs and near-JWTs a client might send: valid ones with
+// secret and nested claims, bad base64, non-object claims, deep nesting.
+func hostileTokens() []string {
+	h := `{"alg":"HS256"}`
+	return []string{
+		tokenOf(h, `{"sub":"u_1","password":"p","url":"/Users/2819c223?x=1","org":{"id":"o"}}`),
+		"Bearer " + tokenOf(h, `{"sub":"`+tokenOf(h, `{"sub":"inner"}`)+`"}`),
+		tokenOf(h, `["not","an","object"]`),
+		tokenOf(h, strings.Repeat(`{"a":`, 500)+"1"+strings.Repeat("}", 500)),
+		tokenOf(h, `{"sub":"\u0000\ud800"}`) + "==",
+		"eyJhbGciOiJIUzI1NiJ9.%%%.sig",
+		"a.b.c",
+		strings.Repeat(".", 100),
+	}
+}
+
+// FuzzPlaceholderFuncs feeds arbitrary values to jwt(…) and last_segment(…):
+// they never panic, claims are always a JSON object within MaxJWTClaims, and
+// a last segment is never empty.
+func FuzzPlaceholderFuncs(f *testing.F) {
+	for _, s := range append(hostileTokens(), "/scim/v2/Users/2819c223", "https://h/a%2Fb/?q#f", "/", "%", "https://h") {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if claims, ok := decodeJWT(s); ok {
+			if len(claims) > MaxJWTClaims || claims[0] != '{' || !validJSON([]byte(claims)) {
+				t.Fatalf("claims %q", claims)
+			}
+		}
+		if seg, _, ok := lastSegment(s); ok && seg == "" {
+			t.Fatal("empty segment")
+		}
+		for _, fn := range []fnKind{fnJWT, fnLastSegment} {
+			v := (&phCall{fn: fn}).apply(&Exchange{}, textValue(s, true))
+			if v.found && v.isJSON && !validJSON([]byte(v.raw)) {
+				t.Fatalf("invalid JSON %q", v.raw)
+			}
+		}
+	})
+}
+
+// FuzzMultipart feeds arbitrary bodies to the multipart reader: it never
+// panics, and what it reads is a JSON object no longer than the escaped text
+// of the body could make it.
+func FuzzMultipart(f *testing.F) {
+	f.Add([]byte("--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--B--"), "B")
+	f.Add([]byte("--B\nContent-Disposition: form-data; name=\"a\"\n\n1\n--B\nContent-Disposition: form-data; name=\"f\"; filename=\"x\"\n\nF\n--B--\n"), "B")
+	f.Add([]byte("pre\r\n--B  \r\ncontent-disposition: form-data;\r\n name=\"a\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=C3=A9=\r\n\r\n--B--epi"), "B")
+	f.Add([]byte(strings.Repeat("--B\r\n\r\n\r\n", 50)+"--B--"), "B")
+	for _, h := range hostileMultipart {
+		if b := h.body(); len(b) < 64<<10 {
+			f.Add(b, "B")
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte, boundary string) {
+		out, ok := multipartJSON(body, boundary)
+		if !ok {
+			return
+		}
+		if !json.Valid(out) || out[0] != '{' {
+			t.Fatalf("not a JSON object: %q", out)
+		}
+		if len(out) > 2+6*len(body)+8*MaxMultipartParts {
+			t.Fatalf("%d bytes of JSON from %d bytes of body", len(out), len(body))
+		}
+		again, _ := multipartJSON(body, boundary)
+		if !bytes.Equal(out, again) {
+			t.Fatal("not deterministic")
+		}
+	})
 }

@@ -65,6 +65,29 @@ const (
 	// MaxDescriptionLen is the longest description of a rule or an emit, in
 	// bytes: it is served to every subscriber in the event catalog.
 	MaxDescriptionLen = 1024
+	// MaxFuncNesting is how many placeholder functions may wrap one another
+	// in one placeholder: {match(last_segment(request.header.Location), "…")}
+	// nests two.
+	MaxFuncNesting = 4
+)
+
+// Limits on what one request or response can make authtap do, beyond the
+// handler's max_body (which bounds every body it reads). A value past one of
+// them is not read: its placeholders are missing, the request is unaffected.
+const (
+	// MaxJWTClaims is the largest JWT payload, in decoded bytes, that jwt(…)
+	// reads (real claims are well under 4 KiB). A longer payload segment is
+	// refused on its length, before anything is decoded.
+	MaxJWTClaims = 64 << 10
+	// MaxMultipartParts is how many parts (fields and files together) a
+	// multipart/form-data body may have to be read; one with more is not read.
+	MaxMultipartParts = 1000
+	// MaxMultipartHeaderSize is the largest header block of one part, in
+	// bytes; a body with a larger one is not read.
+	MaxMultipartHeaderSize = 8 << 10
+	// MaxMultipartFieldSize is the largest text field read from a multipart
+	// body, in bytes; a larger field is skipped like a file.
+	MaxMultipartFieldSize = 64 << 10
 )
 
 // sizeMiB renders a byte count for messages: "1 MiB", "512 KiB", "700 bytes".

@@ -277,6 +277,7 @@ var invalid = map[string]string{
 	"empty-condition.yaml":              `empty-condition.yaml:9:21: match.request.header.X-Tenant: want a condition`,
 	"bad-event-type.yaml":               `bad-event-type.yaml:8:13: emit.type: want a dot-separated event name`,
 	"unclosed-placeholder.yaml":         `unclosed-placeholder.yaml:9:16: emit.subject: unclosed placeholder`,
+	"unterminated-regex-string.yaml":    `unterminated-regex-string.yaml:10:16: emit.subject: unterminated string in placeholder`,
 	"lookup-as-reserved.yaml":           `lookup-as-reserved.yaml:9:11: lookup.as: "response" is reserved`,
 	"lookup-without-get.yaml":           `lookup-without-get.yaml:8:7: lookup: missing required key "get"`,
 	"bad-duration.yaml":                 `bad-duration.yaml:11:17: emit.dedupe.window: want a duration such as 500ms, 2s, 10m, 24h or 7d, got "one day"`,
@@ -328,6 +329,7 @@ var invalidSchemaAt = map[string]string{
 	"empty-condition.yaml":              "/rules/0/match/request/header/X-Tenant",
 	"bad-event-type.yaml":               "/rules/0/emit/type",
 	"unclosed-placeholder.yaml":         "/rules/0/emit/subject",
+	"unterminated-regex-string.yaml":    "/rules/0/emit/subject",
 	"lookup-as-reserved.yaml":           "/rules/0/lookup/as",
 	"lookup-without-get.yaml":           "/rules/0/lookup",
 	"bad-duration.yaml":                 "/rules/0/emit/dedupe/window",
@@ -372,6 +374,9 @@ var invalidSemantic = map[string]string{
 	"type-never-rendered.yaml":              `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
 	"before-lookup-reads-response.yaml":     `before-lookup-reads-response.yaml:8:12: lookup.get: placeholder {response.body.id} reads the response, which a before-lookup (when: before) runs ahead of`,
 	"before-lookup-reads-after-lookup.yaml": `before-lookup-reads-after-lookup.yaml:14:26: lookup[1].header.X-Acting-User: placeholder {me.body.id} reads lookup "me", which runs after the response`,
+	"match-regex-does-not-compile.yaml":     `match-regex-does-not-compile.yaml:11:13: emit.data.id: {match(response.header.Location, "/Users/([^/?]+$")}: the regex "/Users/([^/?]+$" does not compile`,
+	"unknown-function.yaml":                 `unknown-function.yaml:10:16: emit.subject: unknown function jwt_claims(…) in {jwt_claims(request.body.token).sub}: want jwt(…), last_segment(…) or match(…, "regex")`,
+	"claim-path-after-last-segment.yaml":    `claim-path-after-last-segment.yaml:10:16: emit.subject: {last_segment(response.header.Location).id}: last_segment(…) gives a string; only jwt(…) takes a claim path after it`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -766,6 +771,75 @@ rules:
         header: {X-Mode: {equals: exists}}
         body: {state: {not_equals: absent}}
     emit: {type: x.y}
+`},
+	{"placeholder functions: jwt, last_segment, match", `
+version: 1
+rules:
+  - name: email-verified
+    match: {method: POST, path: /verify, status: 204}
+    lookup: {get: "/api/users/{jwt(request.body.token).sub}", as: user}
+    emit:
+      type: "user.{jwt(request.body.token).purpose}"
+      types: [user.email_verification, user.password_reset]
+      subject: "{jwt(request.body.token).sub}"
+      data: {id: "{jwt(request.body.token).sub}", email: "{jwt(request.body.token).email}", name: "{user.body.name}"}
+      dedupe: {key: "{jwt(request.body.token).exp}"}
+  - name: scim-user-created
+    match: {method: POST, path: /scim/v2/Users, status: 201}
+    emit:
+      type: user.created
+      subject: "{last_segment(response.header.Location)}"
+      data:
+        id: '{match(response.header.Location, "/Users/([^/?]+)$")}'
+        by: "{jwt(request.header.Authorization).sub}"
+        hex: '{match(last_segment(response.header.Location), "^[0-9a-f]{8}$")}'
+tests:
+  - name: the subject is the sub claim of the token
+    request: {method: POST, path: /verify, body: {token: "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1XzEiLCJlbWFpbCI6ImFubkBleGFtcGxlLnRlc3QiLCJwdXJwb3NlIjoiZW1haWxfdmVyaWZpY2F0aW9uIiwiZXhwIjoxNzY3MjI1NjAwfQ.3q2YZ8fJmVbC1u6l0pVQ2xk7d9rTn4s1uWcZy3bN0eA"}}
+    response: {status: 204}
+    lookup: {user: {body: {name: Ann}}}
+    expect:
+      - {type: user.email_verification, subject: u_1, data: {id: u_1, email: ann@example.test, name: Ann}, missing: []}
+  - name: a SCIM Location gives the id
+    request: {method: POST, path: /scim/v2/Users, header: {Authorization: "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbl83Iiwic2NvcGUiOiJzY2ltIn0.Zm9vYmFyYmF6cXV4cXV1eHF1dXhmb29iYXJiYXo"}}
+    response: {status: 201, header: {Location: "https://scim.example.test/scim/v2/Users/2819c223"}}
+    expect:
+      - {type: user.created, subject: 2819c223, data: {id: 2819c223, by: admin_7, hex: 2819c223}}
+`},
+	{"multipart/form-data request body", `
+version: 1
+rules:
+  - name: sign-up
+    match: {method: POST, path: /signup, status: 201, request: {body: {plan: pro}}}
+    emit: {type: user.created, subject: "{request.body.email}", data: "{request.body}"}
+tests:
+  - name: a multipart sign-up; the file part is skipped, the password redacted
+    request:
+      method: POST
+      path: /signup
+      header: {Content-Type: "multipart/form-data; boundary=X"}
+      body: |
+        --X
+        Content-Disposition: form-data; name="email"
+
+        ann@example.test
+        --X
+        Content-Disposition: form-data; name="password"
+
+        s3cret
+        --X
+        Content-Disposition: form-data; name="plan"
+
+        pro
+        --X
+        Content-Disposition: form-data; name="avatar"; filename="me.png"
+        Content-Type: image/png
+
+        PNG...
+        --X--
+    response: {status: 201}
+    expect:
+      - {type: user.created, subject: ann@example.test, data: {email: ann@example.test, password: "[REDACTED]", plan: pro}}
 `},
 	{"wildcard host and body condition paths with gjson syntax", `
 version: 1
