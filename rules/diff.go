@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"hash/maphash"
 	"strconv"
 	"strings"
 )
@@ -38,11 +39,11 @@ const (
 // members follow it, and skip is the index after its last descendant.
 type jnode struct {
 	start, end  int32 // the value's bytes in the text
-	key, keyEnd int32 // an object member's key, quotes included (0, 0 otherwise)
+	key         int32 // an object member's key starts here, its quotes included, and ends at start-1 (the ':')
 	skip        int32 // the index after this node's subtree
 	parent      int32 // the enclosing container, -1 for the root
 	n           int32 // object: members that count (repeated keys once); array: elements
-	index       int32 // object: its key map in jtree.maps, -1 when it has none
+	index       int32 // object: its key table in jtree.tables, -1 when it has none
 	kind        byte  // '{', '[', '"', '0' (number) or 'l' (true, false, null)
 	dead        bool  // an object member whose key occurs again later: the last one counts
 	dups        bool  // object: some key occurs more than once
@@ -52,8 +53,14 @@ type jnode struct {
 type jtree struct {
 	text  string
 	nodes []jnode
-	maps  []map[string]int32 // key (quoted, as written) → member index, for objects of more than smallObject members
+	// tables are the key tables of objects of more than smallObject
+	// members: open addressing, a slot holding a member's index plus one
+	// (0 is empty), hashed with a per-process seed.
+	tables [][]int32
 }
+
+// keySeed seeds the key tables' hash: a request cannot choose keys that collide.
+var keySeed = maphash.MakeSeed()
 
 // smallObject is how many members an object may have and still be searched
 // by a scan of its keys (at most smallObject² key comparisons) instead of a map.
@@ -66,11 +73,14 @@ func (t *jtree) parse(text string) bool {
 	if len(text) >= 1<<31-1 {
 		return false
 	}
-	t.text, t.nodes, t.maps = text, t.nodes[:0], t.maps[:0]
+	t.text, t.nodes, t.tables = text, t.nodes[:0], t.tables[:0]
+	if want := jsonValues(text); cap(t.nodes) < want {
+		t.nodes = make([]jnode, 0, want)
+	}
 	var stack [MaxDataDepth + 2]int32
 	sp := 0
 	i := 0
-	var key, keyEnd int32
+	var key int32
 	// readKey reads `"key":` at i.
 	readKey := func() bool {
 		if i >= len(text) || text[i] != '"' {
@@ -80,7 +90,7 @@ func (t *jtree) parse(text string) bool {
 		if j < 0 || j >= len(text) || text[j] != ':' {
 			return false
 		}
-		key, keyEnd = int32(i), int32(j)
+		key = int32(i)
 		i = j + 1
 		return true
 	}
@@ -94,8 +104,8 @@ func (t *jtree) parse(text string) bool {
 		if sp > 0 {
 			parent = stack[sp-1]
 		}
-		nd := jnode{start: int32(i), key: key, keyEnd: keyEnd, parent: parent, index: -1}
-		key, keyEnd = 0, 0
+		nd := jnode{start: int32(i), key: key, parent: parent, index: -1}
+		key = 0
 		switch c := text[i]; {
 		case c == '{' || c == '[':
 			nd.kind = c
@@ -173,6 +183,12 @@ func (t *jtree) parse(text string) bool {
 	}
 }
 
+// jsonValues is how many values compact JSON text holds at most: one per
+// comma, plus one per container and one for the root.
+func jsonValues(text string) int {
+	return strings.Count(text, ",") + strings.Count(text, "{") + strings.Count(text, "[") + 1
+}
+
 // endOfString returns the index after the string that starts at text[i], or -1.
 func endOfString(text string, i int) int {
 	j := i + 1
@@ -192,7 +208,8 @@ func endOfString(text string, i int) int {
 	}
 }
 
-func (t *jtree) keyOf(i int32) string { return t.text[t.nodes[i].key:t.nodes[i].keyEnd] }
+// keyOf is the key of member i, quoted as written.
+func (t *jtree) keyOf(i int32) string { return t.text[t.nodes[i].key : t.nodes[i].start-1] }
 
 // dedupe marks the members of object o whose key occurs again later in it
 // (a JSON reader keeps the last one), and gives a large object its key map.
@@ -218,18 +235,30 @@ func (t *jtree) dedupe(o int32) {
 		}
 		return
 	}
-	m := make(map[string]int32, on.n)
+	size := 1
+	for size < 2*int(on.n) {
+		size <<= 1
+	}
+	tab := make([]int32, size)
+	mask := uint64(size - 1)
 	for c := o + 1; c < on.skip; c = t.nodes[c].skip {
 		k := t.keyOf(c)
-		if prev, ok := m[k]; ok {
-			t.nodes[prev].dead = true
-			on.n--
-			on.dups = true
+		for i := maphash.String(keySeed, k) & mask; ; i = (i + 1) & mask {
+			if tab[i] == 0 {
+				tab[i] = c + 1
+				break
+			}
+			if prev := tab[i] - 1; t.keyOf(prev) == k {
+				t.nodes[prev].dead = true // the later one counts
+				on.n--
+				on.dups = true
+				tab[i] = c + 1
+				break
+			}
 		}
-		m[k] = c
 	}
-	on.index = int32(len(t.maps))
-	t.maps = append(t.maps, m)
+	on.index = int32(len(t.tables))
+	t.tables = append(t.tables, tab)
 }
 
 // lookup returns the member of object o with key (quoted, as written) that
@@ -237,8 +266,12 @@ func (t *jtree) dedupe(o int32) {
 func (t *jtree) lookup(o int32, key string) int32 {
 	on := &t.nodes[o]
 	if on.index >= 0 {
-		if c, ok := t.maps[on.index][key]; ok {
-			return c
+		tab := t.tables[on.index]
+		mask := uint64(len(tab) - 1)
+		for i := maphash.String(keySeed, key) & mask; tab[i] != 0; i = (i + 1) & mask {
+			if c := tab[i] - 1; t.keyOf(c) == key {
+				return c
+			}
 		}
 		return -1
 	}

@@ -22,6 +22,8 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: POST, path: \"/u/{id}\", status: [2xx, 301-302]}\nemit: {type: \"u.{request.body.x}\", data: \"{response.body}\"}")))
 	f.Add([]byte(`{"version":1,"rules":[{"name":"a","match":{"method":"*","path":"/f/{p...}"},"emit":{"type":"a.b"}}]}`))
+	f.Add([]byte(ruleFile("name: a\nmatch: {method: PATCH, path: \"/u/{id}\"}\nlookup: {get: \"/u/{path.id}\", as: old}\nemit: {type: u.updated, data: \"{response.body}\", previous: {before: \"{old.body}\", after: {x: \"{response.body.x}\"}, skip_unchanged: true, ignore: [updated_at]}}") +
+		"tests:\n  - name: t\n    request: {method: PATCH, path: /u/1}\n    response: {body: {x: 2}}\n    lookup: {old: {body: {x: 1}}}\n    expect: [{type: u.updated, previous: {x: 1}}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -60,6 +62,9 @@ rules:
       - type: u.updated
         data: {id: "{response.body.user.id}", n: "{request.body.n}", c: "{request.cookie.c}", h: "{request.header.X-A}", all: "{request.body}", t: "a{response.body.user}b"}
         dedupe: "{request.header.Idempotency-Key}"
+      - type: u.updated
+        data: "{response.body.user}"
+        previous: {before: "{request.body.user}", skip_unchanged: true, ignore: [n, a.b]}
   - name: b
     match: {method: "*", path: "/{x...}", status: 100-599}
     emit: {type: any.thing, data: {p: "{path.x}", s: "{response.status}"}}
@@ -74,6 +79,7 @@ func FuzzMatch(f *testing.F) {
 	f.Add("PUT", "/f/1/a/b", "q=%zz", "ABC", []byte(`{"n":"7"}`), 201, []byte(`[1,2`))
 	f.Add("GET", "//", "", "", []byte(nil), 0, []byte("\xff\xfe"))
 	f.Add("POST", "/u/\x00", "q", "a", []byte(`{"n":1e308,"kind":"a.b"}`), 204, []byte(`{"user":{"id":{"a":[{"b":"\u2028"}]}}}`))
+	f.Add("PUT", "/u/2", "q=1", "a", []byte(`{"n":5,"kind":"updated","user":{"id":"x","name":"A","n":1}}`), 200, []byte(`{"user":{"id":"x","name":"B","n":2}}`))
 	f.Fuzz(func(t *testing.T, method, path, query, hdr string, reqBody []byte, status int, respBody []byte) {
 		ex := &Exchange{Method: method, Path: path, RawQuery: query, Status: status,
 			RequestHeader:  http.Header{"X-A": {hdr}, "Cookie": {hdr}, "Idempotency-Key": {hdr}},

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -105,13 +106,36 @@ func (p *previousSpec) build(e *emitSpec, ex *Exchange, params []Param, missing 
 		}
 		return nil, false
 	}
-	d := &differ{spec: p, notes: notes}
+	d := differPool.Get().(*differ)
+	d.spec, d.notes = p, notes
 	prev, ok := d.diff(string(before), string(afterJSON))
+	d.release()
 	if !ok {
 		addMissing(missing, PreviousMissing)
 		return nil, false
 	}
 	return prev, true
+}
+
+// differPool keeps differs, their trees' nodes included, for the next event;
+// one that held a huge state is left to the GC instead of being kept.
+var differPool = sync.Pool{New: func() any { return new(differ) }}
+
+// maxPooledNodes is the most nodes a pooled tree keeps room for (2 MiB).
+const maxPooledNodes = 1 << 16
+
+// release drops what d refers to and puts it back in differPool.
+func (d *differ) release() {
+	if cap(d.a.nodes) > maxPooledNodes || cap(d.b.nodes) > maxPooledNodes {
+		return
+	}
+	for _, t := range []*jtree{&d.a, &d.b} {
+		t.text, t.nodes = "", t.nodes[:0]
+		clear(t.tables)
+		t.tables = t.tables[:0]
+	}
+	d.spec, d.notes, d.path = nil, nil, d.path[:0]
+	differPool.Put(d)
 }
 
 // Comparison mode. The before and after states are rendered with the emit's

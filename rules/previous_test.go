@@ -1,7 +1,9 @@
 package rules
 
 import (
+	"bytes"
 	"encoding/json"
+	"math/big"
 	"net/http"
 	"strings"
 	"testing"
@@ -369,4 +371,201 @@ func TestPreviousInlineTests(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "tests[0].expect[0].previous: want the expected previous") {
 		t.Fatalf("error %v", err)
 	}
+}
+
+const fuzzPreviousRule = `version: 1
+rules:
+  - name: prev
+    match: {method: PATCH, path: /x}
+    emit:
+      type: a.b
+      data: "{response.body}"
+      keep_shapes: [otpauth, jwt, private_key, whsec]
+      previous: {before: "{request.body}", skip_unchanged: true}
+`
+
+// FuzzPrevious diffs random before and after bodies: never a panic, previous
+// is a compact JSON object no deeper than MaxDataDepth (or absent), the
+// envelope is valid, a password-like key's old value is never shown, and on
+// objects that encoding/json reads (shallow enough not to be cut, without
+// password-like keys) previous is what a plain recursive diff of the decoded
+// values gives, numbers compared exactly.
+func FuzzPrevious(f *testing.F) {
+	s := mustSet(f, fuzzPreviousRule)
+	for _, seed := range [][2]string{
+		{`{"a":1,"b":2}`, `{"a":1,"b":3}`}, {`{"u":{"n":"a","e":"x"}}`, `{"u":{"n":"b","e":"x"}}`}, {`{}`, `{"a":1}`},
+		{`{"a":1}`, `{}`}, {`{"r":[1,{"a":1,"b":2}]}`, `{"r":[1,{"b":2,"a":1}]}`}, {`{"n":1e2,"m":-0}`, `{"n":100,"m":0}`},
+		{`{"a":2,"a":1}`, `{"a":2}`}, {`{"password":"x","k":{"token":1}}`, `{"password":"y","k":{"token":1}}`},
+		{`{"a":"\u0000\u0001R"}`, `{"a":"x"}`}, {`[1]`, `{}`}, {`{"a":` + nested(120, true) + `}`, `{"a":` + nested(121, true) + `}`},
+		{`{"k\"q":1,"é":2}`, `{"k\u0022q":1,"\u00e9":3}`}, {`{"a":12345678901234567890}`, `{"a":12345678901234567891}`},
+	} {
+		f.Add([]byte(seed[0]), []byte(seed[1]))
+	}
+	f.Fuzz(func(t *testing.T, before, after []byte) {
+		ex := &Exchange{Method: "PATCH", Path: "/x", Status: 200,
+			RequestHeader: http.Header{"Content-Type": {"application/json"}}, RequestBody: before,
+			ResponseHeader: http.Header{"Content-Type": {"application/json"}}, ResponseBody: after}
+		evs, errs := s.Evaluate(ex, EmitOptions{})
+		if len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		if len(evs) > 1 {
+			t.Fatalf("%d events", len(evs))
+		}
+		var got []byte
+		if len(evs) == 1 {
+			ev := evs[0]
+			checkEnvelope(t, ev)
+			got = ev.Previous
+			if got != nil {
+				checkCompact(t, got)
+				if got[0] != '{' || string(got) == "{}" || jsonDepth(got) > MaxDataDepth {
+					t.Fatalf("previous %q", got)
+				}
+				if len(ev.Source.Missing) > 0 {
+					t.Fatalf("previous %s with missing %q", got, ev.Source.Missing)
+				}
+			}
+		}
+		a, aok := decodeObject(before)
+		b, bok := decodeObject(after)
+		if !aok || !bok || hasSecretKey(a) || hasSecretKey(b) || jsonDepth(before) > 90 || jsonDepth(after) > 90 ||
+			bytes.Contains(before, []byte(`\u000`)) || bytes.Contains(after, []byte(`\u000`)) || bytes.ContainsAny(before, "\x00\x01") {
+			if len(evs) == 0 && (aok && bok) == false {
+				t.Fatal("an unknown state skipped the event")
+			}
+			return
+		}
+		want := refDiff(a, b)
+		if len(want) == 0 {
+			if len(evs) != 0 {
+				t.Fatalf("nothing changed, yet an event with previous %s", got)
+			}
+			return
+		}
+		if len(evs) != 1 {
+			t.Fatalf("a change (%v), no event", want)
+		}
+		wantJSON, _ := json.Marshal(want)
+		if !JSONEqual(wantJSON, got) {
+			t.Fatalf("previous\n got %s\nwant %s", got, wantJSON)
+		}
+	})
+}
+
+func decodeObject(b []byte) (map[string]any, bool) {
+	if !json.Valid(b) {
+		return nil, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if dec.Decode(&m) != nil || m == nil {
+		return nil, false
+	}
+	return m, hugeExponents(m)
+}
+
+// hugeExponents reports false when a number would cost big.Rat too much.
+func hugeExponents(v any) bool {
+	switch x := v.(type) {
+	case json.Number:
+		if i := strings.IndexAny(string(x), "eE"); i >= 0 && len(x)-i > 4 {
+			return false
+		}
+	case map[string]any:
+		for _, e := range x {
+			if !hugeExponents(e) {
+				return false
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if !hugeExponents(e) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func hasSecretKey(v any) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if secretNorm(normKey(k)) || hasSecretKey(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if hasSecretKey(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// refDiff is the diff README.md describes, written the plain recursive way.
+func refDiff(a, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, av := range a {
+		bv, ok := b[k]
+		switch {
+		case !ok:
+			out[k] = av
+		case isObject(av) && isObject(bv):
+			if sub := refDiff(av.(map[string]any), bv.(map[string]any)); len(sub) > 0 {
+				out[k] = sub
+			}
+		case !refEqual(av, bv):
+			out[k] = av
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out[k] = nil
+		}
+	}
+	return out
+}
+
+func isObject(v any) bool { _, ok := v.(map[string]any); return ok }
+
+func refEqual(a, b any) bool {
+	switch x := a.(type) {
+	case json.Number:
+		y, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		rx, okx := new(big.Rat).SetString(string(x))
+		ry, oky := new(big.Rat).SetString(string(y))
+		return okx && oky && rx.Cmp(ry) == 0
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			w, ok := y[k]
+			if !ok || !refEqual(v, w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !refEqual(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return a == b
 }
