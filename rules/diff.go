@@ -38,15 +38,15 @@ const (
 // jnode is one value of a jtree, in document (pre-)order: a container's
 // members follow it, and skip is the index after its last descendant.
 type jnode struct {
-	start, end  int32 // the value's bytes in the text
-	key         int32 // an object member's key starts here, its quotes included, and ends at start-1 (the ':')
-	skip        int32 // the index after this node's subtree
-	parent      int32 // the enclosing container, -1 for the root
-	n           int32 // object: members that count (repeated keys once); array: elements
-	index       int32 // object: its key table in jtree.tables, -1 when it has none
-	kind        byte  // '{', '[', '"', '0' (number) or 'l' (true, false, null)
-	dead        bool  // an object member whose key occurs again later: the last one counts
-	dups        bool  // object: some key occurs more than once
+	start, end int32 // the value's bytes in the text
+	key        int32 // an object member's key starts here, its quotes included, and ends at start-1 (the ':')
+	skip       int32 // the index after this node's subtree
+	parent     int32 // the enclosing container, -1 for the root
+	n          int32 // object: members that count (repeated keys once); array: elements
+	index      int32 // object: its key table in jtree.tables, -1 when it has none
+	kind       byte  // '{', '[', '"', '0' (number) or 'l' (true, false, null)
+	dead       bool  // an object member whose key occurs again later: the last one counts
+	dups       bool  // object: some key occurs more than once
 }
 
 // jtree is a JSON text read into jnodes.
