@@ -18,10 +18,11 @@ type EmitOptions struct {
 	Mode string
 	// Now is the observation time; default time.Now().
 	Now time.Time
-	// Unchanged, when set, is called with the event type of each event not
-	// built because its emit's previous found that nothing changed and says
-	// skip_unchanged. Such an event is neither built nor an error.
-	Unchanged func(typ string)
+	// Unchanged, when set, is called with the rule name and the event type
+	// of each event not built because its emit's previous found that nothing
+	// changed and says skip_unchanged. Such an event is neither built nor an
+	// error.
+	Unchanged func(rule, typ string)
 }
 
 // LookupRequest is one lookup to run against the upstream for a match.
@@ -184,7 +185,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 			prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
 			if known && prev == nil && e.previous.skipUnchanged {
 				if o.Unchanged != nil {
-					o.Unchanged(typ)
+					o.Unchanged(m.Rule.Name, typ)
 				}
 				continue
 			}

@@ -462,7 +462,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			}
 		}
 	}
-	var typeNode, typesNode *yaml.Node
+	var typeNode, typesNode, previousNode *yaml.Node
 	d.mapping(n, path,
 		field{name: "type", required: true, fn: func(v *yaml.Node, p string) {
 			typeNode = v
@@ -500,7 +500,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			e.tenant = t
 		}},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
-		field{name: "previous", fn: func(v *yaml.Node, p string) { e.previous = d.parsePrevious(v, p, sc) }},
+		field{name: "previous", fn: func(v *yaml.Node, p string) { previousNode, e.previous = v, d.parsePrevious(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},
 		field{name: "redact", fn: keyList(&e.redact)},
 		field{name: "keep_secrets", fn: func(v *yaml.Node, p string) {
@@ -545,7 +545,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 		d.parseTypes(e, typeNode, typesNode, path)
 	}
 	if e.previous != nil && e.previous.after == nil && e.data == nil {
-		d.errf(n, join(path, "previous"), "previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:")
+		d.errf(previousNode, join(path, "previous"), "previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:")
 	}
 	if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
 		d.errf(n, join(path, "dedupe"), "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")

@@ -60,7 +60,7 @@ func prevEvents(t *testing.T, s *Set, path, before, after string, hdr http.Heade
 		ex.RequestHeader.Set("Content-Type", "application/json")
 	}
 	var unchanged []string
-	evs, errs := s.Evaluate(ex, EmitOptions{Source: "t", Unchanged: func(typ string) { unchanged = append(unchanged, typ) }})
+	evs, errs := s.Evaluate(ex, EmitOptions{Source: "t", Unchanged: func(_, typ string) { unchanged = append(unchanged, typ) }})
 	for _, err := range errs {
 		t.Errorf("emit error: %v", err)
 	}

@@ -298,6 +298,9 @@ var invalid = map[string]string{
 	"templated-type-without-types.yaml": `templated-type-without-types.yaml:8:13: emit.type: templated type "user.{request.body.action}" needs the list of types it may render to, or a client chooses the type: add types: [user.created, user.updated] next to it`,
 	"types-on-constant-type.yaml":       `types-on-constant-type.yaml:9:14: emit.types: types lists what a templated type may render to; type "user.created" has no placeholder, so remove types`,
 	"keep-shapes-unknown.yaml":          `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
+	"previous-unknown-key.yaml":         `previous-unknown-key.yaml:12:9: emit.previous: unknown key "only_if_changed"; want one of: before, after, skip_unchanged, ignore`,
+	"previous-without-before.yaml":      `previous-without-before.yaml:11:9: emit.previous: missing required key "before"`,
+	"previous-skip-not-bool.yaml":       `previous-skip-not-bool.yaml:12:25: emit.previous.skip_unchanged: want true or false, got "yes"`,
 }
 
 // invalidSchemaAt says, for every file in testdata/invalid/, where in the
@@ -347,6 +350,9 @@ var invalidSchemaAt = map[string]string{
 	"templated-type-without-types.yaml": "/rules/0/emit",
 	"types-on-constant-type.yaml":       "/rules/0/emit",
 	"keep-shapes-unknown.yaml":          "/rules/0/emit/keep_shapes/1",
+	"previous-unknown-key.yaml":         "/rules/0/emit/previous",
+	"previous-without-before.yaml":      "/rules/0/emit/previous",
+	"previous-skip-not-bool.yaml":       "/rules/0/emit/previous/skip_unchanged",
 }
 
 // invalidSemantic lists every file in testdata/invalid_semantic/: problems
@@ -366,6 +372,8 @@ var invalidSemantic = map[string]string{
 	"unknown-placeholder-in-data.yaml": `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
 	"constant-tenant-invalid.yaml":     `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
 	"type-never-rendered.yaml":         `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
+	"previous-without-data.yaml":       `previous-without-data.yaml:11:9: emit.previous: previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:`,
+	"previous-unknown-lookup.yaml":     `previous-unknown-lookup.yaml:11:17: emit.previous.before: unknown placeholder {old.body}`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -660,6 +668,54 @@ tests:
     response: {status: 200}
     expect:
       - {type: acme.ping, tenant: "acme:eu@1"}
+`},
+	{"previous: a deep diff of the state before and after", `
+version: 1
+rules:
+  - name: user-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old}
+    emit:
+      type: user.updated
+      subject: "{path.id}"
+      data: "{response.body.user}"
+      previous:
+        before: "{old.body.user}"
+        skip_unchanged: true
+        ignore: [updated_at, profile.version]
+  - name: email-changed
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old}
+    emit:
+      type: user.email_changed
+      data: {id: "{path.id}", email: "{response.body.user.email}"}
+      previous:
+        before: {email: "{old.body.user.email}"}
+        after: {email: "{response.body.user.email}"}
+        skip_unchanged: true
+tests:
+  - name: a rename carries the old name; the e-mail did not change
+    request: {method: PATCH, path: /api/users/u_1, body: {name: Ann B}}
+    response: {body: {user: {id: u_1, name: Ann B, email: a@x.test, updated_at: t2, password_hash: h2}}}
+    lookup:
+      old: {body: {user: {id: u_1, name: Ann, email: a@x.test, updated_at: t1, password_hash: h1}}}
+    expect:
+      - type: user.updated
+        previous: {name: Ann, password_hash: "[REDACTED]"}
+  - name: nothing changed, no event
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: a@x.test, updated_at: t2}}}
+    lookup:
+      old: {body: {user: {id: u_1, email: a@x.test, updated_at: t1}}}
+    expect: []
+  - name: the before state is unknown, so both events go out without previous
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: b@x.test}}}
+    lookup:
+      old: {status: 404, body: {error: not found}}
+    expect:
+      - {type: user.updated, previous: null, missing: [old.body.user]}
+      - {type: user.email_changed, previous: null, missing: [old.body.user.email]}
 `},
 	{"snake_case type names", `
 version: 1
