@@ -253,9 +253,9 @@ func TestPreviousLinear(t *testing.T) {
 
 // BenchmarkPrevious builds the event of previousRule for each 1 MiB pair
 // (data and previous), beside the yardsticks BENCHMARKS.md divides by,
-// measured in the same run: encoding/json's Compact over the same before
-// bytes where encoding/json accepts them, and the same event without
-// previous (BenchmarkWholeData's rule) over the after bytes.
+// measured in the same run: encoding/json's Compact over the same bytes
+// (before and after) where encoding/json accepts them, and the same event
+// without previous (BenchmarkWholeData's rule) over the after bytes.
 func BenchmarkPrevious(b *testing.B) {
 	s := mustSet(b, previousRule)
 	whole := mustSet(b, wholeDataRule)
@@ -276,15 +276,17 @@ func BenchmarkPrevious(b *testing.B) {
 				renderWhole(b, whole, after)
 			}
 		})
-		if json.Valid(before) {
+		if json.Valid(before) && json.Valid(after) {
 			b.Run(p.name+"-baseline-json.Compact", func(b *testing.B) {
-				b.SetBytes(int64(len(before)))
+				b.SetBytes(int64(len(before) + len(after)))
 				var buf bytes.Buffer
 				defer reportCPU(b)()
 				for b.Loop() {
-					buf.Reset()
-					if err := json.Compact(&buf, before); err != nil {
-						b.Fatal(err)
+					for _, body := range [][]byte{before, after} {
+						buf.Reset()
+						if err := json.Compact(&buf, body); err != nil {
+							b.Fatal(err)
+						}
 					}
 				}
 			})
@@ -317,6 +319,7 @@ rules:
 	run := func(path, want string) func(*testing.B) {
 		return func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPUus(b)()
 			for b.Loop() {
 				ex := &Exchange{Method: "PATCH", Path: path, Status: 200, ResponseHeader: respH, ResponseBody: []byte(benchResponse)}
 				ex.SetLookup("old", LookupResult{Status: 200, Header: respH, Body: oldBody})
@@ -330,4 +333,14 @@ rules:
 	}
 	b.Run("previous", run("/api/users/u_1", `{"name":"Ann"}`))
 	b.Run("baseline-no-previous", run("/base/u_1", ""))
+}
+
+// reportCPUus is reportCPU in microseconds, for operations of a few.
+func reportCPUus(b *testing.B) func() {
+	start := processCPU()
+	return func() {
+		if d := processCPU() - start; d > 0 && b.N > 0 {
+			b.ReportMetric(float64(d)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+		}
+	}
 }
