@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    mode            live|test
 //	    max_body        <size>          # e.g. 1MiB, 512KB, 65536
 //	    lookup_upstream <url>
+//	    before_lookup_budget <duration> # e.g. 2s: the most a request waits for before-lookups
 //	    reload_interval <duration>      # e.g. 2s; off disables reloading
 //	}
 //
@@ -90,6 +91,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "before_lookup_budget":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 || dur > MaxBeforeLookupBudget {
+				return d.Errf("before_lookup_budget: want a duration from 1ms to %s such as 2s, got %q", MaxBeforeLookupBudget, d.Val())
+			}
+			h.BeforeLookupBudget = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "reload_interval":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -107,7 +120,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		default:
-			return d.Errf("unrecognized authtap option %q (want rules, source, mode, max_body, lookup_upstream or reload_interval)", opt)
+			return d.Errf("unrecognized authtap option %q (want rules, source, mode, max_body, lookup_upstream, before_lookup_budget or reload_interval)", opt)
 		}
 	}
 	if len(h.Rules) == 0 {

@@ -39,6 +39,11 @@ const (
 	minReloadInterval = 10 * time.Millisecond
 	// maxLookupTotal bounds all lookups of one exchange together.
 	maxLookupTotal = rules.MaxLookupTimeout
+	// DefaultBeforeLookupBudget is how long a request waits, at most, for
+	// the before-lookups of its candidate rules, all together.
+	DefaultBeforeLookupBudget = 2 * time.Second
+	// MaxBeforeLookupBudget is the largest before_lookup_budget.
+	MaxBeforeLookupBudget = rules.MaxLookupTimeout
 )
 
 // Handler is the HTTP handler "authtap". It watches the exchanges that pass
@@ -97,6 +102,15 @@ type Handler struct {
 	// strips, so lookups never emit events while a client replaying a
 	// lookup's headers is still observed.
 	LookupUpstream string `json:"lookup_upstream,omitempty"`
+
+	// BeforeLookupBudget bounds how long a request waits for the
+	// before-lookups (rule lookups with when: before) of its candidate
+	// rules, all of them together. They run before the request is
+	// forwarded, one after another, each within its own timeout and what is
+	// left of this budget; then the request goes on whatever they answered
+	// (a lookup still running is abandoned and its placeholders are listed
+	// in source.missing). Default: 2s; at most 10s.
+	BeforeLookupBudget caddy.Duration `json:"before_lookup_budget,omitempty"`
 
 	// ReloadInterval is how often the rule files (and the files the globs
 	// expand to) are checked for changes. A negative value disables
@@ -157,6 +171,9 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 	if h.ReloadInterval == 0 {
 		h.ReloadInterval = caddy.Duration(DefaultReloadInterval)
 	}
+	if h.BeforeLookupBudget == 0 {
+		h.BeforeLookupBudget = caddy.Duration(DefaultBeforeLookupBudget)
+	}
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -209,6 +226,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body: must not be negative, got %d", h.MaxBody)
+	}
+	if b := time.Duration(h.BeforeLookupBudget); b < 0 || b > MaxBeforeLookupBudget {
+		return fmt.Errorf("before_lookup_budget: want a duration from 1ms to %s, got %s", MaxBeforeLookupBudget, b)
 	}
 	if h.LookupUpstream != "" {
 		u, err := url.Parse(h.LookupUpstream)
@@ -302,12 +322,18 @@ func (h *Handler) serveCandidate(w http.ResponseWriter, r *http.Request, next ca
 	// the held response goes out whatever happens below, even on a panic
 	defer h.safely("releasing response", func() { _ = cw.release() })
 
+	var before *beforeRun
+	if need.BeforeLookups {
+		// the state the request may destroy, read while it still exists;
+		// the request waits at most before_lookup_budget for it
+		h.safely("running before-lookups", func() { before = h.runBeforeLookups(r, set, ex, reqOver) })
+	}
 	if err := next.ServeHTTP(cw, r); err != nil {
 		// the response is incomplete or will be written by an error handler:
 		// nothing was accepted, so nothing is emitted
 		return err
 	}
-	h.safely("observing exchange", func() { h.observe(r, set, ex, cw, reqOver) })
+	h.safely("observing exchange", func() { h.observe(r, set, ex, cw, reqOver, before) })
 	return nil
 }
 
@@ -325,7 +351,7 @@ func (h *Handler) safely(what string, f func()) {
 
 // observe matches the finished exchange, runs lookups and queues the events.
 // It runs before a held response is released.
-func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, cw *captureWriter, reqOver bool) {
+func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, cw *captureWriter, reqOver bool, before *beforeRun) {
 	if cw.upgraded() {
 		return // a protocol switch: nothing to observe
 	}
@@ -375,7 +401,7 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 			if lookupBudget.IsZero() {
 				lookupBudget = time.Now().Add(maxLookupTotal)
 			}
-			h.runLookups(r, ex, m, lookupBudget)
+			h.runLookups(r, ex, m, lookupBudget, before)
 		}
 		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode, Unchanged: func(rule, typ string) {
 			h.metrics.unchanged.WithLabelValues(rule, typ).Inc()

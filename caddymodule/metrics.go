@@ -21,6 +21,7 @@ type handlerMetrics struct {
 	unchanged      *prometheus.CounterVec // rule, type
 	tooLarge       *prometheus.CounterVec // side
 	lookupFailures *prometheus.CounterVec // rule
+	beforeLookups  *prometheus.CounterVec // rule
 	enqueueErrors  prometheus.Counter
 	queueLatency   prometheus.Histogram
 }
@@ -62,6 +63,12 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	if m.lookupFailures, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "lookup_failures_total",
 		Help: "Rule lookups that failed (error, timeout or non-2xx answer), by rule.",
+	}, []string{"rule"})); err != nil {
+		return nil, err
+	}
+	if m.beforeLookups, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "before_lookups_total",
+		Help: "Before-lookups (when: before) sent to the upstream, by rule: they go out for every candidate exchange whose request matches, before its status is known, so also for requests the upstream then refuses. Identical ones of one exchange are sent once.",
 	}, []string{"rule"})); err != nil {
 		return nil, err
 	}

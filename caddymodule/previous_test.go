@@ -71,29 +71,27 @@ func TestHandlerPrevious(t *testing.T) {
 	assertNoSecrets(t, e.logs, "s1", "s2")
 }
 
-// historyAPI is an upstream that keeps users and, for each, the version
-// before its last change (GET /api/users/{id}/previous), the way an audit
-// or history endpoint does.
-type historyAPI struct {
-	mu       sync.Mutex
-	users    map[string]map[string]any
-	previous map[string]map[string]any
-	down     bool
+// usersAPI is an upstream that keeps users: GET reads one, PATCH changes
+// some of its fields and answers with the user as it is now.
+type usersAPI struct {
+	mu    sync.Mutex
+	users map[string]map[string]any
+	down  bool // GET answers 503
 }
 
-func (a *historyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (a *usersAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
-	id := strings.TrimPrefix(strings.TrimSuffix(r.URL.Path, "/previous"), "/api/users/")
+	id := strings.TrimPrefix(r.URL.Path, "/api/users/")
 	switch {
-	case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/previous"):
-		if a.down || a.previous[id] == nil {
+	case r.Method == http.MethodGet && a.users[id] != nil:
+		if a.down {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = io.WriteString(w, `{"error":"unavailable"}`)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(a.previous[id])
+		_ = json.NewEncoder(w).Encode(a.users[id])
 	case r.Method == http.MethodPatch:
 		var patch map[string]any
 		if err := json.NewDecoder(r.Body).Decode(&patch); err != nil {
@@ -109,7 +107,7 @@ func (a *historyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			now[k] = v
 		}
 		now["version"] = old["version"].(float64) + 1
-		a.previous[id], a.users[id] = old, now
+		a.users[id] = now
 		_ = json.NewEncoder(w).Encode(now)
 	default:
 		http.NotFound(w, r)
@@ -120,7 +118,7 @@ const previousIntegrationRules = `version: 1
 rules:
   - name: user-updated
     match: {method: PATCH, path: "/api/users/{id}"}
-    lookup: {get: "/api/users/{path.id}/previous", as: old}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
     emit:
       type: user.updated
       subject: "{path.id}"
@@ -129,16 +127,14 @@ rules:
 `
 
 // TestPreviousThroughCaddy runs real Caddy (in process), a private Redis and
-// an upstream: an update's event:fanout task in Redis carries previous with
-// the old values of what changed (the password hash redacted), an update that
-// changed nothing queues no task, and one whose old state cannot be read is
-// queued without previous, listing what is missing. Not parallel: caddytest
-// drives one global Caddy.
+// an upstream: the before-lookup reads the user just before the PATCH is
+// forwarded, and the update's event:fanout task in Redis carries previous
+// with the old values of what changed (the password hash redacted); an
+// update that changed nothing queues no task; one whose old state cannot be
+// read is queued without previous, listing what is missing. Not parallel:
+// caddytest drives one global Caddy.
 func TestPreviousThroughCaddy(t *testing.T) {
-	api := &historyAPI{
-		users:    map[string]map[string]any{"u_1": {"id": "u_1", "name": "Ada", "city": "Paris", "password_hash": "$2b$old", "version": 1.0}},
-		previous: map[string]map[string]any{},
-	}
+	api := &usersAPI{users: map[string]map[string]any{"u_1": {"id": "u_1", "name": "Ada", "city": "Paris", "password_hash": "$2b$old", "version": 1.0}}}
 	it := newIntegration(t, api)
 	it.rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(it.rulesFile, []byte(previousIntegrationRules), 0o600); err != nil {

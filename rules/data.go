@@ -124,6 +124,12 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 				addMissing(rc.missing, dn.t.whole.raw)
 				return append(dst, "null"...)
 			}
+			if rc.policy.redactsTaint(v.taint) {
+				if rc.policy.comparing() {
+					return appendQuotedMark(dst, markRedacted, v.bytes())
+				}
+				return appendQuote(dst, Redacted)
+			}
 			if v.isJSON {
 				return rc.appendJSONValue(dst, v.raw, path, depth)
 			}
@@ -226,6 +232,11 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		case !v.found:
 			addMissing(rc.missing, t.whole.raw)
 			return ""
+		case rc.policy.redactsTaint(v.taint):
+			if rc.policy.comparing() {
+				return string(appendMark(nil, markRedacted, v.bytes()))
+			}
+			return Redacted
 		case !v.isJSON && rc.policy.plainOK(v.text):
 			return v.text
 		case v.isJSON && strings.HasPrefix(v.raw, `"`):
@@ -253,6 +264,12 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 
 // appendText appends v as text (see renderText).
 func (rc *renderCtx) appendText(b []byte, v value, path []string) []byte {
+	if rc.policy.redactsTaint(v.taint) {
+		if rc.policy.comparing() {
+			return appendMark(b, markRedacted, v.bytes())
+		}
+		return append(b, Redacted...)
+	}
 	if !v.isJSON {
 		return rc.policy.appendPlain(b, v.text)
 	}
@@ -409,6 +426,20 @@ func (s *sanitizer) redactsShape(str string) bool {
 		keep = s.keepShapes
 	}
 	return secretShape(str)&^keep != 0
+}
+
+// redactsTaint reports whether a value cut from a string of the secret
+// shapes taint (by match or last_segment) is redacted: unless the policy keeps
+// every one of those shapes, a part of a secret is as secret as the whole.
+func (s *sanitizer) redactsTaint(taint shapeSet) bool {
+	if taint == 0 {
+		return false
+	}
+	keep := shapeSet(0)
+	if s != nil {
+		keep = s.keepShapes
+	}
+	return taint&^keep != 0
 }
 
 // appendString appends str as a JSON string, or Redacted when it has a

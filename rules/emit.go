@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -37,6 +38,19 @@ type LookupRequest struct {
 	// Missing lists placeholders of the path that resolved to nothing; when
 	// non-empty the lookup should not be sent (its result would be wrong).
 	Missing []string
+	// Before says the lookup runs before the request is forwarded (when:
+	// before); see Set.MatchBefore.
+	Before bool
+	// Header holds the request headers to send the lookup with: the
+	// caller's Authorization and Cookie (for an after-lookup, the cookies the
+	// client holds once the response's Set-Cookie lines are applied), then
+	// the rule's lookup.header values, each replacing the header of its
+	// name. Header values are credentials: never log them.
+	Header http.Header
+	// HeaderMissing lists placeholders of lookup.header values that did not
+	// render (the header is left out of Header). Copy it into the result's
+	// Missing before SetLookup, so the events list it in source.missing.
+	HeaderMissing []string
 }
 
 // Lookups returns the rule's lookups in order, rendered against the exchange.
@@ -53,9 +67,11 @@ func (m *Match) Lookups(ex *Exchange) []LookupRequest {
 // Lookup renders the i-th lookup of the rule against the exchange.
 func (m *Match) Lookup(i int, ex *Exchange) LookupRequest {
 	lk := m.Rule.lookups[i]
-	var missing []string
+	var missing, headerMissing []string
 	p := lk.get.renderURL(ex, m.Params, &missing)
-	return LookupRequest{As: lk.as, Path: p, Timeout: lk.timeout, Missing: missing}
+	h := lk.requestHeader(ex, m.Params, &headerMissing)
+	return LookupRequest{As: lk.as, Path: p, Timeout: lk.timeout, Missing: missing,
+		Before: lk.before, Header: h, HeaderMissing: headerMissing}
 }
 
 // NumLookups returns how many lookups the rule declares.
@@ -200,6 +216,11 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		}
 		if ev.ID == "" {
 			ev.ID = NewEventID(o.Now)
+		}
+		for _, as := range e.lookups {
+			for _, u := range ex.Lookups[as].Missing {
+				addMissing(&missing, u)
+			}
 		}
 		ev.Source.Missing = missing
 		events = append(events, ev)

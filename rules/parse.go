@@ -53,16 +53,25 @@ type Rule struct {
 	index           int // position in the Set
 }
 
-// Need says which bodies a rule reads.
+// Need says which bodies a rule reads, and whether it has lookups to run
+// before the request is forwarded.
 type Need struct {
 	RequestBody  bool
 	ResponseBody bool
+	// BeforeLookups: a rule has a lookup with when: before; call
+	// Set.MatchBefore before forwarding the request.
+	BeforeLookups bool
 }
 
 type lookupSpec struct {
 	as      string
 	get     *tmpl
 	timeout time.Duration
+	// before: when: before, run before the request is forwarded (see lookup.go)
+	before bool
+	// headers are lookup.header: request headers set from templates, in the
+	// order written; each replaces the forwarded header of that name
+	headers []lookupHeaderSpec
 }
 
 type emitSpec struct {
@@ -90,6 +99,10 @@ type emitSpec struct {
 	// dataSize is the largest data rendered so far: the next render's buffer
 	// starts that large instead of growing step by step.
 	dataSize atomic.Int64
+
+	// lookups are the lookups the emit reads, directly or through other
+	// lookups: their LookupResult.Missing goes into its source.missing
+	lookups []string
 }
 
 var (
@@ -239,7 +252,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 	if matchNode != nil {
 		d.parseMatch(r, matchNode)
 	}
-	sc := &scope{lookups: map[string]bool{}}
+	sc := &scope{lookups: map[string]bool{}, before: map[string]bool{}}
 	for _, pt := range r.paths {
 		sc.params = append(sc.params, pt.params)
 	}
@@ -284,11 +297,17 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 	}
 	for _, lk := range r.lookups {
 		lk.get.lookupNames(used)
+		for _, h := range lk.headers {
+			h.t.lookupNames(used)
+		}
 	}
 	for _, lk := range r.lookups {
 		if !used[lk.as] {
 			d.errf(n, "lookup", "lookup %q is never used: reference it as {%s.body…} in emit, or remove it", lk.as, lk.as)
 		}
+	}
+	for _, e := range r.emits {
+		e.lookups = r.lookupDeps(e)
 	}
 	r.computeNeed()
 	if len(d.errs) > before {
@@ -356,7 +375,7 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 			p = index("lookup", i)
 		}
 		lk := &lookupSpec{timeout: DefaultLookupTimeout}
-		var getNode *yaml.Node
+		var getNode, headerNode *yaml.Node
 		d.mapping(item, p,
 			field{name: "get", required: true, fn: func(v *yaml.Node, fp string) { getNode = v }},
 			field{name: "as", required: true, fn: func(v *yaml.Node, fp string) {
@@ -375,6 +394,17 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					lk.as = s
 				}
 			}},
+			field{name: "when", fn: func(v *yaml.Node, fp string) {
+				if s, ok := d.str(v, fp); ok {
+					switch s {
+					case LookupBefore:
+						lk.before = true
+					case LookupAfter:
+					default:
+						d.errf(v, fp, "want before (before the request is forwarded) or after (after the response, the default), got %q", s)
+					}
+				}
+			}},
 			field{name: "timeout", fn: func(v *yaml.Node, fp string) {
 				if dur, ok := d.duration(v, fp); ok {
 					if dur <= 0 || dur > MaxLookupTimeout {
@@ -384,6 +414,7 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					lk.timeout = dur
 				}
 			}},
+			field{name: "header", fn: func(v *yaml.Node, fp string) { headerNode = v }},
 		)
 		if getNode != nil {
 			if s, ok := d.str(getNode, join(p, "get")); ok {
@@ -393,11 +424,20 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					d.errf(getNode, join(p, "get"), "%v", err)
 				} else {
 					lk.get = t
+					d.checkBefore(lk, getNode, join(p, "get"), t, sc)
 				}
 			}
 		}
+		if headerNode != nil {
+			d.parseLookupHeaders(lk, headerNode, join(p, "header"), sc)
+		}
+		// registered even when a template broke a rule, so that the emits'
+		// placeholders do not add a second, misleading error
 		if lk.as != "" && lk.get != nil {
 			sc.lookups[lk.as] = true
+			if lk.before {
+				sc.before[lk.as] = true
+			}
 			r.lookups = append(r.lookups, lk)
 		}
 	}
@@ -646,6 +686,10 @@ func (r *Rule) computeNeed() {
 	}
 	for _, lk := range r.lookups {
 		lk.get.needs(&n)
+		for _, h := range lk.headers {
+			h.t.needs(&n)
+		}
+		n.BeforeLookups = n.BeforeLookups || lk.before
 	}
 	for _, e := range r.emits {
 		e.typ.needs(&n)

@@ -201,3 +201,11 @@ func (s *sanitizer) hiddenKind(str string) byte {
 	}
 	return markOther
 }
+
+// bytes is the value as a hidden value's marker stands for it: its JSON, or its text.
+func (v value) bytes() []byte {
+	if v.isJSON {
+		return []byte(v.raw)
+	}
+	return []byte(v.text)
+}

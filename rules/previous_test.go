@@ -569,3 +569,32 @@ func refEqual(a, b any) bool {
 	}
 	return a == b
 }
+
+// TestPreviousTaintedParts: a part cut from a secret by a function is as
+// secret as the whole, in previous as in data, and still compared.
+func TestPreviousTaintedParts(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: parts
+    match: {method: PATCH, path: /p}
+    emit:
+      type: u.updated
+      data: {p: '{match(request.body.new, "^(.{12})")}', n: "{request.body.n}"}
+      previous:
+        before: {p: '{match(request.body.old, "^(.{12})")}', n: "{request.body.was}"}
+`)
+	a, b := jwtOf(`{"alg":"HS256"}`), jwtOf(`{"alg":"RS256"}`)
+	for _, tc := range []struct{ old, new, want string }{
+		{a, b, `{"p":"[REDACTED]"}`},
+		{a, a, ``},
+	} {
+		body, _ := json.Marshal(map[string]any{"old": tc.old, "new": tc.new, "n": 1, "was": 1})
+		evs, _ := prevEvents(t, s, "/p", string(body), `{}`, nil)
+		if len(evs) != 1 || string(evs[0].Previous) != tc.want || !strings.Contains(string(evs[0].Data), `"p":"[REDACTED]"`) {
+			t.Fatalf("previous %s data %s, want previous %s", evs[0].Previous, evs[0].Data, tc.want)
+		}
+		if strings.Contains(string(evs[0].Previous), tc.old[:12]) {
+			t.Fatalf("a part of the secret shows: %s", evs[0].Previous)
+		}
+	}
+}

@@ -22,7 +22,7 @@ func previousEvent(t *testing.T) rules.Event {
 rules:
   - name: user-updated
     match: {method: PATCH, path: "/api/users/{id}"}
-    lookup: {get: "/api/users/{path.id}", as: old}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
     emit:
       type: user.updated
       subject: "{path.id}"

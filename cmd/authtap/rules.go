@@ -129,7 +129,11 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 	for _, m := range matches {
 		for i := 0; i < m.NumLookups(); i++ {
 			lk := m.Lookup(i, ex)
-			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, lk.As)
+			when := "after the response"
+			if lk.Before {
+				when = "before forwarding the request"
+			}
+			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream %s (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, when, lk.As)
 		}
 	}
 	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now(), Unchanged: func(rule, typ string) {

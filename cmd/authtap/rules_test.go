@@ -109,6 +109,54 @@ func TestRulesTest(t *testing.T) {
 	}
 }
 
+const beforePackYAML = `version: 1
+rules:
+  - name: member-removed
+    match: {method: DELETE, path: "/memberships/{id}", status: 204}
+    lookup: {get: "/memberships/{path.id}", as: old, when: before}
+    emit:
+      type: organization.member_removed
+      subject: "{old.body.organization_id}"
+      data: {user_id: "{old.body.user_id}"}
+tests:
+  - name: the deleted membership is in the event
+    request:  {method: DELETE, path: /memberships/m_1}
+    response: {status: 204}
+    lookup:   {old: {body: {organization_id: org_1, user_id: usr_2}}}
+    expect:   [{type: organization.member_removed, subject: org_1, data: {user_id: usr_2}}]
+  - name: a failed before-lookup is listed as missing
+    request:  {method: DELETE, path: /memberships/m_1}
+    response: {status: 204}
+    lookup:   {old: {error: timeout}}
+    expect:   [{type: organization.member_removed, subject: "", missing: [old.body.organization_id, old.body.user_id]}]
+`
+
+// rules check runs inline tests that feed a before-lookup canned answers;
+// rules test says which lookup would run before forwarding.
+func TestRulesCheckAndTestWithBeforeLookups(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "before.yaml", beforePackYAML)
+	var out, errb bytes.Buffer
+	if code := run([]string{"rules", "check", pack}, &out, &errb); code != 0 || !strings.Contains(out.String(), "tests: 2 passed, 0 failed") {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	failing := write(t, dir, "failing.yaml", strings.Replace(beforePackYAML, "subject: org_1", "subject: org_2", 1))
+	out.Reset()
+	if code := run([]string{"rules", "check", failing}, &out, &errb); code != 1 || !strings.Contains(out.String(), `want subject "org_2", got "org_1"`) {
+		t.Fatalf("a wrong expectation against the canned before-lookup must fail: exit %d\n%s", code, out.String())
+	}
+	req := write(t, dir, "req", `{"method":"DELETE","path":"/memberships/m_7"}`)
+	resp := write(t, dir, "resp", `{"status":204}`)
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), `note: rule "member-removed" would GET /memberships/m_7 on the upstream before forwarding the request (as "old")`) {
+		t.Errorf("stderr:\n%s", errb.String())
+	}
+}
+
 // TestRulesTestPrevious: `authtap rules test` shows previous, and says why an
 // unchanged update built no event.
 func TestRulesTestPrevious(t *testing.T) {
