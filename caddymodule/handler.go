@@ -403,7 +403,12 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 			}
 			h.runLookups(r, ex, m, lookupBudget, before)
 		}
-		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
+		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode, Unchanged: func(rule, typ string) {
+			h.metrics.unchanged.WithLabelValues(rule, typ).Inc()
+			if c := h.logger.Check(zapcore.DebugLevel, "nothing changed; no event (skip_unchanged)"); c != nil {
+				c.Write(zap.String("rule", rule), zap.String("type", typ))
+			}
+		}})
 		for _, err := range errs {
 			// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
 			h.metrics.countRefused(m.Rule.Name, err)

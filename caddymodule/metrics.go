@@ -18,6 +18,7 @@ import (
 type handlerMetrics struct {
 	matched        *prometheus.CounterVec // rule, type
 	refused        *prometheus.CounterVec // rule, reason
+	unchanged      *prometheus.CounterVec // rule, type
 	tooLarge       *prometheus.CounterVec // side
 	lookupFailures *prometheus.CounterVec // rule
 	beforeLookups  *prometheus.CounterVec // rule
@@ -45,6 +46,12 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 		Namespace: ns, Name: "events_refused_total",
 		Help: "Events a matching rule did not build, by rule and reason: undeclared_type (a templated type rendered to a type its types list does not declare), invalid_type, type_too_long, other.",
 	}, []string{"rule", "reason"})); err != nil {
+		return nil, err
+	}
+	if m.unchanged, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "events_unchanged_total",
+		Help: "Events not built because their rule's previous found that nothing changed and says skip_unchanged, by rule and event type.",
+	}, []string{"rule", "type"})); err != nil {
 		return nil, err
 	}
 	if m.tooLarge, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -19,6 +19,11 @@ type EmitOptions struct {
 	Mode string
 	// Now is the observation time; default time.Now().
 	Now time.Time
+	// Unchanged, when set, is called with the rule name and the event type
+	// of each event not built because its emit's previous found that nothing
+	// changed and says skip_unchanged. Such an event is neither built nor an
+	// error.
+	Unchanged func(rule, typ string)
 }
 
 // LookupRequest is one lookup to run against the upstream for a match.
@@ -188,11 +193,21 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 			}
 		}
 		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
-		ev.Source.Truncated = rc.notes.truncation()
 		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 			e.dataSize.Store(n)
 		}
 		ev.dataCompact = true
+		if e.previous != nil {
+			prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
+			if known && prev == nil && e.previous.skipUnchanged {
+				if o.Unchanged != nil {
+					o.Unchanged(m.Rule.Name, typ)
+				}
+				continue
+			}
+			ev.Previous, ev.previousCompact = prev, true
+		}
+		ev.Source.Truncated = rc.notes.truncation()
 		if e.dedupeKey != nil {
 			if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
 				ev.ID = DedupeEventID(o.Source, m.Rule.Name, key+"\x00"+resultDigest(&ev, ex))

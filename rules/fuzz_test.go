@@ -32,6 +32,8 @@ emit: {type: "u.{jwt(request.header.Authorization).act}", types: [u.a], subject:
 		`{jwt(request.body.a).}`, `{last_segment(request.body.a).x}`, `{match(request.body.a, "` + strings.Repeat("a", MaxRegexLen+1) + `")}`, `{jwt(}`, `{jwt())}`, `{match(,)}`} {
 		f.Add([]byte(ruleFile("name: f\nmatch: {method: POST, path: /x}\nemit: {type: a.b, subject: '" + ph + "'}")))
 	}
+	f.Add([]byte(ruleFile("name: a\nmatch: {method: PATCH, path: \"/u/{id}\"}\nlookup: {get: \"/u/{path.id}\", as: old}\nemit: {type: u.updated, data: \"{response.body}\", previous: {before: \"{old.body}\", after: {x: \"{response.body.x}\"}, skip_unchanged: true, ignore: [updated_at]}}") +
+		"tests:\n  - name: t\n    request: {method: PATCH, path: /u/1}\n    response: {body: {x: 2}}\n    lookup: {old: {body: {x: 1}}}\n    expect: [{type: u.updated, previous: {x: 1}}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -80,6 +82,12 @@ rules:
           m: '{match(request.header.X-A, "([^/.]+)$")}'
           nested: '{match(last_segment(jwt(request.body.token).url), "^(.{0,8})")}'
           text: "s={jwt(request.header.X-A).sub} l={last_segment(request.body.kind)}"
+      - type: u.updated
+        data: "{response.body.user}"
+        previous: {before: "{request.body.user}", skip_unchanged: true, ignore: [n, a.b]}
+      - type: u.updated
+        data: {seg: "{last_segment(request.header.X-A)}", m: '{match(request.body.kind, "^(.)")}', u: "{response.body.user}"}
+        previous: {before: {seg: "{last_segment(request.body.kind)}", m: '{match(request.header.X-A, "^(.)")}', u: "{request.body.user}"}}
   - name: b
     match: {method: "*", path: "/{x...}", status: 100-599}
     emit: {type: any.thing, data: {p: "{path.x}", s: "{response.status}"}}
@@ -105,6 +113,7 @@ func FuzzMatch(f *testing.F) {
 	for _, tok := range hostileTokens() {
 		f.Add("POST", "/u/1", "q=1", tok, []byte(`{"n":5,"kind":"created","token":"`+tok+`"}`), 200, []byte(`{"user":{"id":"x"}}`))
 	}
+	f.Add("PUT", "/u/2", "q=1", "a", []byte(`{"n":5,"kind":"updated","user":{"id":"x","name":"A","n":1}}`), 200, []byte(`{"user":{"id":"x","name":"B","n":2}}`))
 	f.Fuzz(func(t *testing.T, method, path, query, hdr string, reqBody []byte, status int, respBody []byte) {
 		ex := &Exchange{Method: method, Path: path, RawQuery: query, Status: status,
 			RequestHeader:  http.Header{"X-A": {hdr}, "Cookie": {hdr}, "Idempotency-Key": {hdr}},

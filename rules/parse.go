@@ -92,6 +92,10 @@ type emitSpec struct {
 	dedupeKey *tmpl
 	dedupeWin time.Duration
 	policy    *sanitizer // omit, redact and keep_secrets, read-only once parsed
+	// previous is emit.previous (nil: the events carry none); cmpPolicy is
+	// policy rendering for comparison, set with it.
+	previous  *previousSpec
+	cmpPolicy *sanitizer
 	// dataSize is the largest data rendered so far: the next render's buffer
 	// starts that large instead of growing step by step.
 	dataSize atomic.Int64
@@ -271,6 +275,9 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 			}
 			if e := d.parseEmit(item, p, sc); e != nil {
 				e.policy = newSanitizer(e) // fixed per emit: built once, read by every event
+				if e.previous != nil {
+					e.cmpPolicy = e.policy.forComparison()
+				}
 				r.emits = append(r.emits, e)
 			}
 		}
@@ -286,6 +293,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 			t.lookupNames(used)
 		}
 		e.data.lookupNames(used)
+		e.previous.walkData(func(dn *dataNode) { dn.lookupNames(used) })
 	}
 	for _, lk := range r.lookups {
 		lk.get.lookupNames(used)
@@ -494,7 +502,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			}
 		}
 	}
-	var typeNode, typesNode *yaml.Node
+	var typeNode, typesNode, previousNode *yaml.Node
 	d.mapping(n, path,
 		field{name: "type", required: true, fn: func(v *yaml.Node, p string) {
 			typeNode = v
@@ -532,6 +540,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			e.tenant = t
 		}},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
+		field{name: "previous", fn: func(v *yaml.Node, p string) { previousNode, e.previous = v, d.parsePrevious(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},
 		field{name: "redact", fn: keyList(&e.redact)},
 		field{name: "keep_secrets", fn: func(v *yaml.Node, p string) {
@@ -574,6 +583,9 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 	)
 	if e.typ != nil {
 		d.parseTypes(e, typeNode, typesNode, path)
+	}
+	if e.previous != nil && e.previous.after == nil && e.data == nil {
+		d.errf(previousNode, join(path, "previous"), "previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:")
 	}
 	if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
 		d.errf(n, join(path, "dedupe"), "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
@@ -685,6 +697,7 @@ func (r *Rule) computeNeed() {
 		e.tenant.needs(&n)
 		e.dedupeKey.needs(&n)
 		e.data.needs(&n)
+		e.previous.walkData(func(dn *dataNode) { dn.needs(&n) })
 		r.digestsResponse = r.digestsResponse || e.dedupeKey != nil
 	}
 	r.need = n

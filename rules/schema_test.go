@@ -301,6 +301,9 @@ var invalid = map[string]string{
 	"keep-shapes-unknown.yaml":          `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
 	"lookup-when-sometime.yaml":         `lookup-when-sometime.yaml:10:13: lookup.when: want before (before the request is forwarded) or after (after the response, the default), got "earlier"`,
 	"lookup-header-host.yaml":           `lookup-header-host.yaml:12:9: lookup.header.host: header Host cannot be set on a lookup`,
+	"previous-unknown-key.yaml":         `previous-unknown-key.yaml:12:9: emit.previous: unknown key "only_if_changed"; want one of: before, after, skip_unchanged, ignore`,
+	"previous-without-before.yaml":      `previous-without-before.yaml:11:9: emit.previous: missing required key "before"`,
+	"previous-skip-not-bool.yaml":       `previous-skip-not-bool.yaml:12:25: emit.previous.skip_unchanged: want true or false, got "yes"`,
 }
 
 // invalidSchemaAt says, for every file in testdata/invalid/, where in the
@@ -353,6 +356,9 @@ var invalidSchemaAt = map[string]string{
 	"keep-shapes-unknown.yaml":          "/rules/0/emit/keep_shapes/1",
 	"lookup-when-sometime.yaml":         "/rules/0/lookup/when",
 	"lookup-header-host.yaml":           "/rules/0/lookup", // the propertyNames error is placed oddly by the library; it says invalid propertyName 'host'
+	"previous-unknown-key.yaml":         "/rules/0/emit/previous",
+	"previous-without-before.yaml":      "/rules/0/emit/previous",
+	"previous-skip-not-bool.yaml":       "/rules/0/emit/previous/skip_unchanged",
 }
 
 // invalidSemantic lists every file in testdata/invalid_semantic/: problems
@@ -377,6 +383,8 @@ var invalidSemantic = map[string]string{
 	"match-regex-does-not-compile.yaml":     `match-regex-does-not-compile.yaml:11:13: emit.data.id: {match(response.header.Location, "/Users/([^/?]+$")}: the regex "/Users/([^/?]+$" does not compile`,
 	"unknown-function.yaml":                 `unknown-function.yaml:10:16: emit.subject: unknown function jwt_claims(…) in {jwt_claims(request.body.token).sub}: want jwt(…), last_segment(…) or match(…, "regex")`,
 	"claim-path-after-last-segment.yaml":    `claim-path-after-last-segment.yaml:10:16: emit.subject: {last_segment(response.header.Location).id}: last_segment(…) gives a string; only jwt(…) takes a claim path after it`,
+	"previous-without-data.yaml":            `previous-without-data.yaml:11:9: emit.previous: previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:`,
+	"previous-unknown-lookup.yaml":          `previous-unknown-lookup.yaml:11:17: emit.previous.before: unknown placeholder {old.body}`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -703,6 +711,54 @@ tests:
         subject: o1
         data: {membership: {org_id: o1, user_id: u2, role: admin}, org: Acme, by: u1}
         missing: []
+`},
+	{"previous: a deep diff of the state before and after", `
+version: 1
+rules:
+  - name: user-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
+    emit:
+      type: user.updated
+      subject: "{path.id}"
+      data: "{response.body.user}"
+      previous:
+        before: "{old.body.user}"
+        skip_unchanged: true
+        ignore: [updated_at, profile.version]
+  - name: email-changed
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
+    emit:
+      type: user.email_changed
+      data: {id: "{path.id}", email: "{response.body.user.email}"}
+      previous:
+        before: {email: "{old.body.user.email}"}
+        after: {email: "{response.body.user.email}"}
+        skip_unchanged: true
+tests:
+  - name: a rename carries the old name; the e-mail did not change
+    request: {method: PATCH, path: /api/users/u_1, body: {name: Ann B}}
+    response: {body: {user: {id: u_1, name: Ann B, email: a@x.test, updated_at: t2, password_hash: h2}}}
+    lookup:
+      old: {body: {user: {id: u_1, name: Ann, email: a@x.test, updated_at: t1, password_hash: h1}}}
+    expect:
+      - type: user.updated
+        previous: {name: Ann, password_hash: "[REDACTED]"}
+  - name: nothing changed, no event
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: a@x.test, updated_at: t2}}}
+    lookup:
+      old: {body: {user: {id: u_1, email: a@x.test, updated_at: t1}}}
+    expect: []
+  - name: the before state is unknown, so both events go out without previous
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: b@x.test}}}
+    lookup:
+      old: {status: 404, body: {error: not found}}
+    expect:
+      - {type: user.updated, previous: null, missing: [old.body.user]}
+      - {type: user.email_changed, previous: null, missing: [old.body.user.email]}
 `},
 	{"snake_case type names", `
 version: 1

@@ -17,7 +17,8 @@ import (
 const (
 	// FormatEnvelope sends the whole event envelope (id, type, timestamp, data, source, mode).
 	FormatEnvelope = "envelope"
-	// FormatData sends only the event's data, as some services expect.
+	// FormatData sends only the event's data, as some services expect (not
+	// its previous, subject or source).
 	FormatData = "data"
 )
 

@@ -28,8 +28,9 @@ type taskWriter interface {
 }
 
 // DeliverPayloadFor returns the webhook:deliver payload of ev for ep: the body
-// is the envelope or, for the "data" format, the event's data alone. The body
-// is fixed here, so that every retry sends the same bytes.
+// is the envelope or, for the "data" format, the event's data alone (its
+// previous is not sent). The body is fixed here, so that every retry sends
+// the same bytes.
 func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverPayload, error) {
 	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Replay: replay}
 	if ep.Format == FormatData {

@@ -136,7 +136,9 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream %s (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, when, lk.As)
 		}
 	}
-	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now()})
+	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now(), Unchanged: func(rule, typ string) {
+		fmt.Fprintf(stderr, "note: rule %q: nothing changed, so no %s event (previous.skip_unchanged)\n", rule, typ)
+	}})
 	for _, e := range errs {
 		fmt.Fprintf(stderr, "error: %v\n", e)
 	}

@@ -156,3 +156,39 @@ func TestRulesCheckAndTestWithBeforeLookups(t *testing.T) {
 		t.Errorf("stderr:\n%s", errb.String())
 	}
 }
+
+// TestRulesTestPrevious: `authtap rules test` shows previous, and says why an
+// unchanged update built no event.
+func TestRulesTestPrevious(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "pack.yaml", `version: 1
+rules:
+  - name: user-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    emit:
+      type: user.updated
+      data: "{response.body}"
+      previous: {before: "{request.body.was}", skip_unchanged: true}
+`)
+	for _, tc := range []struct{ name, req, resp, wantOut, wantErr string }{
+		{"changed", `{"method":"PATCH","path":"/api/users/u_1","body":{"was":{"name":"Ann","pin":"1"}}}`, `{"body":{"name":"Bob","pin":"2"}}`,
+			`"previous": {
+      "name": "Ann",
+      "pin": "[REDACTED]"
+    }`, "1 rule(s) matched, 1 event(s)"},
+		{"unchanged", `{"method":"PATCH","path":"/api/users/u_1","body":{"was":{"name":"Ann"}}}`, `{"body":{"name":"Ann"}}`,
+			"[]", `note: rule "user-updated": nothing changed, so no user.updated event (previous.skip_unchanged)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := write(t, dir, tc.name+"-req", tc.req)
+			resp := write(t, dir, tc.name+"-resp", tc.resp)
+			var out, errb bytes.Buffer
+			if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp}, &out, &errb); code != 0 {
+				t.Fatalf("exit %d: %s", code, errb.String())
+			}
+			if !strings.Contains(out.String(), tc.wantOut) || !strings.Contains(errb.String(), tc.wantErr) {
+				t.Fatalf("out:\n%s\nerr:\n%s", out.String(), errb.String())
+			}
+		})
+	}
+}
