@@ -110,7 +110,8 @@ func idLike(seg string) bool {
 	if len(seg) > MaxShapeSegmentLen || len(seg) >= 32 {
 		return true
 	}
-	var letters, digits, hex int
+	var letters, digits, hex, dots int
+	var colon, underscore bool
 	at := -1
 	for i := 0; i < len(seg); i++ {
 		c := seg[i]
@@ -127,7 +128,14 @@ func idLike(seg string) bool {
 			if at < 0 {
 				at = i
 			}
-		case strings.IndexByte("-._~!$&'()*+,;=:", c) >= 0:
+		case c == '.':
+			dots++
+		case c == ':':
+			colon = true
+		case c == '_':
+			underscore = true
+		case c == '-' || c == '~' || c == '!' || c == '$' || c == '&' || c == '\'' || c == '(' || c == ')' ||
+			c == '*' || c == '+' || c == ',' || c == ';' || c == '=':
 		default:
 			return true // not a plain path character
 		}
@@ -148,7 +156,9 @@ func idLike(seg string) bool {
 	case prefixedID(seg):
 		return true
 	}
-	return secretShape(seg) != 0
+	// a secret shape needs a colon (otpauth:), two dots (a JWT) or whsec_
+	// and 16 more; a PEM key has spaces, which collapsed it above
+	return (colon || dots >= 2 || underscore && len(seg) >= 22) && secretShape(seg) != 0
 }
 
 // isUUID reports an RFC 9562 UUID in its 8-4-4-4-12 text form.
