@@ -34,7 +34,7 @@ func (a *api) listUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 	}
 	shapes, err := a.coverage().List(r.Context(), limit)
 	if err != nil {
-		return internal(err)
+		return redisUnavailable(err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"unmatched": shapes, "max_shapes": MaxUnmatchedShapes})
 	return nil
@@ -47,7 +47,7 @@ func (a *api) getUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 	case errors.Is(err, ErrUnmatchedNotFound):
 		return errorf(http.StatusNotFound, CodeNotFound, "unmatched route shape %q is not (or no longer) kept", id)
 	case err != nil:
-		return internal(err)
+		return redisUnavailable(err)
 	}
 	writeJSON(w, http.StatusOK, sh)
 	return nil
@@ -58,7 +58,7 @@ func (a *api) getUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 func (a *api) clearUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 	n, err := a.coverage().Clear(r.Context())
 	if err != nil {
-		return internal(err)
+		return redisUnavailable(err)
 	}
 	a.log.Info("unmatched route shapes cleared", zap.Int("shapes", n))
 	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
@@ -69,7 +69,7 @@ func (a *api) deleteUnmatched(w http.ResponseWriter, r *http.Request) *apiError 
 	id := r.PathValue("id")
 	ok, err := a.coverage().Delete(r.Context(), id)
 	if err != nil {
-		return internal(err)
+		return redisUnavailable(err)
 	}
 	if !ok {
 		return errorf(http.StatusNotFound, CodeNotFound, "unmatched route shape %q is not (or no longer) kept", id)
@@ -77,4 +77,12 @@ func (a *api) deleteUnmatched(w http.ResponseWriter, r *http.Request) *apiError 
 	a.log.Info("unmatched route shape deleted", zap.String("id", id))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// redisUnavailable answers a failed coverage read or write: everything
+// coverage keeps is in Redis, so the failure is Redis's (logged with its cause).
+func redisUnavailable(err error) *apiError {
+	e := errorf(http.StatusServiceUnavailable, CodeUnavailable, "redis does not answer; coverage is kept there")
+	e.cause = err
+	return e
 }
