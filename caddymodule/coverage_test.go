@@ -514,6 +514,16 @@ func TestCoverageNoMatchAllocatesNothing(t *testing.T) {
 	}
 }
 
+// Coverage benchmarks (BENCHMARKS.md, "Coverage"). The path is a realistic
+// uncovered route; next answers 204 at once, so the figures are authtap's own.
+const benchUncoveredPath = "/api/users/usr_01J8ZQ4W3XKQ7M2N5P6R8S9T0V/password"
+
+func benchNext() handlerFunc {
+	return handlerFunc(func(w http.ResponseWriter, _ *http.Request) error { w.WriteHeader(204); return nil })
+}
+
+// BenchmarkNoMatchGetCoverage is a GET on a route no rule can match, with
+// coverage on: it must cost what BenchmarkNonCandidate costs.
 func BenchmarkNoMatchGetCoverage(b *testing.B) {
 	e := newCoverageHandler(b, testRules, nil)
 	req := httptest.NewRequest(http.MethodGet, "/static/app.js", nil)
@@ -526,24 +536,82 @@ func BenchmarkNoMatchGetCoverage(b *testing.B) {
 }
 
 // BenchmarkUncoveredMutation is the steady state of an uncovered route: its
-// shape has its samples, so a 2xx is counted only. Compare with
-// BenchmarkUncoveredMutationBaseline (the same next without authtap).
+// shape has its samples, so a 2xx is counted only.
 func BenchmarkUncoveredMutation(b *testing.B) {
 	e := newCoverageHandler(b, testRules, nil)
-	req := httptest.NewRequest(http.MethodPost, "/api/users/usr_01J8ZQ4W3XKQ7M2N5P6R8S9T0V/password", nil)
 	w := httptest.NewRecorder()
-	next := handlerFunc(func(w http.ResponseWriter, _ *http.Request) error { w.WriteHeader(204); return nil })
-	e.h.covKeep = 0 // samples taken: count only
+	for range 3 {
+		_ = e.h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, benchUncoveredPath, strings.NewReader(`{"a":1}`)), benchNext())
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(e.store.sampleList("POST /api/users/{id}/password")) < 3; {
+		if time.Now().After(deadline) {
+			b.Fatal("no samples")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	req := httptest.NewRequest(http.MethodPost, benchUncoveredPath, nil)
+	next := benchNext()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		_ = e.h.ServeHTTP(w, req, next)
+	}
+}
+
+// BenchmarkUncoveredMutationCoverageOff is the baseline: the same mutation
+// with coverage off, which is the no-match path as it was before coverage.
+func BenchmarkUncoveredMutationCoverageOff(b *testing.B) {
+	e := newCoverageHandler(b, testRules, func(h *Handler) { h.Coverage = &CoverageConfig{Disabled: true} })
+	req := httptest.NewRequest(http.MethodPost, benchUncoveredPath, nil)
+	w := httptest.NewRecorder()
+	next := benchNext()
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = e.h.ServeHTTP(w, req, next)
 	}
 }
 
-func BenchmarkUncoveredMutationBaseline(b *testing.B) {
-	req := httptest.NewRequest(http.MethodPost, "/api/users/usr_01J8ZQ4W3XKQ7M2N5P6R8S9T0V/password", nil)
+// BenchmarkUncoveredMutationSampling is what a sampled exchange costs the
+// request's goroutine (only while its shape needs samples): the request line
+// and headers copied, a 40-byte body read ahead, the response teed, the
+// sample handed to the queue. The coverage goroutine is stopped, so that its
+// redaction and Redis write (off the request's path) are not counted: the
+// queue fills and the rest are dropped at once.
+func BenchmarkUncoveredMutationSampling(b *testing.B) {
+	benchSampling(b, func(h *Handler) {})
+}
+
+// BenchmarkUncoveredMutationSamplingBaseline is BenchmarkUncoveredMutationSampling
+// with coverage off: the same requests (and their making) without sampling.
+func BenchmarkUncoveredMutationSamplingBaseline(b *testing.B) {
+	benchSampling(b, func(h *Handler) { h.Coverage = &CoverageConfig{Disabled: true} })
+}
+
+func benchSampling(b *testing.B, mod func(*Handler)) {
+	e := newCoverageHandler(b, testRules, mod)
+	e.cov.close()
+	e.h.covKeep = 1 << 30 // every exchange is sampled
 	w := httptest.NewRecorder()
-	next := handlerFunc(func(w http.ResponseWriter, _ *http.Request) error { w.WriteHeader(204); return nil })
+	next := handlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(200)
+		_, err := io.WriteString(w, `{"id":"u_1","ok":true}`)
+		return err
+	})
+	body := []byte(`{"current_password":"x","new_password":"y"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest(http.MethodPost, benchUncoveredPath, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		_ = e.h.ServeHTTP(w, req, next)
+	}
+}
+
+// BenchmarkUncoveredMutationBaseline is next alone, without authtap.
+func BenchmarkUncoveredMutationBaseline(b *testing.B) {
+	req := httptest.NewRequest(http.MethodPost, benchUncoveredPath, nil)
+	w := httptest.NewRecorder()
+	next := benchNext()
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = next.ServeHTTP(w, req)

@@ -121,3 +121,33 @@ func BenchmarkRouteShape(b *testing.B) {
 		buf = AppendRouteShape(buf[:0], "/api/users/usr_01J8ZQ4W3XKQ7M2N5P6R8S9T0V/password")
 	}
 }
+
+// FuzzRouteShape: whatever the path, a shape is short, printable ASCII, a
+// valid path template, stable (the shape of a shape is itself), and a
+// redacted sample path keeps the original's shape or redacts a segment.
+func FuzzRouteShape(f *testing.F) {
+	for _, s := range []string{"/", "/api/users/u_1/password", "/reset-password/abcDEF123", "/a b/%zz/{x}", "/" + strings.Repeat("x/", 40), "/caf\u00e9/\xff"} {
+		f.Add(s)
+	}
+	maxLen := MaxShapeSegments*(MaxShapeSegmentLen+1) + len("/"+ShapeRest)
+	f.Fuzz(func(t *testing.T, path string) {
+		shape := RouteShape(path)
+		if len(shape) > maxLen || shape == "" || shape[0] != '/' {
+			t.Fatalf("RouteShape(%q) = %q", path, shape)
+		}
+		for _, c := range []byte(shape) {
+			if c < 0x21 || c > 0x7e || c == '%' {
+				t.Fatalf("RouteShape(%q) = %q holds %#x", path, shape, c)
+			}
+		}
+		if _, err := parsePathTmpl(shape); err != nil && !strings.Contains(err.Error(), "appears twice") {
+			t.Fatalf("RouteShape(%q) = %q: %v", path, shape, err)
+		}
+		if again := RouteShape(shape); again != shape {
+			t.Fatalf("RouteShape(RouteShape(%q)) = %q, not %q", path, again, shape)
+		}
+		if red := RedactPath(path); RouteShape(red) != shape && !strings.Contains(red, Redacted) {
+			t.Fatalf("RedactPath(%q) = %q changed the shape %q", path, red, shape)
+		}
+	})
+}
