@@ -51,7 +51,10 @@ const (
 // the traffic flows as if authtap were absent.
 //
 // An exchange that no rule can match (by method and path) is handed to the
-// next handler untouched, with no buffering and no wrapping. For a candidate
+// next handler untouched, with no buffering and no wrapping; only a mutation
+// (POST, PUT, PATCH, DELETE) there gets a pooled status recorder, so that a
+// 2xx is counted for coverage (see Coverage and coverage.go: a few samples
+// of each route shape read its bodies ahead, up to 4 KiB). For a candidate
 // exchange, the request body is buffered (up to max_body) only when a
 // candidate rule reads it, and the response is held (up to max_body) until
 // its events are queued, so that no accepted mutation goes out before its
