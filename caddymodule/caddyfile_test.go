@@ -70,3 +70,41 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+func TestUnmarshalCaddyfileCoverage(t *testing.T) {
+	for i, tc := range []struct {
+		input   string
+		want    *CoverageConfig
+		wantErr string
+	}{
+		{input: "authtap {\n rules r.yaml\n}", want: nil},
+		{input: "authtap {\n rules r.yaml\n coverage off\n}", want: &CoverageConfig{Disabled: true}},
+		{input: "authtap {\n rules r.yaml\n coverage on\n}", want: &CoverageConfig{}},
+		{input: "authtap {\n rules r.yaml\n coverage {\n samples 5\n }\n}", want: &CoverageConfig{Samples: 5}},
+		{input: "authtap {\n rules r.yaml\n coverage {\n samples 0\n }\n}", want: &CoverageConfig{Samples: -1}},
+		{input: "authtap {\n rules r.yaml\n coverage {\n samples 11\n }\n}", wantErr: "coverage: samples: want a number from 0 (count only) to 10"},
+		{input: "authtap {\n rules r.yaml\n coverage {\n samples -1\n }\n}", wantErr: "coverage: samples: want a number"},
+		{input: "authtap {\n rules r.yaml\n coverage {\n samples\n }\n}", wantErr: "wrong argument count"},
+		{input: "authtap {\n rules r.yaml\n coverage {\n sample 3\n }\n}", wantErr: `coverage: unrecognized option "sample"`},
+		{input: "authtap {\n rules r.yaml\n coverage maybe\n}", wantErr: `coverage: want off, on or a block, got "maybe"`},
+		{input: "authtap {\n rules r.yaml\n coverage off on\n}", wantErr: "wrong argument count"},
+		{input: "authtap {\n rules r.yaml\n coverage off {\n samples 2\n }\n}", wantErr: "samples given with coverage off"},
+		{input: "authtap {\n rules r.yaml\n coverage off\n coverage on\n}", wantErr: "coverage given more than once"},
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%d: err = %v, want %q", i, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%d: %v", i, err)
+			continue
+		}
+		if (h.Coverage == nil) != (tc.want == nil) || h.Coverage != nil && *h.Coverage != *tc.want {
+			t.Errorf("%d: coverage = %+v, want %+v", i, h.Coverage, tc.want)
+		}
+	}
+}

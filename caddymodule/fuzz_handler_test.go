@@ -198,7 +198,18 @@ type fuzzEnv struct {
 	// run serializes inputs: the queue, logs and lookup answer are per input.
 	mu  sync.Mutex
 	enc *fuzzEncoders
+	// cov gives every handler coverage (on an in-memory store), so that
+	// counting and sampling uncovered mutations are held to the same checks.
+	cov *coverage
 }
+
+// fuzzCovQueue is the fuzz queue with coverage.
+type fuzzCovQueue struct {
+	*fuzzQueue
+	cov *coverage
+}
+
+func (q fuzzCovQueue) coverage() *coverage { return q.cov }
 
 // fuzzDeep is encoding/json's nesting limit, which the worker decodes with;
 // the event:fanout and webhook:deliver payloads wrap an event's data in two
@@ -212,6 +223,8 @@ type fuzzAnswer struct {
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
 	fz := &fuzzEnv{queue: &fuzzQueue{}, logs: &fuzzLogCore{}, enc: newFuzzEncoders(f)}
+	fz.cov = newCoverage(newFakeCovStore(), func() bool { return false })
+	f.Cleanup(fz.cov.close)
 	fz.lookup = httptest.NewServer(http.HandlerFunc(fz.serveLookup))
 	f.Cleanup(fz.lookup.Close)
 
@@ -247,7 +260,7 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 			h := &Handler{Rules: []string{file}, ReloadInterval: -1, MaxBody: max, Source: "fuzz", LookupUpstream: fz.lookup.URL}
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			f.Cleanup(cancel)
-			if err := h.provision(ctx, fz.queue); err != nil {
+			if err := h.provision(ctx, fuzzCovQueue{fz.queue, fz.cov}); err != nil {
 				f.Fatalf("provisioning %s: %v", n, err)
 			}
 			f.Cleanup(func() { _ = h.Cleanup() })

@@ -90,6 +90,19 @@ const (
 	MaxMultipartFieldSize = 64 << 10
 )
 
+// Limits on route shapes (RouteShape), which name the routes no rule covers
+// in a metric label and in Redis: a hostile client picks the path, so a
+// shape's length is bounded whatever the path is.
+const (
+	// MaxShapeSegments is how many segments of a path a route shape keeps;
+	// the rest of a longer path becomes ShapeRest.
+	MaxShapeSegments = 16
+	// MaxShapeSegmentLen is the longest segment a shape keeps as literal
+	// text; a longer one is collapsed to ShapeParam. With MaxShapeSegments it
+	// bounds a shape to about 1 KiB.
+	MaxShapeSegmentLen = 64
+)
+
 // sizeMiB renders a byte count for messages: "1 MiB", "512 KiB", "700 bytes".
 func sizeMiB(n int64) string {
 	switch {

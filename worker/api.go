@@ -87,7 +87,8 @@ type api struct {
 }
 
 // route is one operation of the management API. The table below registers
-// the routes and is what the test compares with openapi.json.
+// the routes and is what the test compares with openapi.json (the coverage
+// routes, /unmatched, are added by api_unmatched.go).
 type route struct {
 	method, path string
 	handle       func(a *api, w http.ResponseWriter, r *http.Request) *apiError
