@@ -25,9 +25,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -574,7 +574,7 @@ func TestAdminRouting(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			h := tc.handler
 			api := &fakeAPI{}
-			h.api, h.guard = api, worker.NewBrowserGuard()
+			h.api, h.guard = api, admin.NewBrowserGuard()
 			if !h.DisableMonitor {
 				h.monitors = newMonitorCache(asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, false)
 				t.Cleanup(func() { _ = h.monitors.close() })

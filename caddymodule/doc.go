@@ -1,8 +1,9 @@
 // Package caddymodule is authtap's Caddy glue: the app "authtap" (shared
 // Redis client or embedded Redis, on-disk spool, in-process worker), the HTTP
 // handler "authtap" that observes exchanges and queues events, and the HTTP
-// handler "authtap_admin" that serves the management API and asynqmon. It
-// imports rules and worker, and nothing imports it but the commands in cmd/.
+// handler "authtap_admin" that serves the management API (package admin) and
+// asynqmon. It imports rules, worker and admin, and nothing imports it but the
+// commands in cmd/.
 //
 // Build Caddy with it (xcaddy build --with github.com/authtap/authtap, or
 // go build ./cmd/caddy) and configure it in a Caddyfile:

@@ -90,7 +90,7 @@ func (h *fanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ids[i] = ep.ID
 	}
 	// Keep the event first, so that it can be replayed even if an enqueue below fails.
-	if err := h.store.recordEvent(ctx, ev, envelope, ids); err != nil {
+	if err := h.store.RecordEvent(ctx, ev, envelope, ids); err != nil {
 		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
 	}
 	// One result per endpoint, each written by its own enqueue.

@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynqmon"
 	"go.uber.org/zap"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
@@ -68,11 +69,11 @@ func listenAdmin(addr string, log *zap.Logger) (net.Listener, error) {
 }
 
 // startAdmin serves the management API on addr (see adminListenAddr) behind
-// the browser guard (worker.BrowserGuard: cross-origin and framing
+// the browser guard (admin.BrowserGuard: cross-origin and framing
 // protection, as Caddy's authtap_admin has) and the bearer token.
 func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cfg worker.Config, eventTypes func() []rules.EventType) (*adminServer, error) {
 	mon := asynqmon.New(asynqmon.Options{RootPath: "/monitor", RedisConnOpt: opt})
-	api, err := worker.NewAPI(worker.APIConfig{
+	api, err := admin.NewAPI(admin.APIConfig{
 		Store: w.Store(), Client: w.Client(), EventTypes: eventTypes, Retry: cfg.Retry, Logger: cfg.Logger, Monitor: mon,
 		CheckEndpointURL: w.CheckEndpointURL,
 	})
@@ -80,7 +81,7 @@ func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cf
 		mon.Close()
 		return nil, fmt.Errorf("building the management API: %w", err)
 	}
-	authed, err := worker.RequireBearer(token, api)
+	authed, err := admin.RequireBearer(token, api)
 	if err != nil {
 		mon.Close()
 		return nil, err
@@ -92,7 +93,7 @@ func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cf
 	}
 	s := &adminServer{addr: ln.Addr().String(), mon: mon, srv: &http.Server{
 		// The guard goes first, so that refusals and 401s forbid framing too.
-		Handler: worker.NewBrowserGuard().Handler(authed), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		Handler: admin.NewBrowserGuard().Handler(authed), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 	}}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

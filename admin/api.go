@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 // API defaults and bounds.
@@ -34,7 +35,7 @@ var openAPIDoc []byte
 // APIConfig configures the management API.
 type APIConfig struct {
 	// Store holds the endpoints, the delivery log and the kept events. Required.
-	Store *Store
+	Store *worker.Store
 	// Client enqueues test deliveries, retries and replays. Default: a client
 	// on the Store's Redis connection.
 	Client *asynq.Client
@@ -48,7 +49,7 @@ type APIConfig struct {
 	EventTypes func() []rules.EventType
 	// Retry is the workers' retry policy; deliveries enqueued through the API
 	// get its MaxRetry. The zero value is the Standard Webhooks schedule.
-	Retry RetryPolicy
+	Retry worker.RetryPolicy
 	// DedupeRetention is how long a completed delivery enqueued through the API
 	// stays in Redis (and retryable by its id). Default 24h.
 	DedupeRetention time.Duration
@@ -72,9 +73,14 @@ type APIConfig struct {
 	CheckEndpointURL func(raw, mode string) error
 }
 
+// enqueuer is the part of *asynq.Client the API uses.
+type enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
 // api serves the management API.
 type api struct {
-	store      *Store
+	store      *worker.Store
 	client     enqueuer
 	inspector  *asynq.Inspector
 	eventTypes func() []rules.EventType
@@ -126,12 +132,14 @@ func NewAPI(c APIConfig) (http.Handler, error) {
 	if c.Client != nil {
 		a.client = c.Client
 	} else {
-		a.client = asynq.NewClientFromRedisClient(c.Store.rdb)
+		a.client = asynq.NewClientFromRedisClient(c.Store.Redis())
 	}
 	if a.inspector == nil {
-		a.inspector = asynq.NewInspectorFromRedisClient(c.Store.rdb)
+		a.inspector = asynq.NewInspectorFromRedisClient(c.Store.Redis())
 	}
-	orDefault(&a.dedupe, DefaultDedupeRetention)
+	if a.dedupe <= 0 {
+		a.dedupe = worker.DefaultDedupeRetention
+	}
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
@@ -242,7 +250,7 @@ func (a *api) openAPI(w http.ResponseWriter, _ *http.Request) *apiError {
 func (a *api) healthz(w http.ResponseWriter, r *http.Request) *apiError {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := a.store.rdb.Ping(ctx).Err(); err != nil {
+	if err := a.store.Redis().Ping(ctx).Err(); err != nil {
 		e := errorf(http.StatusServiceUnavailable, CodeUnavailable, "redis does not answer")
 		e.cause = err
 		return e

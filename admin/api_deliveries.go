@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"crypto/rand"
@@ -12,12 +12,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
 // deliveriesResponse is the answer to GET /webhooks/{id}/deliveries.
 type deliveriesResponse struct {
-	Deliveries []Attempt `json:"deliveries"`
+	Deliveries []worker.Attempt `json:"deliveries"`
 	// NextBefore, when set, is the ?before value of the next (older) page.
 	NextBefore string `json:"next_before,omitempty"`
 }
@@ -80,7 +81,7 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 	ctx := r.Context()
 	ep, err := a.store.Get(ctx, endpointID)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, worker.ErrNotFound) {
 			return errorf(http.StatusNotFound, CodeNotFound, "delivery %q: endpoint %q does not exist", id, endpointID)
 		}
 		return internal(err)
@@ -116,7 +117,7 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 	// Completed or gone: deliver the kept event again under a new task id.
 	ev, err := a.store.GetEvent(ctx, eventID)
 	if err != nil {
-		if errors.Is(err, ErrEventNotFound) {
+		if errors.Is(err, worker.ErrEventNotFound) {
 			return errorf(http.StatusNotFound, CodeNotFound,
 				"delivery %q cannot be retried: its event %q is no longer kept", id, eventID)
 		}
@@ -134,8 +135,8 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 
 // enqueueReplay enqueues a delivery of ev to ep marked as a replay, with the
 // task id "<event id>:<endpoint id>:<suffix>", and returns that id.
-func (a *api) enqueueReplay(r *http.Request, ev rules.Event, ep Endpoint, suffix string) (string, error) {
-	p, err := DeliverPayloadFor(ev, ep, true)
+func (a *api) enqueueReplay(r *http.Request, ev rules.Event, ep worker.Endpoint, suffix string) (string, error) {
+	p, err := worker.DeliverPayloadFor(ev, ep, true)
 	if err != nil {
 		return "", err
 	}
@@ -206,7 +207,7 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) *apiError {
 	nonce := "replay-" + strings.ToLower(rand.Text()[:12])
 	resp := replayResponse{EventIDs: []string{}}
 	for _, ev := range evs {
-		if !endpointTakes(ep, ev) || ev.Type == EventTest && ev.Source.Name == SourceName && !own[ev.ID] {
+		if !endpointTakes(ep, ev) || ev.Type == EventTest && ev.Source.Name == worker.SourceName && !own[ev.ID] {
 			continue
 		}
 		if _, err := a.enqueueReplay(r, ev, ep, nonce); err != nil {
@@ -222,19 +223,19 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) *apiError {
 }
 
 // endpointTakes reports whether ep's mode and filters take ev (enabled or not).
-func endpointTakes(ep Endpoint, ev rules.Event) bool {
+func endpointTakes(ep worker.Endpoint, ev rules.Event) bool {
 	mode := ev.Mode
 	if mode == "" {
 		mode = rules.ModeLive
 	}
-	if mode != ep.Mode || !TenantTakes(ep.Tenant, ev.Tenant) {
+	if mode != ep.Mode || !worker.TenantTakes(ep.Tenant, ev.Tenant) {
 		return false
 	}
 	if len(ep.Events) == 0 {
 		return true
 	}
 	for _, f := range ep.Events {
-		if MatchEventFilter(f, ev.Type) {
+		if worker.MatchEventFilter(f, ev.Type) {
 			return true
 		}
 	}
@@ -248,14 +249,14 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 	}
 	typ := r.URL.Query().Get("type")
 	if typ != "" {
-		if err := validateEventFilter(typ); err != nil {
+		if err := worker.ValidateEventFilter(typ); err != nil {
 			return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidParameter, Field: "type",
 				Message: fmt.Sprintf("type: %v", err)}
 		}
 	}
 	fetch := limit
 	if typ != "" {
-		fetch = maxEventsPerQuery
+		fetch = worker.MaxEventsPerQuery
 	}
 	evs, err := a.store.RecentEvents(r.Context(), fetch)
 	if err != nil {
@@ -266,7 +267,7 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 		if len(out) == limit {
 			break
 		}
-		if typ == "" || MatchEventFilter(typ, ev.Type) {
+		if typ == "" || worker.MatchEventFilter(typ, ev.Type) {
 			out = append(out, ev)
 		}
 	}
@@ -276,8 +277,8 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 
 // eventResponse is the answer to GET /events/{id}.
 type eventResponse struct {
-	Event    rules.Event `json:"event"`
-	Attempts []Attempt   `json:"attempts"`
+	Event    rules.Event      `json:"event"`
+	Attempts []worker.Attempt `json:"attempts"`
 }
 
 func (a *api) getEvent(w http.ResponseWriter, r *http.Request) *apiError {
@@ -285,7 +286,7 @@ func (a *api) getEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	ctx := r.Context()
 	ev, err := a.store.GetEvent(ctx, id)
 	if err != nil {
-		if errors.Is(err, ErrEventNotFound) {
+		if errors.Is(err, worker.ErrEventNotFound) {
 			return errorf(http.StatusNotFound, CodeNotFound, "event %q is not (or no longer) kept", id)
 		}
 		return internal(err)

@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"encoding/json"
@@ -11,13 +11,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
 // endpointWithSecret is the answer to a create or rotate request: the one
 // place the secret is shown.
 type endpointWithSecret struct {
-	Endpoint
+	worker.Endpoint
 	// Secret is the current signing secret, shown only in this response.
 	Secret string `json:"secret"`
 }
@@ -25,7 +26,7 @@ type endpointWithSecret struct {
 // apiPatch is the body of PATCH /webhooks/{id}: the fields of an
 // EndpointPatch plus "enabled", which turns the endpoint on or off.
 type apiPatch struct {
-	EndpointPatch
+	worker.EndpointPatch
 	Enabled *bool `json:"enabled,omitempty"`
 }
 
@@ -50,9 +51,9 @@ func (a *api) listEndpoints(w http.ResponseWriter, r *http.Request) *apiError {
 		return internal(err)
 	}
 	if byTenant {
-		eps = slices.DeleteFunc(eps, func(ep Endpoint) bool { return ep.Tenant != tenant })
+		eps = slices.DeleteFunc(eps, func(ep worker.Endpoint) bool { return ep.Tenant != tenant })
 		if eps == nil {
-			eps = []Endpoint{}
+			eps = []worker.Endpoint{}
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"webhooks": eps})
@@ -60,7 +61,7 @@ func (a *api) listEndpoints(w http.ResponseWriter, r *http.Request) *apiError {
 }
 
 func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
-	var c EndpointConfig
+	var c worker.EndpointConfig
 	if e := readJSON(w, r, &c, false, "an endpoint (EndpointConfig)"); e != nil {
 		return e
 	}
@@ -218,16 +219,16 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	ev := rules.Event{
 		// A tenant endpoint's test event is its tenant's, as what it will receive is.
 		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Tenant: ep.Tenant, Data: data,
-		Source: rules.Source{Name: SourceName, Rule: EventTest}, Mode: ep.Mode,
+		Source: rules.Source{Name: worker.SourceName, Rule: EventTest}, Mode: ep.Mode,
 	}
 	envelope, err := ev.Envelope()
 	if err != nil {
 		return internal(err)
 	}
-	if err := a.store.recordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
+	if err := a.store.RecordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
 		return internal(err)
 	}
-	p, err := DeliverPayloadFor(ev, ep, false)
+	p, err := worker.DeliverPayloadFor(ev, ep, false)
 	if err != nil {
 		return internal(err)
 	}
