@@ -63,6 +63,12 @@ type APIConfig struct {
 	Monitor http.Handler
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// PortalURL is the absolute URL of the tenant portal page (where the
+	// portal handler is mounted, e.g. "https://auth.example.com/portal/"); a
+	// portal link is this URL with the token in its fragment. Default: the
+	// origin the POST /portal-links request was sent to, plus "/portal/"
+	// (where `authtap worker --admin` serves the portal).
+	PortalURL string
 	// CheckEndpointURL, when set, is asked about the URL and mode of every
 	// endpoint created or changed (a PATCH of the mode alone included), and
 	// a non-nil answer refuses it: the delivering worker's
@@ -89,6 +95,8 @@ type api struct {
 	log        *zap.Logger
 	now        func() time.Time
 	checkURL   func(raw, mode string) error // APIConfig.CheckEndpointURL; nil: none
+	links      *portalLinks
+	portalURL  string
 	mux        *http.ServeMux
 }
 
@@ -113,6 +121,11 @@ var routes = []route{
 	{"GET", "/events", (*api).listEvents},
 	{"GET", "/events/{id}", (*api).getEvent},
 	{"GET", "/event-types", (*api).listEventTypes},
+	{"POST", "/portal-links", (*api).issuePortalLink},
+	{"GET", "/portal-links", (*api).listPortalLinks},
+	{"DELETE", "/portal-links", (*api).revokeTenantPortalLinks},
+	{"DELETE", "/portal-links/{id}", (*api).revokePortalLink},
+	{"POST", "/portal-keys/rotate", (*api).rotatePortalKey},
 	{"GET", "/openapi.json", (*api).openAPI},
 	{"GET", "/healthz", (*api).healthz},
 }
@@ -122,12 +135,33 @@ var routes = []route{
 // http.StripPrefix or Caddy's handle_path). It does not authenticate: wrap it
 // in RequireBearer, or put it behind the web server's own authentication.
 func NewAPI(c APIConfig) (http.Handler, error) {
+	a, err := newAPI(c)
+	if err != nil {
+		return nil, err
+	}
+	for _, rt := range routes {
+		a.mux.Handle(rt.method+" "+rt.path, a.wrap(rt.handle))
+	}
+	if c.Monitor != nil {
+		a.mux.Handle("/monitor/", c.Monitor)
+	}
+	return a, nil
+}
+
+// newAPI returns the API's state with an empty mux.
+func newAPI(c APIConfig) (*api, error) {
 	if c.Store == nil {
 		return nil, errors.New("configuring management API: no store")
+	}
+	if c.PortalURL != "" {
+		if err := checkPortalURL(c.PortalURL); err != nil {
+			return nil, fmt.Errorf("configuring management API: %w", err)
+		}
 	}
 	a := &api{
 		store: c.Store, inspector: c.Inspector, eventTypes: c.EventTypes, maxRetry: c.Retry.MaxRetry(),
 		dedupe: c.DedupeRetention, log: c.Logger, now: c.Now, checkURL: c.CheckEndpointURL, mux: http.NewServeMux(),
+		portalURL: c.PortalURL,
 	}
 	if c.Client != nil {
 		a.client = c.Client
@@ -147,12 +181,7 @@ func NewAPI(c APIConfig) (http.Handler, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	for _, rt := range routes {
-		a.mux.Handle(rt.method+" "+rt.path, a.wrap(rt.handle))
-	}
-	if c.Monitor != nil {
-		a.mux.Handle("/monitor/", c.Monitor)
-	}
+	a.links = newPortalLinks(c.Store.Redis(), a.now)
 	return a, nil
 }
 
@@ -167,9 +196,14 @@ func (a *api) wrap(h func(a *api, w http.ResponseWriter, r *http.Request) *apiEr
 // ServeHTTP serves the API; it answers unknown paths and wrong methods with
 // JSON errors too.
 func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h, pattern := a.mux.Handler(r)
+	a.serve(a.mux, w, r)
+}
+
+// serve routes r through mux, answering its 404 and 405 in JSON.
+func (a *api) serve(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	h, pattern := mux.Handler(r)
 	if pattern != "" {
-		a.mux.ServeHTTP(w, r) // sets the path values
+		mux.ServeHTTP(w, r) // sets the path values
 		return
 	}
 	// The mux's own 404, 405 or redirect: let it decide, then say it in JSON.

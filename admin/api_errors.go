@@ -34,6 +34,16 @@ const (
 	CodeUnauthorized     = "unauthorized"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	CodeForbidden        = "forbidden"
+	CodeLimitReached     = "limit_reached"
+	CodeRateLimited      = "rate_limited"
+	// Portal token errors (401), and the read-only token's refusal (403).
+	CodeTokenMissing   = "token_missing"
+	CodeTokenMalformed = "token_malformed"
+	CodeTokenInvalid   = "token_invalid"
+	CodeTokenExpired   = "token_expired"
+	CodeTokenRevoked   = "token_revoked"
+	CodeReadOnlyToken  = "read_only_token"
 )
 
 // apiError is an error answered to an API client: {"error": {...}}.
@@ -54,6 +64,12 @@ func errorf(status int, code, format string, a ...any) *apiError {
 
 func fieldError(field, format string, a ...any) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: field,
+		Message: field + ": " + fmt.Sprintf(format, a...)}
+}
+
+// forbidden is a 403 about field: what a portal link may not do.
+func forbidden(field, format string, a ...any) *apiError {
+	return &apiError{Status: http.StatusForbidden, Code: CodeForbidden, Field: field,
 		Message: field + ": " + fmt.Sprintf(format, a...)}
 }
 

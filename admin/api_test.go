@@ -41,6 +41,7 @@ type apiFixture struct {
 	inspector *asynq.Inspector
 	server    *httptest.Server
 	logs      *observer.ObservedLogs
+	cfg       APIConfig // what the API was built with (for a portal next to it)
 
 	mu      sync.Mutex
 	secrets []string // every secret or token that must never be logged
@@ -91,7 +92,7 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(authed)
-	f := &apiFixture{t: t, redis: srv, worker: w, inspector: insp, server: ts, logs: logs, secrets: []string{apiTestToken}}
+	f := &apiFixture{t: t, redis: srv, worker: w, inspector: insp, server: ts, logs: logs, cfg: apiCfg, secrets: []string{apiTestToken}}
 	for _, c := range o.endpoints {
 		f.secrets = append(f.secrets, c.Secret)
 	}

@@ -46,6 +46,9 @@ type Attempt struct {
 	EventID    string `json:"event_id"`
 	EventType  string `json:"event_type"`
 	EndpointID string `json:"endpoint_id"`
+	// Tenant is the event's tenant, empty for an operator-only event (and
+	// for deliveries queued before attempts recorded it).
+	Tenant string `json:"tenant,omitempty"`
 	// Attempt counts from 1.
 	Attempt int       `json:"attempt"`
 	Time    time.Time `json:"time"`

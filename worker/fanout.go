@@ -31,7 +31,7 @@ type taskWriter interface {
 // is the envelope or, for the "data" format, the event's data alone. The body
 // is fixed here, so that every retry sends the same bytes.
 func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverPayload, error) {
-	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Replay: replay}
+	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Tenant: ev.Tenant, Replay: replay}
 	if ep.Format == FormatData {
 		p.Body = ev.Data
 		if len(p.Body) == 0 {
