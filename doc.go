@@ -1,6 +1,7 @@
 // Package authtap is the plugin's module root: importing it registers
-// authtap's Caddy modules (the app "authtap" and the HTTP handlers "authtap"
-// and "authtap_admin"), which live in package caddymodule. It exists so that
+// authtap's Caddy modules (the app "authtap" and the HTTP handlers
+// "authtap", "authtap_admin" and "authtap_portal"), which live in package
+// caddymodule. It exists so that
 //
 //	xcaddy build --with github.com/authtap/authtap
 //

@@ -36,7 +36,8 @@ const (
 )
 
 // Admin is the HTTP handler "authtap_admin": it serves authtap's management
-// API (endpoints, deliveries, retries, replays, events, event types; see
+// API (endpoints, deliveries, retries, replays, events, event types, portal
+// links; see
 // /openapi.json) and the asynqmon web UI at /monitor/, relative to where it is
 // mounted. It is a terminal handler: it answers every request it gets.
 //
@@ -77,6 +78,11 @@ type Admin struct {
 	// MonitorReadOnly makes asynqmon view-only: it refuses to delete, run,
 	// archive or cancel tasks and to pause queues. Default false.
 	MonitorReadOnly bool `json:"monitor_read_only,omitempty"`
+	// PortalURL is the absolute URL of the tenant portal (where an
+	// authtap_portal handler is mounted, e.g. "https://auth.example.com/portal/");
+	// the portal links that POST /portal-links issues point there. Default:
+	// the origin of the request that issues the link, plus "/portal/".
+	PortalURL string `json:"portal_url,omitempty"`
 
 	logger   *zap.Logger
 	api      http.Handler
@@ -107,7 +113,7 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("provisioning management API: %w", err)
 	}
-	cfg := admin.APIConfig{Store: store, EventTypes: loadedEventTypes, Logger: h.logger}
+	cfg := admin.APIConfig{Store: store, EventTypes: loadedEventTypes, Logger: h.logger, PortalURL: h.PortalURL}
 	if w := app.InProcessWorker(); w != nil {
 		cfg.Client = w.Client()
 		// It delivers, so its allow list decides which addresses are refused.

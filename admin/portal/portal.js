@@ -207,12 +207,21 @@
     const r = await api('POST', 'webhooks/' + encodeURIComponent(ep.id) + '/test');
     say('Test event ' + r.event_id + ' sent to ' + ep.url + '.');
     await showDeliveries(ep);
-    // The delivery takes a moment: look again a few times.
-    for (const wait of [700, 1500, 3000]) {
-      await new Promise((ok) => setTimeout(ok, wait));
-      if (!shown || shown.id !== ep.id) return;
-      await loadDeliveries(false);
-    }
+    refreshSoon(ep, [700, 1500, 3000]);
+  }
+
+  // refreshSoon reloads the deliveries of ep after each wait (ms), while they are shown:
+  // a delivery takes a moment.
+  function refreshSoon(ep, waits) {
+    let i = 0;
+    const next = () => {
+      if (i >= waits.length) return;
+      setTimeout(() => {
+        if (!shown || shown.id !== ep.id) return;
+        busy(null, () => loadDeliveries(false)).then(next);
+      }, waits[i++]);
+    };
+    next();
   }
 
   function showSecret(r) {
@@ -362,7 +371,7 @@
       actions.append(button('Retry', (ev) => busy(ev.target, async () => {
         const r = await api('POST', 'deliveries/' + encodeURIComponent(d.delivery_id) + '/retry');
         say('Delivery ' + r.delivery_id + ' ' + r.action + '.');
-        setTimeout(() => busy(null, () => loadDeliveries(false)), 1000);
+        refreshSoon(shown, [700, 2000]);
       }), { className: 'retry' }));
     }
     const tr = el('tr', { className: d.success ? 'ok' : 'bad', dataset: { deliveryId: d.delivery_id, eventId: d.event_id } },
@@ -394,7 +403,7 @@
     await busy($('r-submit'), async () => {
       const r = await api('POST', 'webhooks/' + encodeURIComponent(shown.id) + '/replay?' + q);
       say('Replaying ' + r.replayed + (r.replayed === 1 ? ' event' : ' events') + ' to ' + shown.url + '.');
-      setTimeout(() => busy(null, () => loadDeliveries(false)), 1500);
+      refreshSoon(shown, [700, 2000]);
     });
   }
 
@@ -443,6 +452,11 @@
       document.body.dataset.ready = 'true';
     });
   }
+
+  // A new link opened in the same tab changes only the fragment: start over with it.
+  window.addEventListener('hashchange', () => {
+    if (new URLSearchParams(location.hash.slice(1)).get('token')) location.reload();
+  });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();
