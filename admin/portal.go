@@ -30,6 +30,10 @@ const (
 	// tenant may make per minute, across its links and every process on the
 	// same Redis, when PortalConfig.ChangesPerMinute is not set.
 	DefaultPortalChangesPerMinute = 60
+	// MaxPortalTestsPerMinute bounds the test events one tenant sends
+	// through the portal per minute (each is kept in the event index that
+	// replays read, next to the real events), within ChangesPerMinute.
+	MaxPortalTestsPerMinute = 6
 	// MaxPortalReplayEvents bounds how many events one replay through the
 	// portal sends; a window holding more is refused.
 	MaxPortalReplayEvents = 1000
@@ -254,17 +258,29 @@ func (p *portal) serveAPI(w http.ResponseWriter, r *http.Request) {
 				"this portal link is read-only: it can look at endpoints and deliveries but change nothing"))
 			return
 		}
-		ok, wait, err := a.links.allowChange(ctx, sc.tenant, p.changesPM)
-		if err != nil {
-			a.writeError(w, r, unavailable(err))
-			return
+		limits := []struct {
+			key, what string
+			n         int
+		}{{sc.tenant, "changes", p.changesPM}}
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/test") {
+			limits = append(limits, struct {
+				key, what string
+				n         int
+			}{"test:" + sc.tenant, "test events", MaxPortalTestsPerMinute})
 		}
-		if !ok {
-			secs := int(wait.Round(time.Second) / time.Second)
-			h.Set("Retry-After", fmt.Sprint(max(secs, 1)))
-			a.writeError(w, r, errorf(http.StatusTooManyRequests, CodeRateLimited,
-				"this tenant made more than %d changes in a minute; try again in %d s", p.changesPM, max(secs, 1)))
-			return
+		for _, l := range limits {
+			ok, wait, err := a.links.allowChange(ctx, l.key, l.n)
+			if err != nil {
+				a.writeError(w, r, unavailable(err))
+				return
+			}
+			if !ok {
+				secs := max(int(wait.Round(time.Second)/time.Second), 1)
+				h.Set("Retry-After", fmt.Sprint(secs))
+				a.writeError(w, r, errorf(http.StatusTooManyRequests, CodeRateLimited,
+					"this tenant sent more than %d %s in a minute; try again in %d s", l.n, l.what, secs))
+				return
+			}
 		}
 	}
 	a.serve(p.mux, w, r.WithContext(context.WithValue(ctx, scopeKey{}, sc)))

@@ -476,12 +476,13 @@ func (p *portalLinks) revokeTenant(ctx context.Context, tenant string) (int, err
 	return len(links), nil
 }
 
-// allowChange counts one state-changing portal request of tenant in the
-// current minute and reports whether it stays within limit.
-func (p *portalLinks) allowChange(ctx context.Context, tenant string, limit int) (bool, time.Duration, error) {
+// allowChange counts one state-changing portal request under key (a tenant,
+// or "test:" and a tenant) in the current minute and reports whether it
+// stays within limit, or else how long until the next minute.
+func (p *portalLinks) allowChange(ctx context.Context, key string, limit int) (bool, time.Duration, error) {
 	now := p.now()
 	minute := now.Unix() / 60
-	k := keyPortalRatePrefix + tenant + ":" + strconv.FormatInt(minute, 10)
+	k := keyPortalRatePrefix + key + ":" + strconv.FormatInt(minute, 10)
 	var n *redis.IntCmd
 	if _, err := p.rdb.TxPipelined(ctx, func(pl redis.Pipeliner) error {
 		n = pl.Incr(ctx, k)

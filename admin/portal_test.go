@@ -694,6 +694,21 @@ func TestPortalLimits(t *testing.T) {
 	}
 	// Reads are not counted; another tenant has its own budget.
 	f.pmust(200, tok, "GET", "/api/webhooks", nil, nil)
+	g := newPortalFixture(t, portalOptions{})
+	gt := g.link("t1", nil).Token
+	var gep endpointWithSecret
+	g.pmust(201, gt, "POST", "/api/webhooks", map[string]any{"url": "https://a.example/"}, &gep)
+	g.keepSecret(gep.Secret)
+	for i := range MaxPortalTestsPerMinute + 1 {
+		status, b, _ := g.pcall(gt, "POST", "/api/webhooks/"+gep.ID+"/test", nil)
+		if want := 202; i == MaxPortalTestsPerMinute {
+			if status != 429 || !strings.Contains(string(b), "test events") {
+				t.Errorf("test event %d in a minute: %d %s", i+1, status, b)
+			}
+		} else if status != want {
+			t.Errorf("test event %d: %d %s", i+1, status, b)
+		}
+	}
 	other := f.link("t2", nil).Token
 	var ep endpointWithSecret
 	f.pmust(201, other, "POST", "/api/webhooks", map[string]any{"url": "https://b.example/"}, &ep)
