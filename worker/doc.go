@@ -7,7 +7,9 @@
 //
 // The worker runs inside Caddy (the authtap app) or standalone
 // ("authtap worker"). It talks to Redis through asynq and go-redis; the
-// fan-out enqueues its deliveries in batches through worker/enqueue.
+// fan-out enqueues its deliveries in batches through worker/enqueue. It is
+// delivery and nothing else: the management API and the tenant portal, which
+// work on its Store, live in package admin.
 //
 //	opt, err := worker.ParseRedisURL("redis://127.0.0.1:6379/0")
 //	w, err := worker.New(worker.Config{Redis: opt, Logger: logger})

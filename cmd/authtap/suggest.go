@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
@@ -130,7 +131,7 @@ type unmatchedList struct {
 
 func shapesFromAPI(c *apiClient) (suggestSource, error) {
 	var l unmatchedList
-	if err := c.do("GET", "/unmatched?limit="+strconv.Itoa(worker.MaxListLimit), nil, &l); err != nil {
+	if err := c.do("GET", "/unmatched?limit="+strconv.Itoa(admin.MaxListLimit), nil, &l); err != nil {
 		return suggestSource{}, err
 	}
 	return suggestSource{shapes: l.Unmatched, origin: "GET " + redactURL(c.base) + "/unmatched"}, nil

@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"encoding/json"
@@ -11,13 +11,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
 // endpointWithSecret is the answer to a create or rotate request: the one
 // place the secret is shown.
 type endpointWithSecret struct {
-	Endpoint
+	worker.Endpoint
 	// Secret is the current signing secret, shown only in this response.
 	Secret string `json:"secret"`
 }
@@ -25,7 +26,7 @@ type endpointWithSecret struct {
 // apiPatch is the body of PATCH /webhooks/{id}: the fields of an
 // EndpointPatch plus "enabled", which turns the endpoint on or off.
 type apiPatch struct {
-	EndpointPatch
+	worker.EndpointPatch
 	Enabled *bool `json:"enabled,omitempty"`
 }
 
@@ -37,32 +38,72 @@ func (p apiPatch) changesConfig() bool {
 
 // listEndpoints answers GET /webhooks; ?tenant=ID lists only the endpoints of
 // that tenant (an empty or invalid id is refused rather than read as "all").
+// Through the portal it lists the token's tenant's endpoints only.
 func (a *api) listEndpoints(w http.ResponseWriter, r *http.Request) *apiError {
-	q := r.URL.Query()
-	tenant, byTenant := q.Get("tenant"), q.Has("tenant")
-	if byTenant {
-		if err := rules.ValidTenant(tenant); err != nil {
-			return fieldError("tenant", "%v", err)
-		}
+	tenant, byTenant, e := tenantParam(r)
+	if e != nil {
+		return e
 	}
 	eps, err := a.store.List(r.Context())
 	if err != nil {
 		return internal(err)
 	}
 	if byTenant {
-		eps = slices.DeleteFunc(eps, func(ep Endpoint) bool { return ep.Tenant != tenant })
+		eps = slices.DeleteFunc(eps, func(ep worker.Endpoint) bool { return ep.Tenant != tenant })
 		if eps == nil {
-			eps = []Endpoint{}
+			eps = []worker.Endpoint{}
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"webhooks": eps})
 	return nil
 }
 
+// tenantParam reads ?tenant: an operator may name any valid tenant id (an
+// empty or invalid one is refused rather than read as "all"); a portal
+// request is always about its token's tenant and may name no other.
+func tenantParam(r *http.Request) (tenant string, byTenant bool, e *apiError) {
+	q := r.URL.Query()
+	tenant, byTenant = q.Get("tenant"), q.Has("tenant")
+	if sc := scopeOf(r); sc != nil {
+		if byTenant && tenant != sc.tenant {
+			return "", false, forbidden("tenant", "a portal link shows only its own tenant's data")
+		}
+		return sc.tenant, true, nil
+	}
+	if byTenant {
+		if err := rules.ValidTenant(tenant); err != nil {
+			return "", false, &apiError{Status: http.StatusBadRequest, Code: CodeInvalidParameter, Field: "tenant",
+				Message: fmt.Sprintf("tenant: %v", err)}
+		}
+	}
+	return tenant, byTenant, nil
+}
+
+// endpoint returns endpoint id as the request may see it: any endpoint for
+// the operator; for a portal request only an endpoint of its token's tenant,
+// any other answering "does not exist", so that a portal user cannot tell
+// another tenant's or the operator's endpoints from ids that are not there.
+func (a *api) endpoint(r *http.Request, id string) (worker.Endpoint, *apiError) {
+	ep, err := a.store.Get(r.Context(), id)
+	if err != nil {
+		return worker.Endpoint{}, storeError(err, id)
+	}
+	if sc := scopeOf(r); sc != nil && ep.Tenant != sc.tenant {
+		return worker.Endpoint{}, storeError(worker.ErrNotFound, id)
+	}
+	return ep, nil
+}
+
 func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
-	var c EndpointConfig
+	var c worker.EndpointConfig
 	if e := readJSON(w, r, &c, false, "an endpoint (EndpointConfig)"); e != nil {
 		return e
+	}
+	sc := scopeOf(r)
+	if sc != nil {
+		if e := a.portalCreate(r, sc, &c); e != nil {
+			return e
+		}
 	}
 	if e := checkEndpointConfig(c); e != nil {
 		return e
@@ -74,7 +115,7 @@ func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if err != nil {
 		return storeError(err, c.ID)
 	}
-	a.log.Info("endpoint created", zap.String("endpoint_id", ep.ID), zap.String("mode", ep.Mode))
+	a.log.Info("endpoint created", append(sc.logFields(), zap.String("endpoint_id", ep.ID), zap.String("mode", ep.Mode))...)
 	w.Header().Set("Location", "webhooks/"+ep.ID)
 	writeJSON(w, http.StatusCreated, endpointWithSecret{Endpoint: ep, Secret: ep.Secret()})
 	return nil
@@ -82,9 +123,9 @@ func (a *api) createEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 
 func (a *api) getEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	id := r.PathValue("id")
-	ep, err := a.store.Get(r.Context(), id)
-	if err != nil {
-		return storeError(err, id)
+	ep, e := a.endpoint(r, id)
+	if e != nil {
+		return e
 	}
 	writeJSON(w, http.StatusOK, ep)
 	return nil
@@ -97,9 +138,15 @@ func (a *api) updateEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 		return e
 	}
 	ctx := r.Context()
-	cur, err := a.store.Get(ctx, id)
-	if err != nil {
-		return storeError(err, id)
+	cur, e := a.endpoint(r, id)
+	if e != nil {
+		return e
+	}
+	sc := scopeOf(r)
+	if sc != nil {
+		if e := sc.checkPatch(p.EndpointPatch); e != nil {
+			return e
+		}
 	}
 	if p.changesConfig() {
 		if cur.ReadOnly {
@@ -135,17 +182,20 @@ func (a *api) updateEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if err != nil {
 		return storeError(err, id)
 	}
-	a.log.Info("endpoint updated", zap.String("endpoint_id", id))
+	a.log.Info("endpoint updated", append(sc.logFields(), zap.String("endpoint_id", id))...)
 	writeJSON(w, http.StatusOK, ep)
 	return nil
 }
 
 func (a *api) deleteEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	id := r.PathValue("id")
+	if _, e := a.endpoint(r, id); e != nil {
+		return e
+	}
 	if err := a.store.Delete(r.Context(), id); err != nil {
 		return storeError(err, id)
 	}
-	a.log.Info("endpoint deleted", zap.String("endpoint_id", id))
+	a.log.Info("endpoint deleted", append(scopeOf(r).logFields(), zap.String("endpoint_id", id))...)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -176,6 +226,9 @@ func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) *apiError {
 		}
 	}
 	ctx := r.Context()
+	if _, e := a.endpoint(r, id); e != nil {
+		return e
+	}
 	secret, err := a.store.RotateSecret(ctx, id, keep)
 	if err != nil {
 		return storeError(err, id)
@@ -184,7 +237,7 @@ func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) *apiError {
 	if err != nil {
 		return storeError(err, id)
 	}
-	a.log.Info("endpoint secret rotated", zap.String("endpoint_id", id))
+	a.log.Info("endpoint secret rotated", append(scopeOf(r).logFields(), zap.String("endpoint_id", id))...)
 	writeJSON(w, http.StatusOK, endpointWithSecret{Endpoint: ep, Secret: secret})
 	return nil
 }
@@ -199,9 +252,9 @@ type testResponse struct {
 func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	id := r.PathValue("id")
 	ctx := r.Context()
-	ep, err := a.store.Get(ctx, id)
-	if err != nil {
-		return storeError(err, id)
+	ep, e := a.endpoint(r, id)
+	if e != nil {
+		return e
 	}
 	if !ep.Enabled {
 		return errorf(http.StatusConflict, CodeDisabled,
@@ -218,16 +271,16 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	ev := rules.Event{
 		// A tenant endpoint's test event is its tenant's, as what it will receive is.
 		ID: rules.NewEventID(now), Type: EventTest, Timestamp: now, Subject: ep.ID, Tenant: ep.Tenant, Data: data,
-		Source: rules.Source{Name: SourceName, Rule: EventTest}, Mode: ep.Mode,
+		Source: rules.Source{Name: worker.SourceName, Rule: EventTest}, Mode: ep.Mode,
 	}
 	envelope, err := ev.Envelope()
 	if err != nil {
 		return internal(err)
 	}
-	if err := a.store.recordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
+	if err := a.store.RecordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
 		return internal(err)
 	}
-	p, err := DeliverPayloadFor(ev, ep, false)
+	p, err := worker.DeliverPayloadFor(ev, ep, false)
 	if err != nil {
 		return internal(err)
 	}
@@ -238,7 +291,7 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if _, err := a.client.EnqueueContext(ctx, task); err != nil {
 		return internal(fmt.Errorf("enqueuing test delivery to %s: %w", ep.ID, err))
 	}
-	a.log.Info("test event queued", zap.String("endpoint_id", ep.ID), zap.String("event_id", ev.ID))
+	a.log.Info("test event queued", append(scopeOf(r).logFields(), zap.String("endpoint_id", ep.ID), zap.String("event_id", ev.ID))...)
 	writeJSON(w, http.StatusAccepted, testResponse{EventID: ev.ID, DeliveryID: tasks.DeliverTaskID(ev.ID, ep.ID), Event: ev})
 	return nil
 }

@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"bytes"
@@ -26,6 +26,7 @@ import (
 
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -36,17 +37,18 @@ const apiTestToken = "adm-token-3f9a1c"
 type apiFixture struct {
 	t         *testing.T
 	redis     *redistest.Server
-	worker    *Worker
+	worker    *worker.Worker
 	inspector *asynq.Inspector
 	server    *httptest.Server
 	logs      *observer.ObservedLogs
+	cfg       APIConfig // what the API was built with (for a portal next to it)
 
 	mu      sync.Mutex
 	secrets []string // every secret or token that must never be logged
 }
 
 type apiFixtureOptions struct {
-	endpoints  []EndpointConfig
+	endpoints  []worker.EndpointConfig
 	eventTypes func() []rules.EventType
 	// allow is the worker's Allowlist; checkURL wires its CheckEndpointURL
 	// into the API, as Caddy and "authtap worker --admin" do.
@@ -57,14 +59,14 @@ type apiFixtureOptions struct {
 func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 	t.Helper()
 	srv := redistest.Start(t)
-	opt, err := ParseRedisURL(srv.URL)
+	opt, err := worker.ParseRedisURL(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	retry := RetryPolicy{Schedule: []time.Duration{0, 50 * time.Millisecond, 50 * time.Millisecond}, Jitter: -1}
-	w, err := New(Config{
+	retry := worker.RetryPolicy{Schedule: []time.Duration{0, 50 * time.Millisecond, 50 * time.Millisecond}, Jitter: -1}
+	w, err := worker.New(worker.Config{
 		Redis: opt, Endpoints: o.endpoints, Retry: retry, Logger: logger, Concurrency: 4, Allowlist: o.allow,
 		DelayedTaskCheckInterval: 50 * time.Millisecond, DeliveryTimeout: 5 * time.Second,
 	})
@@ -90,7 +92,7 @@ func newAPIFixture(t *testing.T, o apiFixtureOptions) *apiFixture {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(authed)
-	f := &apiFixture{t: t, redis: srv, worker: w, inspector: insp, server: ts, logs: logs, secrets: []string{apiTestToken}}
+	f := &apiFixture{t: t, redis: srv, worker: w, inspector: insp, server: ts, logs: logs, cfg: apiCfg, secrets: []string{apiTestToken}}
 	for _, c := range o.endpoints {
 		f.secrets = append(f.secrets, c.Secret)
 	}
@@ -179,12 +181,12 @@ func (f *apiFixture) must(want int, method, path string, body, out any) {
 }
 
 // create makes an endpoint through the API and returns it with its secret.
-func (f *apiFixture) create(c EndpointConfig) endpointWithSecret {
+func (f *apiFixture) create(c worker.EndpointConfig) endpointWithSecret {
 	f.t.Helper()
 	var ep endpointWithSecret
 	f.must(http.StatusCreated, "POST", "/webhooks", c, &ep)
-	if !strings.HasPrefix(ep.Secret, SecretPrefix) {
-		f.t.Fatalf("create answered secret %q, want %s…", ep.Secret, SecretPrefix)
+	if !strings.HasPrefix(ep.Secret, worker.SecretPrefix) {
+		f.t.Fatalf("create answered secret %q, want %s…", ep.Secret, worker.SecretPrefix)
 	}
 	f.keepSecret(ep.Secret)
 	return ep
@@ -235,6 +237,16 @@ func (r *apiReceiver) deliveries() []apiDelivery {
 	return slices.Clone(r.got)
 }
 
+// testSecret returns a new valid signing secret.
+func testSecret(t testing.TB) string {
+	t.Helper()
+	s, err := worker.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // waitUntil polls cond every 10ms until it holds or 15s pass.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -253,12 +265,12 @@ func TestAPIEndpointCRUD(t *testing.T) {
 	const bearer = "subscriber-bearer-77c1"
 	f.keepSecret(bearer)
 
-	ep := f.create(EndpointConfig{ID: "crm", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.*"},
+	ep := f.create(worker.EndpointConfig{ID: "crm", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.*"},
 		Description: "CRM sync", BearerToken: bearer, EventHeader: "X-Crm-Event"})
-	if ep.ID != "crm" || ep.Mode != "test" || !ep.Enabled || !ep.HasBearerToken || ep.Format != FormatEnvelope {
+	if ep.ID != "crm" || ep.Mode != "test" || !ep.Enabled || !ep.HasBearerToken || ep.Format != worker.FormatEnvelope {
 		t.Errorf("created %+v", ep.Endpoint)
 	}
-	gen := f.create(EndpointConfig{URL: "https://hooks.example.com/x"})
+	gen := f.create(worker.EndpointConfig{URL: "https://hooks.example.com/x"})
 	if !strings.HasPrefix(gen.ID, "ep_") || gen.Mode != rules.ModeLive {
 		t.Errorf("generated endpoint %+v", gen.Endpoint)
 	}
@@ -272,13 +284,13 @@ func TestAPIEndpointCRUD(t *testing.T) {
 			}
 		}
 	}
-	var list struct{ Webhooks []Endpoint }
+	var list struct{ Webhooks []worker.Endpoint }
 	f.must(200, "GET", "/webhooks", nil, &list)
 	if len(list.Webhooks) != 2 || list.Webhooks[0].ID != "crm" || list.Webhooks[1].ID != gen.ID {
 		t.Errorf("list = %+v", list.Webhooks)
 	}
 
-	var upd Endpoint
+	var upd worker.Endpoint
 	f.must(200, "PATCH", "/webhooks/crm", map[string]any{"description": "CRM", "events": []string{"user.created", "tenant.*"}, "rate_limit": 5}, &upd)
 	if upd.Description != "CRM" || !slices.Equal(upd.Events, []string{"user.created", "tenant.*"}) || upd.RateLimit != 5 ||
 		upd.URL != rcv.srv.URL || !upd.HasBearerToken {
@@ -294,7 +306,7 @@ func TestAPIEndpointCRUD(t *testing.T) {
 	}
 
 	var e apiErr
-	f.must(409, "POST", "/webhooks", EndpointConfig{ID: "crm", URL: "https://x.example"}, &e)
+	f.must(409, "POST", "/webhooks", worker.EndpointConfig{ID: "crm", URL: "https://x.example"}, &e)
 	if e.Error.Code != CodeConflict || e.Error.Field != "id" {
 		t.Errorf("duplicate id: %+v", e)
 	}
@@ -318,7 +330,7 @@ func TestAPIEndpointCRUD(t *testing.T) {
 
 func TestAPIValidationErrors(t *testing.T) {
 	f := newAPIFixture(t, apiFixtureOptions{})
-	f.create(EndpointConfig{ID: "live1", URL: "https://hooks.example.com/a"})
+	f.create(worker.EndpointConfig{ID: "live1", URL: "https://hooks.example.com/a"})
 	big := `{"url":"https://x.example","description":"` + strings.Repeat("a", MaxAPIBody) + `"}`
 	for _, tc := range []struct {
 		name, method, path, body string
@@ -431,15 +443,15 @@ func TestAPIValidationErrors(t *testing.T) {
 
 func TestAPIReadOnlyEndpoint(t *testing.T) {
 	rcv := newAPIReceiver(t, 200)
-	secret, err := NewSecret()
+	secret, err := worker.NewSecret()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newAPIFixture(t, apiFixtureOptions{endpoints: []EndpointConfig{
+	f := newAPIFixture(t, apiFixtureOptions{endpoints: []worker.EndpointConfig{
 		{ID: "gitops", URL: rcv.srv.URL, Mode: "test", Secret: secret, BearerToken: "cfg-bearer-1"},
 	}})
 	f.keepSecret("cfg-bearer-1")
-	var ep Endpoint
+	var ep worker.Endpoint
 	f.must(200, "GET", "/webhooks/gitops", nil, &ep)
 	if !ep.ReadOnly {
 		t.Errorf("configured endpoint not read-only: %+v", ep)
@@ -494,8 +506,8 @@ func TestAPITestEventAndRotation(t *testing.T) {
 	f := newAPIFixture(t, apiFixtureOptions{})
 	rcv := newAPIReceiver(t, 200)
 	other := newAPIReceiver(t, 200)
-	ep := f.create(EndpointConfig{ID: "app", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.created"}})
-	f.create(EndpointConfig{ID: "other", URL: other.srv.URL, Mode: "test"})
+	ep := f.create(worker.EndpointConfig{ID: "app", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.created"}})
+	f.create(worker.EndpointConfig{ID: "other", URL: other.srv.URL, Mode: "test"})
 
 	// The test event goes to this endpoint only, whatever its filters.
 	var tr testResponse
@@ -520,7 +532,7 @@ func TestAPITestEventAndRotation(t *testing.T) {
 	var rot endpointWithSecret
 	f.must(200, "POST", "/webhooks/app/rotate-secret", map[string]string{"keep_old_for": "1h"}, &rot)
 	f.keepSecret(rot.Secret)
-	if rot.Secret == ep.Secret || !strings.HasPrefix(rot.Secret, SecretPrefix) || len(rot.SecretExpiries) != 1 {
+	if rot.Secret == ep.Secret || !strings.HasPrefix(rot.Secret, worker.SecretPrefix) || len(rot.SecretExpiries) != 1 {
 		t.Fatalf("rotation answered %+v", rot)
 	}
 	_, b := f.call("GET", "/webhooks/app", nil)
@@ -563,7 +575,7 @@ func TestAPIDeliveriesRetryAndEvents(t *testing.T) {
 		return []rules.EventType{{Type: "user.created", Rules: []string{"sign-up"}}}
 	}})
 	rcv := newAPIReceiver(t, 500)
-	ep := f.create(EndpointConfig{ID: "flaky", URL: rcv.srv.URL, Mode: "test"})
+	ep := f.create(worker.EndpointConfig{ID: "flaky", URL: rcv.srv.URL, Mode: "test"})
 
 	var tr testResponse
 	f.must(202, "POST", "/webhooks/flaky/test", nil, &tr)
@@ -656,7 +668,7 @@ func TestAPIDeliveriesRetryAndEvents(t *testing.T) {
 func TestAPIReplay(t *testing.T) {
 	f := newAPIFixture(t, apiFixtureOptions{})
 	rcv := newAPIReceiver(t, 200)
-	f.create(EndpointConfig{ID: "users", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.*"}})
+	f.create(worker.EndpointConfig{ID: "users", URL: rcv.srv.URL, Mode: "test", Events: []string{"user.*"}})
 	start := time.Now().Add(-time.Second)
 
 	c := asynq.NewClient(asynq.RedisClientOpt{Addr: f.redis.Addr})
@@ -791,7 +803,7 @@ func TestAPIInternalErrorsHideDetails(t *testing.T) {
 	// A store whose Redis does not answer.
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
-	store, err := NewStore(rdb, StoreOptions{})
+	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -821,7 +833,7 @@ func TestNewAPIConfig(t *testing.T) {
 	// The monitor UI is mounted at /monitor/; with no Redis needed to route.
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	t.Cleanup(func() { _ = rdb.Close() })
-	store, err := NewStore(rdb, StoreOptions{})
+	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -935,22 +947,27 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 
 func TestStoreErrorNamesTheField(t *testing.T) {
 	for _, tc := range []struct {
-		cfg   EndpointConfig
+		cfg   worker.EndpointConfig
 		field string
 	}{
-		{EndpointConfig{ID: "a", URL: "ftp://x"}, "url"},
-		{EndpointConfig{ID: "a", URL: "http://x.example"}, "url"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", Mode: "prod"}, "mode"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", Format: "xml"}, "format"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", Events: []string{"a..b"}}, "events"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", EventHeader: "Host"}, "event_header"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", BearerToken: "a b"}, "bearer_token"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", RateLimit: -1}, "rate_limit"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", MaxConcurrency: 5000}, "max_concurrency"},
-		{EndpointConfig{ID: "a", URL: "https://x.example", Secret: "whsec_!!"}, "secret"},
-		{EndpointConfig{ID: "a b", URL: "https://x.example"}, "id"},
+		{worker.EndpointConfig{ID: "a", URL: "ftp://x"}, "url"},
+		{worker.EndpointConfig{ID: "a", URL: "http://x.example"}, "url"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", Mode: "prod"}, "mode"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", Format: "xml"}, "format"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", Events: []string{"a..b"}}, "events"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", EventHeader: "Host"}, "event_header"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", BearerToken: "a b"}, "bearer_token"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", RateLimit: -1}, "rate_limit"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", MaxConcurrency: 5000}, "max_concurrency"},
+		{worker.EndpointConfig{ID: "a", URL: "https://x.example", Secret: "whsec_!!"}, "secret"},
+		{worker.EndpointConfig{ID: "a b", URL: "https://x.example"}, "id"},
 	} {
-		_, err := recordFromConfig(tc.cfg, time.Now())
+		c := tc.cfg
+		if c.Secret == "" {
+			c.Secret = testSecret(t)
+		}
+		// A configured endpoint is validated as Store.Create validates one.
+		_, err := worker.NewStore(nil, worker.StoreOptions{Endpoints: []worker.EndpointConfig{c}})
 		if err == nil {
 			t.Errorf("%+v: no error", tc.cfg)
 			continue
@@ -966,21 +983,21 @@ func TestStoreErrorNamesTheField(t *testing.T) {
 
 func BenchmarkAPIListEndpoints(b *testing.B) {
 	srv := redistest.Start(b)
-	opt, err := ParseRedisURL(srv.URL)
+	opt, err := worker.ParseRedisURL(srv.URL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rdb, err := RedisClient(opt)
+	rdb, err := worker.RedisClient(opt)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = rdb.Close() })
-	store, err := NewStore(rdb, StoreOptions{})
+	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	for i := range 100 {
-		if _, err := store.Create(context.Background(), EndpointConfig{URL: fmt.Sprintf("https://h%d.example.com/hook", i), Events: []string{"user.*"}}); err != nil {
+		if _, err := store.Create(context.Background(), worker.EndpointConfig{URL: fmt.Sprintf("https://h%d.example.com/hook", i), Events: []string{"user.*"}}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -1000,16 +1017,16 @@ func BenchmarkAPIListEndpoints(b *testing.B) {
 
 func BenchmarkAPICreateEndpoint(b *testing.B) {
 	srv := redistest.Start(b)
-	opt, err := ParseRedisURL(srv.URL)
+	opt, err := worker.ParseRedisURL(srv.URL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rdb, err := RedisClient(opt)
+	rdb, err := worker.RedisClient(opt)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = rdb.Close() })
-	store, err := NewStore(rdb, StoreOptions{})
+	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -1041,7 +1058,7 @@ func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
 		{"https://[::1]:8443/hook", "live", "::1/128"},
 		{"https://[::ffff:127.0.0.1]/hook", "live", "IPv4-mapped IPv6 form of 127.0.0.1; write the IPv4 address in dotted decimal"},
 	} {
-		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: tc.url, Mode: tc.mode})
+		status, b := f.call("POST", "/webhooks", worker.EndpointConfig{URL: tc.url, Mode: tc.mode})
 		var e apiErr
 		_ = json.Unmarshal(b, &e)
 		if status != http.StatusBadRequest || e.Error.Field != "url" || !strings.Contains(e.Error.Message, tc.want) ||
@@ -1049,9 +1066,9 @@ func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
 			t.Errorf("POST %s: %d %s", tc.url, status, b)
 		}
 	}
-	f.create(EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})              // allowed range
-	f.create(EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})        // checked at dial time
-	f.create(EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"}) // test endpoints may be local
+	f.create(worker.EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})              // allowed range
+	f.create(worker.EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})        // checked at dial time
+	f.create(worker.EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"}) // test endpoints may be local
 
 	for _, tc := range []struct {
 		id   string
@@ -1065,7 +1082,7 @@ func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
 			t.Errorf("PATCH %s %v: %d %s", tc.id, tc.body, status, b)
 		}
 	}
-	var ep Endpoint
+	var ep worker.Endpoint
 	f.must(http.StatusOK, "GET", "/webhooks/named", nil, &ep)
 	if ep.URL != "https://hooks.example.com/in" {
 		t.Errorf("a refused PATCH changed the URL to %s", ep.URL)
@@ -1075,15 +1092,15 @@ func TestAPIRefusesLiveEndpointsAtDeniedAddresses(t *testing.T) {
 // A configured live endpoint at a denied literal address stops the worker from
 // starting, naming the endpoint.
 func TestConfiguredEndpointAtDeniedAddress(t *testing.T) {
-	_, err := New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []EndpointConfig{
+	_, err := worker.New(worker.Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []worker.EndpointConfig{
 		{ID: "ok", URL: "https://hooks.example.com/in"},
 		{ID: "meta", URL: "https://169.254.169.254/"},
 	}})
 	if err == nil || !strings.Contains(err.Error(), "endpoints[1] (meta)") || !strings.Contains(err.Error(), "169.254.0.0/16") {
 		t.Fatalf("New = %v", err)
 	}
-	_, err = New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Allowlist: []netip.Prefix{netip.MustParsePrefix("169.254.169.254/32")},
-		Endpoints: []EndpointConfig{{ID: "meta", URL: "https://169.254.169.254/"}}})
+	_, err = worker.New(worker.Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Allowlist: []netip.Prefix{netip.MustParsePrefix("169.254.169.254/32")},
+		Endpoints: []worker.EndpointConfig{{ID: "meta", URL: "https://169.254.169.254/"}}})
 	if err != nil && strings.Contains(err.Error(), "169.254") {
 		t.Fatalf("an allowed address was refused: %v", err)
 	}
@@ -1120,15 +1137,15 @@ func TestAPIEndpointAddressRules(t *testing.T) {
 		// Live endpoints: loopback too, with the hint that test endpoints may.
 		{"https://127.0.0.1/hook", "live", "test endpoints may reach loopback"},
 	} {
-		status, b := f.call("POST", "/webhooks", EndpointConfig{URL: tc.url, Mode: tc.mode})
+		status, b := f.call("POST", "/webhooks", worker.EndpointConfig{URL: tc.url, Mode: tc.mode})
 		if !refused(status, b, tc.want) {
 			t.Errorf("POST %s (%s): %d %s, want 400 naming %q", tc.url, tc.mode, status, b, tc.want)
 		}
 	}
-	f.create(EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"})    // loopback: fine for tests
-	f.create(EndpointConfig{ID: "lan-test", URL: "http://192.168.1.5/in", Mode: "test"}) // allowlisted
-	f.create(EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})                 // allowlisted
-	f.create(EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})           // checked at dial time
+	f.create(worker.EndpointConfig{ID: "local", URL: "http://127.0.0.1:9/in", Mode: "test"})    // loopback: fine for tests
+	f.create(worker.EndpointConfig{ID: "lan-test", URL: "http://192.168.1.5/in", Mode: "test"}) // allowlisted
+	f.create(worker.EndpointConfig{ID: "lan", URL: "https://192.168.1.5/hook"})                 // allowlisted
+	f.create(worker.EndpointConfig{ID: "named", URL: "https://hooks.example.com/in"})           // checked at dial time
 
 	for _, tc := range []struct {
 		id   string
@@ -1148,7 +1165,7 @@ func TestAPIEndpointAddressRules(t *testing.T) {
 			t.Errorf("PATCH %s %v: %d %s, want 400 naming %q", tc.id, tc.body, status, b, tc.want)
 		}
 	}
-	var ep Endpoint
+	var ep worker.Endpoint
 	f.must(http.StatusOK, "GET", "/webhooks/named", nil, &ep)
 	if ep.Mode != "live" || ep.URL != "https://hooks.example.com/in" {
 		t.Errorf("a refused PATCH changed the endpoint: %+v", ep)
@@ -1161,12 +1178,12 @@ func TestAPIEndpointAddressRules(t *testing.T) {
 	}
 
 	// Configured endpoints: refused when the worker starts.
-	for _, c := range []EndpointConfig{
+	for _, c := range []worker.EndpointConfig{
 		{ID: "num", URL: "https://0x7f.1/", Secret: testSecret(t)},
 		{ID: "num-test", URL: "http://2130706433/", Mode: "test", Secret: testSecret(t)},
 		{ID: "priv-test", URL: "http://10.0.0.1/", Mode: "test", Secret: testSecret(t)},
 	} {
-		_, err := New(Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []EndpointConfig{c}})
+		_, err := worker.New(worker.Config{Redis: asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, Endpoints: []worker.EndpointConfig{c}})
 		if err == nil || !strings.Contains(err.Error(), c.ID) {
 			t.Errorf("configured %s (%s): %v, want refused", c.ID, c.URL, err)
 		}

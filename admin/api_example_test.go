@@ -1,4 +1,4 @@
-package worker_test
+package admin_test
 
 import (
 	"log"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/worker"
 )
 
@@ -21,7 +22,7 @@ func ExampleNewAPI() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	api, err := worker.NewAPI(worker.APIConfig{
+	api, err := admin.NewAPI(admin.APIConfig{
 		Store:     w.Store(),
 		Client:    w.Client(),
 		Inspector: asynq.NewInspector(opt),
@@ -34,7 +35,7 @@ func ExampleNewAPI() {
 		log.Fatal("AUTHTAP_ADMIN_TOKEN is not set")
 	}
 	mux := http.NewServeMux()
-	authed, err := worker.RequireBearer(token, api)
+	authed, err := admin.RequireBearer(token, api)
 	if err != nil {
 		log.Fatal(err)
 	}

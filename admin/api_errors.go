@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"bytes"
@@ -8,12 +8,12 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 // MaxAPIBody bounds a management API request body, in bytes.
@@ -34,6 +34,16 @@ const (
 	CodeUnauthorized     = "unauthorized"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	CodeForbidden        = "forbidden"
+	CodeLimitReached     = "limit_reached"
+	CodeRateLimited      = "rate_limited"
+	// Portal token errors (401), and the read-only token's refusal (403).
+	CodeTokenMissing   = "token_missing"
+	CodeTokenMalformed = "token_malformed"
+	CodeTokenInvalid   = "token_invalid"
+	CodeTokenExpired   = "token_expired"
+	CodeTokenRevoked   = "token_revoked"
+	CodeReadOnlyToken  = "read_only_token"
 )
 
 // apiError is an error answered to an API client: {"error": {...}}.
@@ -54,6 +64,12 @@ func errorf(status int, code, format string, a ...any) *apiError {
 
 func fieldError(field, format string, a ...any) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: field,
+		Message: field + ": " + fmt.Sprintf(format, a...)}
+}
+
+// forbidden is a 403 about field: what a portal link may not do.
+func forbidden(field, format string, a ...any) *apiError {
+	return &apiError{Status: http.StatusForbidden, Code: CodeForbidden, Field: field,
 		Message: field + ": " + fmt.Sprintf(format, a...)}
 }
 
@@ -95,21 +111,21 @@ func internal(err error) *apiError {
 // storeError maps an error of the Store to an API error.
 func storeError(err error, endpointID string) *apiError {
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, worker.ErrNotFound):
 		return errorf(http.StatusNotFound, CodeNotFound, "endpoint %q does not exist", endpointID)
-	case errors.Is(err, ErrReadOnly):
+	case errors.Is(err, worker.ErrReadOnly):
 		return readOnlyError(endpointID)
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, worker.ErrConflict):
 		return &apiError{Status: http.StatusConflict, Code: CodeConflict, Field: "id",
 			Message: fmt.Sprintf("id: endpoint %q already exists", endpointID)}
-	case errors.Is(err, ErrInvalidEndpoint):
+	case errors.Is(err, worker.ErrInvalidEndpoint):
 		msg := err.Error()
 		// "invalid endpoint ep_x: detail" → "detail"
 		if _, rest, ok := strings.Cut(msg, ": "); ok {
 			msg = rest
 		}
 		return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: fieldOfMessage(msg), Message: msg}
-	case errors.Is(err, ErrEventNotFound):
+	case errors.Is(err, worker.ErrEventNotFound):
 		return errorf(http.StatusNotFound, CodeNotFound, "event is not (or no longer) kept")
 	}
 	return internal(err)
@@ -233,13 +249,9 @@ func lineCol(b []byte, off int64) (line, col int) {
 // checkEndpointConfig validates c field by field before the store does, so
 // that an error names the field. It uses the store's own rules: each field
 // is checked on an otherwise valid record.
-func checkEndpointConfig(c EndpointConfig) *apiError {
-	base := func() *endpointRecord {
-		return &endpointRecord{ID: "x", URL: "https://example.com/", Mode: rules.ModeLive, Format: FormatEnvelope,
-			Secrets: []secretRecord{{Value: SecretPrefix + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}
-	}
+func checkEndpointConfig(c worker.EndpointConfig) *apiError {
 	if c.ID != "" {
-		if err := validateEndpointID(c.ID); err != nil {
+		if err := worker.ValidateEndpointID(c.ID); err != nil {
 			return fieldError("id", "%v", err)
 		}
 	}
@@ -259,34 +271,16 @@ func checkEndpointConfig(c EndpointConfig) *apiError {
 		}
 	}
 	for i, f := range c.Events {
-		if err := validateEventFilter(f); err != nil {
+		if err := worker.ValidateEventFilter(f); err != nil {
 			return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "events",
 				Message: fmt.Sprintf("events[%d]: %v", i, err)}
 		}
 	}
-	checks := []struct {
-		field string
-		set   func(r *endpointRecord)
-	}{
-		{"format", func(r *endpointRecord) { r.Format = c.Format }},
-		{"event_header", func(r *endpointRecord) { r.EventHeader = c.EventHeader }},
-		{"bearer_token", func(r *endpointRecord) { r.BearerToken = c.BearerToken }},
-		{"rate_limit", func(r *endpointRecord) { r.RateLimit = c.RateLimit }},
-		{"max_concurrency", func(r *endpointRecord) { r.MaxConcurrency = c.MaxConcurrency }},
-	}
-	for _, ch := range checks {
-		r := base()
-		ch.set(r)
-		if err := r.normalize(); err != nil {
-			msg := err.Error()
-			if _, rest, ok := strings.Cut(msg, ": "); ok {
-				msg = rest
-			}
-			return fieldError(ch.field, "%s", msg)
-		}
+	if field, err := worker.CheckEndpointOptions(c); err != nil {
+		return fieldError(field, "%v", err)
 	}
 	if c.Secret != "" {
-		if _, err := DecodeSecret(c.Secret); err != nil {
+		if _, err := worker.DecodeSecret(c.Secret); err != nil {
 			return fieldError("secret", "%v", err)
 		}
 	}
@@ -296,18 +290,18 @@ func checkEndpointConfig(c EndpointConfig) *apiError {
 // checkURL checks an endpoint URL for mode; the message repeats the URL
 // without any user information.
 func checkURL(raw, mode string) *apiError {
-	err := ValidateEndpointURL(raw, mode == rules.ModeLive)
+	err := worker.ValidateEndpointURL(raw, mode == rules.ModeLive)
 	if err == nil {
 		return nil
 	}
-	if _, ok := errors.AsType[*hostFormErr](err); ok {
+	if worker.IsHostFormError(err) {
 		return fieldError("url", "%v", err)
 	}
 	want := "an absolute http or https URL for a test endpoint"
 	if mode == rules.ModeLive {
 		want = "an absolute https URL for a live endpoint"
 	}
-	shown := shownURL(raw)
+	shown := worker.MaskURL(raw)
 	if shown == "" {
 		return fieldError("url", "want %s (%v)", want, err)
 	}
@@ -326,22 +320,9 @@ func (a *api) checkAddress(raw, mode string) *apiError {
 	return nil
 }
 
-// shownURL is raw with any user information masked, for messages; "" when
-// raw does not parse.
-func shownURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
-	}
-	if u.User != nil {
-		u.User = url.User("xxxxx")
-	}
-	return u.String()
-}
-
 // checkPatch validates the fields p sets, given the endpoint's current state.
-func checkPatch(p EndpointPatch, cur Endpoint) *apiError {
-	c := EndpointConfig{ID: cur.ID, URL: cur.URL, Mode: cur.Mode, Format: cur.Format, EventHeader: cur.EventHeader,
+func checkPatch(p worker.EndpointPatch, cur worker.Endpoint) *apiError {
+	c := worker.EndpointConfig{ID: cur.ID, URL: cur.URL, Mode: cur.Mode, Format: cur.Format, EventHeader: cur.EventHeader,
 		RateLimit: cur.RateLimit}
 	if p.URL != nil {
 		c.URL = *p.URL

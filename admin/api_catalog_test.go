@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"encoding/json"
@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 // TestAPIEventCatalog: GET /event-types serves the rules' catalog, with the
@@ -35,7 +36,7 @@ tests:
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled: the catalog needs no Redis
 	t.Cleanup(func() { _ = rdb.Close() })
-	store, err := NewStore(rdb, StoreOptions{})
+	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

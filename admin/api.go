@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 // API defaults and bounds.
@@ -34,7 +35,7 @@ var openAPIDoc []byte
 // APIConfig configures the management API.
 type APIConfig struct {
 	// Store holds the endpoints, the delivery log and the kept events. Required.
-	Store *Store
+	Store *worker.Store
 	// Client enqueues test deliveries, retries and replays. Default: a client
 	// on the Store's Redis connection.
 	Client *asynq.Client
@@ -48,7 +49,7 @@ type APIConfig struct {
 	EventTypes func() []rules.EventType
 	// Retry is the workers' retry policy; deliveries enqueued through the API
 	// get its MaxRetry. The zero value is the Standard Webhooks schedule.
-	Retry RetryPolicy
+	Retry worker.RetryPolicy
 	// DedupeRetention is how long a completed delivery enqueued through the API
 	// stays in Redis (and retryable by its id). Default 24h.
 	DedupeRetention time.Duration
@@ -62,6 +63,12 @@ type APIConfig struct {
 	Monitor http.Handler
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// PortalURL is the absolute URL of the tenant portal page (where the
+	// portal handler is mounted, e.g. "https://auth.example.com/portal/"); a
+	// portal link is this URL with the token in its fragment. Default: the
+	// origin the POST /portal-links request was sent to, plus "/portal/"
+	// (where `authtap worker --admin` serves the portal).
+	PortalURL string
 	// CheckEndpointURL, when set, is asked about the URL and mode of every
 	// endpoint created or changed (a PATCH of the mode alone included), and
 	// a non-nil answer refuses it: the delivering worker's
@@ -72,9 +79,14 @@ type APIConfig struct {
 	CheckEndpointURL func(raw, mode string) error
 }
 
+// enqueuer is the part of *asynq.Client the API uses.
+type enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
 // api serves the management API.
 type api struct {
-	store      *Store
+	store      *worker.Store
 	client     enqueuer
 	inspector  *asynq.Inspector
 	eventTypes func() []rules.EventType
@@ -83,6 +95,8 @@ type api struct {
 	log        *zap.Logger
 	now        func() time.Time
 	checkURL   func(raw, mode string) error // APIConfig.CheckEndpointURL; nil: none
+	links      *portalLinks
+	portalURL  string
 	mux        *http.ServeMux
 }
 
@@ -108,6 +122,11 @@ var routes = []route{
 	{"GET", "/events", (*api).listEvents},
 	{"GET", "/events/{id}", (*api).getEvent},
 	{"GET", "/event-types", (*api).listEventTypes},
+	{"POST", "/portal-links", (*api).issuePortalLink},
+	{"GET", "/portal-links", (*api).listPortalLinks},
+	{"DELETE", "/portal-links", (*api).revokeTenantPortalLinks},
+	{"DELETE", "/portal-links/{id}", (*api).revokePortalLink},
+	{"POST", "/portal-keys/rotate", (*api).rotatePortalKey},
 	{"GET", "/openapi.json", (*api).openAPI},
 	{"GET", "/healthz", (*api).healthz},
 }
@@ -117,28 +136,9 @@ var routes = []route{
 // http.StripPrefix or Caddy's handle_path). It does not authenticate: wrap it
 // in RequireBearer, or put it behind the web server's own authentication.
 func NewAPI(c APIConfig) (http.Handler, error) {
-	if c.Store == nil {
-		return nil, errors.New("configuring management API: no store")
-	}
-	a := &api{
-		store: c.Store, inspector: c.Inspector, eventTypes: c.EventTypes, maxRetry: c.Retry.MaxRetry(),
-		dedupe: c.DedupeRetention, log: c.Logger, now: c.Now, checkURL: c.CheckEndpointURL, mux: http.NewServeMux(),
-	}
-	if c.Client != nil {
-		a.client = c.Client
-	} else {
-		a.client = asynq.NewClientFromRedisClient(c.Store.rdb)
-	}
-	if a.inspector == nil {
-		a.inspector = asynq.NewInspectorFromRedisClient(c.Store.rdb)
-	}
-	orDefault(&a.dedupe, DefaultDedupeRetention)
-	if a.log == nil {
-		a.log = zap.NewNop()
-	}
-	a.log = a.log.Named("api")
-	if a.now == nil {
-		a.now = time.Now
+	a, err := newAPI(c)
+	if err != nil {
+		return nil, err
 	}
 	for _, rt := range routes {
 		a.mux.Handle(rt.method+" "+rt.path, a.wrap(rt.handle))
@@ -146,6 +146,43 @@ func NewAPI(c APIConfig) (http.Handler, error) {
 	if c.Monitor != nil {
 		a.mux.Handle("/monitor/", c.Monitor)
 	}
+	return a, nil
+}
+
+// newAPI returns the API's state with an empty mux.
+func newAPI(c APIConfig) (*api, error) {
+	if c.Store == nil {
+		return nil, errors.New("configuring management API: no store")
+	}
+	if c.PortalURL != "" {
+		if err := checkPortalURL(c.PortalURL); err != nil {
+			return nil, fmt.Errorf("configuring management API: %w", err)
+		}
+	}
+	a := &api{
+		store: c.Store, inspector: c.Inspector, eventTypes: c.EventTypes, maxRetry: c.Retry.MaxRetry(),
+		dedupe: c.DedupeRetention, log: c.Logger, now: c.Now, checkURL: c.CheckEndpointURL, mux: http.NewServeMux(),
+		portalURL: c.PortalURL,
+	}
+	if c.Client != nil {
+		a.client = c.Client
+	} else {
+		a.client = asynq.NewClientFromRedisClient(c.Store.Redis())
+	}
+	if a.inspector == nil {
+		a.inspector = asynq.NewInspectorFromRedisClient(c.Store.Redis())
+	}
+	if a.dedupe <= 0 {
+		a.dedupe = worker.DefaultDedupeRetention
+	}
+	if a.log == nil {
+		a.log = zap.NewNop()
+	}
+	a.log = a.log.Named("api")
+	if a.now == nil {
+		a.now = time.Now
+	}
+	a.links = newPortalLinks(c.Store.Redis(), a.now)
 	return a, nil
 }
 
@@ -160,9 +197,14 @@ func (a *api) wrap(h func(a *api, w http.ResponseWriter, r *http.Request) *apiEr
 // ServeHTTP serves the API; it answers unknown paths and wrong methods with
 // JSON errors too.
 func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h, pattern := a.mux.Handler(r)
+	a.serve(a.mux, w, r)
+}
+
+// serve routes r through mux, answering its 404 and 405 in JSON.
+func (a *api) serve(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	h, pattern := mux.Handler(r)
 	if pattern != "" {
-		a.mux.ServeHTTP(w, r) // sets the path values
+		mux.ServeHTTP(w, r) // sets the path values
 		return
 	}
 	// The mux's own 404, 405 or redirect: let it decide, then say it in JSON.
@@ -243,7 +285,7 @@ func (a *api) openAPI(w http.ResponseWriter, _ *http.Request) *apiError {
 func (a *api) healthz(w http.ResponseWriter, r *http.Request) *apiError {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := a.store.rdb.Ping(ctx).Err(); err != nil {
+	if err := a.store.Redis().Ping(ctx).Err(); err != nil {
 		e := errorf(http.StatusServiceUnavailable, CodeUnavailable, "redis does not answer")
 		e.cause = err
 		return e

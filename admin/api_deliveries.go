@@ -1,10 +1,11 @@
-package worker
+package admin
 
 import (
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,16 +13,23 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
 // deliveriesResponse is the answer to GET /webhooks/{id}/deliveries.
 type deliveriesResponse struct {
-	Deliveries []Attempt `json:"deliveries"`
+	Deliveries []worker.Attempt `json:"deliveries"`
 	// NextBefore, when set, is the ?before value of the next (older) page.
 	NextBefore string `json:"next_before,omitempty"`
 }
 
+// maxDeliveriesScan bounds how many attempts one filtered listing reads.
+const maxDeliveriesScan = 10 * MaxListLimit
+
+// listDeliveries answers GET /webhooks/{id}/deliveries, newest first;
+// ?tenant=ID keeps the deliveries of that tenant's events (reading at most
+// maxDeliveriesScan attempts per page).
 func (a *api) listDeliveries(w http.ResponseWriter, r *http.Request) *apiError {
 	id := r.PathValue("id")
 	limit, e := limitParam(r)
@@ -32,17 +40,51 @@ func (a *api) listDeliveries(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
+	tenant, byTenant, e := tenantParam(r)
+	if e != nil {
+		return e
+	}
+	if scopeOf(r) != nil {
+		byTenant = false // its endpoint receives only its own tenant's events
+	}
 	ctx := r.Context()
-	if _, err := a.store.Get(ctx, id); err != nil {
-		return storeError(err, id)
+	if _, e := a.endpoint(r, id); e != nil {
+		return e
 	}
-	atts, err := a.store.Attempts(ctx, id, limit, before)
-	if err != nil {
-		return internal(err)
+	resp := deliveriesResponse{Deliveries: []worker.Attempt{}}
+	for scanned := 0; ; {
+		atts, err := a.store.Attempts(ctx, id, limit, before)
+		if err != nil {
+			return internal(err)
+		}
+		scanned += len(atts)
+		for _, at := range atts {
+			if !byTenant || at.Tenant == tenant {
+				resp.Deliveries = append(resp.Deliveries, at)
+			}
+		}
+		if len(atts) < limit { // the log holds no more
+			resp.NextBefore = ""
+			break
+		}
+		// More may follow; a page keeps one microsecond's attempts together.
+		before = atts[len(atts)-1].Time
+		resp.NextBefore = before.UTC().Format(time.RFC3339Nano)
+		if len(resp.Deliveries) >= limit || scanned >= maxDeliveriesScan {
+			break
+		}
 	}
-	resp := deliveriesResponse{Deliveries: atts}
-	if len(atts) >= limit { // more may follow; a page keeps one microsecond's attempts together
-		resp.NextBefore = atts[len(atts)-1].Time.UTC().Format(time.RFC3339Nano)
+	if n := len(resp.Deliveries); n > limit {
+		// Filtered pages overshot: cut after limit, but not inside a microsecond.
+		last := resp.Deliveries[limit-1].Time.Truncate(time.Microsecond)
+		cut := limit
+		for cut < n && resp.Deliveries[cut].Time.Truncate(time.Microsecond).Equal(last) {
+			cut++
+		}
+		if cut < n {
+			resp.Deliveries = resp.Deliveries[:cut]
+			resp.NextBefore = resp.Deliveries[cut-1].Time.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
@@ -78,12 +120,12 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 			"delivery %q does not exist: a delivery id is \"<event id>:<endpoint id>\"", id)
 	}
 	ctx := r.Context()
-	ep, err := a.store.Get(ctx, endpointID)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
+	ep, e := a.endpoint(r, endpointID)
+	if e != nil {
+		if e.Code == CodeNotFound {
 			return errorf(http.StatusNotFound, CodeNotFound, "delivery %q: endpoint %q does not exist", id, endpointID)
 		}
-		return internal(err)
+		return e
 	}
 	if !ep.Enabled {
 		return errorf(http.StatusConflict, CodeDisabled,
@@ -103,7 +145,7 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 				state = "gone" // completed or deleted meanwhile
 				break
 			}
-			a.log.Info("delivery requeued", zap.String("delivery_id", id), zap.String("previous_state", state))
+			a.log.Info("delivery requeued", append(scopeOf(r).logFields(), zap.String("delivery_id", id), zap.String("previous_state", state))...)
 			writeJSON(w, http.StatusAccepted, retryResponse{DeliveryID: id, Action: "requeued", PreviousState: state})
 			return nil
 		case asynq.TaskStatePending, asynq.TaskStateActive:
@@ -116,26 +158,32 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 	// Completed or gone: deliver the kept event again under a new task id.
 	ev, err := a.store.GetEvent(ctx, eventID)
 	if err != nil {
-		if errors.Is(err, ErrEventNotFound) {
+		if errors.Is(err, worker.ErrEventNotFound) {
 			return errorf(http.StatusNotFound, CodeNotFound,
 				"delivery %q cannot be retried: its event %q is no longer kept", id, eventID)
 		}
 		return internal(err)
 	}
+	if !worker.TenantTakes(ep.Tenant, ev.Tenant) {
+		// Never hand one tenant's event to another tenant's endpoint, whatever
+		// delivery id is asked for.
+		return errorf(http.StatusNotFound, CodeNotFound,
+			"delivery %q does not exist: endpoint %q never receives event %q", id, endpointID, eventID)
+	}
 	newID, err := a.enqueueReplay(r, ev, ep, "retry-"+strings.ToLower(rand.Text()[:12]))
 	if err != nil {
 		return internal(err)
 	}
-	a.log.Info("delivery enqueued again", zap.String("delivery_id", id), zap.String("new_delivery_id", newID),
-		zap.String("previous_state", state))
+	a.log.Info("delivery enqueued again", append(scopeOf(r).logFields(), zap.String("delivery_id", id), zap.String("new_delivery_id", newID),
+		zap.String("previous_state", state))...)
 	writeJSON(w, http.StatusAccepted, retryResponse{DeliveryID: newID, Action: "enqueued", PreviousState: state})
 	return nil
 }
 
 // enqueueReplay enqueues a delivery of ev to ep marked as a replay, with the
 // task id "<event id>:<endpoint id>:<suffix>", and returns that id.
-func (a *api) enqueueReplay(r *http.Request, ev rules.Event, ep Endpoint, suffix string) (string, error) {
-	p, err := DeliverPayloadFor(ev, ep, true)
+func (a *api) enqueueReplay(r *http.Request, ev rules.Event, ep worker.Endpoint, suffix string) (string, error) {
+	p, err := worker.DeliverPayloadFor(ev, ep, true)
 	if err != nil {
 		return "", err
 	}
@@ -182,9 +230,9 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) *apiError {
 			Message: fmt.Sprintf("since: the window may span at most %s (14 days), got %s", MaxReplayWindow, until.Sub(since).Round(time.Second))}
 	}
 	ctx := r.Context()
-	ep, err := a.store.Get(ctx, id)
-	if err != nil {
-		return storeError(err, id)
+	ep, e := a.endpoint(r, id)
+	if e != nil {
+		return e
 	}
 	if !ep.Enabled {
 		return errorf(http.StatusConflict, CodeDisabled,
@@ -203,44 +251,51 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) *apiError {
 	} else {
 		return internal(err)
 	}
+	evs = slices.DeleteFunc(evs, func(ev rules.Event) bool {
+		return !endpointTakes(ep, ev) || ev.Type == EventTest && ev.Source.Name == worker.SourceName && !own[ev.ID]
+	})
+	if scopeOf(r) != nil && len(evs) > MaxPortalReplayEvents {
+		return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidParameter, Field: "since",
+			Message: fmt.Sprintf("since: the window holds %d events for this endpoint; a replay through the portal sends at most %d: pick a shorter window",
+				len(evs), MaxPortalReplayEvents)}
+	}
 	nonce := "replay-" + strings.ToLower(rand.Text()[:12])
 	resp := replayResponse{EventIDs: []string{}}
 	for _, ev := range evs {
-		if !endpointTakes(ep, ev) || ev.Type == EventTest && ev.Source.Name == SourceName && !own[ev.ID] {
-			continue
-		}
 		if _, err := a.enqueueReplay(r, ev, ep, nonce); err != nil {
 			return internal(fmt.Errorf("replaying to %s after %d events: %w", id, resp.Replayed, err))
 		}
 		resp.Replayed++
 		resp.EventIDs = append(resp.EventIDs, ev.ID)
 	}
-	a.log.Info("events replayed", zap.String("endpoint_id", id), zap.Time("since", since), zap.Time("until", until),
-		zap.Int("replayed", resp.Replayed))
+	a.log.Info("events replayed", append(scopeOf(r).logFields(), zap.String("endpoint_id", id), zap.Time("since", since), zap.Time("until", until),
+		zap.Int("replayed", resp.Replayed))...)
 	writeJSON(w, http.StatusAccepted, resp)
 	return nil
 }
 
 // endpointTakes reports whether ep's mode and filters take ev (enabled or not).
-func endpointTakes(ep Endpoint, ev rules.Event) bool {
+func endpointTakes(ep worker.Endpoint, ev rules.Event) bool {
 	mode := ev.Mode
 	if mode == "" {
 		mode = rules.ModeLive
 	}
-	if mode != ep.Mode || !TenantTakes(ep.Tenant, ev.Tenant) {
+	if mode != ep.Mode || !worker.TenantTakes(ep.Tenant, ev.Tenant) {
 		return false
 	}
 	if len(ep.Events) == 0 {
 		return true
 	}
 	for _, f := range ep.Events {
-		if MatchEventFilter(f, ev.Type) {
+		if worker.MatchEventFilter(f, ev.Type) {
 			return true
 		}
 	}
 	return false
 }
 
+// listEvents answers GET /events, newest first; ?type=FILTER and
+// ?tenant=ID keep the events of matching types and of that tenant.
 func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 	limit, e := limitParam(r)
 	if e != nil {
@@ -248,14 +303,18 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 	}
 	typ := r.URL.Query().Get("type")
 	if typ != "" {
-		if err := validateEventFilter(typ); err != nil {
+		if err := worker.ValidateEventFilter(typ); err != nil {
 			return &apiError{Status: http.StatusBadRequest, Code: CodeInvalidParameter, Field: "type",
 				Message: fmt.Sprintf("type: %v", err)}
 		}
 	}
+	tenant, byTenant, e := tenantParam(r)
+	if e != nil {
+		return e
+	}
 	fetch := limit
-	if typ != "" {
-		fetch = maxEventsPerQuery
+	if typ != "" || byTenant {
+		fetch = worker.MaxEventsPerQuery
 	}
 	evs, err := a.store.RecentEvents(r.Context(), fetch)
 	if err != nil {
@@ -266,7 +325,7 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 		if len(out) == limit {
 			break
 		}
-		if typ == "" || MatchEventFilter(typ, ev.Type) {
+		if (typ == "" || worker.MatchEventFilter(typ, ev.Type)) && (!byTenant || ev.Tenant == tenant) {
 			out = append(out, ev)
 		}
 	}
@@ -276,8 +335,8 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) *apiError {
 
 // eventResponse is the answer to GET /events/{id}.
 type eventResponse struct {
-	Event    rules.Event `json:"event"`
-	Attempts []Attempt   `json:"attempts"`
+	Event    rules.Event      `json:"event"`
+	Attempts []worker.Attempt `json:"attempts"`
 }
 
 func (a *api) getEvent(w http.ResponseWriter, r *http.Request) *apiError {
@@ -285,7 +344,7 @@ func (a *api) getEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	ctx := r.Context()
 	ev, err := a.store.GetEvent(ctx, id)
 	if err != nil {
-		if errors.Is(err, ErrEventNotFound) {
+		if errors.Is(err, worker.ErrEventNotFound) {
 			return errorf(http.StatusNotFound, CodeNotFound, "event %q is not (or no longer) kept", id)
 		}
 		return internal(err)

@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -59,8 +60,8 @@ func TestPreviousDeliveredEverywhere(t *testing.T) {
 	f := newAPIFixture(t, apiFixtureOptions{})
 	env := newAPIReceiver(t, 200)
 	dat := newAPIReceiver(t, 200)
-	f.create(EndpointConfig{ID: "env", URL: env.srv.URL, Mode: "test", Events: []string{"user.*"}})
-	f.create(EndpointConfig{ID: "dat", URL: dat.srv.URL, Mode: "test", Events: []string{"user.*"}, Format: FormatData})
+	f.create(worker.EndpointConfig{ID: "env", URL: env.srv.URL, Mode: "test", Events: []string{"user.*"}})
+	f.create(worker.EndpointConfig{ID: "dat", URL: dat.srv.URL, Mode: "test", Events: []string{"user.*"}, Format: worker.FormatData})
 	start := time.Now().Add(-time.Second)
 
 	ev := previousEvent(t)
