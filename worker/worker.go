@@ -225,6 +225,8 @@ func New(cfg Config) (*Worker, error) {
 		})
 	})
 	w.runs = newRuns(rdb, log, cfg.RecoveryInterval, cfg.RunLease)
+	// A lock outlives its last write by the run lease, or by a send's timeout.
+	w.runs.withPresence(max(cfg.RunLease, cfg.DeliveryTimeout+sendLockMargin))
 	w.mux.Use(w.runs.middleware)
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
@@ -273,6 +275,9 @@ func (w *Worker) Start() error {
 		return fmt.Errorf("starting worker: %w", err)
 	}
 	w.started = true
+	if w.runs.presence != nil {
+		w.runs.presence.start()
+	}
 	rctx, cancel := context.WithCancel(context.Background())
 	w.stopRecovery, w.recoveryDone = cancel, make(chan struct{})
 	go func() {
@@ -305,6 +310,7 @@ func (w *Worker) Shutdown() {
 			}
 			w.stopRecovery()
 			<-w.recoveryDone
+			w.runs.presence.stop()
 		}
 		w.drain.stop()
 		w.sender.CloseIdleConnections()
