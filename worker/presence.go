@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 )
 
@@ -84,6 +85,7 @@ type presence struct {
 	mu     sync.Mutex
 	cur    presenceState
 	reason string // why presence is off, as last logged
+	opened bool   // a presence connection was open once
 	seq    int
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -93,6 +95,11 @@ func newPresence(rdb *redis.Client, log *zap.Logger, instance string, window, re
 	o := *rdb.Options()
 	o.MaxRetries = -1
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+	// rdb's push processor is rdb's own (go-redis stores it in the options),
+	// and a blocked connection has no use for maintenance notifications: a
+	// server that moves closes it, and a new one opens.
+	o.PushNotificationProcessor = nil
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	return &presence{rdb: rdb, own: redis.NewClient(&o), log: log, instance: instance, window: window, retry: retry, onChange: onChange}
 }
 
@@ -182,11 +189,11 @@ func (p *presence) loop(ctx context.Context) {
 		}
 		wait = p.retry
 		p.mu.Lock()
-		was := p.reason
-		p.reason = ""
+		announce := p.reason != "" || !p.opened
+		p.reason, p.opened = "", true
 		p.mu.Unlock()
 		p.set(s)
-		if was != "" {
+		if announce {
 			p.log.Info("presence connection open: a delivery whose worker dies while sending is retried within seconds",
 				zap.String("name", s.name), zap.Int64("client_id", s.id))
 		}
