@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -249,8 +250,42 @@ func TestExpiredLeaseRecoveredInSeconds(t *testing.T) {
 // receiver never sees two requests of one webhook-id at once, even when the
 // stopped worker continues.
 func TestStoppedWorkerNeverOverlaps(t *testing.T) {
+	stopMidSend(t, redistest.Start(t), nil)
+}
+
+// The same when Redis restarts (with its data) while the worker is stopped:
+// the stopped worker's presence connection is gone with the old Redis, and
+// client ids start again, but its lock names the old server's run, so the
+// new worker waits the lock out all the same.
+func TestStoppedWorkerAcrossRedisRestart(t *testing.T) {
+	srv := redistest.StartArgs(t, "--appendonly", "yes", "--appendfsync", "always")
+	stopMidSend(t, srv, func() {
+		srv.Restart()
+		// Client ids start at 1 again: past the stopped worker's presence
+		// id, that id names a connection that is gone in the new run too.
+		for range 300 {
+			c, err := net.Dial("tcp", srv.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.Close()
+		}
+		waitFor(t, 5*time.Second, "the burnt connections to close", func() bool {
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+			defer rdb.Close()
+			return strings.Count(rdb.ClientList(context.Background()).Val(), "\n") < 10
+		})
+	})
+}
+
+// stopMidSend runs a worker process that is SIGSTOPped while the receiver
+// holds its attempt (5s), calls during (unless nil), starts a second worker
+// process and SIGCONTs the first once the second sent the delivery. The
+// receiver must never see two requests of the webhook-id at once, and the
+// second must come after the first attempt's 6s timeout.
+func stopMidSend(t *testing.T, srv *redistest.Server, during func()) {
+	t.Helper()
 	ctx := context.Background()
-	srv := redistest.Start(t)
 	var mu sync.Mutex
 	inflight, maxInflight, total := map[string]int{}, 0, 0
 	var times []time.Time
@@ -294,6 +329,9 @@ func TestStoppedWorkerNeverOverlaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	stoppedAt := time.Now()
+	if during != nil {
+		during()
+	}
 	startHelperWorker(t, srv, env...)
 	waitFor(t, 15*time.Second, "the second worker's attempt", func() bool {
 		mu.Lock()
@@ -310,8 +348,9 @@ func TestStoppedWorkerNeverOverlaps(t *testing.T) {
 	if maxInflight != 1 {
 		t.Fatalf("the receiver saw %d requests of one webhook-id at once", maxInflight)
 	}
-	// The stopped worker's presence connection stays open: its lock is waited
-	// out, so the second attempt comes after the first one's deadline.
+	// The stopped worker's presence connection stays open (or names another
+	// run of Redis): its lock is waited out, so the second attempt comes
+	// after the first one's deadline.
 	if d := times[1].Sub(times[0]); d < 6*time.Second {
 		t.Fatalf("the second attempt came %s after the first, before the stopped one's 6s timeout", d)
 	}

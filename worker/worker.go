@@ -310,8 +310,8 @@ func (w *Worker) Shutdown() {
 			}
 			w.stopRecovery()
 			<-w.recoveryDone
-			w.runs.presence.stop()
 		}
+		w.runs.presence.stop()
 		w.drain.stop()
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()
