@@ -2,8 +2,14 @@ package worker
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -297,5 +303,54 @@ func TestParseTag(t *testing.T) {
 	got := parseClientList("id=3 addr=x name=authtap-worker:a:1 age=1\nid=9 addr=y name= age=2\n")
 	if len(got) != 2 || got["3"] != "authtap-worker:a:1" || got["9"] != "" {
 		t.Errorf("parseClientList: %v", got)
+	}
+}
+
+// Through Redis Sentinel (redis-server --sentinel) the presence connection is
+// dialled to the current master, as the worker's pool is.
+func TestPresenceThroughSentinel(t *testing.T) {
+	master := redistest.Start(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor authtap 127.0.0.1 %d 1\n", port, dir, master.Port)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("redis-server", conf, "--sentinel")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	waitFor(t, 10*time.Second, "the sentinel", func() bool { return redistest.Ping(addr) == nil })
+	opt, err := ParseRedisURL("redis-sentinel://" + addr + "?master=authtap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Redis: opt, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Shutdown()
+	waitFor(t, 10*time.Second, "the presence connection", func() bool { return w.runs.tag() != "" })
+	rdb := redis.NewClient(&redis.Options{Addr: master.Addr})
+	defer rdb.Close()
+	s := w.runs.presence.state()
+	if s.run != serverRun(t, rdb) || !strings.Contains(clientLine(t, rdb, s.id), "name="+s.name) {
+		t.Fatalf("presence %+v is not on the master (run %s)", s, serverRun(t, rdb))
+	}
+	w.Shutdown()
+	if line := clientLine(t, rdb, s.id); line != "" {
+		t.Errorf("the presence connection outlives Shutdown: %s", line)
 	}
 }
