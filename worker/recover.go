@@ -58,21 +58,22 @@ import (
 // VM, a partition) and may go on sending: the lock stretched over the send is
 // what keeps the two from sending at once, so the delivery of a worker killed
 // mid-send would wait for the delivery timeout (15s). But the kernel closes a
-// killed or crashed process's connections, and Redis sees that at once, while
-// a stopped process's stay open. So each worker keeps one presence connection
+// killed or crashed process's connections, and Redis notices at once, while a
+// stopped process's stay open. So each worker keeps one presence connection
 // (presence.go): its own, named authtap-worker:<instance>:<n>, blocked in a
 // BLPOP that nothing serves, and it writes the connection's tag, "<run_id of
 // the server>:<CLIENT ID>", into the locks it holds. A recoverer that lists a
-// stale task whose lock carries a tag of the server's current run asks, in
-// one pipeline on one connection per round, CLIENT LIST ID <its own id>
-// <every such holder's id> (one id per holder worker, however many tasks)
-// and GET of those locks; the task counts as abandoned when its holder's
-// connection is missing and the lock unchanged, in rounds presenceConfirm
-// apart, measured on the recoverer's monotonic clock from the first reply
-// that missed it. The requeue script moves it only if its lock is still the
-// one judged, and the generation fence works as for any recovery. Why this
-// never lets two attempts of one delivery send at once, and where it falls
-// back to waiting out the lock:
+// stale task whose lock carries a tag of the server's current run sends, once
+// per round and on one connection, a pipeline of CLIENT LIST ID <its own id>
+// <each holder's id> (one per holder worker, however many of its tasks are
+// listed) and a GET of each such lock. The task counts as abandoned when its
+// holder's connection is missing and its lock unchanged in rounds
+// presenceConfirm (2·RecoveryInterval, at least 1s) apart, measured on the
+// recoverer's monotonic clock from the first reply that missed it, and the
+// requeue script moves it only if its lock is still the one judged; the
+// generation fence then works as for any recovery. Why this never lets two
+// attempts of one delivery send at once, and where it falls back to waiting
+// out the lock:
 //
 //   - a stopped process's connection stays open as long as Redis keeps it:
 //     the idle `timeout` does not apply to a blocked client, NO-EVICT exempts
@@ -80,23 +81,25 @@ import (
 //     tcp-keepalive cannot close a silent peer's connection before that
 //     peer's locks lapse (checkPresence; a connection gets its keepalive when
 //     it is accepted, and the check reads the setting on it). A server that
-//     refuses CLIENT SETNAME, ID or LIST, INFO or CONFIG GET (renamed
-//     commands, ACLs, many managed Redis) gives no tag, and such locks are
-//     waited out as before;
+//     refuses CLIENT SETNAME, ID, LIST ID (Redis before 6.2) or NO-EVICT
+//     (but for a Redis before 7.0, which evicts no clients), INFO or CONFIG
+//     GET (renamed commands, ACLs, many managed Redis) gets no tag, and such
+//     locks are waited out as before;
 //   - client ids are unique within one run of redis-server only, and a
 //     restart or a failover to another server closes every connection: a tag
 //     of another run is never judged. The recoverer's own connection in the
-//     same reply shows that the server is still the run it recorded;
+//     same reply shows that the server is still the run it recorded, and the
+//     GETs on the same connection that the lock is still there as listed;
 //   - a worker whose presence connection closes while it lives (CLIENT KILL,
 //     a network error, a restart) sees it at once, its BLPOP failing, drops
 //     the tag from new locks and rewrites the locks it holds to a new
-//     connection's tag, or to none, without waiting for the next round. A
-//     recoverer waits presenceConfirm (at least 1s) after it first missed a connection, and
-//     a rewritten lock is no longer the lock it judged;
+//     connection's tag, or to none, without waiting for the next round (a
+//     rewrite keeps the TTL). A recoverer waits presenceConfirm after it
+//     first missed a connection, and a rewritten lock is no longer the lock
+//     it judged;
 //   - no two machines' clocks are compared: the confirmation is a duration on
 //     the recoverer's monotonic clock, which starts after the reply that
-//     missed the connection, and Redis's replies come after the state they
-//     report;
+//     missed the connection, and a reply comes after the state it reports;
 //   - Redis Cluster: CLIENT LIST answers for one node, so a worker on a
 //     cluster keeps no presence connection and its locks are waited out as
 //     before; so are those of older workers, which write no tag (and whose
@@ -105,12 +108,20 @@ import (
 // What remains: an operator who kills a stopped worker's presence connection
 // declares it dead, and a worker stopped in the moment between losing its
 // connection and rewriting its locks (two faults at once) may overlap its
-// replacement. A host that crashes or loses power closes nothing: its locks
-// are waited out. A request a killed worker had already handed over may
-// still be in the receiver's hands when the retry comes, as after any attempt
-// that timed out: what the locks guarantee is that no two workers send one
-// delivery at once. The new run of the delivery may take back the endpoint
-// concurrency slot of the dead one (limits.go).
+// replacement; so may a Sentinel split brain, as asynq's own tasks can. A host
+// that crashes or loses power closes nothing: its locks are waited out. A
+// request a killed worker had already handed over may still be in the
+// receiver's hands when the retry comes, as after any attempt that timed out:
+// what the locks guarantee is that no two workers send one delivery at once.
+// The new run of a delivery takes back the endpoint concurrency slot of the
+// dead one when it needs it (limits.go).
+//
+// Weighed and left: a heartbeat key per worker stops for a stopped worker as
+// for a dead one, so it tells nothing the lock does not; PUBSUB NUMSUB on a
+// channel per connection answers in fewer bytes, but go-redis re-subscribes
+// on a new connection unseen and a channel name outlives a restart; a PING
+// per round instead of the BLPOP would notice a closed connection a round
+// late and leave it to Redis's idle `timeout`.
 //
 // An event:fanout run holds no lock: a second run of it enqueues nothing twice
 // (task ids), so it is recovered on its asynq lease alone, and a live fan-out

@@ -93,8 +93,9 @@ type Config struct {
 	RecoveryInterval time.Duration
 	// RunLease is how long a task's run lock outlives a worker that stopped
 	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
-	// while it sends. Default 3s; at least twice RecoveryInterval, at most
-	// MaxRunLease (2m).
+	// while it sends, unless the worker's presence connection shows that the
+	// worker died (its process was killed or crashed: see recover.go). Default
+	// 3s; at least twice RecoveryInterval, at most MaxRunLease (2m).
 	RunLease time.Duration
 	// ProbeInterval is how often a worker looks at the endpoints that have
 	// deliveries waiting on the retry schedule: one that is failing is probed
