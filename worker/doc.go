@@ -27,15 +27,18 @@
 // so they hold across workers), worker.go (Config, New, Start, Shutdown),
 // redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://),
 // recover.go (run locks, and the recovery of tasks whose worker is gone within
-// seconds instead of asynq's minute), coverage.go (the route shapes of the
-// successful mutations no rule matched: counts and redacted samples, for GET
-// /unmatched and `authtap rules suggest`); secret.go, sign.go, send.go, ssrf.go
-// and retry.go are the delivery core.
+// seconds instead of asynq's minute), presence.go (the per-worker connection
+// whose closing tells a killed worker from a stopped one), coverage.go (the
+// route shapes of the successful mutations no rule matched: counts and
+// redacted samples, for GET /unmatched and `authtap rules suggest`);
+// secret.go, sign.go, send.go, ssrf.go and retry.go are the delivery core.
 //
 // Redis keys start with "authtap:". The endpoint registry shares the hash tag
 // {authtap-endpoints}, coverage the tag {authtap-unmatched}, and an endpoint's limit keys the tag {<endpoint id>}, so
 // that every transaction and script works on Redis Cluster too; a task's run
-// lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. Attempts and
+// lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. A
+// presence connection blocks on authtap:presence:<its name>, which holds
+// nothing. Attempts and
 // events expire after Config.Retention (14 days); at most
 // Config.MaxAttemptsPerEndpoint (10000) attempts are kept per endpoint.
 package worker

@@ -461,6 +461,9 @@ func TestWorkerOnRedisCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Shutdown)
+	if w.runs.presence != nil {
+		t.Error("a worker on a cluster keeps a presence connection; CLIENT LIST answers for one node")
+	}
 	s := w.Store()
 	ep, err := s.Create(ctx, EndpointConfig{URL: okSrv.URL + "/b", Mode: "test", RateLimit: 100})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,16 +20,29 @@ func bucketKey(id string) string   { return keyPrefix + "limit:{" + id + "}:buck
 // KEYS[1] in-flight ZSET (member = slot token, score = lease expiry in ms: a
 // slot of a killed worker frees itself), KEYS[2] token bucket HASH.
 // ARGV: now (ms), lease (ms), slot token, max concurrency (0 = none),
-// rate per second (0 = none), burst.
+// rate per second (0 = none), burst, the token prefix of this delivery's
+// earlier runs ("" for none).
 // Returns {1, 0} when granted, {0, wait ms, reason} when not.
+//
+// When every slot is taken, slots whose token starts with that prefix are
+// given back first: they were taken by an earlier run of the same delivery,
+// and the run that asks holds the delivery's run lock (recover.go), so that
+// run is over — its worker died, or it was recovered after its send's
+// deadline — and without this its slot would stay taken for the whole lease.
 var acquireScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local maxc = tonumber(ARGV[4])
 local rate = tonumber(ARGV[5])
 local burst = tonumber(ARGV[6])
+local own = ARGV[7] or ''
 if maxc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= maxc and own ~= '' then
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+      if string.sub(m, 1, #own) == own then redis.call('ZREM', KEYS[1], m) end
+    end
+  end
   if redis.call('ZCARD', KEYS[1]) >= maxc then
     return {0, 0, 'concurrency'}
   end
@@ -74,14 +88,21 @@ type slot struct {
 }
 
 // acquire takes a slot for one delivery, or returns a *ThrottledError when a
-// limit is reached. Give the slot back with release or, to save a round trip,
-// with releaseIn in a pipeline that runs anyway.
+// limit is reached. A token "<task id>@<anything>" marks the slot as the
+// delivery's: only a run that holds the delivery's run lock may use one, and
+// it takes back the slots of the delivery's earlier runs when all are taken.
+// Give the slot back with release or, to save a round trip, with releaseIn in
+// a pipeline that runs anyway.
 func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) (slot, error) {
 	maxc := r.maxConcurrency()
 	burst := max(1, r.RateLimit)
 	now := l.now()
+	own := ""
+	if task, _, ok := strings.Cut(token, "@"); ok && task != "" {
+		own = task + "@"
+	}
 	res, err := acquireScript.Run(ctx, l.rdb, []string{inflightKey(r.ID), bucketKey(r.ID)},
-		now.UnixMilli(), l.lease.Milliseconds(), token, maxc, r.RateLimit, burst).Slice()
+		now.UnixMilli(), l.lease.Milliseconds(), token, maxc, r.RateLimit, burst, own).Slice()
 	if err != nil {
 		return slot{}, fmt.Errorf("checking limits of endpoint %s: %w", r.ID, err)
 	}

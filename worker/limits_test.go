@@ -43,6 +43,33 @@ func TestLimiterConcurrency(t *testing.T) {
 	}
 }
 
+// A delivery's new run takes back, when every slot is taken, the slots its
+// earlier runs left (a worker killed while sending), and no other.
+func TestLimiterTakesBackOwnSlot(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := newTestRedis(t)
+	l := &limiter{rdb: rdb, now: time.Now, lease: time.Minute, concurrencyWait: 100 * time.Millisecond}
+	r := &endpointRecord{ID: "ep", MaxConcurrency: 2}
+	for _, tok := range []string{"evt_1:ep@a", "evt_2:ep@a"} {
+		if _, err := l.acquire(ctx, r, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var te *ThrottledError
+	for _, tok := range []string{"evt_3:ep@b", "evt_1:e@b", "evt_1:ep", "@x"} {
+		if _, err := l.acquire(ctx, r, tok); !errors.As(err, &te) {
+			t.Fatalf("%s took a slot of another delivery: %v", tok, err)
+		}
+	}
+	if _, err := l.acquire(ctx, r, "evt_1:ep@b"); err != nil {
+		t.Fatalf("a new run of evt_1:ep: %v", err)
+	}
+	got := rdb.ZRange(ctx, inflightKey("ep"), 0, -1).Val()
+	if len(got) != 2 || got[0] == "evt_1:ep@a" || got[1] == "evt_1:ep@a" {
+		t.Fatalf("slots %v, want evt_2:ep@a and evt_1:ep@b", got)
+	}
+}
+
 func TestLimiterRate(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()

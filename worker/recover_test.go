@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -248,10 +250,45 @@ func TestExpiredLeaseRecoveredInSeconds(t *testing.T) {
 // receiver never sees two requests of one webhook-id at once, even when the
 // stopped worker continues.
 func TestStoppedWorkerNeverOverlaps(t *testing.T) {
+	stopMidSend(t, redistest.Start(t), nil)
+}
+
+// The same when Redis restarts (with its data) while the worker is stopped:
+// the stopped worker's presence connection is gone with the old Redis, and
+// client ids start again, but its lock names the old server's run, so the
+// new worker waits the lock out all the same.
+func TestStoppedWorkerAcrossRedisRestart(t *testing.T) {
+	srv := redistest.StartArgs(t, "--appendonly", "yes", "--appendfsync", "always")
+	stopMidSend(t, srv, func() {
+		srv.Restart()
+		// Client ids start at 1 again: past the stopped worker's presence
+		// id, that id names a connection that is gone in the new run too.
+		for range 300 {
+			c, err := net.Dial("tcp", srv.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.Close()
+		}
+		waitFor(t, 5*time.Second, "the burnt connections to close", func() bool {
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+			defer rdb.Close()
+			return strings.Count(rdb.ClientList(context.Background()).Val(), "\n") < 10
+		})
+	})
+}
+
+// stopMidSend runs a worker process that is SIGSTOPped while the receiver
+// holds its attempt (5s), calls during (unless nil), starts a second worker
+// process and SIGCONTs the first once the second sent the delivery. The
+// receiver must never see two requests of the webhook-id at once, and the
+// second must come after the first attempt's 6s timeout.
+func stopMidSend(t *testing.T, srv *redistest.Server, during func()) {
+	t.Helper()
 	ctx := context.Background()
-	srv := redistest.Start(t)
 	var mu sync.Mutex
 	inflight, maxInflight, total := map[string]int{}, 0, 0
+	var times []time.Time
 	first := make(chan struct{}, 1)
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("webhook-id")
@@ -260,6 +297,7 @@ func TestStoppedWorkerNeverOverlaps(t *testing.T) {
 		maxInflight = max(maxInflight, inflight[id])
 		total++
 		n := total
+		times = append(times, time.Now())
 		mu.Unlock()
 		if n == 1 {
 			first <- struct{}{}
@@ -291,6 +329,9 @@ func TestStoppedWorkerNeverOverlaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	stoppedAt := time.Now()
+	if during != nil {
+		during()
+	}
 	startHelperWorker(t, srv, env...)
 	waitFor(t, 15*time.Second, "the second worker's attempt", func() bool {
 		mu.Lock()
@@ -306,6 +347,119 @@ func TestStoppedWorkerNeverOverlaps(t *testing.T) {
 	defer mu.Unlock()
 	if maxInflight != 1 {
 		t.Fatalf("the receiver saw %d requests of one webhook-id at once", maxInflight)
+	}
+	// The stopped worker's presence connection stays open (or names another
+	// run of Redis): its lock is waited out, so the second attempt comes
+	// after the first one's deadline.
+	if d := times[1].Sub(times[0]); d < 6*time.Second {
+		t.Fatalf("the second attempt came %s after the first, before the stopped one's 6s timeout", d)
+	}
+}
+
+// killMidSend runs a worker process that is SIGKILLed while the receiver
+// holds its attempt (the receiver lets go once the connection closes), with
+// a second worker process running, both with env. It returns when the
+// attempt was sent the first time, the kill, the second time, and the most
+// requests of one webhook-id the receiver had at once.
+func killMidSend(t *testing.T, srv *redistest.Server, env ...string) (first, killed, second time.Time, maxInflight int) {
+	t.Helper()
+	ctx := context.Background()
+	var mu sync.Mutex
+	inflight := map[string]int{}
+	type hit struct {
+		at time.Time
+		id string
+	}
+	var hits []hit
+	arrived := make(chan struct{}, 1)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body) // so that the server sees the client go away
+		id := r.Header.Get("webhook-id")
+		mu.Lock()
+		inflight[id]++
+		maxInflight = max(maxInflight, inflight[id])
+		hits = append(hits, hit{time.Now(), id})
+		n := len(hits)
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			inflight[id]--
+			mu.Unlock()
+		}()
+		if n == 1 {
+			arrived <- struct{}{}
+			select { // held until the sender is gone
+			case <-r.Context().Done():
+			case <-time.After(30 * time.Second):
+			}
+		}
+	}))
+	defer recv.Close()
+	rdb, _ := newTestRedisClient(srv)
+	defer rdb.Close()
+	s, _ := NewStore(rdb, StoreOptions{})
+	// One slot: the second attempt must take back the one the killed attempt held.
+	if _, err := s.Create(ctx, EndpointConfig{ID: "ep", URL: recv.URL, Mode: "test", MaxConcurrency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	sender := startHelperWorker(t, srv, env...)
+	enqueueEvents(t, srv, "user.created", "test", 1)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first attempt did not arrive")
+	}
+	startHelperWorker(t, srv, env...)
+	if err := sender.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = sender.Wait()
+	killed = time.Now()
+	waitFor(t, 30*time.Second, "the second worker's attempt", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(hits) >= 2
+	})
+	time.Sleep(500 * time.Millisecond) // no third one
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hits) != 2 || hits[1].id != hits[0].id {
+		t.Fatalf("the receiver saw %v, want the one delivery twice, under one webhook-id", hits)
+	}
+	return hits[0].at, killed, hits[1].at, maxInflight
+}
+
+// Acceptance 3 (d): a worker SIGKILLed while its attempt is at the receiver
+// (default 15s delivery timeout) — Redis sees its presence connection close —
+// loses the delivery to another worker within seconds, not after the attempt's
+// timeout, under the same webhook-id and never while the first may still be
+// sending; the new attempt takes back the endpoint's one concurrency slot.
+func TestKilledSenderRecoveredInSeconds(t *testing.T) {
+	srv := redistest.Start(t)
+	first, killed, second, maxInflight := killMidSend(t, srv)
+	took := second.Sub(killed)
+	t.Logf("killed %s into the attempt; sent again %s after the kill", killed.Sub(first).Round(10*time.Millisecond), took.Round(10*time.Millisecond))
+	if maxInflight != 1 {
+		t.Errorf("the receiver saw %d requests of one webhook-id at once", maxInflight)
+	}
+	// Without the presence connection: the lock, 16s from the send.
+	if took > 10*time.Second {
+		t.Errorf("sent again %s after the kill, want within seconds", took)
+	}
+}
+
+// Without the CLIENT command (renamed away, as on some managed Redis) a
+// killed worker's send is waited out, as a stopped one's: the new attempt
+// comes after the killed attempt's timeout.
+func TestKilledSenderWithoutClientCommand(t *testing.T) {
+	srv := redistest.StartArgs(t, "--rename-command", "CLIENT", "")
+	first, killed, second, maxInflight := killMidSend(t, srv, "AUTHTAP_WORKER_TIMEOUT=4s")
+	t.Logf("killed %s into the attempt; sent again %s after the kill", killed.Sub(first).Round(10*time.Millisecond), second.Sub(killed).Round(10*time.Millisecond))
+	if maxInflight != 1 {
+		t.Errorf("the receiver saw %d requests of one webhook-id at once", maxInflight)
+	}
+	if d := second.Sub(first); d < 4*time.Second {
+		t.Errorf("sent again %s after the first attempt, before its 4s timeout", d)
 	}
 }
 

@@ -93,8 +93,9 @@ type Config struct {
 	RecoveryInterval time.Duration
 	// RunLease is how long a task's run lock outlives a worker that stopped
 	// refreshing it; a webhook:deliver attempt holds it for its whole timeout
-	// while it sends. Default 3s; at least twice RecoveryInterval, at most
-	// MaxRunLease (2m).
+	// while it sends, unless the worker's presence connection shows that the
+	// worker died (its process was killed or crashed: see recover.go). Default
+	// 3s; at least twice RecoveryInterval, at most MaxRunLease (2m).
 	RunLease time.Duration
 	// ProbeInterval is how often a worker looks at the endpoints that have
 	// deliveries waiting on the retry schedule: one that is failing is probed
@@ -225,6 +226,8 @@ func New(cfg Config) (*Worker, error) {
 		})
 	})
 	w.runs = newRuns(rdb, log, cfg.RecoveryInterval, cfg.RunLease)
+	// A lock outlives its last write by the run lease, or by a send's timeout.
+	w.runs.withPresence(max(cfg.RunLease, cfg.DeliveryTimeout+sendLockMargin))
 	w.mux.Use(w.runs.middleware)
 	w.mux.Handle(tasks.TypeFanout, &fanoutHandler{
 		store: store, w: w.writer, maxRetry: cfg.Retry.MaxRetry(), dedupe: cfg.DedupeRetention, log: log,
@@ -273,6 +276,9 @@ func (w *Worker) Start() error {
 		return fmt.Errorf("starting worker: %w", err)
 	}
 	w.started = true
+	if w.runs.presence != nil {
+		w.runs.presence.start()
+	}
 	rctx, cancel := context.WithCancel(context.Background())
 	w.stopRecovery, w.recoveryDone = cancel, make(chan struct{})
 	go func() {
@@ -306,6 +312,7 @@ func (w *Worker) Shutdown() {
 			w.stopRecovery()
 			<-w.recoveryDone
 		}
+		w.runs.presence.stop()
 		w.drain.stop()
 		w.sender.CloseIdleConnections()
 		_ = w.writer.Close()

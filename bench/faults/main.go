@@ -50,6 +50,7 @@ type options struct {
 	settle        time.Duration
 	redisSignal   string
 	receiver      string
+	receiverDelay time.Duration
 	timeout       time.Duration
 	scenarios     []string
 	caddyBin      string
@@ -97,6 +98,8 @@ func checkOptions(o options) error {
 		return errors.New("-delivery-timeout must not be negative")
 	case o.receiver != "go" && o.receiver != "node":
 		return fmt.Errorf("-receiver %q: want go or node", o.receiver)
+	case o.receiverDelay < 0 || (o.receiverDelay > 0 && o.receiver != "go"):
+		return errors.New("-receiver-delay must not be negative, and is for -receiver go")
 	}
 	return nil
 }
@@ -116,6 +119,7 @@ func main() {
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "after everything arrived, how long to keep counting late duplicate deliveries")
 	flag.StringVar(&o.redisSignal, "redis-signal", "term", "how redis-stop stops Redis: term (SIGTERM; AOF fsync everysec) or kill (SIGKILL; AOF fsync always)")
 	flag.StringVar(&o.receiver, "receiver", "go", "the receiver: go (in this process, idle connections closed after 5 s) or node (node on PATH: http.createServer, default keepAliveTimeout 5 s)")
+	flag.DurationVar(&o.receiverDelay, "receiver-delay", 0, "the go receiver takes this long over each delivery before it answers and records it (one whose sender goes away meanwhile is not recorded); 0: none")
 	flag.DurationVar(&o.timeout, "delivery-timeout", 0, "the worker's --timeout (one delivery attempt); 0: its default")
 	flag.StringVar(&scen, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+", or all")
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with authtap (default: go build ./cmd/caddy into a temp dir)")
@@ -275,7 +279,7 @@ func runScenario(ctx context.Context, o options, name, dir, rulesFile string) (o
 	if o.receiver == "node" {
 		s.recv, err = newNodeReceiver(ctx, dir, secret, led)
 	} else {
-		s.recv, err = newReceiver(secret, led)
+		s.recv, err = newReceiver(secret, led, s.o.receiverDelay)
 	}
 	if err != nil {
 		return outcome{}, err
@@ -466,6 +470,6 @@ func printHeader(o options) {
 	fmt.Printf("command:   go run ./bench/faults %s\n", strings.Join(os.Args[1:], " "))
 	fmt.Printf("machine:   %d CPUs, %s %s/%s, load average at start %s\n", runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, benchenv.LoadAvg())
 	benchenv.PrintBuild()
-	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s -receiver %s -delivery-timeout %s\n",
-		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal, o.receiver, o.timeout)
+	fmt.Printf("settings:  -rate %g -outage %s -receiver-short %s -receiver-long %s -worker-gap %s -burst %d -before %s -after %s -max-drain %s -settle %s -redis-signal %s -receiver %s -receiver-delay %s -delivery-timeout %s\n",
+		o.rate, o.outage, o.receiverShort, o.receiverLong, o.workerGap, o.burst, o.before, o.after, o.maxDrain, o.settle, o.redisSignal, o.receiver, o.receiverDelay, o.timeout)
 }

@@ -138,7 +138,7 @@ func TestReceiverVerifies(t *testing.T) {
 	}
 	other, _ := newSecret()
 	led := newLedger()
-	r, err := newReceiver(secret, led)
+	r, err := newReceiver(secret, led, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

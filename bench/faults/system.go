@@ -71,15 +71,16 @@ func startUpstream(led *ledger) (addr string, stop func(), err error) {
 // listener and connections closed: the worker gets "connection refused") and
 // brought back on the same port.
 type receiver struct {
-	addr string
-	wh   *standardwebhooks.Webhook
-	led  *ledger
+	addr  string
+	wh    *standardwebhooks.Webhook
+	led   *ledger
+	delay time.Duration // over each delivery, before it is recorded
 
 	mu  sync.Mutex
 	srv *http.Server
 }
 
-func newReceiver(secret string, led *ledger) (*receiver, error) {
+func newReceiver(secret string, led *ledger, delay time.Duration) (*receiver, error) {
 	wh, err := standardwebhooks.NewWebhook(secret)
 	if err != nil {
 		return nil, fmt.Errorf("receiver: %w", err)
@@ -88,7 +89,7 @@ func newReceiver(secret string, led *ledger) (*receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("receiver: listening: %w", err)
 	}
-	r := &receiver{addr: ln.Addr().String(), wh: wh, led: led}
+	r := &receiver{addr: ln.Addr().String(), wh: wh, led: led, delay: delay}
 	r.serve(ln)
 	return r, nil
 }
@@ -150,6 +151,15 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 		r.led.count(&r.led.badBody)
 		w.WriteHeader(http.StatusNoContent) // counted; a retry would not make it attributable
 		return
+	}
+	if r.delay > 0 {
+		// A delivery whose sender goes away before the answer (a killed
+		// worker) is not taken: it must come again.
+		select {
+		case <-time.After(r.delay):
+		case <-req.Context().Done():
+			return
+		}
 	}
 	wid := req.Header.Get("webhook-id")
 	if wid != evID {
