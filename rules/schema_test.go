@@ -897,6 +897,13 @@ tests:
     expect:
       - {type: user.created, subject: ann@example.test, data: {email: ann@example.test, password: "[REDACTED]", plan: pro}}
 `},
+	{"dedupe as the key alone (default window)", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users}
+    emit: {type: user.created, dedupe: "{request.header.Idempotency-Key}"}
+`},
 	{"wildcard host and body condition paths with gjson syntax", `
 version: 1
 rules:
