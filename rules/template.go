@@ -27,6 +27,9 @@ const (
 	phHost
 	phLookupBody
 	phLookupStatus
+	phItem  // {item}, {item.<gjson path>}: the element of an each or a batch
+	phIndex // {index}: the element's position
+	phWhere // {where.<name>}: a named capture of an each's where regex
 )
 
 // placeholder is one {…} reference.
@@ -55,6 +58,7 @@ type tmpl struct {
 type scope struct {
 	params  []map[string]bool // per path template: its parameter names
 	lookups map[string]bool   // lookups declared so far
+	elem    *elemScope        // inside an emit with each, or a batch: {item}, {index}, {where.x}
 }
 
 // parseTmpl parses s; errors describe the problem without position (the caller adds it).
@@ -158,6 +162,8 @@ func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
 				}
 			}
 		}
+	case "item", "index", "where":
+		return parseElemPlaceholder(ph, head, rest, sc)
 	default:
 		sub, rest2, _ := strings.Cut(rest, ".")
 		if sc == nil || !sc.lookups[head] {
@@ -195,9 +201,9 @@ func paramList(p map[string]bool) string {
 func secretElements(ph *placeholder) []string {
 	var elems []string
 	switch ph.kind {
-	case phRequestBody, phResponseBody, phLookupBody:
+	case phRequestBody, phResponseBody, phLookupBody, phItem:
 		elems = strings.FieldsFunc(ph.gpath, func(r rune) bool { return r == '.' || r == '|' })
-	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath:
+	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath, phWhere:
 		elems = []string{ph.name, lastElement(ph.name)}
 	}
 	var out []string
@@ -331,6 +337,8 @@ func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
 			return value{found: true, isJSON: true, raw: string(body)}
 		}
 		return jsonResult(gjson.GetBytes(body, ph.gpath))
+	case phItem, phIndex, phWhere:
+		return ex.elem.resolve(ph)
 	}
 	return value{}
 }

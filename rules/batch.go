@@ -1,0 +1,390 @@
+package rules
+
+import (
+	"fmt"
+	"maps"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/gjson"
+	"gopkg.in/yaml.v3"
+)
+
+// batchSpec is a rule's batch: where a batch envelope's sub-requests and
+// sub-responses are, so that each pair is matched as an exchange of its own.
+type batchSpec struct {
+	// base is prefixed to every sub-request url that is a path ("/Users"
+	// under "/scim/v2"); nil for none. It may use the envelope's placeholders.
+	base *tmpl
+	// atomic: any failed sub-response means none was applied.
+	atomic bool
+
+	reqItems *placeholder // the list of sub-requests
+	reqID    *tmpl        // with respID: pair by id instead of by position
+	method   *tmpl
+	url      *tmpl
+	reqBody  *tmpl // a whole placeholder; nil for none
+
+	respItems *placeholder // the list of sub-responses
+	respID    *tmpl
+	status    *tmpl
+	respBody  *tmpl // a whole placeholder; nil for none
+	location  *tmpl // the sub-response's Location header; nil for none
+}
+
+// parseBatch reads a rule's batch mapping.
+func (d *dec) parseBatch(n *yaml.Node, sc *scope) *batchSpec {
+	b := &batchSpec{}
+	before := len(d.errs)
+	esc := *sc
+	esc.elem = &elemScope{what: "batch", captures: map[string]bool{}}
+	wholeBody := func(v *yaml.Node, p string) *tmpl {
+		t := d.tmplField(v, p, &esc)
+		if t != nil && t.whole == nil {
+			d.errf(v, p, "want one placeholder naming the body's JSON, such as \"{item.body}\", got %q", t.raw)
+			return nil
+		}
+		return t
+	}
+	d.mapping(n, "batch",
+		field{name: "base", fn: func(v *yaml.Node, p string) {
+			t := d.tmplField(v, p, sc)
+			if t == nil {
+				return
+			}
+			if !strings.HasPrefix(t.raw, "/") {
+				d.errf(v, p, "want a path prefix starting with \"/\", such as /scim/v2, got %q", t.raw)
+				return
+			}
+			if strings.ContainsAny(t.raw, "?#") {
+				d.errf(v, p, "want a path prefix without query or fragment, got %q", t.raw)
+				return
+			}
+			b.base = t
+		}},
+		field{name: "atomic", fn: func(v *yaml.Node, p string) {
+			v = resolve(v)
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || v.Decode(&b.atomic) != nil {
+				d.errf(v, p, "want true or false, got %s", kindName(v))
+			}
+		}},
+		field{name: "request", required: true, fn: func(v *yaml.Node, p string) {
+			d.mapping(v, p,
+				field{name: "items", required: true, fn: func(v *yaml.Node, p string) { b.reqItems = d.listPlaceholder(v, p, sc) }},
+				field{name: "id", fn: func(v *yaml.Node, p string) { b.reqID = d.tmplField(v, p, &esc) }},
+				field{name: "method", required: true, fn: func(v *yaml.Node, p string) {
+					t := d.tmplField(v, p, &esc)
+					if t != nil && len(t.phs) == 0 && !methodRE.MatchString(strings.ToUpper(t.raw)) {
+						d.errf(v, p, "want an HTTP method such as POST, or a placeholder such as \"{item.method}\", got %q", t.raw)
+						return
+					}
+					b.method = t
+				}},
+				field{name: "url", required: true, fn: func(v *yaml.Node, p string) { b.url = d.tmplField(v, p, &esc) }},
+				field{name: "body", fn: func(v *yaml.Node, p string) { b.reqBody = wholeBody(v, p) }},
+			)
+		}},
+		field{name: "response", required: true, fn: func(v *yaml.Node, p string) {
+			d.mapping(v, p,
+				field{name: "items", required: true, fn: func(v *yaml.Node, p string) { b.respItems = d.listPlaceholder(v, p, sc) }},
+				field{name: "id", fn: func(v *yaml.Node, p string) { b.respID = d.tmplField(v, p, &esc) }},
+				field{name: "status", required: true, fn: func(v *yaml.Node, p string) { b.status = d.tmplField(v, p, &esc) }},
+				field{name: "body", fn: func(v *yaml.Node, p string) { b.respBody = wholeBody(v, p) }},
+				field{name: "location", fn: func(v *yaml.Node, p string) { b.location = d.tmplField(v, p, &esc) }},
+			)
+		}},
+	)
+	if (b.reqID == nil) != (b.respID == nil) && len(d.errs) == before {
+		d.errf(n, "batch", "request.id and response.id pair sub-requests with sub-responses by id: give both, or neither to pair them by position")
+	}
+	if len(d.errs) > before {
+		return nil
+	}
+	return b
+}
+
+func (b *batchSpec) needs(n *Need) {
+	// the sub-requests and sub-responses are in the bodies
+	n.RequestBody, n.ResponseBody = true, true
+}
+
+func (b *batchSpec) lookupNames(into map[string]bool) {
+	for _, t := range []*tmpl{b.base, b.reqID, b.method, b.url, b.reqBody, b.respID, b.status, b.respBody, b.location} {
+		t.lookupNames(into)
+	}
+	for _, ph := range []*placeholder{b.reqItems, b.respItems} {
+		if ph.kind == phLookupBody {
+			into[ph.name] = true
+		}
+	}
+}
+
+// Batch is a batch envelope split into its sub-exchanges (Match.Batch).
+type Batch struct {
+	// Subs are the sub-exchanges whose sub-response succeeded (2xx), in the
+	// order of the sub-requests. Match each with Set.Match, as an exchange
+	// of its own.
+	Subs []*Exchange
+	// Requests is how many sub-requests the envelope holds.
+	Requests int
+	// Failed counts the sub-requests (of the first MaxBatchOps) without a
+	// successful sub-response: a status that is not 2xx or not a status at
+	// all ("2O1"), or no sub-response to pair with.
+	Failed int
+	// RolledBack says the rule is atomic and a sub-request failed: none was
+	// applied, so Subs is empty.
+	RolledBack bool
+}
+
+// IsBatch reports whether the matched rule is a batch rule: it emits
+// nothing itself; its sub-exchanges (Batch) are matched instead.
+func (m *Match) IsBatch() bool { return m.Rule.batch != nil }
+
+// Batch splits a batch envelope that a batch rule matched into its
+// sub-exchanges, pairing sub-requests with sub-responses by position (or by
+// id when the rule says so). A sub-exchange inherits the envelope's host and
+// request headers (credentials included); its response has a Content-Type
+// (application/json) when it has a body and a Location header when the
+// sub-response names one. At most MaxBatchOps sub-requests are read; the
+// error, when there are more, is an *EmitError counting the rest.
+func (m *Match) Batch(ex *Exchange) (Batch, error) {
+	b := m.Rule.batch
+	if b == nil {
+		return Batch{}, nil
+	}
+	var out Batch
+	reqs, total := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
+	out.Requests = total
+	var err error
+	if total > MaxBatchOps {
+		err = &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyOps, Count: total - MaxBatchOps,
+			Msg: fmt.Sprintf("the batch holds %d sub-requests; the %d past the first %d (rules.MaxBatchOps) are not matched", total, total-MaxBatchOps, MaxBatchOps)}
+	}
+	if len(reqs) == 0 {
+		return out, err
+	}
+	resps, _ := batchItems(b.respItems, ex, m.Params, MaxBatchOps)
+	base := ""
+	if b.base != nil {
+		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
+	}
+	var el elemCtx
+	prev := ex.elem
+	defer func() { ex.elem = prev }()
+	ex.elem = &el
+	at := func(raw string, i int) {
+		el = elemCtx{raw: raw, index: i, pos: i, sub: -1}
+	}
+	var byID map[string]int
+	if b.respID != nil {
+		byID = make(map[string]int, len(resps))
+		for i, raw := range resps {
+			at(raw, i)
+			if id := b.respID.renderText(ex, m.Params, nil); id != "" {
+				if _, dup := byID[id]; !dup {
+					byID[id] = i
+				}
+			}
+		}
+	}
+	reqHeader := subRequestHeader(ex.RequestHeader)
+	root := ex.root()
+	for i, raw := range reqs {
+		at(raw, i)
+		ri := i
+		if byID != nil {
+			var ok bool
+			if ri, ok = byID[b.reqID.renderText(ex, m.Params, nil)]; !ok {
+				ri = -1
+			}
+		}
+		if ri < 0 || ri >= len(resps) {
+			out.Failed++ // never answered: not applied
+			continue
+		}
+		method := strings.ToUpper(strings.TrimSpace(b.method.renderText(ex, m.Params, nil)))
+		var rawURL string
+		if b.url.whole != nil {
+			rawURL = b.url.whole.resolve(ex, m.Params).String()
+		} else {
+			rawURL = b.url.renderURL(ex, m.Params, nil)
+		}
+		reqBody := wholeJSON(b.reqBody, ex, m.Params)
+		at(resps[ri], ri)
+		status := subStatus(b.status, ex, m.Params)
+		if status < 200 || status > 299 {
+			out.Failed++
+			continue
+		}
+		path, query, ok := joinSubURL(base, rawURL)
+		if !ok || method == "" {
+			out.Failed++ // a sub-request we cannot place: nothing can match it
+			continue
+		}
+		respHeader := http.Header{}
+		respBody := wholeJSON(b.respBody, ex, m.Params)
+		if respBody != nil {
+			respHeader["Content-Type"] = []string{"application/json"}
+		}
+		if b.location != nil {
+			if loc := b.location.renderText(ex, m.Params, nil); loc != "" {
+				respHeader["Location"] = []string{loc}
+			}
+		}
+		sub := &Exchange{
+			Method: method, Host: ex.Host, Path: path, RawQuery: query,
+			RequestHeader: reqHeader, RequestBody: reqBody,
+			Status: status, ResponseHeader: respHeader, ResponseBody: respBody,
+			parent: root, subIndex: i,
+		}
+		if len(ex.Lookups) > 0 {
+			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
+		}
+		out.Subs = append(out.Subs, sub)
+	}
+	if b.atomic && out.Failed > 0 {
+		out.Subs, out.RolledBack = nil, true
+	}
+	return out, err
+}
+
+// batchItems returns the raw JSON of the first max elements of the list the
+// placeholder names, and how many elements it holds. A missing value or one
+// that is not a JSON array holds none.
+func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) ([]string, int) {
+	v := ph.resolve(ex, params)
+	if !v.found || !v.isJSON {
+		return nil, 0
+	}
+	list := gjson.Parse(v.raw)
+	if !list.IsArray() {
+		return nil, 0
+	}
+	var out []string
+	n := 0
+	list.ForEach(func(_, item gjson.Result) bool {
+		if n < max {
+			out = append(out, item.Raw)
+		}
+		n++
+		return true
+	})
+	return out, n
+}
+
+// wholeJSON resolves a whole-placeholder template to JSON bytes; nil when
+// it is unset, finds nothing or finds null.
+func wholeJSON(t *tmpl, ex *Exchange, params []Param) []byte {
+	if t == nil || t.whole == nil {
+		return nil
+	}
+	v := t.whole.resolve(ex, params)
+	if !v.found {
+		return nil
+	}
+	if !v.isJSON {
+		return appendQuote(nil, v.text)
+	}
+	if raw := strings.TrimSpace(v.raw); raw != "" && raw != "null" {
+		return []byte(raw)
+	}
+	return nil
+}
+
+// subStatus reads a sub-response status: a JSON number, or text such as
+// "201" (SCIM writes statuses as strings) or "201 Created". Anything else
+// ("2O1", 201.5, 42) is 0, which no status spec accepts.
+func subStatus(t *tmpl, ex *Exchange, params []Param) int {
+	var s string
+	if t.whole != nil {
+		v := t.whole.resolve(ex, params)
+		if !v.found {
+			return 0
+		}
+		if v.isJSON {
+			r := gjson.Parse(v.raw)
+			switch r.Type {
+			case gjson.Number:
+				s = r.Raw
+			case gjson.String:
+				s = r.Str
+			default:
+				return 0
+			}
+		} else {
+			s = v.text
+		}
+	} else {
+		s = t.renderText(ex, params, nil)
+	}
+	s = strings.TrimSpace(s)
+	if len(s) > 3 && s[3] == ' ' {
+		s = s[:3] // "201 Created"
+	}
+	if len(s) != 3 {
+		return 0
+	}
+	for i := 0; i < 3; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0
+		}
+	}
+	c, _ := strconv.Atoi(s)
+	if c < 100 || c > 599 {
+		return 0
+	}
+	return c
+}
+
+// joinSubURL places a sub-request url: a path (with an optional query
+// string) is taken relative to base ("/Users" under "/scim/v2", "users" as
+// "/users"); an absolute http(s) URL gives its own path and query. The path
+// is unescaped, as a server's router sees it.
+func joinSubURL(base, u string) (path, query string, ok bool) {
+	u = strings.TrimSpace(u)
+	if i := strings.IndexByte(u, '#'); i >= 0 {
+		u = u[:i]
+	}
+	if u == "" {
+		return "", "", false
+	}
+	if lower := strings.ToLower(u[:min(len(u), 8)]); strings.HasPrefix(lower, "http://") || strings.HasPrefix(lower, "https://") {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return "", "", false
+		}
+		u, base = pu.EscapedPath(), ""
+		if pu.RawQuery != "" {
+			u += "?" + pu.RawQuery
+		}
+	}
+	p, q, _ := strings.Cut(u, "?")
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
+	}
+	p = base + p
+	if up, err := url.PathUnescape(p); err == nil {
+		p = up
+	}
+	return p, q, true
+}
+
+// subRequestHeader is the request header of every sub-exchange: the
+// envelope's, so rules see its credentials, with a JSON Content-Type (the
+// sub-request bodies are JSON values cut from the envelope).
+func subRequestHeader(h http.Header) http.Header {
+	if ct := h.Get("Content-Type"); ct != "" {
+		if mt, _, _ := mime.ParseMediaType(ct); mt == "application/json" || strings.HasSuffix(mt, "+json") {
+			return h // shared: sub-exchanges only read it
+		}
+	}
+	c := h.Clone()
+	if c == nil {
+		c = http.Header{}
+	}
+	c["Content-Type"] = []string{"application/json"}
+	return c
+}
