@@ -361,7 +361,8 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 	if len(matches) == 0 {
 		return
 	}
-	var lookupBudget time.Time // the deadline of all lookups of this exchange
+	b := &exchangeBudget{lookupsLeft: rules.MaxExchangeLookups}
+	defer b.flush(h.logger)
 	for _, m := range matches {
 		n := m.Rule.Need()
 		if n.RequestBody && reqOver || n.ResponseBody && respOver {
@@ -371,28 +372,95 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 			}
 			continue
 		}
-		if m.NumLookups() > 0 {
-			if lookupBudget.IsZero() {
-				lookupBudget = time.Now().Add(maxLookupTotal)
-			}
-			h.runLookups(r, ex, m, lookupBudget)
+		if m.IsBatch() {
+			h.observeBatch(r, set, ex, m, b)
+			continue
 		}
-		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
-		for _, err := range errs {
-			// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
-			h.metrics.countRefused(m.Rule.Name, err)
-			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), errorField(err))
+		h.emitMatch(r, ex, m, b, "")
+	}
+}
+
+// emitMatch runs a match's lookups, builds its events and queues them.
+// batch names the batch rule whose sub-exchange ex is ("" for none).
+func (h *Handler) emitMatch(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, batch string) {
+	if m.NumLookups() > 0 {
+		h.runLookups(r, ex, m, b)
+	}
+	events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
+	for _, err := range errs {
+		// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
+		h.metrics.countRefused(m.Rule.Name, err)
+		if b.warn() {
+			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), batchField(batch), errorField(err))
 		}
-		for _, ev := range events {
-			h.metrics.matched.WithLabelValues(m.Rule.Name, ev.Type).Inc()
-			h.enqueue(r.Context(), ev)
+	}
+	for _, ev := range events {
+		h.metrics.matched.WithLabelValues(m.Rule.Name, ev.Type).Inc()
+		h.enqueue(r.Context(), ev, batch)
+	}
+}
+
+// observeBatch splits a batch envelope into its sub-exchanges and matches
+// each against the set as an exchange of its own (batch rules aside), its
+// rules' lookups sent within the exchange's one lookup budget.
+func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchange, m *rules.Match, b *exchangeBudget) {
+	bt, err := m.Batch(ex)
+	if err != nil {
+		h.metrics.countRefused(m.Rule.Name, err)
+		if b.warn() {
+			h.logger.Warn("batch cut short", zap.String("rule", m.Rule.Name), errorField(err))
+		}
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "batch envelope split"); c != nil {
+		c.Write(zap.String("rule", m.Rule.Name), zap.Int("requests", bt.Requests), zap.Int("succeeded", len(bt.Subs)),
+			zap.Int("failed", bt.Failed), zap.Bool("rolled_back", bt.RolledBack))
+	}
+	for _, sub := range bt.Subs {
+		for _, sm := range set.Match(sub) {
+			h.emitMatch(r, sub, sm, b, m.Rule.Name)
 		}
 	}
 }
 
+// maxExchangeWarnings bounds the warnings one exchange logs (events refused,
+// lookups failed): a batch of a thousand bad operations logs this many and a
+// count of the rest, which its metrics still count one by one.
+const maxExchangeWarnings = 10
+
+// exchangeBudget is what one exchange (a batch envelope with all its
+// sub-exchanges) may still spend: lookups, their time, warnings.
+type exchangeBudget struct {
+	deadline     time.Time // of all lookups; set when the first one starts
+	lookupsLeft  int       // rules.MaxExchangeLookups at first
+	lookupCapped bool      // a lookup was not sent for want of budget
+	warnings     int
+}
+
+// warn reports whether one more warning may be logged for the exchange.
+func (b *exchangeBudget) warn() bool {
+	b.warnings++
+	return b.warnings <= maxExchangeWarnings
+}
+
+// flush logs how many warnings were left out.
+func (b *exchangeBudget) flush(l *zap.Logger) {
+	if n := b.warnings - maxExchangeWarnings; n > 0 {
+		l.Warn("more problems with this exchange were not logged; the metrics count them",
+			zap.Int("not_logged", n), zap.String("metrics", "authtap_events_refused_total, authtap_lookup_failures_total"))
+	}
+}
+
+// batchField names the batch rule of a sub-exchange's event in a log line.
+func batchField(batch string) zap.Field {
+	if batch == "" {
+		return zap.Skip()
+	}
+	return zap.String("batch", batch)
+}
+
 // enqueue hands one event to the app and records the outcome. The app bounds
 // the wait itself (Redis within enqueue_timeout, else the on-disk spool).
-func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
+func (h *Handler) enqueue(ctx context.Context, ev rules.Event, batch string) {
 	start := time.Now()
 	out, err := h.enq.Enqueue(ctx, ev)
 	h.metrics.queueLatency.Observe(time.Since(start).Seconds())
@@ -404,7 +472,7 @@ func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "event queued"); c != nil {
 		c.Write(zap.String("event_id", ev.ID), valueField("type", ev.Type), zap.String("rule", ev.Source.Rule),
-			zap.Stringer("outcome", out))
+			batchField(batch), zap.Stringer("outcome", out))
 	}
 }
 

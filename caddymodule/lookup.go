@@ -223,10 +223,29 @@ func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline tim
 // one's answer) and records each result on the exchange. A failed lookup is
 // logged and counted; the event is still built, with the missing
 // placeholders listed in source.missing.
-func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, deadline time.Time) {
+//
+// All lookups of one exchange (every matching rule, every sub-exchange of a
+// batch) share b: at most rules.MaxExchangeLookups are sent, all within
+// maxLookupTotal of the first. A lookup past the count is not sent and
+// counts as failed (one warning says so).
+func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget) {
+	if b.deadline.IsZero() {
+		b.deadline = time.Now().Add(maxLookupTotal)
+	}
 	for i := 0; i < m.NumLookups(); i++ {
 		lk := m.Lookup(i, ex)
-		res := h.lookups.do(r, lk, deadline, h.MaxBody)
+		if b.lookupsLeft <= 0 {
+			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
+			if !b.lookupCapped {
+				b.lookupCapped = true
+				h.logger.Warn("lookup not sent: the exchange has sent as many as one exchange may; events will list what is missing",
+					zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("max_exchange_lookups", rules.MaxExchangeLookups))
+			}
+			ex.SetLookup(lk.As, rules.LookupResult{Err: fmt.Sprintf("not sent: the exchange has sent %d lookups (rules.MaxExchangeLookups)", rules.MaxExchangeLookups)})
+			continue
+		}
+		b.lookupsLeft--
+		res := h.lookups.do(r, lk, b.deadline, h.MaxBody)
 		if res.Err != "" || res.Status < 200 || res.Status > 299 {
 			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
 			fields := []zap.Field{zap.String("rule", m.Rule.Name), zap.String("as", lk.As)}
@@ -235,7 +254,9 @@ func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match
 			} else {
 				fields = append(fields, zap.Int("status", res.Status))
 			}
-			h.logger.Warn("lookup failed; event will list what is missing", fields...)
+			if b.warn() {
+				h.logger.Warn("lookup failed; event will list what is missing", fields...)
+			}
 		}
 		ex.SetLookup(lk.As, res)
 	}
