@@ -175,15 +175,13 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
 	ex.elem = &el
-	at := func(raw string, i int) {
-		el = elemCtx{raw: raw, index: i, pos: i, sub: -1}
-	}
+	at := func(raw string, i int) { el.set(raw, i, i, -1) }
 	var byID map[string]int
 	if b.respID != nil {
 		byID = make(map[string]int, len(resps))
 		for i, raw := range resps {
 			at(raw, i)
-			if id := b.respID.renderText(ex, m.Params, nil); id != "" {
+			if id := rawText(b.respID, ex, m.Params); id != "" {
 				if _, dup := byID[id]; !dup {
 					byID[id] = i
 				}
@@ -192,12 +190,18 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	}
 	reqHeader := subRequestHeader(ex.RequestHeader)
 	root := ex.root()
+	// one allocation for all sub-exchanges, and one response header for
+	// all of them without a Location
+	subs := make([]Exchange, 0, len(reqs))
+	out.Subs = make([]*Exchange, 0, len(reqs))
+	var jsonHeader http.Header
+	locs := make([]string, 0, len(reqs)) // the Location values, one allocation
 	for i, raw := range reqs {
 		at(raw, i)
 		ri := i
 		if byID != nil {
 			var ok bool
-			if ri, ok = byID[b.reqID.renderText(ex, m.Params, nil)]; !ok {
+			if ri, ok = byID[rawText(b.reqID, ex, m.Params)]; !ok {
 				ri = -1
 			}
 		}
@@ -205,7 +209,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 			out.Failed++ // never answered: not applied
 			continue
 		}
-		method := strings.ToUpper(strings.TrimSpace(b.method.renderText(ex, m.Params, nil)))
+		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
 		var rawURL string
 		if b.url.whole != nil {
 			rawURL = b.url.whole.resolve(ex, m.Params).String()
@@ -224,21 +228,40 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 			out.Failed++ // a sub-request we cannot place: nothing can match it
 			continue
 		}
-		respHeader := http.Header{}
 		respBody := wholeJSON(b.respBody, ex, m.Params)
-		if respBody != nil {
-			respHeader["Content-Type"] = []string{"application/json"}
-		}
+		loc := ""
 		if b.location != nil {
-			if loc := b.location.renderText(ex, m.Params, nil); loc != "" {
-				respHeader["Location"] = []string{loc}
-			}
+			loc = rawText(b.location, ex, m.Params)
 		}
-		sub := &Exchange{
+		var respHeader http.Header
+		switch {
+		case loc != "":
+			locs = append(locs, loc)
+			respHeader = http.Header{"Location": locs[len(locs)-1 : len(locs) : len(locs)]}
+			if respBody != nil {
+				respHeader["Content-Type"] = jsonContentType
+			}
+		case respBody != nil:
+			if jsonHeader == nil {
+				jsonHeader = http.Header{"Content-Type": jsonContentType}
+			}
+			respHeader = jsonHeader // shared: sub-exchanges only read it
+		default:
+			respHeader = http.Header{}
+		}
+		subs = append(subs, Exchange{
 			Method: method, Host: ex.Host, Path: path, RawQuery: query,
 			RequestHeader: reqHeader, RequestBody: reqBody,
 			Status: status, ResponseHeader: respHeader, ResponseBody: respBody,
 			parent: root, subIndex: i,
+		})
+		sub := &subs[len(subs)-1]
+		// the bodies are JSON values cut from a valid body: no need to check them again
+		if reqBody != nil {
+			sub.bodies[0] = parsedBody{done: true, ok: true, json: reqBody}
+		}
+		if respBody != nil {
+			sub.bodies[1] = parsedBody{done: true, ok: true, json: respBody}
 		}
 		if len(ex.Lookups) > 0 {
 			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
@@ -249,6 +272,19 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		out.Subs, out.RolledBack = nil, true
 	}
 	return out, err
+}
+
+// jsonContentType is the Content-Type of a sub-exchange's JSON body, shared
+// by every sub-exchange: they only read it.
+var jsonContentType = []string{"application/json"}
+
+// rawText renders a template as text without redaction (the values go into
+// the sub-exchange as the client sent them; rules redact what they emit).
+func rawText(t *tmpl, ex *Exchange, params []Param) string {
+	if t.whole != nil {
+		return t.whole.resolve(ex, params).String()
+	}
+	return t.renderText(ex, params, nil)
 }
 
 // batchItems returns the raw JSON of the first max elements of the list the

@@ -32,6 +32,61 @@ type elemCtx struct {
 	// the inner list (-1 without then); they tell elements apart in
 	// dedupe ids and order the events of emits over the same list
 	pos, sub int
+	// members are the element's top-level members, read in one pass the
+	// first time a placeholder names one ({item.id}), so that the next ones
+	// do not scan the element again; indexed says they were read.
+	members []member
+	indexed bool
+}
+
+type member struct {
+	key string
+	val gjson.Result
+}
+
+// set makes el the element raw at position pos (and sub), keeping the
+// members buffer for reuse.
+func (el *elemCtx) set(raw string, index, pos, sub int) {
+	el.raw, el.index, el.pos, el.sub = raw, index, pos, sub
+	el.members, el.indexed = el.members[:0], false
+}
+
+// get is gjson.Get(el.raw, path), answered from the element's members when
+// path is one plain key and the element an object.
+func (el *elemCtx) get(path string) gjson.Result {
+	if !plainKey(path) {
+		return gjson.Get(el.raw, path)
+	}
+	if !el.indexed {
+		el.indexed = true
+		if r := gjson.Parse(el.raw); r.IsObject() {
+			r.ForEach(func(k, v gjson.Result) bool {
+				el.members = append(el.members, member{key: k.Str, val: v})
+				return true
+			})
+		}
+	}
+	for _, m := range el.members {
+		if m.key == path {
+			return m.val
+		}
+	}
+	return gjson.Result{}
+}
+
+// plainKey reports whether a gjson path is one object key and nothing else
+// (no nesting, wildcard, modifier, escape or query): "id", "user_name".
+func plainKey(p string) bool {
+	if p == "" {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // ordinal renders the element's place for a dedupe id: "3", or "3.1" with then.
@@ -51,7 +106,7 @@ func (el *elemCtx) resolve(ph *placeholder) value {
 		if ph.gpath == "" {
 			return value{found: true, isJSON: true, raw: el.raw}
 		}
-		return jsonResult(gjson.Get(el.raw, ph.gpath))
+		return jsonResult(el.get(ph.gpath))
 	case phIndex:
 		return value{found: true, isJSON: true, raw: strconv.Itoa(el.index)}
 	case phWhere:
@@ -280,7 +335,7 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 		}
 		el.where = caps
 		if es.then == nil {
-			el.raw, el.index, el.pos, el.sub = item.Raw, i, i, -1
+			el.set(item.Raw, i, i, -1)
 			return fn(&el)
 		}
 		inner := gjson.Get(item.Raw, es.then.gpath)
@@ -291,7 +346,7 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 		j := -1
 		inner.ForEach(func(_, in gjson.Result) bool {
 			j++
-			el.raw, el.index, el.pos, el.sub = in.Raw, j, i, j
+			el.set(in.Raw, j, i, j)
 			more = fn(&el)
 			return more
 		})
