@@ -157,6 +157,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	}
 	var out Batch
 	reqs, total := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
+	reqSrc := itemsSource(b.reqItems, ex)
 	out.Requests = total
 	var err error
 	if total > MaxBatchOps {
@@ -167,6 +168,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		return out, err
 	}
 	resps, _ := batchItems(b.respItems, ex, m.Params, MaxBatchOps)
+	respSrc := itemsSource(b.respItems, ex)
 	base := ""
 	if b.base != nil {
 		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
@@ -180,7 +182,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	if b.respID != nil {
 		byID = make(map[string]int, len(resps))
 		for i, raw := range resps {
-			at(raw, i)
+			at(raw.Raw, i)
 			if id := rawText(b.respID, ex, m.Params); id != "" {
 				if _, dup := byID[id]; !dup {
 					byID[id] = i
@@ -197,7 +199,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	var jsonHeader http.Header
 	locs := make([]string, 0, len(reqs)) // the Location values, one allocation
 	for i, raw := range reqs {
-		at(raw, i)
+		at(raw.Raw, i)
 		ri := i
 		if byID != nil {
 			var ok bool
@@ -216,8 +218,8 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		} else {
 			rawURL = b.url.renderURL(ex, m.Params, nil)
 		}
-		reqBody := wholeJSON(b.reqBody, ex, m.Params)
-		at(resps[ri], ri)
+		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, raw.Index)
+		at(resps[ri].Raw, ri)
 		status := subStatus(b.status, ex, m.Params)
 		if status < 200 || status > 299 {
 			out.Failed++
@@ -228,7 +230,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 			out.Failed++ // a sub-request we cannot place: nothing can match it
 			continue
 		}
-		respBody := wholeJSON(b.respBody, ex, m.Params)
+		respBody := elemJSON(b.respBody, ex, m.Params, respSrc, resps[ri].Index)
 		loc := ""
 		if b.location != nil {
 			loc = rawText(b.location, ex, m.Params)
@@ -287,28 +289,81 @@ func rawText(t *tmpl, ex *Exchange, params []Param) string {
 	return t.renderText(ex, params, nil)
 }
 
-// batchItems returns the raw JSON of the first max elements of the list the
-// placeholder names, and how many elements it holds. A missing value or one
-// that is not a JSON array holds none.
-func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) ([]string, int) {
-	v := ph.resolve(ex, params)
-	if !v.found || !v.isJSON {
-		return nil, 0
+// batchItems returns the first max elements of the list the placeholder
+// names, and how many elements it holds. A missing value or one that is not
+// a JSON array holds none. Read from a body, an element's Index is its
+// offset in the body's JSON (itemsSource), when gjson knows it.
+func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) ([]gjson.Result, int) {
+	var list gjson.Result
+	switch body, ok := bodyOf(ph, ex); {
+	case ok && ph.gpath != "":
+		list = gjson.GetBytes(body, ph.gpath)
+	default:
+		v := ph.resolve(ex, params)
+		if !v.found || !v.isJSON {
+			return nil, 0
+		}
+		list = gjson.Parse(v.raw) // Index 0: offsets unknown
 	}
-	list := gjson.Parse(v.raw)
 	if !list.IsArray() {
 		return nil, 0
 	}
-	var out []string
+	var out []gjson.Result
 	n := 0
 	list.ForEach(func(_, item gjson.Result) bool {
 		if n < max {
-			out = append(out, item.Raw)
+			if list.Index == 0 {
+				item.Index = 0
+			}
+			out = append(out, item)
 		}
 		n++
 		return true
 	})
 	return out, n
+}
+
+// bodyOf returns the JSON of the request or response body a placeholder
+// names.
+func bodyOf(ph *placeholder, ex *Exchange) ([]byte, bool) {
+	switch ph.kind {
+	case phRequestBody, phResponseBody:
+		return ex.jsonBody(ph.kind == phResponseBody)
+	}
+	return nil, false
+}
+
+// itemsSource is the JSON that batchItems' offsets point into, or nil.
+func itemsSource(ph *placeholder, ex *Exchange) []byte {
+	if ph.gpath == "" {
+		return nil
+	}
+	b, _ := bodyOf(ph, ex)
+	return b
+}
+
+// elemJSON is wholeJSON for a placeholder into the current element, which
+// starts at offset off of src: a value gjson located is sliced from src
+// instead of copied (the sub-exchange only reads it, while its envelope is
+// observed).
+func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte {
+	if t == nil || t.whole == nil || t.whole.kind != phItem || src == nil || off <= 0 || ex.elem == nil {
+		return wholeJSON(t, ex, params)
+	}
+	var r gjson.Result
+	if t.whole.gpath == "" {
+		r = gjson.Result{Type: gjson.JSON, Raw: ex.elem.raw}
+	} else if r = ex.elem.get(t.whole.gpath); !r.Exists() {
+		return nil
+	}
+	if r.Type == gjson.Null {
+		return nil
+	}
+	start, end := off+r.Index, off+r.Index+len(r.Raw)
+	if (t.whole.gpath != "" && r.Index <= 0) || end > len(src) || string(src[start:end]) != r.Raw {
+		return wholeJSON(t, ex, params)
+	}
+	return src[start:end:end]
 }
 
 // wholeJSON resolves a whole-placeholder template to JSON bytes; nil when
@@ -387,7 +442,7 @@ func joinSubURL(base, u string) (path, query string, ok bool) {
 	if u == "" {
 		return "", "", false
 	}
-	if lower := strings.ToLower(u[:min(len(u), 8)]); strings.HasPrefix(lower, "http://") || strings.HasPrefix(lower, "https://") {
+	if hasPrefixFold(u, "http://") || hasPrefixFold(u, "https://") {
 		pu, err := url.Parse(u)
 		if err != nil {
 			return "", "", false
@@ -398,14 +453,20 @@ func joinSubURL(base, u string) (path, query string, ok bool) {
 		}
 	}
 	p, q, _ := strings.Cut(u, "?")
-	if !strings.HasPrefix(p, "/") {
-		p = "/" + p
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		p = base + "/" + p
+	case base != "":
+		p = base + p
 	}
-	p = base + p
 	if up, err := url.PathUnescape(p); err == nil {
 		p = up
 	}
 	return p, q, true
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // subRequestHeader is the request header of every sub-exchange: the
