@@ -156,8 +156,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		return Batch{}, nil
 	}
 	var out Batch
-	reqs, total := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
-	reqSrc := itemsSource(b.reqItems, ex)
+	reqs, total, reqSrc := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
 	out.Requests = total
 	var err error
 	if total > MaxBatchOps {
@@ -167,8 +166,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	if len(reqs) == 0 {
 		return out, err
 	}
-	resps, _ := batchItems(b.respItems, ex, m.Params, MaxBatchOps)
-	respSrc := itemsSource(b.respItems, ex)
+	resps, _, respSrc := batchItems(b.respItems, ex, m.Params, MaxBatchOps)
 	base := ""
 	if b.base != nil {
 		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
@@ -177,12 +175,15 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
 	ex.elem = &el
-	at := func(raw string, i int) { el.set(raw, i, i, -1) }
+	at := func(e *listElem, i int) {
+		el.set(e.raw, i, i, -1)
+		el.setMembers(e.members)
+	}
 	var byID map[string]int
 	if b.respID != nil {
 		byID = make(map[string]int, len(resps))
-		for i, raw := range resps {
-			at(raw.Raw, i)
+		for i := range resps {
+			at(&resps[i], i)
 			if id := rawText(b.respID, ex, m.Params); id != "" {
 				if _, dup := byID[id]; !dup {
 					byID[id] = i
@@ -198,8 +199,8 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	out.Subs = make([]*Exchange, 0, len(reqs))
 	var jsonHeader http.Header
 	locs := make([]string, 0, len(reqs)) // the Location values, one allocation
-	for i, raw := range reqs {
-		at(raw.Raw, i)
+	for i := range reqs {
+		at(&reqs[i], i)
 		ri := i
 		if byID != nil {
 			var ok bool
@@ -218,8 +219,8 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		} else {
 			rawURL = b.url.renderURL(ex, m.Params, nil)
 		}
-		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, raw.Index)
-		at(resps[ri].Raw, ri)
+		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, reqs[i].off)
+		at(&resps[ri], ri)
 		status := subStatus(b.status, ex, m.Params)
 		if status < 200 || status > 299 {
 			out.Failed++
@@ -230,7 +231,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 			out.Failed++ // a sub-request we cannot place: nothing can match it
 			continue
 		}
-		respBody := elemJSON(b.respBody, ex, m.Params, respSrc, resps[ri].Index)
+		respBody := elemJSON(b.respBody, ex, m.Params, respSrc, resps[ri].off)
 		loc := ""
 		if b.location != nil {
 			loc = rawText(b.location, ex, m.Params)
@@ -283,44 +284,59 @@ var jsonContentType = []string{"application/json"}
 // rawText renders a template as text without redaction (the values go into
 // the sub-exchange as the client sent them; rules redact what they emit).
 func rawText(t *tmpl, ex *Exchange, params []Param) string {
+	if r, ok := itemResult(t, ex); ok {
+		if r.Type == gjson.Null {
+			return ""
+		}
+		return r.String()
+	}
 	if t.whole != nil {
 		return t.whole.resolve(ex, params).String()
 	}
 	return t.renderText(ex, params, nil)
 }
 
+// itemResult reads a template that is one {item.<key>} placeholder
+// straight from the element, without going through a value and parsing it
+// again; ok is false for any other template.
+func itemResult(t *tmpl, ex *Exchange) (gjson.Result, bool) {
+	if t.whole == nil || t.whole.kind != phItem || t.whole.gpath == "" || ex.elem == nil {
+		return gjson.Result{}, false
+	}
+	return ex.elem.get(t.whole.gpath), true
+}
+
 // batchItems returns the first max elements of the list the placeholder
-// names, and how many elements it holds. A missing value or one that is not
-// a JSON array holds none. Read from a body, an element's Index is its
-// offset in the body's JSON (itemsSource), when gjson knows it.
-func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) ([]gjson.Result, int) {
-	var list gjson.Result
-	switch body, ok := bodyOf(ph, ex); {
-	case ok && ph.gpath != "":
-		list = gjson.GetBytes(body, ph.gpath)
-	default:
+// names (each with its members, found in the same pass), and how many
+// elements it holds. A missing value or one that is not a JSON array holds
+// none. Read from a body, the list is one copy of its text, and src is the
+// body, shifted so that an element's off is its offset there.
+func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) (elems []listElem, total int, src []byte) {
+	var raw string
+	base := -1
+	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" {
+		r := gjson.GetBytes(body, ph.gpath)
+		raw = r.Raw
+		if r.Index > 0 && r.Index+len(raw) <= len(body) && string(body[r.Index:r.Index+len(raw)]) == raw {
+			src, base = body, r.Index
+		}
+	} else {
 		v := ph.resolve(ex, params)
 		if !v.found || !v.isJSON {
-			return nil, 0
+			return nil, 0, nil
 		}
-		list = gjson.Parse(v.raw) // Index 0: offsets unknown
+		raw = v.raw
 	}
-	if !list.IsArray() {
-		return nil, 0
+	elems, total, ok := scanList(raw, max)
+	if !ok {
+		return nil, 0, nil
 	}
-	var out []gjson.Result
-	n := 0
-	list.ForEach(func(_, item gjson.Result) bool {
-		if n < max {
-			if list.Index == 0 {
-				item.Index = 0
-			}
-			out = append(out, item)
+	if src != nil {
+		for i := range elems {
+			elems[i].off += base
 		}
-		n++
-		return true
-	})
-	return out, n
+	}
+	return elems, total, src
 }
 
 // bodyOf returns the JSON of the request or response body a placeholder
@@ -333,21 +349,12 @@ func bodyOf(ph *placeholder, ex *Exchange) ([]byte, bool) {
 	return nil, false
 }
 
-// itemsSource is the JSON that batchItems' offsets point into, or nil.
-func itemsSource(ph *placeholder, ex *Exchange) []byte {
-	if ph.gpath == "" {
-		return nil
-	}
-	b, _ := bodyOf(ph, ex)
-	return b
-}
-
 // elemJSON is wholeJSON for a placeholder into the current element, which
 // starts at offset off of src: a value gjson located is sliced from src
 // instead of copied (the sub-exchange only reads it, while its envelope is
 // observed).
 func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte {
-	if t == nil || t.whole == nil || t.whole.kind != phItem || src == nil || off <= 0 || ex.elem == nil {
+	if t == nil || t.whole == nil || t.whole.kind != phItem || src == nil || ex.elem == nil {
 		return wholeJSON(t, ex, params)
 	}
 	var r gjson.Result
@@ -360,7 +367,7 @@ func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte
 		return nil
 	}
 	start, end := off+r.Index, off+r.Index+len(r.Raw)
-	if (t.whole.gpath != "" && r.Index <= 0) || end > len(src) || string(src[start:end]) != r.Raw {
+	if (t.whole.gpath != "" && r.Index <= 0) || start < 0 || end > len(src) || string(src[start:end]) != r.Raw {
 		return wholeJSON(t, ex, params)
 	}
 	return src[start:end:end]
@@ -390,7 +397,16 @@ func wholeJSON(t *tmpl, ex *Exchange, params []Param) []byte {
 // ("2O1", 201.5, 42) is 0, which no status spec accepts.
 func subStatus(t *tmpl, ex *Exchange, params []Param) int {
 	var s string
-	if t.whole != nil {
+	if r, ok := itemResult(t, ex); ok {
+		switch r.Type {
+		case gjson.Number:
+			s = r.Raw
+		case gjson.String:
+			s = r.Str
+		default:
+			return 0
+		}
+	} else if t.whole != nil {
 		v := t.whole.resolve(ex, params)
 		if !v.found {
 			return 0

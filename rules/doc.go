@@ -12,6 +12,10 @@
 //	if !set.CanMatch(r.Method, r.URL.Path) { ... } // cheap: no rule can match, stream untouched
 //	ex := &rules.Exchange{Method: "POST", Path: "/api/users", Status: 201, ResponseBody: body}
 //	for _, m := range set.Match(ex) {
+//		if m.IsBatch() {                          // a batch envelope: match each sub-exchange instead
+//			b, _ := m.Batch(ex)                   // (set.Match(sub) for sub in b.Subs, as below)
+//			...
+//		}
 //		for i := 0; i < m.NumLookups(); i++ {     // optional: GET m.Lookup(i, ex).Path upstream,
 //			ex.SetLookup(...)                     // then record the answer
 //		}

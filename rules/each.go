@@ -37,39 +37,40 @@ type elemCtx struct {
 	// do not scan the element again; indexed says they were read.
 	members []member
 	indexed bool
-}
-
-type member struct {
-	key string
-	val gjson.Result
+	own     []member // el's own buffer for members, reused element to element
 }
 
 // set makes el the element raw at position pos (and sub), keeping the
 // members buffer for reuse.
 func (el *elemCtx) set(raw string, index, pos, sub int) {
 	el.raw, el.index, el.pos, el.sub = raw, index, pos, sub
-	el.members, el.indexed = el.members[:0], false
+	el.members, el.indexed = el.own[:0], false
 }
 
+// setMembers gives el the members already found for it (scanList).
+func (el *elemCtx) setMembers(m []member) { el.members, el.indexed = m, true }
+
 // get is gjson.Get(el.raw, path), answered from the element's members when
-// path is one plain key and the element an object.
+// path is one plain key and the element an object. The result's Index is
+// the value's offset in el.raw.
 func (el *elemCtx) get(path string) gjson.Result {
 	if !plainKey(path) {
 		return gjson.Get(el.raw, path)
 	}
 	if !el.indexed {
 		el.indexed = true
-		if r := gjson.Parse(el.raw); r.IsObject() {
-			r.ForEach(func(k, v gjson.Result) bool {
-				el.members = append(el.members, member{key: k.Str, val: v})
-				return true
-			})
+		el.own, _ = scanObject(el.own[:0], el.raw, skipWS(el.raw, 0), maxIndexedMembers)
+		el.members = el.own
+	}
+	for i := range el.members {
+		if m := &el.members[i]; m.hasKey(el.raw, path) {
+			r := gjson.Parse(el.raw[m.valStart:m.valEnd])
+			r.Index = int(m.valStart)
+			return r
 		}
 	}
-	for _, m := range el.members {
-		if m.key == path {
-			return m.val
-		}
+	if len(el.members) == maxIndexedMembers {
+		return gjson.Get(el.raw, path) // past the members kept
 	}
 	return gjson.Result{}
 }
@@ -293,15 +294,15 @@ func (d *dec) listPlaceholder(n *yaml.Node, path string, sc *scope) *placeholder
 
 // passes reports whether the element passes the where conditions, and
 // appends the named captures of its where regexes to caps.
-func (es *eachSpec) passes(raw string, caps []Param) ([]Param, bool) {
+func (es *eachSpec) passes(el *elemCtx, caps []Param) ([]Param, bool) {
 	for _, nc := range es.where {
-		r := gjson.Get(raw, nc.name)
+		r := el.get(nc.name)
 		if !nc.c.eval(subject{present: r.Exists(), isJSON: true, r: r}) {
 			return caps, false
 		}
 	}
 	for _, cs := range es.captures {
-		r := gjson.Get(raw, es.where[cs.cond].name)
+		r := el.get(es.where[cs.cond].name)
 		m := cs.re.FindStringSubmatch(subject{present: true, isJSON: true, r: r}.asText())
 		for i, name := range cs.names {
 			if name != "" && i < len(m) {
@@ -329,16 +330,16 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 	i := -1
 	list.ForEach(func(_, item gjson.Result) bool {
 		i++
+		el.set(item.Raw, i, i, -1)
 		var ok bool
-		if caps, ok = es.passes(item.Raw, caps[:0]); !ok {
+		if caps, ok = es.passes(&el, caps[:0]); !ok {
 			return true
 		}
 		el.where = caps
 		if es.then == nil {
-			el.set(item.Raw, i, i, -1)
 			return fn(&el)
 		}
-		inner := gjson.Get(item.Raw, es.then.gpath)
+		inner := el.get(es.then.gpath)
 		if !inner.IsArray() {
 			return true
 		}
