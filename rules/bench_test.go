@@ -193,16 +193,39 @@ func benchBatch(tb testing.TB) (*Set, func() *Exchange, []*Exchange) {
 	return s, envelope, b.Subs
 }
 
+// matchAndRender is what the handler does with an exchange before it
+// queues the events: match it (a batch: split it, and match each
+// sub-exchange) and build every event. It returns how many there were.
+func matchAndRender(s *Set, ex *Exchange) int {
+	n := 0
+	for _, m := range s.Match(ex) {
+		if m.IsBatch() {
+			bt, _ := m.Batch(ex)
+			for _, sub := range bt.Subs {
+				for _, sm := range s.Match(sub) {
+					evs, _ := sm.Events(sub, EmitOptions{Source: "bench"})
+					n += len(evs)
+				}
+			}
+			continue
+		}
+		evs, _ := m.Events(ex, EmitOptions{Source: "bench"})
+		n += len(evs)
+	}
+	return n
+}
+
 // BenchmarkBatch50 matches a SCIM /Bulk of 50 operations, splits it, matches
-// every sub-exchange among 505 rules and builds its 55 events.
+// every sub-exchange among 505 rules and builds its 55 events, as the
+// handler does.
 func BenchmarkBatch50(b *testing.B) {
 	s, envelope, _ := benchBatch(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	defer reportCPUMicros(b)()
 	for i := 0; i < b.N; i++ {
-		if evs, errs := s.Evaluate(envelope(), EmitOptions{Source: "bench"}); len(evs) != 55 || len(errs) != 0 {
-			b.Fatalf("%d events, %v", len(evs), errs)
+		if n := matchAndRender(s, envelope()); n != 55 {
+			b.Fatalf("%d events", n)
 		}
 	}
 }
@@ -247,8 +270,7 @@ func BenchmarkBatch50Baseline(b *testing.B) {
 			// a fresh exchange, as the handler builds for every request
 			exs[j] = Exchange{Method: sub.Method, Host: sub.Host, Path: sub.Path, Status: sub.Status,
 				RequestHeader: sub.RequestHeader, RequestBody: sub.RequestBody, ResponseHeader: sub.ResponseHeader, ResponseBody: sub.ResponseBody}
-			evs, _ := s.Evaluate(&exs[j], EmitOptions{Source: "bench"})
-			n += len(evs)
+			n += matchAndRender(s, &exs[j])
 		}
 		if n != 55 {
 			b.Fatalf("%d events", n)
