@@ -215,7 +215,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
 		var rawURL string
 		if b.url.whole != nil {
-			rawURL = b.url.whole.resolve(ex, m.Params).String()
+			rawURL = rawText(b.url, ex, m.Params)
 		} else {
 			rawURL = b.url.renderURL(ex, m.Params, nil)
 		}
@@ -313,12 +313,16 @@ func itemResult(t *tmpl, ex *Exchange) (gjson.Result, bool) {
 // body, shifted so that an element's off is its offset there.
 func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) (elems []listElem, total int, src []byte) {
 	var raw string
-	base := -1
+	base := 0
 	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" {
-		r := gjson.GetBytes(body, ph.gpath)
-		raw = r.Raw
-		if r.Index > 0 && r.Index+len(raw) <= len(body) && string(body[r.Index:r.Index+len(raw)]) == raw {
-			src, base = body, r.Index
+		// one copy of the body, walked once to the list and once through it
+		text := string(body)
+		start, found, plain := findPath(text, ph.gpath)
+		switch {
+		case found:
+			raw, src, base = text[start:], body, start
+		case !plain:
+			raw = gjson.Get(text, ph.gpath).Raw
 		}
 	} else {
 		v := ph.resolve(ex, params)

@@ -190,3 +190,55 @@ func scanList(s string, max int) (elems []listElem, total int, ok bool) {
 		return elems, total, true
 	}
 }
+
+// findPath returns where the value at a gjson path of plain keys ("a" or
+// "a.b.c", see plainKey) starts in the JSON text s, walking only the members
+// before it; ok is false when a key is missing, s is not made of objects
+// along the way, or the path is not plain (use gjson then).
+func findPath(s, path string) (start int, ok, plain bool) {
+	i := skipWS(s, 0)
+	for path != "" {
+		key, rest, _ := strings.Cut(path, ".")
+		if !plainKey(key) {
+			return 0, false, false
+		}
+		path = rest
+		if i >= len(s) || s[i] != '{' {
+			// a key into a list is an index (gjson's "0"), and gjson has
+			// its own ways with other values: let it decide
+			return 0, false, false
+		}
+		i++
+		found := false
+		for !found {
+			i = skipWS(s, i)
+			if i >= len(s) || s[i] != '"' {
+				return 0, false, true
+			}
+			ke := stringEnd(s, i)
+			if ke-i < 2 {
+				return 0, false, true
+			}
+			k := s[i+1 : ke-1]
+			if strings.IndexByte(k, '\\') >= 0 {
+				return 0, false, false // an escaped key: let gjson decide
+			}
+			i = skipWS(s, ke)
+			if i >= len(s) || s[i] != ':' {
+				return 0, false, true
+			}
+			i = skipWS(s, i+1)
+			if k == key {
+				found = true // gjson takes the first member of a key too
+				break
+			}
+			i = skipWS(s, valueEnd(s, i))
+			if i < len(s) && s[i] == ',' {
+				i++
+				continue
+			}
+			return 0, false, true
+		}
+	}
+	return i, i < len(s), true
+}

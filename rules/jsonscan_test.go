@@ -109,5 +109,40 @@ func FuzzScanList(f *testing.F) {
 		if json.Unmarshal([]byte(s), &v) == nil && validJSON([]byte(s)) {
 			checkScanAgainstGJSON(t, s)
 		}
+		if validJSON([]byte(s)) {
+			for _, p := range []string{"a", "a.b", "Operations", "0", "a.0", "x_y-z"} {
+				checkFindPath(t, s, p)
+			}
+		}
 	})
+}
+
+// checkFindPath holds findPath to gjson: where it finds a value, gjson finds
+// the same one; where it says the path is missing, so does gjson.
+func checkFindPath(t *testing.T, s, path string) {
+	t.Helper()
+	start, found, plain := findPath(s, path)
+	if !plain {
+		return
+	}
+	want := gjson.Get(s, path)
+	switch {
+	case found && !strings.HasPrefix(s[start:], want.Raw):
+		t.Fatalf("%q at %q: findPath finds %.40q, gjson %q", s, path, s[start:], want.Raw)
+	case found && want.Raw == "":
+		t.Fatalf("%q at %q: findPath finds %.40q, gjson nothing", s, path, s[start:])
+	case !found && want.Exists():
+		t.Fatalf("%q at %q: findPath finds nothing, gjson %q", s, path, want.Raw)
+	}
+}
+
+func TestFindPath(t *testing.T) {
+	for _, tc := range []struct{ s, path string }{
+		{`{"schemas":["x"],"Operations":[1,2]}`, "Operations"},
+		{`{"a":{"b":{"c":[1]}}}`, "a.b.c"}, {`{"a":{"b":1}}`, "a.c"}, {`{"a":1,"a":2}`, "a"},
+		{`[{"a":1}]`, "0"}, {`{"a":[{"b":1}]}`, "a.0.b"}, {` { "a" : [ ] } `, "a"}, {`{"a\"b":1,"a":2}`, "a"},
+		{`{"x":"}","a":3}`, "a"}, {`{"x":{"a":9},"a":3}`, "a"}, {`7`, "a"}, {`{`, "a"}, {`{"a"`, "a"},
+	} {
+		checkFindPath(t, tc.s, tc.path)
+	}
 }
