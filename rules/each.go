@@ -303,10 +303,12 @@ func (es *eachSpec) passes(el *elemCtx, caps []Param) ([]Param, bool) {
 	}
 	for _, cs := range es.captures {
 		r := el.get(es.where[cs.cond].name)
-		m := cs.re.FindStringSubmatch(subject{present: true, isJSON: true, r: r}.asText())
+		text := subject{present: true, isJSON: true, r: r}.asText()
+		m := cs.re.FindStringSubmatchIndex(text)
 		for i, name := range cs.names {
-			if name != "" && i < len(m) {
-				caps = append(caps, Param{Name: name, Value: m[i]})
+			// a group that took no part in the match captured nothing: missing
+			if name != "" && 2*i+1 < len(m) && m[2*i] >= 0 {
+				caps = append(caps, Param{Name: name, Value: text[m[2*i]:m[2*i+1]]})
 			}
 		}
 	}

@@ -282,3 +282,20 @@ rules:
 		t.Errorf("a list from a lookup needs no body: %+v", n)
 	}
 }
+
+func TestEachWhereCaptureThatTookNoPart(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: r
+    match: {method: POST, path: /x}
+    emit:
+      type: a.b
+      each: {items: "{request.body.ops}", where: {path: {regex: '^members(\[value eq "(?P<m>[^"]*)"\])?$'}}}
+      data: {m: "{where.m}"}
+`)
+	evs := eval(t, s, &Exchange{Method: "POST", Path: "/x", Status: 200, RequestBody: []byte(`{"ops":[{"path":"members[value eq \"u1\"]"},{"path":"members"},{"path":"members[value eq \"\"]"}]}`)})
+	got := dataOf(evs)
+	if strings.Join(got, "|") != `a.b  {"m":"u1"}|a.b  {"m":null}|a.b  {"m":""}` || len(evs[1].Source.Missing) != 1 || len(evs[2].Source.Missing) != 0 {
+		t.Errorf("got %v, missing %v %v", got, evs[1].Source.Missing, evs[2].Source.Missing)
+	}
+}
