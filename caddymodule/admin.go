@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/admin"
 )
 
 func init() {
@@ -36,7 +36,8 @@ const (
 )
 
 // Admin is the HTTP handler "authtap_admin": it serves authtap's management
-// API (endpoints, deliveries, retries, replays, events, event types; see
+// API (endpoints, deliveries, retries, replays, events, event types, portal
+// links; see
 // /openapi.json) and the asynqmon web UI at /monitor/, relative to where it is
 // mounted. It is a terminal handler: it answers every request it gets.
 //
@@ -56,7 +57,7 @@ const (
 // Browsers send basic-auth credentials with cross-site requests too, so the
 // handler refuses state-changing requests (anything but GET, HEAD and
 // OPTIONS) that a browser marks as cross-origin (Sec-Fetch-Site, else Origin
-// against Host), and forbids framing every response: worker.BrowserGuard,
+// against Host), and forbids framing every response: admin.BrowserGuard,
 // the same protection `authtap worker --admin` has. Clients that are not
 // browsers (curl, `authtap endpoints`) send neither header and are not
 // affected.
@@ -77,11 +78,16 @@ type Admin struct {
 	// MonitorReadOnly makes asynqmon view-only: it refuses to delete, run,
 	// archive or cancel tasks and to pause queues. Default false.
 	MonitorReadOnly bool `json:"monitor_read_only,omitempty"`
+	// PortalURL is the absolute URL of the tenant portal (where an
+	// authtap_portal handler is mounted, e.g. "https://auth.example.com/portal/");
+	// the portal links that POST /portal-links issues point there. Default:
+	// the origin of the request that issues the link, plus "/portal/".
+	PortalURL string `json:"portal_url,omitempty"`
 
 	logger   *zap.Logger
 	api      http.Handler
 	monitors *monitorCache
-	guard    *worker.BrowserGuard
+	guard    *admin.BrowserGuard
 }
 
 // CaddyModule returns the Caddy module information.
@@ -97,7 +103,7 @@ func (Admin) CaddyModule() caddy.ModuleInfo {
 func (h *Admin) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.Prefix = strings.TrimRight(h.Prefix, "/")
-	h.guard = worker.NewBrowserGuard()
+	h.guard = admin.NewBrowserGuard()
 
 	app, err := authtapApp(ctx)
 	if err != nil {
@@ -107,13 +113,13 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("provisioning management API: %w", err)
 	}
-	cfg := worker.APIConfig{Store: store, EventTypes: loadedEventTypes, Logger: h.logger}
+	cfg := admin.APIConfig{Store: store, EventTypes: loadedEventTypes, Logger: h.logger, PortalURL: h.PortalURL}
 	if w := app.InProcessWorker(); w != nil {
 		cfg.Client = w.Client()
 		// It delivers, so its allow list decides which addresses are refused.
 		cfg.CheckEndpointURL = w.CheckEndpointURL
 	}
-	if h.api, err = worker.NewAPI(cfg); err != nil {
+	if h.api, err = admin.NewAPI(cfg); err != nil {
 		return fmt.Errorf("provisioning management API: %w", err)
 	}
 	if !h.DisableMonitor {
@@ -149,6 +155,7 @@ func (h *Admin) Cleanup() error {
 // ServeHTTP serves the management API, or asynqmon below /monitor/. It never
 // calls next.
 func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	markOwnTraffic(w) // an authtap handler in front does not count this as uncovered
 	if err := h.guard.Check(w, r); err != nil {
 		return caddyhttp.Error(http.StatusForbidden, err)
 	}

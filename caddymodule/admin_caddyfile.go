@@ -30,6 +30,7 @@ func parseAdminCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	authtap_admin [<matcher>] {
 //	    prefix  <path>               # the path clients see, e.g. /_authtap
 //	    monitor on|off|read_only     # the asynqmon UI at /monitor/; default on
+//	    portal_url <url>             # where authtap_portal is, for portal links
 //	}
 func (h *Admin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -63,8 +64,16 @@ func (h *Admin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "portal_url":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.PortalURL = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		default:
-			return d.Errf("unrecognized authtap_admin option %q (want prefix or monitor)", opt)
+			return d.Errf("unrecognized authtap_admin option %q (want prefix, monitor or portal_url)", opt)
 		}
 	}
 	return nil

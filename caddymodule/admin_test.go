@@ -25,9 +25,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 	"github.com/authtap/authtap/worker/tasks"
 )
 
@@ -47,7 +47,8 @@ rules:
 // behind basic_auth, next to the authtap handler and the upstream. The
 // arguments are the HTTP port, the storage dir, the rule file, the upstream,
 // the bcrypt hash of the admin password, the Redis line ("redis <url>", or
-// empty for the embedded Redis), the spool dir and the authtap_admin directive.
+// empty for the embedded Redis), the spool dir, the authtap_admin directive
+// and the rest of the site (e.g. a portal), and more global authtap options.
 const adminCaddyfile = `{
 	admin off
 	persist_config off
@@ -60,6 +61,7 @@ const adminCaddyfile = `{
 	authtap {
 		%[6]s
 		spool_dir %[7]s
+		%[10]s
 	}
 }
 http://127.0.0.1:%[1]d {
@@ -74,6 +76,7 @@ http://127.0.0.1:%[1]d {
 		}
 		%[8]s
 	}
+	%[9]s
 }
 `
 
@@ -91,6 +94,9 @@ type adminEnv struct {
 type adminCaddyOptions struct {
 	embedded   bool   // use the embedded Redis (and so the in-process worker)
 	adminBlock string // lines inside the authtap_admin block
+	site       string // more of the site block, e.g. handle_path /portal/* { authtap_portal }
+	global     string // more lines of the global authtap block, e.g. worker
+	rules      string // the rule file; default adminTestRules
 }
 
 // startAdminCaddy runs Caddy in this process with adminCaddyfile and a
@@ -116,7 +122,11 @@ func startAdminCaddy(t testing.TB, o adminCaddyOptions) *adminEnv {
 
 	dir := t.TempDir()
 	rulesFile := filepath.Join(dir, "rules.yaml")
-	if err := os.WriteFile(rulesFile, []byte(adminTestRules), 0o600); err != nil {
+	ruleText := adminTestRules
+	if o.rules != "" {
+		ruleText = o.rules
+	}
+	if err := os.WriteFile(rulesFile, []byte(ruleText), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(env.pass), bcrypt.MinCost)
@@ -135,8 +145,8 @@ func startAdminCaddy(t testing.TB, o adminCaddyOptions) *adminEnv {
 	port := adminFreePort(t)
 	env.base = "http://127.0.0.1:" + strconv.Itoa(port)
 	caddyfileText := fmt.Sprintf(adminCaddyfile, port, filepath.Join(dir, "storage"), rulesFile,
-		strings.TrimPrefix(upstream.URL, "http://"), hash, redisLine, filepath.Join(dir, "spool"), adminDirective)
-	caddyfileText = regexp.MustCompile(`\n\t+\n`).ReplaceAllString(caddyfileText, "\n") // the empty Redis line
+		strings.TrimPrefix(upstream.URL, "http://"), hash, redisLine, filepath.Join(dir, "spool"), adminDirective, o.site, o.global)
+	caddyfileText = regexp.MustCompile(`\n\t+\n`).ReplaceAllString(caddyfileText, "\n") // the empty lines
 
 	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
 	if err != nil {
@@ -574,7 +584,7 @@ func TestAdminRouting(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			h := tc.handler
 			api := &fakeAPI{}
-			h.api, h.guard = api, worker.NewBrowserGuard()
+			h.api, h.guard = api, admin.NewBrowserGuard()
 			if !h.DisableMonitor {
 				h.monitors = newMonitorCache(asynq.RedisClientOpt{Addr: "127.0.0.1:1"}, false)
 				t.Cleanup(func() { _ = h.monitors.close() })

@@ -349,6 +349,7 @@ func (a *App) Start() error {
 	// which only a config that loaded reaches, so a failed reload leaves the
 	// running config's logger in place.
 	worker.SetRedisLogger(a.logger)
+	a.be.cov.logger.Store(a.logger)
 	if a.pw != nil {
 		a.pw.start()
 	}
@@ -423,6 +424,15 @@ func (a *App) RedisClient() redis.UniversalClient {
 		return nil
 	}
 	return a.be.rdb
+}
+
+// coverage returns the coverage of the app's Redis (shared by every handler
+// on it, across reloads); nil before Provision.
+func (a *App) coverage() *coverage {
+	if a.be == nil {
+		return nil
+	}
+	return a.be.cov
 }
 
 // redactURL renders a Redis URL without its password, for logs.

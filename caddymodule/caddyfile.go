@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
@@ -9,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 func init() {
@@ -33,7 +36,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    mode            live|test
 //	    max_body        <size>          # e.g. 1MiB, 512KB, 65536
 //	    lookup_upstream <url>
+//	    before_lookup_budget <duration> # e.g. 2s: the most a request waits for before-lookups
 //	    reload_interval <duration>      # e.g. 2s; off disables reloading
+//	    coverage        off             # or: coverage { samples <n> }, n from 0 (count only) to 10; default 3
 //	}
 //
 // At least one rule file is required. Rule files are not taken on the first
@@ -90,6 +95,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "before_lookup_budget":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 || dur > MaxBeforeLookupBudget {
+				return d.Errf("before_lookup_budget: want a duration from 1ms to %s such as 2s, got %q", MaxBeforeLookupBudget, d.Val())
+			}
+			h.BeforeLookupBudget = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "reload_interval":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -106,8 +123,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "coverage":
+			if h.Coverage != nil {
+				return d.Err("coverage given more than once")
+			}
+			cc, err := parseCoverage(d)
+			if err != nil {
+				return err
+			}
+			h.Coverage = cc
 		default:
-			return d.Errf("unrecognized authtap option %q (want rules, source, mode, max_body, lookup_upstream or reload_interval)", opt)
+			return d.Errf("unrecognized authtap option %q (want rules, source, mode, max_body, lookup_upstream, before_lookup_budget, reload_interval or coverage)", opt)
 		}
 	}
 	if len(h.Rules) == 0 {
@@ -119,6 +145,52 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseCoverage reads `coverage off`, `coverage on` or
+//
+//	coverage {
+//	    samples <n>   # 0 to 10; 0 counts without keeping samples
+//	}
+func parseCoverage(d *caddyfile.Dispenser) (*CoverageConfig, error) {
+	cc := &CoverageConfig{}
+	if d.NextArg() {
+		switch d.Val() {
+		case "off":
+			cc.Disabled = true
+		case "on":
+		default:
+			return nil, d.Errf("coverage: want off, on or a block, got %q", d.Val())
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "samples":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 0 || n > worker.MaxUnmatchedSamples {
+				return nil, d.Errf("coverage: samples: want a number from 0 (count only) to %d, got %q", worker.MaxUnmatchedSamples, d.Val())
+			}
+			cc.Samples = n
+			if n == 0 {
+				cc.Samples = -1 // JSON: negative keeps none
+			}
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		default:
+			return nil, d.Errf("coverage: unrecognized option %q (want samples)", d.Val())
+		}
+	}
+	if cc.Disabled && cc.Samples != 0 {
+		return nil, d.Err("coverage: samples given with coverage off")
+	}
+	return cc, nil
 }
 
 // Interface guards

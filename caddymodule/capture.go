@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/authtap/authtap/worker"
 )
 
 // How a captureWriter passes the response on, decided when the final status
@@ -49,6 +51,11 @@ type captureWriter struct {
 	buf       *bytes.Buffer // held body, or the tee's copy; from bufPool
 	truncated bool          // buf does not hold the whole body
 	hijacked  bool
+	own       bool // authtap_admin answered: not counted by coverage (markOwnTraffic)
+	// sampleTee: coverage samples this exchange should no rule match it, so
+	// a 2xx response that no rule wants is teed (its first
+	// worker.MaxSampleBody bytes copied) instead of passed untouched.
+	sampleTee bool
 }
 
 func newCaptureWriter(w http.ResponseWriter, r *http.Request, max int64, capture bool, wants func(int) bool) *captureWriter {
@@ -78,6 +85,11 @@ func (cw *captureWriter) WriteHeader(code int) {
 	cw.status = code
 	h := cw.Header()
 	switch {
+	case cw.sampleTee && code >= 200 && code <= 299 && !cw.tunnel && !isStreaming(h) && cw.wants != nil && !cw.wants(code):
+		// no rule wants it: streamed, with a copy of its start for a sample
+		cw.mode = modeTee
+		cw.max = worker.MaxSampleBody
+		cw.buf = getBuf()
 	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h) || (cw.wants != nil && !cw.wants(code)):
 		cw.mode = modePass
 		cw.truncated = true

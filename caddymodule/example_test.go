@@ -146,6 +146,38 @@ func TestCaddyfileExampleRuns(t *testing.T) {
 			t.Errorf("GET /_authtap/webhooks as %q: %d %s, want %d", tc.user, resp.StatusCode, b, tc.want)
 		}
 	}
+
+	// The portal mount: the page for anyone, its API for a portal link only.
+	req, _ := http.NewRequest(http.MethodPost, base+"/_authtap/portal-links", strings.NewReader(`{"tenant":"t_1"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.SetBasicAuth("admin", "pw-for-test")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var link struct{ URL, Token string }
+	err = json.NewDecoder(resp.Body).Decode(&link)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusCreated || link.URL != base+"/portal/#token="+link.Token {
+		t.Fatalf("POST /_authtap/portal-links: %d %+v (%v)", resp.StatusCode, link, err)
+	}
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{{"/portal/", "", http.StatusOK}, {"/portal/api/session", "", http.StatusUnauthorized}, {"/portal/api/session", link.Token, http.StatusOK}} {
+		req, _ := http.NewRequest(http.MethodGet, base+tc.path, nil)
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s: %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
 }
 
 // A site with the authtap handler and no global authtap option: the app is

@@ -39,6 +39,10 @@ const (
 	seedUserBody  = `{"id":"u_1","email":"ada@acme.test","name":"Ada","tenant_id":"t_1","role":"member","password_hash":"$2y$10$abc","internal_notes":"VIP","created_at":"2026-11-23T10:00:00Z"}`
 	seedSaasUser  = `{"user":{"id":"usr_1","email":"grace@acme.test","phone":"+1 555","totpURI":"otpauth://totp/x?secret=JBSWY3DPEHPK3PXP","backup_codes":["a","b"],"sessionId":"s1"}}`
 	seedGuardUser = `{"user":{"id":7,"username":"jdoe","email":"jdoe@example.com","totp_enabled":true},"devices":[]}`
+	// seedJWT's claims: {"sub":"u_1","email":"ada@acme.test","url":"https://app.test/u/u_1","password":"p"}
+	seedJWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1XzEiLCJlbWFpbCI6ImFkYUBhY21lLnRlc3QiLCJ1cmwiOiJodHRwczovL2FwcC50ZXN0L3UvdV8xIiwicGFzc3dvcmQiOiJwIn0.c2ln"
+	// seedJWTNested's claims: {"sub":"u_2","org":{"id":"o_1"},"inner":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}
+	seedJWTNested = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1XzIiLCJvcmciOnsiaWQiOiJvXzEifSwiaW5uZXIiOiJleUpoYkdjaU9pSklVekkxTmlKOS5lMzAuYzJsbiJ9.c2ln"
 )
 
 // Status indexes into fuzzStatuses.
@@ -244,6 +248,56 @@ var fuzzSeeds = []fuzzSeed{
 		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 2, reqAmp: fuzzAmpManyKeys, reqAmpN1: 0xc3, reqAmpN2: 0x50},
 		reqHdr:  seedJSON + "Idempotency-Key: k\n",
 		reqBody: `{"list":[{"id":"a"},{"id":"a"},1,null,[],"s"]}`},
+
+	// ---- before-lookups and lookup headers ------------------------------------------------
+	{name: "before-lookup-chain", pack: "hostile.yaml", rule: "catch-all-before", params: "m_1?q=1",
+		ctl:    fuzzCtl{method: 3, status: st204, maxBody: 1, lookupBody: 0},
+		reqHdr: seedSession + "X-Test: t_1\n", respBody: `{"id":"m_1","user":"usr_2","token":"tok_new"}`},
+	{name: "before-lookup-refused-request", pack: "hostile.yaml", rule: "catch-all-before", params: "m_1?q=2",
+		ctl:    fuzzCtl{method: 3, status: st404, maxBody: 1, lookupBody: 0},
+		reqHdr: seedSession, respBody: `{"id":"m_1"}`},
+	{name: "before-lookup-dot-segments", pack: "hostile.yaml", rule: "catch-all-before", params: "..?q=..",
+		ctl:      fuzzCtl{status: st200, maxBody: 1, lookupBody: 0},
+		respBody: `{"id":"..","user":"."}`},
+	{name: "before-lookup-header-crlf", pack: "hostile.yaml", rule: "catch-all-before", params: "h?q=3",
+		ctl:      fuzzCtl{status: st200, maxBody: 1, lookupBody: 0},
+		reqHdr:   "Cookie: sid=a\tb\n",
+		respBody: "{\"id\":\"x\",\"user\":\"a\\r\\nX-Admin: 1\",\"token\":\"a\\u0000b\"}"},
+	{name: "before-lookup-answer-500-deep", pack: "hostile.yaml", rule: "catch-all-before", params: "d?q=4",
+		ctl:      fuzzCtl{method: 1, status: st200, maxBody: 2, lookupStatus: 3, lookupBody: 3, respAmpN1: 0x27, respAmpN2: 0x10},
+		respBody: `{"id":"x"}`},
+	{name: "before-lookup-request-read-error", pack: "hostile.yaml", rule: "catch-all-before", params: "r?q=5",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 1, reqFlags: fuzzReqReadError | fuzzReqChunked},
+		reqBody: `{"id":"partial`, respBody: `{"id":"x"}`},
+	{name: "saas-member-removed-before", pack: "saas-catalog.yaml", rule: "organization-member-removed", params: "org_1|usr_2",
+		ctl:      fuzzCtl{status: st204, maxBody: 1, lookupBody: 1},
+		reqHdr:   seedSession,
+		reqBody:  `{"membership":{"organization_id":"org_1","user_id":"usr_2","role":"admin"}}`,
+		respBody: ``},
+	// ---- values inside values, multipart bodies ------------------------------------------
+	{name: "jwt-everywhere", pack: "hostile.yaml", rule: "catch-all-funcs", params: "a/b",
+		ctl:      fuzzCtl{method: 1, status: st201, maxBody: 1},
+		reqHdr:   seedJSON + "Authorization: Bearer " + seedJWT + "\nCookie: sid=" + seedJWTNested + "\n",
+		reqBody:  `{"token":"` + seedJWT + `"}`,
+		respHdr:  "Location: https://scim.example.test/scim/v2/Users/2819c223?x=1\n",
+		respBody: `{"id":"2819c223"}`},
+	{name: "jwt-hostile", pack: "hostile.yaml", rule: "catch-all-funcs", params: "%2e%2e/x",
+		ctl:     fuzzCtl{method: 1, status: st200, maxBody: 2},
+		reqHdr:  seedJSON + "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.%%%.sig\nCookie: sid=a.b.c\n",
+		reqBody: `{"token":"eyJhbGciOiJub25lIn0.` + strings.Repeat("eyJhIjp7ImEiOnsiYSI6", 3000) + `.x"}`,
+		respHdr: "Location: /\n"},
+	{name: "multipart-sign-up", pack: "hostile.yaml", rule: "catch-all-funcs", params: "signup",
+		ctl: fuzzCtl{method: 1, status: st201, maxBody: 1, reqType: 5},
+		reqBody: "--xyz\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nada@acme.test\r\n" +
+			"--xyz\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\ns3cret\r\n" +
+			"--xyz\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n" + seedJWT + "\r\n" +
+			"--xyz\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--xyz--\r\n"},
+	{name: "multipart-5000-parts", pack: "hostile.yaml", rule: "catch-all-body", params: "mp",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 1, reqType: 5},
+		reqBody: strings.Repeat("--xyz\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nx\r\n", 5000) + "--xyz--"},
+	{name: "multipart-truncated", pack: "hostile.yaml", rule: "catch-all-body", params: "mpt",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 0, reqType: 5},
+		reqBody: "--xyz\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n" + strings.Repeat("--xy", 200)},
 }
 
 // TestWriteFuzzHandlerSeeds writes fuzzSeeds to testdata/fuzz/FuzzHandler

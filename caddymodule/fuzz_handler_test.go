@@ -116,7 +116,8 @@ var fuzzMaxBodies = []int64{512, 64 << 10, DefaultMaxBody}
 
 // fuzzHostilePack is a rule file made to stress rendering: catch-all rules
 // that copy whole bodies, text templates holding objects, every placeholder
-// kind, dedupe keys, and chained lookups.
+// kind, dedupe keys, chained lookups, and before-lookups whose answers feed
+// later lookups' paths and headers.
 const fuzzHostilePack = `version: 1
 rules:
   - name: catch-all-body
@@ -148,6 +149,29 @@ rules:
       type: lookup.done
       subject: "{first.body.id}"
       data: {first: "{first.body}", second: "{second.body.user}", status: "{second.status}", all: "x{first.body}"}
+  - name: catch-all-before
+    match: {method: [POST, PUT, PATCH, DELETE], path: "/bl/{rest...}"}
+    lookup:
+      - {get: "/lookup/{path.rest}?q={request.query.q}", as: old, when: before, timeout: 500ms, header: {X-Tenant: "{request.header.X-Test}", Authorization: "Bearer {request.cookie.sid}"}}
+      - {get: "/lookup/{old.body.id}/more", as: older, when: before, timeout: 500ms, header: {X-Old: "{old.body.user}"}}
+      - {get: "/lookup/after/{response.body.id}", as: after, timeout: 500ms, header: {Authorization: "Bearer {response.body.token}", X-Old: "{old.body.id}"}}
+    emit:
+      type: before.done
+      subject: "{old.body.id}"
+      data: {old: "{old.body}", older: "{older.body.user}", after: "{after.status}", text: "was {old.body}"}
+  - name: catch-all-funcs
+    match: {method: "*", path: "/fn/{rest...}", status: 100-599}
+    emit:
+      type: funcs.read
+      subject: "{jwt(request.header.Authorization).sub}"
+      data:
+        claims: "{jwt(request.body.token)}"
+        cookie: "{jwt(request.cookie.sid).org.id}"
+        location: "{last_segment(response.header.Location)}"
+        id: '{match(response.header.Location, "/Users/([^/?]+)$")}'
+        part: '{match(last_segment(jwt(request.body.token).url), "^(.{0,16})")}'
+        text: "sub={jwt(request.body.token).sub} seg={last_segment(request.path)} claims={jwt(request.cookie.sid)}"
+        form: "{request.body.email}"
 `
 
 // fuzzBatchPack is a rule file of batch envelopes and emits with each:
@@ -231,7 +255,18 @@ type fuzzEnv struct {
 	// run serializes inputs: the queue, logs and lookup answer are per input.
 	mu  sync.Mutex
 	enc *fuzzEncoders
+	// cov gives every handler coverage (on an in-memory store), so that
+	// counting and sampling uncovered mutations are held to the same checks.
+	cov *coverage
 }
+
+// fuzzCovQueue is the fuzz queue with coverage.
+type fuzzCovQueue struct {
+	*fuzzQueue
+	cov *coverage
+}
+
+func (q fuzzCovQueue) coverage() *coverage { return q.cov }
 
 // fuzzDeep is encoding/json's nesting limit, which the worker decodes with;
 // the event:fanout and webhook:deliver payloads wrap an event's data in two
@@ -245,6 +280,8 @@ type fuzzAnswer struct {
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
 	fz := &fuzzEnv{queue: &fuzzQueue{}, logs: &fuzzLogCore{}, enc: newFuzzEncoders(f)}
+	fz.cov = newCoverage(newFakeCovStore(), func() bool { return false })
+	f.Cleanup(fz.cov.close)
 	fz.lookup = httptest.NewServer(http.HandlerFunc(fz.serveLookup))
 	f.Cleanup(fz.lookup.Close)
 
@@ -281,7 +318,7 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 			h := &Handler{Rules: []string{file}, ReloadInterval: -1, MaxBody: max, Source: "fuzz", LookupUpstream: fz.lookup.URL}
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			f.Cleanup(cancel)
-			if err := h.provision(ctx, fz.queue); err != nil {
+			if err := h.provision(ctx, fuzzCovQueue{fz.queue, fz.cov}); err != nil {
 				f.Fatalf("provisioning %s: %v", n, err)
 			}
 			f.Cleanup(func() { _ = h.Cleanup() })

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/authtap/authtap/rules"
+	"github.com/authtap/authtap/worker"
 )
 
 func init() {
@@ -39,6 +41,11 @@ const (
 	minReloadInterval = 10 * time.Millisecond
 	// maxLookupTotal bounds all lookups of one exchange together.
 	maxLookupTotal = rules.MaxLookupTimeout
+	// DefaultBeforeLookupBudget is how long a request waits, at most, for
+	// the before-lookups of its candidate rules, all together.
+	DefaultBeforeLookupBudget = 2 * time.Second
+	// MaxBeforeLookupBudget is the largest before_lookup_budget.
+	MaxBeforeLookupBudget = rules.MaxLookupTimeout
 )
 
 // Handler is the HTTP handler "authtap". It watches the exchanges that pass
@@ -49,7 +56,10 @@ const (
 // the traffic flows as if authtap were absent.
 //
 // An exchange that no rule can match (by method and path) is handed to the
-// next handler untouched, with no buffering and no wrapping. For a candidate
+// next handler untouched, with no buffering and no wrapping; only a mutation
+// (POST, PUT, PATCH, DELETE) there gets a pooled status recorder, so that a
+// 2xx is counted for coverage (see Coverage and coverage.go: a few samples
+// of each route shape read its bodies ahead, up to 4 KiB). For a candidate
 // exchange, the request body is buffered (up to max_body) only when a
 // candidate rule reads it, and the response is held (up to max_body) until
 // its events are queued, so that no accepted mutation goes out before its
@@ -98,10 +108,27 @@ type Handler struct {
 	// lookup's headers is still observed.
 	LookupUpstream string `json:"lookup_upstream,omitempty"`
 
+	// BeforeLookupBudget bounds how long a request waits for the
+	// before-lookups (rule lookups with when: before) of its candidate
+	// rules, all of them together. They run before the request is
+	// forwarded, one after another, each within its own timeout and what is
+	// left of this budget; then the request goes on whatever they answered
+	// (a lookup still running is abandoned and its placeholders are listed
+	// in source.missing). Default: 2s; at most 10s.
+	BeforeLookupBudget caddy.Duration `json:"before_lookup_budget,omitempty"`
+
 	// ReloadInterval is how often the rule files (and the files the globs
 	// expand to) are checked for changes. A negative value disables
 	// reloading. Default: 2s.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
+
+	// Coverage counts the successful mutations (POST, PUT, PATCH, DELETE
+	// answered 2xx) that no rule matched, per method and route shape, in
+	// authtap_unmatched_total{method,route}, and keeps a few redacted sample
+	// exchanges of each shape in Redis for GET /unmatched and `authtap rules
+	// suggest` (see coverage.go for what it costs). Default: on, 3 samples
+	// per shape.
+	Coverage *CoverageConfig `json:"coverage,omitempty"`
 
 	set      *atomic.Pointer[rules.Set] // the rules in force; swapped on reload
 	enq      enqueuer
@@ -112,6 +139,14 @@ type Handler struct {
 	watch    *watcher
 	// registryKey names this handler's entry in the rules registry.
 	registryKey string
+	cov         *coverage // nil: coverage is off
+	covKeep     int32     // samples kept per shape; 0: count only
+}
+
+// coverageSource is the part of the app "authtap" that gives coverage its
+// Redis; tests provide one with a fake store.
+type coverageSource interface {
+	coverage() *coverage
 }
 
 // enqueuer is the part of the app "authtap" that the handler uses; tests
@@ -157,6 +192,9 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 	if h.ReloadInterval == 0 {
 		h.ReloadInterval = caddy.Duration(DefaultReloadInterval)
 	}
+	if h.BeforeLookupBudget == 0 {
+		h.BeforeLookupBudget = caddy.Duration(DefaultBeforeLookupBudget)
+	}
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -173,6 +211,18 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 	}
 	h.metrics = m
 	h.lookups = newLookupClient(h.upstream)
+	if h.Coverage == nil || !h.Coverage.Disabled {
+		if cs, ok := enq.(coverageSource); ok {
+			h.cov = cs.coverage()
+		}
+		if err := unmatchedMetrics.registerIn(ctx.GetMetricsRegistry()); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+		h.covKeep = worker.DefaultUnmatchedSamples
+		if h.Coverage != nil && h.Coverage.Samples != 0 {
+			h.covKeep = int32(max(0, h.Coverage.Samples))
+		}
+	}
 
 	// note the files' state before loading, so a change made meanwhile is seen
 	h.watch = newWatcher(h.Rules, time.Duration(h.ReloadInterval), h.logger, h.swapRules)
@@ -209,6 +259,12 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body: must not be negative, got %d", h.MaxBody)
+	}
+	if b := time.Duration(h.BeforeLookupBudget); b < 0 || b > MaxBeforeLookupBudget {
+		return fmt.Errorf("before_lookup_budget: want a duration from 1ms to %s, got %s", MaxBeforeLookupBudget, b)
+	}
+	if h.Coverage != nil && h.Coverage.Samples > worker.MaxUnmatchedSamples {
+		return fmt.Errorf("coverage: samples: want at most %d, got %d", worker.MaxUnmatchedSamples, h.Coverage.Samples)
 	}
 	if h.LookupUpstream != "" {
 		u, err := url.Parse(h.LookupUpstream)
@@ -260,9 +316,77 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	set := h.set.Load()
 	if !set.CanMatch(r.Method, r.URL.Path) {
-		return next.ServeHTTP(w, r)
+		if h.cov == nil || !isMutation(r.Method) {
+			return next.ServeHTTP(w, r)
+		}
+		return h.serveUncovered(w, r, next)
 	}
 	return h.serveCandidate(w, r, next, set)
+}
+
+// serveUncovered handles a mutation on a route no rule can match: a 2xx
+// answer is counted for its route shape, and sampled while the shape needs
+// samples. The shape is computed and looked up without allocating; once it
+// has its samples, nothing is buffered.
+func (h *Handler) serveUncovered(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var kb [256]byte
+	key := appendShapeKey(kb[:0], r.Method, r.URL.Path)
+	e := h.cov.lookup(key)
+	if h.covKeep == 0 || e != nil && !e.wantsSample(h.covKeep) || e == nil && !h.cov.probe() {
+		cw := getCovWriter(w, nil)
+		err := next.ServeHTTP(cw, r)
+		ok := err == nil && cw.succeeded()
+		putCovWriter(cw)
+		if ok {
+			if e == nil {
+				e = h.cov.entry(key)
+			}
+			e.count()
+		}
+		return err
+	}
+	return h.serveSampled(w, r, next, key, e)
+}
+
+// serveSampled is serveUncovered for a shape that still needs samples (or
+// was not seen yet): the request body is read ahead up to
+// worker.MaxSampleBody and the response's first bytes are copied as they
+// stream by; the redacted sample is written by the coverage goroutine.
+func (h *Handler) serveSampled(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key []byte, e *shapeEntry) error {
+	var ps *pendingSample
+	h.safely("preparing coverage sample", func() {
+		ps = newPendingSample(r)
+		ps.reqBody, ps.reqNote = captureSampleBody(r)
+	})
+	tee := getBuf()
+	defer putBuf(tee)
+	cw := getCovWriter(w, tee)
+	err := next.ServeHTTP(cw, r)
+	ok := err == nil && cw.succeeded()
+	status, over := cw.status, cw.teeOver
+	putCovWriter(cw)
+	if !ok {
+		return err
+	}
+	h.safely("recording coverage sample", func() {
+		if e == nil {
+			e = h.cov.entry(key)
+		}
+		e.count()
+		if ps == nil || !e.reserve(h.covKeep) {
+			return
+		}
+		ps.entry, ps.keep, ps.at = e, int(h.covKeep), time.Now()
+		ps.status = cmp.Or(status, http.StatusOK)
+		ps.respHeader = w.Header().Clone()
+		if over {
+			ps.respNote = noteTooLarge
+		} else {
+			ps.respBody = bytes.Clone(tee.Bytes())
+		}
+		h.cov.submit(ps)
+	})
+	return nil
 }
 
 // serveCandidate handles an exchange that some rule may match.
@@ -273,6 +397,7 @@ func (h *Handler) serveCandidate(w http.ResponseWriter, r *http.Request, next ca
 		reqOver bool
 		cw      *captureWriter
 		ok      bool
+		plan    *covPlan
 	)
 	// authtap's own failures must never take the request down with them
 	h.safely("preparing exchange", func() {
@@ -290,10 +415,12 @@ func (h *Handler) serveCandidate(w http.ResponseWriter, r *http.Request, next ca
 		if need.RequestBody {
 			ex.RequestBody, reqOver = h.captureRequest(r)
 		}
+		plan = h.planCoverage(r, need)
 		method, path := r.Method, r.URL.Path
 		cw = newCaptureWriter(w, r, h.MaxBody, need.ResponseBody, func(status int) bool {
 			return set.StatusCanMatch(method, path, status)
 		})
+		cw.sampleTee = plan != nil && plan.sample != nil
 	})
 	if ex == nil || cw == nil {
 		return next.ServeHTTP(w, r)
@@ -302,12 +429,18 @@ func (h *Handler) serveCandidate(w http.ResponseWriter, r *http.Request, next ca
 	// the held response goes out whatever happens below, even on a panic
 	defer h.safely("releasing response", func() { _ = cw.release() })
 
+	var before *beforeRun
+	if need.BeforeLookups {
+		// the state the request may destroy, read while it still exists;
+		// the request waits at most before_lookup_budget for it
+		h.safely("running before-lookups", func() { before = h.runBeforeLookups(r, set, ex, reqOver) })
+	}
 	if err := next.ServeHTTP(cw, r); err != nil {
 		// the response is incomplete or will be written by an error handler:
 		// nothing was accepted, so nothing is emitted
 		return err
 	}
-	h.safely("observing exchange", func() { h.observe(r, set, ex, cw, reqOver) })
+	h.safely("observing exchange", func() { h.observe(r, set, ex, cw, reqOver, before, plan) })
 	return nil
 }
 
@@ -325,7 +458,7 @@ func (h *Handler) safely(what string, f func()) {
 
 // observe matches the finished exchange, runs lookups and queues the events.
 // It runs before a held response is released.
-func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, cw *captureWriter, reqOver bool) {
+func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, cw *captureWriter, reqOver bool, before *beforeRun, plan *covPlan) {
 	if cw.upgraded() {
 		return // a protocol switch: nothing to observe
 	}
@@ -359,10 +492,12 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 	}
 	matches := set.Match(ex)
 	if len(matches) == 0 {
+		h.uncoveredCandidate(plan, ex, cw, reqOver)
 		return
 	}
 	b := &exchangeBudget{lookupsLeft: rules.MaxExchangeLookups}
 	defer b.flush(h.logger)
+	covered := false // a rule other than a batch rule matched, or a sub-exchange did
 	for _, m := range matches {
 		n := m.Rule.Need()
 		if n.RequestBody && reqOver || n.ResponseBody && respOver {
@@ -370,23 +505,34 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 				c.Write(zap.String("rule", m.Rule.Name), zap.Int64("max_body", h.MaxBody),
 					zap.Bool("request", n.RequestBody && reqOver), zap.Bool("response", n.ResponseBody && respOver))
 			}
+			covered = true // a rule is there; authtap_too_large_total tells why it saw nothing
 			continue
 		}
 		if m.IsBatch() {
-			h.observeBatch(r, set, ex, m, b)
+			if h.observeBatch(r, set, ex, m, b, before) {
+				covered = true
+			}
 			continue
 		}
-		h.emitMatch(r, ex, m, b, "")
+		covered = true
+		h.emitMatch(r, ex, m, b, before, "")
+	}
+	if !covered {
+		// only batch rules matched, and none of the envelope's sub-exchanges
+		// matched a rule: a successful mutation no rule covered, counted
+		// under the envelope's own route shape
+		h.uncoveredCandidate(plan, ex, cw, reqOver)
 	}
 }
 
 // emitMatch runs a match's lookups, builds its events and queues them.
-// batch names the batch rule whose sub-exchange ex is ("" for none).
-func (h *Handler) emitMatch(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, batch string) {
+// batch names the batch rule whose sub-exchange ex is ("" for none);
+// before holds the answers its before-lookups got before forwarding.
+func (h *Handler) emitMatch(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun, batch string) {
 	if m.NumLookups() > 0 {
-		h.runLookups(r, ex, m, b)
+		h.runLookups(r, ex, m, b, before)
 	}
-	events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode})
+	events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode, Unchanged: h.unchanged})
 	for _, err := range errs {
 		// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
 		h.metrics.countRefused(m.Rule.Name, err)
@@ -400,10 +546,20 @@ func (h *Handler) emitMatch(r *http.Request, ex *rules.Exchange, m *rules.Match,
 	}
 }
 
+// unchanged counts (and logs at debug level) an event not built because its
+// emit's previous found that nothing changed (skip_unchanged).
+func (h *Handler) unchanged(rule, typ string) {
+	h.metrics.unchanged.WithLabelValues(rule, typ).Inc()
+	if c := h.logger.Check(zapcore.DebugLevel, "nothing changed; no event (skip_unchanged)"); c != nil {
+		c.Write(zap.String("rule", rule), zap.String("type", typ))
+	}
+}
+
 // observeBatch splits a batch envelope into its sub-exchanges and matches
 // each against the set as an exchange of its own (batch rules aside), its
-// rules' lookups sent within the exchange's one lookup budget.
-func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchange, m *rules.Match, b *exchangeBudget) {
+// rules' lookups sent within the exchange's one lookup budget. It reports
+// whether any sub-exchange matched a rule (the envelope is covered).
+func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun) bool {
 	bt, err := m.Batch(ex)
 	if err != nil {
 		h.metrics.countRefused(m.Rule.Name, err)
@@ -415,11 +571,14 @@ func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchan
 		c.Write(zap.String("rule", m.Rule.Name), zap.Int("requests", bt.Requests), zap.Int("succeeded", len(bt.Subs)),
 			zap.Int("failed", bt.Failed), zap.Bool("rolled_back", bt.RolledBack))
 	}
+	matched := false
 	for _, sub := range bt.Subs {
 		for _, sm := range set.Match(sub) {
-			h.emitMatch(r, sub, sm, b, m.Rule.Name)
+			matched = true
+			h.emitMatch(r, sub, sm, b, nil, m.Rule.Name)
 		}
 	}
+	return matched
 }
 
 // maxExchangeWarnings bounds the warnings one exchange logs (events refused,
@@ -456,6 +615,70 @@ func batchField(batch string) zap.Field {
 		return zap.Skip()
 	}
 	return zap.String("batch", batch)
+}
+
+// planCoverage decides, before a candidate mutation is forwarded, whether
+// it is sampled should no rule match it; a sample then needs the request
+// body, read ahead up to worker.MaxSampleBody when no rule reads it. It
+// returns nil for anything but a mutation, or with coverage off.
+func (h *Handler) planCoverage(r *http.Request, need rules.Need) *covPlan {
+	if h.cov == nil || !isMutation(r.Method) {
+		return nil
+	}
+	plan := &covPlan{key: appendShapeKey(nil, r.Method, r.URL.Path)}
+	e := h.cov.lookup(plan.key)
+	if h.covKeep == 0 || e != nil && !e.wantsSample(h.covKeep) || e == nil && !h.cov.probe() {
+		return plan
+	}
+	plan.sample = newPendingSample(r)
+	if !need.RequestBody {
+		plan.sample.reqBody, plan.sample.reqNote = captureSampleBody(r)
+	}
+	return plan
+}
+
+// uncoveredCandidate counts (and samples) a candidate mutation that no rule
+// matched, when it was answered 2xx. The bodies come from what the exchange
+// captured, copied: the response buffer goes back to its pool.
+func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *captureWriter, reqOver bool) {
+	if plan == nil || cw.own || ex.Status < 200 || ex.Status > 299 {
+		return
+	}
+	e := h.cov.entry(plan.key)
+	e.count()
+	ps := plan.sample
+	if ps == nil || !e.reserve(h.covKeep) {
+		return
+	}
+	ps.entry, ps.keep, ps.at = e, int(h.covKeep), time.Now()
+	if ps.reqBody == nil && ps.reqNote == "" && ex.RequestBody != nil { // a rule read it
+		if len(ex.RequestBody) > worker.MaxSampleBody {
+			ps.reqNote = noteTooLarge
+		} else {
+			ps.reqBody = ex.RequestBody // not pooled (captureRequest)
+		}
+	} else if reqOver && ps.reqBody == nil && ps.reqNote == "" {
+		ps.reqNote = noteMaxBody
+	}
+	ps.status = ex.Status
+	ps.respHeader = ex.ResponseHeader.Clone()
+	switch raw, complete := cw.body(); {
+	case ex.ResponseBody != nil:
+		if len(ex.ResponseBody) > worker.MaxSampleBody {
+			ps.respNote = noteTooLarge
+		} else {
+			ps.respBody, ps.respDecoded = bytes.Clone(ex.ResponseBody), true
+		}
+	case !complete && cw.mode == modePass:
+		ps.respNote = "streamed through: not kept"
+	case !complete:
+		ps.respNote = noteTooLarge
+	case len(raw) > worker.MaxSampleBody:
+		ps.respNote = noteTooLarge
+	default:
+		ps.respBody = bytes.Clone(raw)
+	}
+	h.cov.submit(ps)
 }
 
 // enqueue hands one event to the app and records the outcome. The app bounds

@@ -17,6 +17,8 @@ import (
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/authtap/authtap/rules"
 )
 
@@ -585,6 +587,9 @@ func TestValidate(t *testing.T) {
 		{Handler{Rules: []string{"a"}, LookupUpstream: "ftp://x"}, "lookup_upstream"},
 		{Handler{Rules: []string{"a"}, LookupUpstream: "http://u:p@x"}, "lookup_upstream"},
 		{Handler{Rules: []string{"a"}, LookupUpstream: "http://127.0.0.1:9000/base", Mode: "test"}, ""},
+		{Handler{Rules: []string{"a"}, BeforeLookupBudget: caddy.Duration(11 * time.Second)}, "before_lookup_budget"},
+		{Handler{Rules: []string{"a"}, BeforeLookupBudget: -1}, "before_lookup_budget"},
+		{Handler{Rules: []string{"a"}, BeforeLookupBudget: caddy.Duration(10 * time.Second)}, ""},
 	} {
 		err := tc.h.Validate()
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {

@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/authtap/authtap/rules"
 )
@@ -30,7 +32,7 @@ import (
 // replays them is observed like any other. The handler removes the header
 // from every request, so it never reaches the upstream; a lookup sent to
 // lookup_upstream does not carry it at all.
-const lookupHeader = "X-Authtap-Lookup"
+const lookupHeader = rules.LookupMarkerHeader
 
 // lookupTokenBytes is the size of a lookup token before hex encoding.
 const lookupTokenBytes = 16
@@ -136,9 +138,15 @@ func dialable(a net.Addr) string {
 
 func (lc *lookupClient) close() { lc.client.CloseIdleConnections() }
 
-// target builds the URL of a lookup for the caller's request.
-func (lc *lookupClient) target(r *http.Request, path string) (string, context.Context) {
-	ctx := context.WithoutCancel(r.Context())
+// target builds the URL of a lookup for the caller's request. A
+// before-lookup ends with the caller's request (the client went away: nothing
+// will be forwarded); an after-lookup runs to its own end, as the response
+// is already accepted.
+func (lc *lookupClient) target(r *http.Request, path string, before bool) (string, context.Context) {
+	ctx := r.Context()
+	if !before {
+		ctx = context.WithoutCancel(ctx)
+	}
 	if lc.upstream != nil {
 		return lc.upstream.Scheme + "://" + lc.upstream.Host + strings.TrimSuffix(lc.upstream.Path, "/") + path, ctx
 	}
@@ -152,16 +160,24 @@ func (lc *lookupClient) target(r *http.Request, path string) (string, context.Co
 	return scheme + "://" + r.Host + path, ctx
 }
 
-// do runs one lookup with the caller's credentials. A failure is reported in
-// the result's Err; it never carries the credentials or the response body.
+// do runs one lookup with the headers rules gave it (the caller's
+// credentials, lookup.header). A failure is reported in the result's Err; it
+// never carries a header value, the URL or the response body. The result's
+// Missing is the request's HeaderMissing, so that the events list it.
 func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline time.Time, max int64) rules.LookupResult {
+	res := lc.send(r, lk, deadline, max)
+	res.Missing = lk.HeaderMissing
+	return res
+}
+
+func (lc *lookupClient) send(r *http.Request, lk rules.LookupRequest, deadline time.Time, max int64) rules.LookupResult {
 	if len(lk.Missing) > 0 {
 		return rules.LookupResult{Err: "lookup path needs " + strings.Join(lk.Missing, ", ") + ", which the exchange lacks"}
 	}
 	if !strings.HasPrefix(lk.Path, "/") {
 		return rules.LookupResult{Err: "lookup path does not start with /"}
 	}
-	target, ctx := lc.target(r, lk.Path)
+	target, ctx := lc.target(r, lk.Path, lk.Before)
 	timeout := lk.Timeout
 	if timeout <= 0 {
 		timeout = rules.DefaultLookupTimeout
@@ -178,13 +194,13 @@ func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline tim
 	if err != nil {
 		return rules.LookupResult{Err: fmt.Sprintf("building lookup request: %v", errors.Unwrap(err))}
 	}
-	for _, name := range []string{"Cookie", "Authorization"} {
-		if v := r.Header.Values(name); len(v) > 0 {
-			req.Header[name] = append([]string(nil), v...)
-		}
-	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "authtap-lookup")
+	for name, v := range lk.Header {
+		// credentials and lookup.header values; rules refuses the names a
+		// lookup must not set (Host, hop-by-hop, the marker)
+		req.Header[name] = append([]string(nil), v...)
+	}
 	if lc.upstream == nil {
 		// back through Caddy, where a handler must recognise it
 		tok, err := newLookupToken()
@@ -197,6 +213,9 @@ func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline tim
 
 	resp, err := lc.client.Do(req)
 	if err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return rules.LookupResult{Err: "lookup canceled: the client went away"}
+		}
 		if ctx.Err() != nil {
 			return rules.LookupResult{Err: fmt.Sprintf("lookup timed out after %s", timeout)}
 		}
@@ -219,20 +238,29 @@ func (lc *lookupClient) do(r *http.Request, lk rules.LookupRequest, deadline tim
 	return rules.LookupResult{Status: resp.StatusCode, Header: resp.Header, Body: body}
 }
 
-// runLookups runs a match's lookups in order (a later one may use an earlier
-// one's answer) and records each result on the exchange. A failed lookup is
-// logged and counted; the event is still built, with the missing
+// runLookups runs a match's after-lookups in order (a later one may use an
+// earlier one's answer) and records each result on the exchange, with the
+// answers its before-lookups got before the request was forwarded. A failed
+// lookup is logged and counted; the event is still built, with the missing
 // placeholders listed in source.missing.
 //
 // All lookups of one exchange (every matching rule, every sub-exchange of a
-// batch) share b: at most rules.MaxExchangeLookups are sent, all within
+// batch, and the before-lookups sent ahead of them) share b: at most
+// rules.MaxExchangeLookups are sent, the after-lookups all within
 // maxLookupTotal of the first. A lookup past the count is not sent and
 // counts as failed (one warning says so).
-func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget) {
-	if b.deadline.IsZero() {
-		b.deadline = time.Now().Add(maxLookupTotal)
-	}
+func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun) {
 	for i := 0; i < m.NumLookups(); i++ {
+		if m.LookupBefore(i) {
+			as, res, ok := before.result(m.Rule, i)
+			if !ok {
+				// not sent (the before phase failed): the rule still emits
+				as, res = m.Lookup(i, ex).As, rules.LookupResult{Err: "before-lookup not run"}
+			}
+			h.noteLookup(m.Rule.Name, as, rules.LookupBefore, res, b)
+			ex.SetLookup(as, res)
+			continue
+		}
 		lk := m.Lookup(i, ex)
 		if b.lookupsLeft <= 0 {
 			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
@@ -245,19 +273,136 @@ func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match
 			continue
 		}
 		b.lookupsLeft--
-		res := h.lookups.do(r, lk, b.deadline, h.MaxBody)
-		if res.Err != "" || res.Status < 200 || res.Status > 299 {
-			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
-			fields := []zap.Field{zap.String("rule", m.Rule.Name), zap.String("as", lk.As)}
-			if res.Err != "" {
-				fields = append(fields, zap.String("error", clip(res.Err, logErrorMax)))
-			} else {
-				fields = append(fields, zap.Int("status", res.Status))
-			}
-			if b.warn() {
-				h.logger.Warn("lookup failed; event will list what is missing", fields...)
-			}
+		if b.deadline.IsZero() {
+			b.deadline = time.Now().Add(maxLookupTotal)
 		}
+		res := h.lookups.do(r, lk, b.deadline, h.MaxBody)
+		h.noteLookup(m.Rule.Name, lk.As, rules.LookupAfter, res, b)
 		ex.SetLookup(lk.As, res)
 	}
+}
+
+// noteLookup logs and counts a failed lookup of a matched rule. The log names
+// the rule, the lookup and the error or status, never a header value; b, if
+// not nil, bounds the warnings of the exchange.
+func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult, b *exchangeBudget) {
+	if res.Err == "" && res.Status >= 200 && res.Status <= 299 {
+		return
+	}
+	h.metrics.lookupFailures.WithLabelValues(rule).Inc()
+	if b != nil && !b.warn() {
+		return
+	}
+	fields := []zap.Field{zap.String("rule", rule), zap.String("as", as), zap.String("when", when)}
+	if res.Err != "" {
+		fields = append(fields, zap.String("error", clip(res.Err, logErrorMax)))
+	} else {
+		fields = append(fields, zap.Int("status", res.Status))
+	}
+	h.logger.Warn("lookup failed; event will list what is missing", fields...)
+}
+
+// beforeRun holds the answers to the before-lookups of one exchange, by
+// rule, until the response is known.
+type beforeRun struct {
+	rules   []*rules.Rule
+	results [][]beforeResult // per rule, indexed like its lookups
+}
+
+type beforeResult struct {
+	done bool
+	as   string
+	res  rules.LookupResult
+}
+
+// result returns the answer the i-th lookup of rule got before forwarding.
+func (b *beforeRun) result(rule *rules.Rule, i int) (string, rules.LookupResult, bool) {
+	if b == nil {
+		return "", rules.LookupResult{}, false
+	}
+	for j, r := range b.rules {
+		if r == rule && i < len(b.results[j]) && b.results[j][i].done {
+			br := b.results[j][i]
+			return br.as, br.res, true
+		}
+	}
+	return "", rules.LookupResult{}, false
+}
+
+// runBeforeLookups sends, before the request is forwarded, the
+// before-lookups of every rule whose method, path, host and request
+// conditions match (rules.Set.MatchBefore), with the credentials the caller
+// sent. Each runs within its timeout and what is left of
+// before_lookup_budget, one after another in rule and lookup order (a later
+// one may use an earlier one's answer); identical ones (same path and
+// headers) are sent once per exchange. A failure never stops the request:
+// the rule's events, if it matches, list what is missing. Rules that read a
+// request body larger than max_body are skipped (they emit nothing anyway).
+func (h *Handler) runBeforeLookups(r *http.Request, set *rules.Set, ex *rules.Exchange, reqOver bool) *beforeRun {
+	ms := set.MatchBefore(ex)
+	if len(ms) == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(time.Duration(h.BeforeLookupBudget))
+	run := &beforeRun{}
+	var sent map[string]rules.LookupResult // identical lookups of this exchange
+	for _, m := range ms {
+		if m.Rule.Need().RequestBody && reqOver {
+			continue
+		}
+		results := make([]beforeResult, m.NumLookups())
+		for i := range results {
+			if !m.LookupBefore(i) {
+				continue
+			}
+			lk := m.Lookup(i, ex)
+			key, same := "", false
+			var res rules.LookupResult
+			if len(lk.Missing) == 0 {
+				key = lookupKey(lk)
+				if res, same = sent[key]; same {
+					res.Missing = lk.HeaderMissing // this rule's own templates
+				}
+			}
+			if !same {
+				res = h.lookups.do(r, lk, deadline, h.MaxBody)
+				if len(lk.Missing) == 0 {
+					h.metrics.beforeLookups.WithLabelValues(m.Rule.Name).Inc()
+					if sent == nil {
+						sent = map[string]rules.LookupResult{}
+					}
+					sent[key] = res
+				}
+			}
+			if c := h.logger.Check(zapcore.DebugLevel, "before-lookup answered"); c != nil {
+				c.Write(zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("status", res.Status),
+					zap.String("error", clip(res.Err, logErrorMax)), zap.Bool("shared", same))
+			}
+			results[i] = beforeResult{done: true, as: lk.As, res: res}
+			ex.SetLookup(lk.As, res) // for the rule's later before-lookups
+		}
+		run.rules = append(run.rules, m.Rule)
+		run.results = append(run.results, results)
+	}
+	return run
+}
+
+// lookupKey identifies a lookup by what is sent: path and headers.
+func lookupKey(lk rules.LookupRequest) string {
+	var b strings.Builder
+	b.WriteString(lk.Path)
+	names := make([]string, 0, len(lk.Header))
+	for k := range lk.Header {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		for _, v := range lk.Header[k] {
+			b.WriteByte(0)
+			b.WriteString(k)
+			b.WriteByte(0)
+			b.WriteString(v)
+		}
+	}
+	return b.String()
 }

@@ -18,8 +18,10 @@ import (
 type handlerMetrics struct {
 	matched        *prometheus.CounterVec // rule, type
 	refused        *prometheus.CounterVec // rule, reason
+	unchanged      *prometheus.CounterVec // rule, type
 	tooLarge       *prometheus.CounterVec // side
 	lookupFailures *prometheus.CounterVec // rule
+	beforeLookups  *prometheus.CounterVec // rule
 	enqueueErrors  prometheus.Counter
 	queueLatency   prometheus.Histogram
 }
@@ -46,6 +48,12 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	}, []string{"rule", "reason"})); err != nil {
 		return nil, err
 	}
+	if m.unchanged, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "events_unchanged_total",
+		Help: "Events not built because their rule's previous found that nothing changed and says skip_unchanged, by rule and event type.",
+	}, []string{"rule", "type"})); err != nil {
+		return nil, err
+	}
 	if m.tooLarge, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "bodies_too_large_total",
 		Help: "Bodies of candidate exchanges larger than max_body (side is request or response); their rules emitted nothing.",
@@ -55,6 +63,12 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	if m.lookupFailures, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "lookup_failures_total",
 		Help: "Rule lookups that failed (error, timeout or non-2xx answer), by rule.",
+	}, []string{"rule"})); err != nil {
+		return nil, err
+	}
+	if m.beforeLookups, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "before_lookups_total",
+		Help: "Before-lookups (when: before) sent to the upstream, by rule: they go out for every candidate exchange whose request matches, before its status is known, so also for requests the upstream then refuses. Identical ones of one exchange are sent once.",
 	}, []string{"rule"})); err != nil {
 		return nil, err
 	}

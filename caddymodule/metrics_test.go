@@ -24,6 +24,7 @@ func TestMetricsSharedWithinOneRegistry(t *testing.T) {
 	a.matched.WithLabelValues("r", "user.created").Inc()
 	a.tooLarge.WithLabelValues("request").Inc()
 	a.lookupFailures.WithLabelValues("r").Inc()
+	a.beforeLookups.WithLabelValues("r").Inc()
 	a.enqueueErrors.Inc()
 	a.queueLatency.Observe(0.001)
 	mfs, err := reg.Gather()
@@ -35,7 +36,7 @@ func TestMetricsSharedWithinOneRegistry(t *testing.T) {
 		names = append(names, mf.GetName())
 	}
 	sort.Strings(names)
-	want := "authtap_bodies_too_large_total authtap_enqueue_errors_total authtap_events_matched_total authtap_lookup_failures_total authtap_queue_latency_seconds"
+	want := "authtap_before_lookups_total authtap_bodies_too_large_total authtap_enqueue_errors_total authtap_events_matched_total authtap_lookup_failures_total authtap_queue_latency_seconds"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("metrics = %s\nwant      %s", got, want)
 	}

@@ -85,6 +85,9 @@ type backend struct {
 	// kick is signalled when an event was spooled, waking the replay loop of
 	// whichever config is running.
 	kick chan struct{}
+	// cov counts and samples the mutations no rule matched (coverage.go),
+	// into this Redis.
+	cov *coverage
 }
 
 // upEpoch is one stretch of time in which the circuit is closed.
@@ -110,6 +113,7 @@ func newBackend(opt asynq.RedisConnOpt) (*backend, error) {
 			signal(b.answered)
 		}
 	}})
+	b.cov = newCoverage(worker.NewCoverage(rdb, worker.CoverageOptions{}), b.down.Load)
 	return b, nil
 }
 
@@ -172,6 +176,7 @@ func (b *backend) embeddedAddr() string {
 
 // Destruct closes the connection (and stops the embedded Redis).
 func (b *backend) Destruct() error {
+	b.cov.close()
 	_ = b.writer.Close()
 	err := b.rdb.Close()
 	if b.mini != nil {

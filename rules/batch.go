@@ -300,7 +300,7 @@ func rawText(t *tmpl, ex *Exchange, params []Param) string {
 // straight from the element, without going through a value and parsing it
 // again; ok is false for any other template.
 func itemResult(t *tmpl, ex *Exchange) (gjson.Result, bool) {
-	if t.whole == nil || t.whole.kind != phItem || t.whole.gpath == "" || ex.elem == nil {
+	if t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || t.whole.gpath == "" || ex.elem == nil {
 		return gjson.Result{}, false
 	}
 	return ex.elem.get(t.whole.gpath), true
@@ -314,7 +314,7 @@ func itemResult(t *tmpl, ex *Exchange) (gjson.Result, bool) {
 func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) (elems []listElem, total int, src []byte) {
 	var raw string
 	base := 0
-	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" {
+	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" && ph.call == nil {
 		// one copy of the body, walked once to the list and once through it
 		text := string(body)
 		start, found, plain := findPath(text, ph.gpath)
@@ -358,7 +358,7 @@ func bodyOf(ph *placeholder, ex *Exchange) ([]byte, bool) {
 // instead of copied (the sub-exchange only reads it, while its envelope is
 // observed).
 func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte {
-	if t == nil || t.whole == nil || t.whole.kind != phItem || src == nil || ex.elem == nil {
+	if t == nil || t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || src == nil || ex.elem == nil {
 		return wholeJSON(t, ex, params)
 	}
 	var r gjson.Result

@@ -113,6 +113,9 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 	case 't':
 		// A value read from a password-like source is redacted whatever key it lands under.
 		if dn.t.redacted(rc.policy.keep) {
+			if rc.policy.comparing() {
+				return appendQuotedMark(dst, markRedacted, []byte(dn.t.renderText(rc.ex, rc.params, rc.missing)))
+			}
 			return appendQuote(dst, Redacted) // the value is not even read
 		}
 		if dn.t.whole != nil {
@@ -120,6 +123,12 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 			if !v.found {
 				addMissing(rc.missing, dn.t.whole.raw)
 				return append(dst, "null"...)
+			}
+			if rc.policy.redactsTaint(v.taint) {
+				if rc.policy.comparing() {
+					return appendQuotedMark(dst, markRedacted, v.bytes())
+				}
+				return appendQuote(dst, Redacted)
 			}
 			if v.isJSON {
 				return rc.appendJSONValue(dst, v.raw, path, depth)
@@ -129,6 +138,11 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 		return appendQuote(dst, rc.renderText(dn.t, path))
 	case 'o', 'a':
 		if depth >= MaxDataDepth {
+			if rc.policy.comparing() {
+				// only a template nested past MaxDepth gets here: its own nesting is bounded
+				start := len(dst)
+				return markRendered(dn.render(dst, rc, path, 0), start, markTruncated)
+			}
 			rc.notes.add(func() string { return cutPath([]byte(strings.Join(path, "."))) })
 			return appendQuote(dst, Truncated)
 		}
@@ -151,6 +165,12 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 				act = dn.acts[i]
 			} else {
 				act = rc.policy.action(k, p)
+			}
+			if act == actRedact && rc.policy.comparing() {
+				dst, _ = appendKey(dst, k, actKeep, &first)
+				start := len(dst)
+				dst = markRendered(dn.vals[i].render(dst, rc, p, depth+1), start, markRedacted)
+				continue
 			}
 			var wantValue bool
 			if dst, wantValue = appendKey(dst, k, act, &first); wantValue {
@@ -197,6 +217,9 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		return ""
 	}
 	if t.redacted(rc.policy.keep) {
+		if rc.policy.comparing() {
+			return string(appendMark(nil, markRedacted, []byte(t.renderText(rc.ex, rc.params, rc.missing))))
+		}
 		return Redacted
 	}
 	if len(t.phs) == 0 {
@@ -209,13 +232,19 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		case !v.found:
 			addMissing(rc.missing, t.whole.raw)
 			return ""
-		case !v.isJSON && !rc.policy.redactsShape(v.text):
-			return v.text
-		case v.isJSON && strings.HasPrefix(v.raw, `"`):
-			if str := gjson.Parse(v.raw).Str; !rc.policy.redactsShape(str) {
-				return str
+		case rc.policy.redactsTaint(v.taint):
+			if rc.policy.comparing() {
+				return string(appendMark(nil, markRedacted, v.bytes()))
 			}
 			return Redacted
+		case !v.isJSON && rc.policy.plainOK(v.text):
+			return v.text
+		case v.isJSON && strings.HasPrefix(v.raw, `"`):
+			str := gjson.Parse(v.raw).Str
+			if rc.policy.plainOK(str) {
+				return str
+			}
+			return string(rc.policy.appendPlain(nil, str))
 		}
 		return string(rc.appendText(nil, v, path))
 	}
@@ -235,6 +264,12 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 
 // appendText appends v as text (see renderText).
 func (rc *renderCtx) appendText(b []byte, v value, path []string) []byte {
+	if rc.policy.redactsTaint(v.taint) {
+		if rc.policy.comparing() {
+			return appendMark(b, markRedacted, v.bytes())
+		}
+		return append(b, Redacted...)
+	}
 	if !v.isJSON {
 		return rc.policy.appendPlain(b, v.text)
 	}
@@ -276,6 +311,9 @@ type sanitizer struct {
 	maxPath    int
 	keep       map[string]bool // normalized keys exempt from the password-like rule
 	keepShapes shapeSet        // secret shapes delivered anyway
+	// cmp: render for comparison (emit.previous): what the policy hides is
+	// written as a marker standing for it (see appendMark), not as Redacted.
+	cmp bool
 }
 
 func newSanitizer(e *emitSpec) *sanitizer {
@@ -300,6 +338,7 @@ func newSanitizer(e *emitSpec) *sanitizer {
 	s.omitKeys, s.omitPaths = split(e.omit)
 	s.redactKeys, s.redactPaths = split(e.redact)
 	s.fixActions(e.data, nil)
+	e.previous.walkData(func(dn *dataNode) { s.fixActions(dn, nil) })
 	return s
 }
 
@@ -389,17 +428,39 @@ func (s *sanitizer) redactsShape(str string) bool {
 	return secretShape(str)&^keep != 0
 }
 
-// appendString appends str as a JSON string, or Redacted when it has a secret shape.
+// redactsTaint reports whether a value cut from a string of the secret
+// shapes taint (by match or last_segment) is redacted: unless the policy keeps
+// every one of those shapes, a part of a secret is as secret as the whole.
+func (s *sanitizer) redactsTaint(taint shapeSet) bool {
+	if taint == 0 {
+		return false
+	}
+	keep := shapeSet(0)
+	if s != nil {
+		keep = s.keepShapes
+	}
+	return taint&^keep != 0
+}
+
+// appendString appends str as a JSON string, or Redacted when it has a
+// secret shape (when comparing: a marker for it; see plainOK).
 func (s *sanitizer) appendString(dst []byte, str string) []byte {
-	if s.redactsShape(str) {
+	if !s.plainOK(str) {
+		if s.comparing() {
+			return appendQuotedMark(dst, s.hiddenKind(str), []byte(str))
+		}
 		return appendQuote(dst, Redacted)
 	}
 	return appendQuote(dst, str)
 }
 
-// appendPlain appends str as text, or Redacted when it has a secret shape.
+// appendPlain appends str as text, or Redacted when it has a secret shape
+// (when comparing: a marker for it).
 func (s *sanitizer) appendPlain(dst []byte, str string) []byte {
-	if s.redactsShape(str) {
+	if !s.plainOK(str) {
+		if s.comparing() {
+			return appendMark(dst, s.hiddenKind(str), []byte(str))
+		}
 		return append(dst, Redacted...)
 	}
 	return append(dst, str...)

@@ -10,14 +10,20 @@
 //	set, err := rules.Load("/etc/authtap/*.yaml")
 //	if err != nil { ... }                         // every problem, as file:line:col: field: message
 //	if !set.CanMatch(r.Method, r.URL.Path) { ... } // cheap: no rule can match, stream untouched
-//	ex := &rules.Exchange{Method: "POST", Path: "/api/users", Status: 201, ResponseBody: body}
+//	ex := &rules.Exchange{Method: "DELETE", Path: "/api/users/u_1", RequestHeader: r.Header}
+//	for _, m := range set.MatchBefore(ex) {      // before forwarding: rules with when: before lookups
+//		for i := 0; i < m.NumLookups(); i++ {     // whose request matches; GET m.Lookup(i, ex) for
+//			...                                   // each m.LookupBefore(i), keep the answers
+//		}
+//	}
+//	ex.Status, ex.ResponseBody = 204, body        // after the response
 //	for _, m := range set.Match(ex) {
 //		if m.IsBatch() {                          // a batch envelope: match each sub-exchange instead
 //			b, _ := m.Batch(ex)                   // (set.Match(sub) for sub in b.Subs, as below)
 //			...
 //		}
-//		for i := 0; i < m.NumLookups(); i++ {     // optional: GET m.Lookup(i, ex).Path upstream,
-//			ex.SetLookup(...)                     // then record the answer
+//		for i := 0; i < m.NumLookups(); i++ {     // a before-lookup's kept answer, or GET
+//			ex.SetLookup(...)                     // m.Lookup(i, ex) upstream now; record it
 //		}
 //		events, errs := m.Events(ex, rules.EmitOptions{Source: "legacy-auth"})
 //		...

@@ -255,7 +255,7 @@ func (d *dec) parseEach(n *yaml.Node, path string, sc *scope) (*eachSpec, *scope
 	if thenNode != nil {
 		tp := join(path, "then")
 		if t := d.tmplField(thenNode, tp, &esc); t != nil {
-			if t.whole == nil || t.whole.kind != phItem || t.whole.gpath == "" {
+			if t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || t.whole.gpath == "" {
 				d.errf(thenNode, tp, "want one placeholder naming a list inside the element, such as \"{item.value}\", got %q", t.raw)
 			} else {
 				es.then = t.whole

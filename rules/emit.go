@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"time"
@@ -19,6 +20,11 @@ type EmitOptions struct {
 	Mode string
 	// Now is the observation time; default time.Now().
 	Now time.Time
+	// Unchanged, when set, is called with the rule name and the event type
+	// of each event not built because its emit's previous found that nothing
+	// changed and says skip_unchanged. Such an event is neither built nor an
+	// error.
+	Unchanged func(rule, typ string)
 }
 
 // LookupRequest is one lookup to run against the upstream for a match.
@@ -33,6 +39,19 @@ type LookupRequest struct {
 	// Missing lists placeholders of the path that resolved to nothing; when
 	// non-empty the lookup should not be sent (its result would be wrong).
 	Missing []string
+	// Before says the lookup runs before the request is forwarded (when:
+	// before); see Set.MatchBefore.
+	Before bool
+	// Header holds the request headers to send the lookup with: the
+	// caller's Authorization and Cookie (for an after-lookup, the cookies the
+	// client holds once the response's Set-Cookie lines are applied), then
+	// the rule's lookup.header values, each replacing the header of its
+	// name. Header values are credentials: never log them.
+	Header http.Header
+	// HeaderMissing lists placeholders of lookup.header values that did not
+	// render (the header is left out of Header). Copy it into the result's
+	// Missing before SetLookup, so the events list it in source.missing.
+	HeaderMissing []string
 }
 
 // Lookups returns the rule's lookups in order, rendered against the exchange.
@@ -49,9 +68,11 @@ func (m *Match) Lookups(ex *Exchange) []LookupRequest {
 // Lookup renders the i-th lookup of the rule against the exchange.
 func (m *Match) Lookup(i int, ex *Exchange) LookupRequest {
 	lk := m.Rule.lookups[i]
-	var missing []string
+	var missing, headerMissing []string
 	p := lk.get.renderURL(ex, m.Params, &missing)
-	return LookupRequest{As: lk.as, Path: p, Timeout: lk.timeout, Missing: missing}
+	h := lk.requestHeader(ex, m.Params, &headerMissing)
+	return LookupRequest{As: lk.as, Path: p, Timeout: lk.timeout, Missing: missing,
+		Before: lk.before, Header: h, HeaderMissing: headerMissing}
 }
 
 // NumLookups returns how many lookups the rule declares.
@@ -167,22 +188,26 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	var events []Event
 	var errs []error
 	for _, e := range m.Rule.emits {
-		ev, err := m.buildEvent(e, ex, o, ts)
+		ev, ok, err := m.buildEvent(e, ex, o, ts)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		events = append(events, ev)
+		if ok {
+			events = append(events, ev)
+		}
 	}
 	return events, errs
 }
 
 // buildEvent builds the event of one emit (for the element ex.elem, if any).
-func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time) (Event, error) {
+// It reports false, with no error, when the emit's previous found that nothing
+// changed and says skip_unchanged: no event, and o.Unchanged told.
+func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time) (Event, bool, error) {
 	var missing []string
 	typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
 	if terr != nil {
-		return Event{}, terr
+		return Event{}, false, terr
 	}
 	ev := Event{Type: typ, Timestamp: ts, Mode: o.Mode, Source: Source{Name: o.Source, Rule: m.Rule.Name}}
 	if e.mode != "" {
@@ -200,11 +225,21 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 		}
 	}
 	ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
-	ev.Source.Truncated = rc.notes.truncation()
 	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 		e.dataSize.Store(n)
 	}
 	ev.dataCompact = true
+	if e.previous != nil {
+		prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
+		if known && prev == nil && e.previous.skipUnchanged {
+			if o.Unchanged != nil {
+				o.Unchanged(m.Rule.Name, typ)
+			}
+			return Event{}, false, nil
+		}
+		ev.Previous, ev.previousCompact = prev, true
+	}
+	ev.Source.Truncated = rc.notes.truncation()
 	if e.dedupeKey != nil {
 		if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
 			ev.ID = DedupeEventID(o.Source, m.Rule.Name, key+"\x00"+resultDigest(&ev, ex)+ordinal(ex))
@@ -214,8 +249,13 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 	if ev.ID == "" {
 		ev.ID = NewEventID(o.Now)
 	}
+	for _, as := range e.lookups {
+		for _, u := range ex.Lookups[as].Missing {
+			addMissing(&missing, u)
+		}
+	}
 	ev.Source.Missing = missing
-	return ev, nil
+	return ev, true, nil
 }
 
 // ordinal tells apart, in a dedupe id, the events that one rule builds for
@@ -255,9 +295,9 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 	for i, e := range m.Rule.emits {
 		if e.each == nil {
 			ex.elem = prev
-			if ev, err := m.buildEvent(e, ex, o, ts); err != nil {
+			if ev, ok, err := m.buildEvent(e, ex, o, ts); err != nil {
 				errs = append(errs, err)
-			} else {
+			} else if ok {
 				plain[i] = append(plain[i], ev)
 			}
 			continue
@@ -270,10 +310,13 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			}
 			root.eachBuilt++
 			ex.elem = el
-			ev, err := m.buildEvent(e, ex, o, ts)
+			ev, ok, err := m.buildEvent(e, ex, o, ts)
 			ex.elem = prev
 			if err != nil {
 				errs = append(errs, err)
+				return true
+			}
+			if !ok {
 				return true
 			}
 			groups[e.each.group] = append(groups[e.each.group], placed{ev: ev, pos: el.pos, sub: el.sub})

@@ -19,7 +19,8 @@ const (
 
 // Event is one typed event built from an HTTP exchange. Its JSON form is the
 // envelope delivered to subscribers: the Standard Webhooks envelope (type,
-// timestamp, data) plus id, source and mode.
+// timestamp, data) plus id, source and mode, and the optional subject,
+// tenant and previous.
 type Event struct {
 	// ID is "evt_" followed by a 26-character ULID (time-ordered), or, when the
 	// rule sets a dedupe key, by a hash of the rule, source and key so that a
@@ -37,6 +38,12 @@ type Event struct {
 	Tenant string `json:"tenant,omitempty"`
 	// Data is the event payload, a JSON value.
 	Data json.RawMessage `json:"data"`
+	// Previous holds the old values of the fields an update changed (the
+	// rule's emit.previous): a JSON object, like Stripe's
+	// data.previous_attributes; nil when the rule asks for none, when nothing
+	// changed, or when the state before is unknown (then source.missing
+	// says why).
+	Previous json.RawMessage `json:"previous,omitempty"`
 	// Source says where the event came from.
 	Source Source `json:"source"`
 	// Mode is "live" or "test".
@@ -48,6 +55,8 @@ type Event struct {
 	// dataCompact says Data is compact, valid JSON as the data renderer
 	// writes it, so encoding the envelope need not scan it again.
 	dataCompact bool
+	// previousCompact says the same of Previous.
+	previousCompact bool
 }
 
 // Source names the origin of an event.
@@ -84,6 +93,7 @@ type eventJSON struct {
 	Subject   string          `json:"subject,omitempty"`
 	Tenant    string          `json:"tenant,omitempty"`
 	Data      json.RawMessage `json:"data"`
+	Previous  json.RawMessage `json:"previous,omitempty"`
 	Source    Source          `json:"source"`
 	Mode      string          `json:"mode"`
 	Dedupe    string          `json:"dedupe_window,omitempty"`
@@ -94,7 +104,7 @@ const TimestampFormat = "2006-01-02T15:04:05.000Z07:00"
 
 // MarshalJSON renders the event envelope.
 func (e Event) MarshalJSON() ([]byte, error) {
-	return e.AppendJSON(make([]byte, 0, len(e.Data)+len(e.ID)+len(e.Type)+len(e.Subject)+len(e.Tenant)+len(e.Source.Name)+len(e.Source.Rule)+120))
+	return e.AppendJSON(make([]byte, 0, len(e.Data)+len(e.Previous)+len(e.ID)+len(e.Type)+len(e.Subject)+len(e.Tenant)+len(e.Source.Name)+len(e.Source.Rule)+120))
 }
 
 // AppendJSON appends the event envelope, as MarshalJSON renders it, to b:
@@ -129,6 +139,18 @@ func (e Event) AppendJSON(b []byte) ([]byte, error) {
 			return nil, fmt.Errorf("encoding event %s: its data is not JSON: %w", e.ID, err)
 		}
 		b = buf.Bytes()
+	}
+	if len(e.Previous) > 0 {
+		b = append(b, `,"previous":`...)
+		if e.previousCompact {
+			b = append(b, e.Previous...)
+		} else {
+			buf := bytes.NewBuffer(b)
+			if err := json.Compact(buf, e.Previous); err != nil {
+				return nil, fmt.Errorf("encoding event %s: its previous is not JSON: %w", e.ID, err)
+			}
+			b = buf.Bytes()
+		}
 	}
 	b = append(b, `,"source":{"name":`...)
 	b = appendQuote(b, e.Source.Name)
@@ -184,7 +206,10 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if err != nil && w.Timestamp != "" {
 		return err
 	}
-	*e = Event{ID: w.ID, Type: w.Type, Timestamp: ts, Subject: w.Subject, Tenant: w.Tenant, Data: w.Data, Source: w.Source, Mode: w.Mode}
+	*e = Event{ID: w.ID, Type: w.Type, Timestamp: ts, Subject: w.Subject, Tenant: w.Tenant, Data: w.Data, Previous: w.Previous, Source: w.Source, Mode: w.Mode}
+	if string(e.Previous) == "null" {
+		e.Previous = nil // omitted when empty, as AppendJSON writes it
+	}
 	if w.Dedupe != "" {
 		if e.DedupeWindow, err = time.ParseDuration(w.Dedupe); err != nil {
 			return err

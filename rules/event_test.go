@@ -17,7 +17,7 @@ func referenceJSON(e Event) ([]byte, error) {
 		data = json.RawMessage("null")
 	}
 	w := eventJSON{ID: e.ID, Type: e.Type, Timestamp: e.Timestamp.UTC().Format(TimestampFormat),
-		Subject: e.Subject, Tenant: e.Tenant, Data: data, Source: e.Source, Mode: e.Mode}
+		Subject: e.Subject, Tenant: e.Tenant, Data: data, Previous: e.Previous, Source: e.Source, Mode: e.Mode}
 	if e.DedupeWindow > 0 {
 		w.Dedupe = e.DedupeWindow.String()
 	}

@@ -43,6 +43,7 @@ type Exchange struct {
 	// eachBuilt counts the events emits with each built for this exchange
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
 	eachBuilt int
+	jwt       jwtMemo
 }
 
 // root is the exchange that counts against the per-exchange limits: the
@@ -70,6 +71,11 @@ type LookupResult struct {
 	Body   []byte
 	// Err describes a failed lookup (timeout, connection refused); empty on any HTTP answer.
 	Err string
+	// Missing lists placeholders of the lookup's own request headers
+	// (lookup.header) that did not render, so the header was left out
+	// (LookupRequest.HeaderMissing): the events that read the lookup list
+	// them in source.missing.
+	Missing []string
 
 	parsed parsedBody
 }
@@ -135,8 +141,7 @@ func (ex *Exchange) responseCookie(name string) (string, bool) {
 	return "", false
 }
 
-// jsonBody returns the request or response body as JSON: as is when it is
-// valid JSON, converted to an object of fields when it is form-encoded.
+// jsonBody returns the request or response body as JSON (see bodyAsJSON).
 func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
 	i, body, h := 0, ex.RequestBody, ex.RequestHeader
 	if response {
@@ -158,12 +163,18 @@ func (lr *LookupResult) jsonBody() ([]byte, bool) {
 	return lr.parsed.json, lr.parsed.ok
 }
 
+// bodyAsJSON reads a body as JSON: as is when it is valid JSON, as an object
+// of its fields when it is form-encoded (application/x-www-form-urlencoded)
+// or multipart/form-data (text fields only, see multipartJSON).
 func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return nil, false
 	}
-	mt, _, _ := mime.ParseMediaType(contentType)
+	mt, params, _ := mime.ParseMediaType(contentType)
+	if mt == "multipart/form-data" {
+		return multipartJSON(body, params["boundary"])
+	}
 	if mt == "application/x-www-form-urlencoded" {
 		vals, err := url.ParseQuery(string(trimmed))
 		if err != nil {

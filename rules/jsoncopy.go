@@ -166,10 +166,15 @@ func (c *copier) copy(dst []byte) ([]byte, bool) {
 			switch ch := c.in[c.pos]; ch {
 			case '{', '[':
 				if c.depth+len(c.frames) >= MaxDataDepth {
-					c.notes.add(c.notePath)
-					dst = appendQuote(dst, Truncated)
+					start := c.pos
 					if !c.skip() {
 						return dst, false
+					}
+					if c.pol.comparing() {
+						dst = appendQuotedMark(dst, markTruncated, []byte(c.in[start:c.pos]))
+					} else {
+						c.notes.add(c.notePath)
+						dst = appendQuote(dst, Truncated)
 					}
 					st = stAfter
 					continue
@@ -261,6 +266,14 @@ func (c *copier) copy(dst []byte) ([]byte, bool) {
 			dst = appendQuote(dst, key)
 			dst = append(dst, ':')
 			if act == actRedact {
+				if c.pol.comparing() {
+					var ok bool
+					if dst, ok = c.markHidden(dst); !ok {
+						return dst, false
+					}
+					st = stAfter
+					continue
+				}
 				dst = appendQuote(dst, Redacted)
 				if !c.skip() {
 					return dst, false
@@ -271,6 +284,21 @@ func (c *copier) copy(dst []byte) ([]byte, bool) {
 			st = stValue
 		}
 	}
+}
+
+// markHidden moves past the value at c.pos, which the policy redacts, and
+// writes the marker standing for it (comparison mode): a string stands for
+// its text, anything else for its JSON as written.
+func (c *copier) markHidden(dst []byte) ([]byte, bool) {
+	if c.pos < len(c.in) && c.in[c.pos] == '"' {
+		s, ok := c.str()
+		return appendQuotedMark(dst, markRedacted, []byte(s)), ok
+	}
+	start := c.pos
+	if !c.skip() {
+		return dst, false
+	}
+	return appendQuotedMark(dst, markRedacted, []byte(c.in[start:c.pos])), true
 }
 
 func (c *copier) skipWS() {

@@ -45,6 +45,16 @@ const (
 	// MaxLookups is how many lookups one rule may declare: each is one
 	// more request to the upstream for every matching exchange.
 	MaxLookups = 8
+	// MaxLookupHeaders is how many request headers one lookup may set
+	// (lookup.header).
+	MaxLookupHeaders = 16
+	// MaxLookupHeaderValue is the longest value, in bytes, a lookup.header
+	// template may render to; a longer one is left out (and listed in
+	// source.missing), as an empty one or one with a control character is.
+	MaxLookupHeaderValue = 8 << 10
+	// MaxLookupSetCookies is how many of a response's Set-Cookie lines are
+	// applied to the cookies an after-lookup sends; later ones are ignored.
+	MaxLookupSetCookies = 64
 	// MaxRegexLen is the longest regex condition, in bytes. Go's RE2
 	// engine matches in linear time and refuses huge repeat counts itself;
 	// this keeps each compiled program small.
@@ -72,6 +82,42 @@ const (
 	// placeholders are missing, as for a failed lookup. The time of all of
 	// them together is bounded too, by MaxLookupTimeout.
 	MaxExchangeLookups = 64
+	// MaxFuncNesting is how many placeholder functions may wrap one another
+	// in one placeholder: {match(last_segment(request.header.Location), "…")}
+	// nests two.
+	MaxFuncNesting = 4
+)
+
+// Limits on what one request or response can make authtap do, beyond the
+// handler's max_body (which bounds every body it reads). A value past one of
+// them is not read: its placeholders are missing, the request is unaffected.
+const (
+	// MaxJWTClaims is the largest JWT payload, in decoded bytes, that jwt(…)
+	// reads (real claims are well under 4 KiB). A longer payload segment is
+	// refused on its length, before anything is decoded.
+	MaxJWTClaims = 64 << 10
+	// MaxMultipartParts is how many parts (fields and files together) a
+	// multipart/form-data body may have to be read; one with more is not read.
+	MaxMultipartParts = 1000
+	// MaxMultipartHeaderSize is the largest header block of one part, in
+	// bytes; a body with a larger one is not read.
+	MaxMultipartHeaderSize = 8 << 10
+	// MaxMultipartFieldSize is the largest text field read from a multipart
+	// body, in bytes; a larger field is skipped like a file.
+	MaxMultipartFieldSize = 64 << 10
+)
+
+// Limits on route shapes (RouteShape), which name the routes no rule covers
+// in a metric label and in Redis: a hostile client picks the path, so a
+// shape's length is bounded whatever the path is.
+const (
+	// MaxShapeSegments is how many segments of a path a route shape keeps;
+	// the rest of a longer path becomes ShapeRest.
+	MaxShapeSegments = 16
+	// MaxShapeSegmentLen is the longest segment a shape keeps as literal
+	// text; a longer one is collapsed to ShapeParam. With MaxShapeSegments it
+	// bounds a shape to about 1 KiB.
+	MaxShapeSegmentLen = 64
 )
 
 // sizeMiB renders a byte count for messages: "1 MiB", "512 KiB", "700 bytes".

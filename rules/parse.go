@@ -55,16 +55,25 @@ type Rule struct {
 	index           int // position in the Set
 }
 
-// Need says which bodies a rule reads.
+// Need says which bodies a rule reads, and whether it has lookups to run
+// before the request is forwarded.
 type Need struct {
 	RequestBody  bool
 	ResponseBody bool
+	// BeforeLookups: a rule has a lookup with when: before; call
+	// Set.MatchBefore before forwarding the request.
+	BeforeLookups bool
 }
 
 type lookupSpec struct {
 	as      string
 	get     *tmpl
 	timeout time.Duration
+	// before: when: before, run before the request is forwarded (see lookup.go)
+	before bool
+	// headers are lookup.header: request headers set from templates, in the
+	// order written; each replaces the forwarded header of that name
+	headers []lookupHeaderSpec
 }
 
 type emitSpec struct {
@@ -87,9 +96,17 @@ type emitSpec struct {
 	dedupeKey *tmpl
 	dedupeWin time.Duration
 	policy    *sanitizer // omit, redact and keep_secrets, read-only once parsed
+	// previous is emit.previous (nil: the events carry none); cmpPolicy is
+	// policy rendering for comparison, set with it.
+	previous  *previousSpec
+	cmpPolicy *sanitizer
 	// dataSize is the largest data rendered so far: the next render's buffer
 	// starts that large instead of growing step by step.
 	dataSize atomic.Int64
+
+	// lookups are the lookups the emit reads, directly or through other
+	// lookups: their LookupResult.Missing goes into its source.missing
+	lookups []string
 }
 
 var (
@@ -250,7 +267,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 	if matchNode != nil {
 		d.parseMatch(r, matchNode)
 	}
-	sc := &scope{lookups: map[string]bool{}}
+	sc := &scope{lookups: map[string]bool{}, before: map[string]bool{}}
 	for _, pt := range r.paths {
 		sc.params = append(sc.params, pt.params)
 	}
@@ -273,6 +290,9 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 			}
 			if e := d.parseEmit(item, p, sc); e != nil {
 				e.policy = newSanitizer(e) // fixed per emit: built once, read by every event
+				if e.previous != nil {
+					e.cmpPolicy = e.policy.forComparison()
+				}
 				r.emits = append(r.emits, e)
 			}
 		}
@@ -295,14 +315,21 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		if e.each != nil && e.each.items.kind == phLookupBody {
 			used[e.each.items.name] = true
 		}
+		e.previous.walkData(func(dn *dataNode) { dn.lookupNames(used) })
 	}
 	for _, lk := range r.lookups {
 		lk.get.lookupNames(used)
+		for _, h := range lk.headers {
+			h.t.lookupNames(used)
+		}
 	}
 	for _, lk := range r.lookups {
 		if !used[lk.as] {
 			d.errf(n, "lookup", "lookup %q is never used: reference it as {%s.body…} in emit, or remove it", lk.as, lk.as)
 		}
+	}
+	for _, e := range r.emits {
+		e.lookups = r.lookupDeps(e)
 	}
 	r.computeNeed()
 	if len(d.errs) > before {
@@ -370,7 +397,7 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 			p = index("lookup", i)
 		}
 		lk := &lookupSpec{timeout: DefaultLookupTimeout}
-		var getNode *yaml.Node
+		var getNode, headerNode *yaml.Node
 		d.mapping(item, p,
 			field{name: "get", required: true, fn: func(v *yaml.Node, fp string) { getNode = v }},
 			field{name: "as", required: true, fn: func(v *yaml.Node, fp string) {
@@ -389,6 +416,17 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					lk.as = s
 				}
 			}},
+			field{name: "when", fn: func(v *yaml.Node, fp string) {
+				if s, ok := d.str(v, fp); ok {
+					switch s {
+					case LookupBefore:
+						lk.before = true
+					case LookupAfter:
+					default:
+						d.errf(v, fp, "want before (before the request is forwarded) or after (after the response, the default), got %q", s)
+					}
+				}
+			}},
 			field{name: "timeout", fn: func(v *yaml.Node, fp string) {
 				if dur, ok := d.duration(v, fp); ok {
 					if dur <= 0 || dur > MaxLookupTimeout {
@@ -398,6 +436,7 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					lk.timeout = dur
 				}
 			}},
+			field{name: "header", fn: func(v *yaml.Node, fp string) { headerNode = v }},
 		)
 		if getNode != nil {
 			if s, ok := d.str(getNode, join(p, "get")); ok {
@@ -407,11 +446,20 @@ func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 					d.errf(getNode, join(p, "get"), "%v", err)
 				} else {
 					lk.get = t
+					d.checkBefore(lk, getNode, join(p, "get"), t, sc)
 				}
 			}
 		}
+		if headerNode != nil {
+			d.parseLookupHeaders(lk, headerNode, join(p, "header"), sc)
+		}
+		// registered even when a template broke a rule, so that the emits'
+		// placeholders do not add a second, misleading error
 		if lk.as != "" && lk.get != nil {
 			sc.lookups[lk.as] = true
+			if lk.before {
+				sc.before[lk.as] = true
+			}
 			r.lookups = append(r.lookups, lk)
 		}
 	}
@@ -483,7 +531,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			}
 		}
 	}
-	var typeNode, typesNode *yaml.Node
+	var typeNode, typesNode, previousNode *yaml.Node
 	d.mapping(n, path,
 		field{name: "type", required: true, fn: func(v *yaml.Node, p string) {
 			typeNode = v
@@ -522,6 +570,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			e.tenant = t
 		}},
 		field{name: "data", fn: func(v *yaml.Node, p string) { e.data = d.parseData(v, p, sc) }},
+		field{name: "previous", fn: func(v *yaml.Node, p string) { previousNode, e.previous = v, d.parsePrevious(v, p, sc) }},
 		field{name: "omit", fn: keyList(&e.omit)},
 		field{name: "redact", fn: keyList(&e.redact)},
 		field{name: "keep_secrets", fn: func(v *yaml.Node, p string) {
@@ -564,6 +613,9 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 	)
 	if e.typ != nil {
 		d.parseTypes(e, typeNode, typesNode, path)
+	}
+	if e.previous != nil && e.previous.after == nil && e.data == nil {
+		d.errf(previousNode, join(path, "previous"), "previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:")
 	}
 	if e.dedupeKey != nil && len(e.dedupeKey.phs) == 0 {
 		d.errf(n, join(path, "dedupe"), "want a key with a placeholder such as {request.header.Idempotency-Key}; a constant key would merge every event of this rule")
@@ -664,6 +716,10 @@ func (r *Rule) computeNeed() {
 	}
 	for _, lk := range r.lookups {
 		lk.get.needs(&n)
+		for _, h := range lk.headers {
+			h.t.needs(&n)
+		}
+		n.BeforeLookups = n.BeforeLookups || lk.before
 	}
 	if r.batch != nil {
 		r.batch.needs(&n)
@@ -677,6 +733,7 @@ func (r *Rule) computeNeed() {
 		e.tenant.needs(&n)
 		e.dedupeKey.needs(&n)
 		e.data.needs(&n)
+		e.previous.walkData(func(dn *dataNode) { dn.needs(&n) })
 		r.digestsResponse = r.digestsResponse || e.dedupeKey != nil
 	}
 	r.need = n

@@ -291,6 +291,7 @@ var invalid = map[string]string{
 	"empty-condition.yaml":              `empty-condition.yaml:9:21: match.request.header.X-Tenant: want a condition`,
 	"bad-event-type.yaml":               `bad-event-type.yaml:8:13: emit.type: want a dot-separated event name`,
 	"unclosed-placeholder.yaml":         `unclosed-placeholder.yaml:9:16: emit.subject: unclosed placeholder`,
+	"unterminated-regex-string.yaml":    `unterminated-regex-string.yaml:10:16: emit.subject: unterminated string in placeholder`,
 	"lookup-as-reserved.yaml":           `lookup-as-reserved.yaml:9:11: lookup.as: "response" is reserved`,
 	"lookup-without-get.yaml":           `lookup-without-get.yaml:8:7: lookup: missing required key "get"`,
 	"bad-duration.yaml":                 `bad-duration.yaml:11:17: emit.dedupe.window: want a duration such as 500ms, 2s, 10m, 24h or 7d, got "one day"`,
@@ -318,6 +319,11 @@ var invalid = map[string]string{
 	"batch-missing-status.yaml":         `batch-missing-status.yaml:7:17: batch.response: missing required key "status"`,
 	"batch-one-id.yaml":                 `batch-one-id.yaml:6:7: batch: request.id and response.id pair sub-requests with sub-responses by id: give both, or neither`,
 	"batch-with-lookup.yaml":            `batch-with-lookup.yaml:5:13: lookup: a batch rule emits nothing itself, so its lookups would never be used`,
+	"lookup-when-sometime.yaml":         `lookup-when-sometime.yaml:10:13: lookup.when: want before (before the request is forwarded) or after (after the response, the default), got "earlier"`,
+	"lookup-header-host.yaml":           `lookup-header-host.yaml:12:9: lookup.header.host: header Host cannot be set on a lookup`,
+	"previous-unknown-key.yaml":         `previous-unknown-key.yaml:12:9: emit.previous: unknown key "only_if_changed"; want one of: before, after, skip_unchanged, ignore`,
+	"previous-without-before.yaml":      `previous-without-before.yaml:11:9: emit.previous: missing required key "before"`,
+	"previous-skip-not-bool.yaml":       `previous-skip-not-bool.yaml:12:25: emit.previous.skip_unchanged: want true or false, got "yes"`,
 }
 
 // invalidSchemaAt says, for every file in testdata/invalid/, where in the
@@ -346,6 +352,7 @@ var invalidSchemaAt = map[string]string{
 	"empty-condition.yaml":              "/rules/0/match/request/header/X-Tenant",
 	"bad-event-type.yaml":               "/rules/0/emit/type",
 	"unclosed-placeholder.yaml":         "/rules/0/emit/subject",
+	"unterminated-regex-string.yaml":    "/rules/0/emit/subject",
 	"lookup-as-reserved.yaml":           "/rules/0/lookup/as",
 	"lookup-without-get.yaml":           "/rules/0/lookup",
 	"bad-duration.yaml":                 "/rules/0/emit/dedupe/window",
@@ -373,27 +380,39 @@ var invalidSchemaAt = map[string]string{
 	"batch-missing-status.yaml":         "/rules/0/batch/response",
 	"batch-one-id.yaml":                 "/rules/0/batch/response",
 	"batch-with-lookup.yaml":            "/rules/0",
+	"lookup-when-sometime.yaml":         "/rules/0/lookup/when",
+	"lookup-header-host.yaml":           "/rules/0/lookup", // the propertyNames error is placed oddly by the library; it says invalid propertyName 'host'
+	"previous-unknown-key.yaml":         "/rules/0/emit/previous",
+	"previous-without-before.yaml":      "/rules/0/emit/previous",
+	"previous-skip-not-bool.yaml":       "/rules/0/emit/previous/skip_unchanged",
 }
 
 // invalidSemantic lists every file in testdata/invalid_semantic/: problems
 // only the parser can see (the schema accepts these files).
 var invalidSemantic = map[string]string{
-	"status-reversed-range.yaml":       `status-reversed-range.yaml:8:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "204-200"`,
-	"regex-does-not-compile.yaml":      `regex-does-not-compile.yaml:10:26: match.request.body.email.regex: want an RE2 regular expression`,
-	"unknown-placeholder-root.yaml":    `unknown-placeholder-root.yaml:10:16: emit.subject: unknown placeholder {foo.bar}`,
-	"undeclared-lookup.yaml":           `undeclared-lookup.yaml:15:16: emit.data.email: unknown placeholder {usr.body.email}: "usr" is not a lookup of this rule (lookups: user)`,
-	"duplicate-path-param.yaml":        `duplicate-path-param.yaml:7:13: match.path: parameter {id} appears twice`,
-	"unknown-path-param.yaml":          `unknown-path-param.yaml:10:16: emit.subject: placeholder {path.user_id}: the path template has no parameter {user_id}`,
-	"lookup-timeout-too-long.yaml":     `lookup-timeout-too-long.yaml:10:16: lookup.timeout: want a timeout between 1ms and 10s, got 30s`,
-	"unused-lookup.yaml":               `unused-lookup.yaml:3:5: lookup: lookup "me" is never used`,
-	"duplicate-rule-name.yaml":         `duplicate-rule-name.yaml:9:5: name: duplicate rule name "user-created" (first defined at line 3)`,
-	"duplicate-key.yaml":               `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
-	"yaml-syntax.yaml":                 `yaml-syntax.yaml:`,
-	"unknown-placeholder-in-data.yaml": `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
-	"constant-tenant-invalid.yaml":     `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
-	"type-never-rendered.yaml":         `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
-	"item-outside-each.yaml":           `item-outside-each.yaml:7:16: emit.subject: placeholder {item.id}: {item…}, {index} and {where.…} stand for the element of a list, so they are known only in an emit with each:`,
-	"where-unknown-capture.yaml":       `where-unknown-capture.yaml:10:22: emit.data.member: placeholder {where.member}: want the name of a capture group (?P<name>…) of a regex in emit.each.where (this one has: id)`,
+	"status-reversed-range.yaml":            `status-reversed-range.yaml:8:15: match.status: want a code like 201, a class like 2xx or a range like 200-204, got "204-200"`,
+	"regex-does-not-compile.yaml":           `regex-does-not-compile.yaml:10:26: match.request.body.email.regex: want an RE2 regular expression`,
+	"unknown-placeholder-root.yaml":         `unknown-placeholder-root.yaml:10:16: emit.subject: unknown placeholder {foo.bar}`,
+	"undeclared-lookup.yaml":                `undeclared-lookup.yaml:15:16: emit.data.email: unknown placeholder {usr.body.email}: "usr" is not a lookup of this rule (lookups: user)`,
+	"duplicate-path-param.yaml":             `duplicate-path-param.yaml:7:13: match.path: parameter {id} appears twice`,
+	"unknown-path-param.yaml":               `unknown-path-param.yaml:10:16: emit.subject: placeholder {path.user_id}: the path template has no parameter {user_id}`,
+	"lookup-timeout-too-long.yaml":          `lookup-timeout-too-long.yaml:10:16: lookup.timeout: want a timeout between 1ms and 10s, got 30s`,
+	"unused-lookup.yaml":                    `unused-lookup.yaml:3:5: lookup: lookup "me" is never used`,
+	"duplicate-rule-name.yaml":              `duplicate-rule-name.yaml:9:5: name: duplicate rule name "user-created" (first defined at line 3)`,
+	"duplicate-key.yaml":                    `duplicate-key.yaml:7:7: match.method: duplicate key "method"`,
+	"yaml-syntax.yaml":                      `yaml-syntax.yaml:`,
+	"unknown-placeholder-in-data.yaml":      `unknown-placeholder-in-data.yaml:11:16: emit.data.email: unknown placeholder {reponse.body.email}`,
+	"constant-tenant-invalid.yaml":          `constant-tenant-invalid.yaml:7:15: emit.tenant: tenant "acme corp" has byte ' ' at 4; want letters, digits and _-.:@`,
+	"type-never-rendered.yaml":              `type-never-rendered.yaml:9:31: emit.types[1]: "session.ended" can never be rendered from type "user.{request.body.action}"`,
+	"before-lookup-reads-response.yaml":     `before-lookup-reads-response.yaml:8:12: lookup.get: placeholder {response.body.id} reads the response, which a before-lookup (when: before) runs ahead of`,
+	"before-lookup-reads-after-lookup.yaml": `before-lookup-reads-after-lookup.yaml:14:26: lookup[1].header.X-Acting-User: placeholder {me.body.id} reads lookup "me", which runs after the response`,
+	"match-regex-does-not-compile.yaml":     `match-regex-does-not-compile.yaml:11:13: emit.data.id: {match(response.header.Location, "/Users/([^/?]+$")}: the regex "/Users/([^/?]+$" does not compile`,
+	"unknown-function.yaml":                 `unknown-function.yaml:10:16: emit.subject: unknown function jwt_claims(…) in {jwt_claims(request.body.token).sub}: want jwt(…), last_segment(…) or match(…, "regex")`,
+	"claim-path-after-last-segment.yaml":    `claim-path-after-last-segment.yaml:10:16: emit.subject: {last_segment(response.header.Location).id}: last_segment(…) gives a string; only jwt(…) takes a claim path after it`,
+	"previous-without-data.yaml":            `previous-without-data.yaml:11:9: emit.previous: previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:`,
+	"previous-unknown-lookup.yaml":          `previous-unknown-lookup.yaml:11:17: emit.previous.before: unknown placeholder {old.body}`,
+	"item-outside-each.yaml":                `item-outside-each.yaml:7:16: emit.subject: placeholder {item.id}: {item…}, {index} and {where.…} stand for the element of a list, so they are known only in an emit with each:`,
+	"where-unknown-capture.yaml":            `where-unknown-capture.yaml:10:22: emit.data.member: placeholder {where.member}: want the name of a capture group (?P<name>…) of a regex in emit.each.where (this one has: id)`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -689,6 +708,86 @@ tests:
     expect:
       - {type: acme.ping, tenant: "acme:eu@1"}
 `},
+	{"before-lookups and lookup headers", `
+version: 1
+rules:
+  - name: member-removed
+    description: A member was removed; data is the membership as it was.
+    match: {method: DELETE, path: "/orgs/{org}/members/{user}", status: 204, request: {header: {X-Admin: exists}}}
+    lookup:
+      - get: "/orgs/{path.org}/members/{path.user}"
+        as: old
+        when: before
+        timeout: 500ms
+        header: {X-Tenant: "{request.header.X-Tenant}", accept-language: en}
+      - {get: "/orgs/{old.body.org_id}", as: org, when: before}
+      - {get: /me, as: me, when: after, header: {Authorization: "Bearer {response.header.X-Token}", Cookie: "session={request.cookie.session}"}}
+    emit:
+      type: organization.member_removed
+      subject: "{path.org}"
+      data: {membership: "{old.body}", org: "{org.body.name}", by: "{me.body.id}"}
+tests:
+  - name: the membership comes from the before-lookup
+    request: {method: DELETE, path: /orgs/o1/members/u2, header: {X-Admin: "1"}}
+    response: {status: 204}
+    lookup:
+      old: {body: {org_id: o1, user_id: u2, role: admin}}
+      org: {body: {name: Acme}}
+      me: {body: {id: u1}}
+    expect:
+      - type: organization.member_removed
+        subject: o1
+        data: {membership: {org_id: o1, user_id: u2, role: admin}, org: Acme, by: u1}
+        missing: []
+`},
+	{"previous: a deep diff of the state before and after", `
+version: 1
+rules:
+  - name: user-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
+    emit:
+      type: user.updated
+      subject: "{path.id}"
+      data: "{response.body.user}"
+      previous:
+        before: "{old.body.user}"
+        skip_unchanged: true
+        ignore: [updated_at, profile.version]
+  - name: email-changed
+    match: {method: PATCH, path: "/api/users/{id}"}
+    lookup: {get: "/api/users/{path.id}", as: old, when: before}
+    emit:
+      type: user.email_changed
+      data: {id: "{path.id}", email: "{response.body.user.email}"}
+      previous:
+        before: {email: "{old.body.user.email}"}
+        after: {email: "{response.body.user.email}"}
+        skip_unchanged: true
+tests:
+  - name: a rename carries the old name; the e-mail did not change
+    request: {method: PATCH, path: /api/users/u_1, body: {name: Ann B}}
+    response: {body: {user: {id: u_1, name: Ann B, email: a@x.test, updated_at: t2, password_hash: h2}}}
+    lookup:
+      old: {body: {user: {id: u_1, name: Ann, email: a@x.test, updated_at: t1, password_hash: h1}}}
+    expect:
+      - type: user.updated
+        previous: {name: Ann, password_hash: "[REDACTED]"}
+  - name: nothing changed, no event
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: a@x.test, updated_at: t2}}}
+    lookup:
+      old: {body: {user: {id: u_1, email: a@x.test, updated_at: t1}}}
+    expect: []
+  - name: the before state is unknown, so both events go out without previous
+    request: {method: PATCH, path: /api/users/u_1, body: {}}
+    response: {body: {user: {id: u_1, email: b@x.test}}}
+    lookup:
+      old: {status: 404, body: {error: not found}}
+    expect:
+      - {type: user.updated, previous: null, missing: [old.body.user]}
+      - {type: user.email_changed, previous: null, missing: [old.body.user.email]}
+`},
 	{"snake_case type names", `
 version: 1
 rules:
@@ -756,6 +855,75 @@ rules:
         header: {X-Mode: {equals: exists}}
         body: {state: {not_equals: absent}}
     emit: {type: x.y}
+`},
+	{"placeholder functions: jwt, last_segment, match", `
+version: 1
+rules:
+  - name: email-verified
+    match: {method: POST, path: /verify, status: 204}
+    lookup: {get: "/api/users/{jwt(request.body.token).sub}", as: user}
+    emit:
+      type: "user.{jwt(request.body.token).purpose}"
+      types: [user.email_verification, user.password_reset]
+      subject: "{jwt(request.body.token).sub}"
+      data: {id: "{jwt(request.body.token).sub}", email: "{jwt(request.body.token).email}", name: "{user.body.name}"}
+      dedupe: {key: "{jwt(request.body.token).exp}"}
+  - name: scim-user-created
+    match: {method: POST, path: /scim/v2/Users, status: 201}
+    emit:
+      type: user.created
+      subject: "{last_segment(response.header.Location)}"
+      data:
+        id: '{match(response.header.Location, "/Users/([^/?]+)$")}'
+        by: "{jwt(request.header.Authorization).sub}"
+        hex: '{match(last_segment(response.header.Location), "^[0-9a-f]{8}$")}'
+tests:
+  - name: the subject is the sub claim of the token
+    request: {method: POST, path: /verify, body: {token: "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1XzEiLCJlbWFpbCI6ImFubkBleGFtcGxlLnRlc3QiLCJwdXJwb3NlIjoiZW1haWxfdmVyaWZpY2F0aW9uIiwiZXhwIjoxNzY3MjI1NjAwfQ.3q2YZ8fJmVbC1u6l0pVQ2xk7d9rTn4s1uWcZy3bN0eA"}}
+    response: {status: 204}
+    lookup: {user: {body: {name: Ann}}}
+    expect:
+      - {type: user.email_verification, subject: u_1, data: {id: u_1, email: ann@example.test, name: Ann}, missing: []}
+  - name: a SCIM Location gives the id
+    request: {method: POST, path: /scim/v2/Users, header: {Authorization: "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbl83Iiwic2NvcGUiOiJzY2ltIn0.Zm9vYmFyYmF6cXV4cXV1eHF1dXhmb29iYXJiYXo"}}
+    response: {status: 201, header: {Location: "https://scim.example.test/scim/v2/Users/2819c223"}}
+    expect:
+      - {type: user.created, subject: 2819c223, data: {id: 2819c223, by: admin_7, hex: 2819c223}}
+`},
+	{"multipart/form-data request body", `
+version: 1
+rules:
+  - name: sign-up
+    match: {method: POST, path: /signup, status: 201, request: {body: {plan: pro}}}
+    emit: {type: user.created, subject: "{request.body.email}", data: "{request.body}"}
+tests:
+  - name: a multipart sign-up; the file part is skipped, the password redacted
+    request:
+      method: POST
+      path: /signup
+      header: {Content-Type: "multipart/form-data; boundary=X"}
+      body: |
+        --X
+        Content-Disposition: form-data; name="email"
+
+        ann@example.test
+        --X
+        Content-Disposition: form-data; name="password"
+
+        s3cret
+        --X
+        Content-Disposition: form-data; name="plan"
+
+        pro
+        --X
+        Content-Disposition: form-data; name="avatar"; filename="me.png"
+        Content-Type: image/png
+
+        PNG...
+        --X--
+    response: {status: 201}
+    expect:
+      - {type: user.created, subject: ann@example.test, data: {email: ann@example.test, password: "[REDACTED]", plan: pro}}
 `},
 	{"wildcard host and body condition paths with gjson syntax", `
 version: 1
@@ -917,5 +1085,79 @@ func TestValidSnippets(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The schema and the parser agree on which headers a lookup may set.
+func TestLookupHeaderNamesSchemaAndParserAgree(t *testing.T) {
+	sch := schema(t)
+	file := func(name string) []byte {
+		return []byte(fmt.Sprintf("version: 1\nrules:\n  - name: a\n    match: {method: POST, path: /x}\n    lookup: {get: /me, as: me, header: {%q: \"v {request.header.X-A}\"}}\n    emit: {type: a.b, data: \"{me.body}\"}\n", name))
+	}
+	for _, name := range []string{"Host", "host", "HOST", "Content-Length", "content-length", "Connection", "Keep-Alive",
+		"TE", "te", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authorization", "Proxy-Connection", "Proxy-Authenticate",
+		"X-Authtap-Lookup", "x-authtap-lookup", "X-Authtap-Anything", "X Tenant", "X:Tenant"} {
+		src := file(name)
+		if err := validate(sch, src); err == nil {
+			t.Errorf("schema accepts header %q", name)
+		}
+		if _, err := rules.Parse("h.yaml", src); err == nil {
+			t.Errorf("parser accepts header %q", name)
+		}
+	}
+	for _, name := range []string{"Authorization", "Cookie", "X-Tenant", "Accept", "TEA", "Hostname", "X-Authtap", "X-Upgrade-Id", "x_custom.header~1"} {
+		src := file(name)
+		if err := validate(sch, src); err != nil {
+			t.Errorf("schema rejects header %q: %v", name, err)
+		}
+		if _, err := rules.Parse("h.yaml", src); err != nil {
+			t.Errorf("parser rejects header %q: %v", name, err)
+		}
+	}
+}
+
+// The worked examples of README.md's lookup section are valid for the schema
+// and the parser, and their inline tests pass.
+func TestReadmeLookupExamples(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	sec := text[strings.Index(text, "\n## lookup\n"):]
+	sec = sec[:strings.Index(sec[1:], "\n## ")+1]
+	sch := schema(t)
+	n, tests := 0, 0
+	for _, block := range strings.Split(sec, "```yaml\n")[1:] {
+		block = block[:strings.Index(block, "```")]
+		if !strings.Contains(block, "- name:") {
+			continue // the key-by-key summary, not a rule
+		}
+		n++
+		src := []byte("version: 1\nrules:\n" + block)
+		if err := validate(sch, src); err != nil {
+			t.Errorf("schema rejects the README example:\n%s\n%v", block, err)
+		}
+		f, err := rules.Parse("readme.yaml", src)
+		if err != nil {
+			t.Errorf("parser rejects the README example:\n%s\n%v", block, err)
+			continue
+		}
+		set, err := rules.NewSet(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range set.RunTests() {
+			tests++
+			if !r.Passed {
+				t.Errorf("README example test %q failed: %s", r.Name, r.Failure)
+			}
+		}
+	}
+	if tests < 2 {
+		t.Errorf("the README examples ran %d inline tests, want the DELETE example's two", tests)
+	}
+	if n < 2 {
+		t.Errorf("found %d rule examples in README.md's lookup section, want the DELETE and the header one", n)
 	}
 }

@@ -17,6 +17,9 @@ type Set struct {
 	byMethod map[string]*trie
 	anyMeth  *trie
 	catalog  catalogCache // EventTypes, built on first use
+
+	// anyBefore: some rule has a before-lookup (MatchBefore has work to do)
+	anyBefore bool
 }
 
 // Load reads rule files named by paths or glob patterns and merges them into a
@@ -166,6 +169,7 @@ func NewSet(files ...*File) (*Set, error) {
 		return nil, errs.err()
 	}
 	for _, r := range s.rules {
+		s.anyBefore = s.anyBefore || r.need.BeforeLookups
 		for _, m := range r.methods {
 			t := s.anyMeth
 			if m != "*" {
@@ -222,6 +226,7 @@ func (s *Set) Plan(method, path string) (Need, bool) {
 		// a dedupe key's id depends on the response body: capture it when
 		// it fits, though the rule does not need it to emit
 		need.ResponseBody = need.ResponseBody || r.need.ResponseBody || r.digestsResponse
+		need.BeforeLookups = need.BeforeLookups || r.need.BeforeLookups
 	}
 	return need, len(cands) > 0
 }
@@ -286,6 +291,16 @@ func (r *Rule) match(ex *Exchange) (*Match, bool) {
 	if !r.status.match(ex.Status) {
 		return nil, false
 	}
+	m, ok := r.matchRequest(ex)
+	if !ok || !r.resp.eval(ex, true) {
+		return nil, false
+	}
+	return m, true
+}
+
+// matchRequest checks what is known before the response: host, path and
+// request conditions.
+func (r *Rule) matchRequest(ex *Exchange) (*Match, bool) {
 	if len(r.hosts) > 0 && !r.matchHost(ex.Host) {
 		return nil, false
 	}
@@ -299,7 +314,7 @@ func (r *Rule) match(ex *Exchange) (*Match, bool) {
 	if !ok {
 		return nil, false
 	}
-	if !r.req.eval(ex, false) || !r.resp.eval(ex, true) {
+	if !r.req.eval(ex, false) {
 		return nil, false
 	}
 	return &Match{Rule: r, Params: params}, true

@@ -43,6 +43,14 @@ type placeholder struct {
 	// header, query, cookie or path parameter name, or any key of the gjson
 	// path, since copying the whole body would redact the value under that key.
 	secretKeys []string
+	// call is set when the placeholder is a function around another one,
+	// {jwt(request.body.token).sub}: resolve applies it to what call.arg
+	// resolves to. kind, name and gpath are then those of the innermost
+	// placeholder (source), so that whatever asks what a placeholder reads
+	// (needs, lookupNames) sees through functions. Read the value with
+	// resolve, or with resolveWith where the innermost placeholder's value
+	// comes from elsewhere: never by switching on kind alone.
+	call *phCall
 }
 
 // tmpl is a string with placeholders. When the string is exactly one
@@ -59,6 +67,7 @@ type scope struct {
 	params  []map[string]bool // per path template: its parameter names
 	lookups map[string]bool   // lookups declared so far
 	elem    *elemScope        // inside an emit with each, or a batch: {item}, {index}, {where.x}
+	before  map[string]bool   // those of them that run before the request (when: before)
 }
 
 // parseTmpl parses s; errors describe the problem without position (the caller adds it).
@@ -77,17 +86,9 @@ func parseTmpl(s string, sc *scope) (*tmpl, error) {
 		case c == '}':
 			return nil, fmt.Errorf("unmatched \"}\" at offset %d (write \"}}\" for a literal brace)", i)
 		case c == '{':
-			end, depth := -1, 0
-			for j := i + 1; j < len(s); j++ {
-				if s[j] == '{' {
-					depth++
-				} else if s[j] == '}' {
-					if depth == 0 {
-						end = j
-						break
-					}
-					depth--
-				}
+			end, openString := placeholderEnd(s, i)
+			if openString {
+				return nil, fmt.Errorf("unterminated string in placeholder %q: close the regex with \" (write \\\" for a quote inside it)", s[i:])
 			}
 			if end < 0 {
 				return nil, fmt.Errorf("unclosed placeholder %q: want {…} (write \"{{\" for a literal brace)", s[i:])
@@ -112,11 +113,46 @@ func parseTmpl(s string, sc *scope) (*tmpl, error) {
 	return t, nil
 }
 
-const placeholderHelp = "want one of request.body…, response.body…, path.<param>, request.query.<name>, request.header.<Name>, request.cookie.<name>, response.header.<Name>, response.status, request.method, request.path, request.host, <lookup>.body…, <lookup>.status"
+// placeholderEnd returns the index of the '}' that closes the placeholder
+// opening at s[i], or -1. Braces nest; inside a function call (a placeholder
+// that starts with name( ) a "…" string is skipped whole, so that a regex may
+// hold braces. openString reports a string that is never closed.
+func placeholderEnd(s string, i int) (end int, openString bool) {
+	call := isCall(strings.TrimLeft(s[i+1:], " "))
+	depth := 0
+	for j := i + 1; j < len(s); j++ {
+		switch s[j] {
+		case '"':
+			if call {
+				if j = skipString(s, j); j < 0 {
+					return -1, true
+				}
+			}
+		case '{':
+			depth++
+		case '}':
+			if depth == 0 {
+				return j, false
+			}
+			depth--
+		}
+	}
+	return -1, false
+}
+
+const placeholderHelp = "want one of request.body…, response.body…, path.<param>, request.query.<name>, request.header.<Name>, request.cookie.<name>, response.header.<Name>, response.status, request.method, request.path, request.host, <lookup>.body…, <lookup>.status, or a function around one: jwt(…), jwt(…).<claim path>, last_segment(…), match(…, \"regex\")"
 
 func parsePlaceholder(raw string, sc *scope) (*placeholder, error) {
+	return parsePlaceholderIn(raw, sc, 0)
+}
+
+// parsePlaceholderIn parses raw, found inside calls function calls (0 at the top).
+func parsePlaceholderIn(raw string, sc *scope, calls int) (*placeholder, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("empty placeholder {}: %s", placeholderHelp)
+	}
+	if isCall(raw) {
+		return parseCall(raw, sc, calls)
 	}
 	ph := &placeholder{raw: raw}
 	head, rest, _ := strings.Cut(raw, ".")
@@ -199,6 +235,14 @@ func paramList(p map[string]bool) string {
 
 // secretElements returns the normalized password-like names a placeholder reads through.
 func secretElements(ph *placeholder) []string {
+	if c := ph.call; c != nil {
+		if c.fn == fnJWT {
+			// the token is the secret, not its claims: what is read is the
+			// claim path (a claim named password is still redacted)
+			return secretNames(strings.FieldsFunc(c.path, func(r rune) bool { return r == '.' || r == '|' }))
+		}
+		return c.arg.secretKeys // a part of a secret is a secret
+	}
 	var elems []string
 	switch ph.kind {
 	case phRequestBody, phResponseBody, phLookupBody, phItem:
@@ -206,6 +250,11 @@ func secretElements(ph *placeholder) []string {
 	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath, phWhere:
 		elems = []string{ph.name, lastElement(ph.name)}
 	}
+	return secretNames(elems)
+}
+
+// secretNames returns the normalized password-like names among elems.
+func secretNames(elems []string) []string {
 	var out []string
 	for _, e := range elems {
 		if k := normKey(strings.TrimLeft(e, "@#")); secretNorm(k) && !slices.Contains(out, k) {
@@ -256,6 +305,10 @@ type value struct {
 	isJSON bool   // raw holds JSON; otherwise text holds a plain string
 	raw    string // JSON text
 	text   string
+	// taint is the secret shapes of the value a function took this one
+	// from (match, last_segment): a part of a secret is redacted like the
+	// secret, though it no longer has its shape.
+	taint shapeSet
 }
 
 func (v value) String() string {
@@ -278,8 +331,30 @@ func jsonResult(r gjson.Result) value {
 	return value{found: true, isJSON: true, raw: r.Raw}
 }
 
+// source returns the innermost placeholder of ph: ph itself unless ph is a function call.
+func (ph *placeholder) source() *placeholder {
+	for ph.call != nil {
+		ph = ph.call.arg
+	}
+	return ph
+}
+
+// resolveWith resolves ph with read giving the value of its innermost
+// placeholder, and the functions around it applied: a kind of placeholder
+// whose value is not in the exchange (an element being iterated over, say)
+// is wrapped in functions like any other.
+func (ph *placeholder) resolveWith(ex *Exchange, read func(src *placeholder) value) value {
+	if c := ph.call; c != nil {
+		return c.apply(ex, c.arg.resolveWith(ex, read))
+	}
+	return read(ph)
+}
+
 // resolve reads ph from the exchange.
 func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
+	if ph.call != nil {
+		return ph.call.apply(ex, ph.call.arg.resolve(ex, params))
+	}
 	switch ph.kind {
 	case phRequestBody, phResponseBody:
 		body, ok := ex.jsonBody(ph.kind == phResponseBody)

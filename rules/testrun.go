@@ -35,6 +35,8 @@ type expectSpec struct {
 	mode    string
 	missing []string
 	hasMiss bool
+	// previous is the expected previous (JSON): nil = not checked, "null" = none
+	previous []byte
 }
 
 // TestResult is the outcome of one inline test.
@@ -105,6 +107,19 @@ func (d *dec) parseExpect(n *yaml.Node, path string) expectSpec {
 		field{name: "data", fn: func(v *yaml.Node, p string) {
 			if b, ok := d.jsonValue(v, p); ok {
 				e.data = b
+			}
+		}},
+		field{name: "previous", fn: func(v *yaml.Node, p string) {
+			rv := resolve(v)
+			if rv.Kind != yaml.MappingNode && (rv.Kind != yaml.ScalarNode || rv.ShortTag() != "!!null") {
+				d.errf(v, p, "want the expected previous, a mapping such as {email: old@x.test}, or null for none; got %s", kindName(rv))
+				return
+			}
+			if b, ok := d.jsonValue(v, p); ok {
+				if string(b) == "{}" {
+					b = []byte("null") // previous is never empty: it is left out
+				}
+				e.previous = b
 			}
 		}},
 		field{name: "mode", fn: func(v *yaml.Node, p string) {
@@ -285,6 +300,15 @@ func (s *Set) runTest(t *Test) TestResult {
 			}
 			if want.data != nil && !JSONEqual(want.data, ev.Data) {
 				problems = append(problems, fmt.Sprintf("%s: want data %s, got %s", where, want.data, ev.Data))
+			}
+			if want.previous != nil {
+				got := []byte(ev.Previous)
+				if got == nil {
+					got = []byte("null")
+				}
+				if !JSONEqual(want.previous, got) {
+					problems = append(problems, fmt.Sprintf("%s: want previous %s, got %s", where, want.previous, got))
+				}
 			}
 			if want.hasMiss && !sameStrings(want.missing, ev.Source.Missing) {
 				problems = append(problems, fmt.Sprintf("%s: want missing %q, got %q", where, want.missing, ev.Source.Missing))

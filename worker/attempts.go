@@ -24,8 +24,8 @@ const (
 	MaxResponseExcerpt = 1024
 	// DefaultMaxEvents caps the events kept for listing and replay.
 	DefaultMaxEvents = 100000
-	// maxEventsPerQuery bounds EventsBetween and RecentEvents.
-	maxEventsPerQuery = 10000
+	// MaxEventsPerQuery bounds EventsBetween and RecentEvents.
+	MaxEventsPerQuery = 10000
 )
 
 const (
@@ -46,6 +46,9 @@ type Attempt struct {
 	EventID    string `json:"event_id"`
 	EventType  string `json:"event_type"`
 	EndpointID string `json:"endpoint_id"`
+	// Tenant is the event's tenant, empty for an operator-only event (and
+	// for deliveries queued before attempts recorded it).
+	Tenant string `json:"tenant,omitempty"`
 	// Attempt counts from 1.
 	Attempt int       `json:"attempt"`
 	Time    time.Time `json:"time"`
@@ -105,10 +108,10 @@ func (s *Store) recordAttempt(ctx context.Context, a Attempt, also func(redis.Pi
 	return time.UnixMilli(ms), nil
 }
 
-// recordEvent keeps ev's envelope for the retention period and indexes it
+// RecordEvent keeps ev's envelope for the retention period and indexes it
 // globally and for each endpoint it was fanned out to, so that a time window
 // can be replayed. Beyond MaxEvents the oldest events are dropped.
-func (s *Store) recordEvent(ctx context.Context, ev rules.Event, envelope []byte, endpointIDs []string) error {
+func (s *Store) RecordEvent(ctx context.Context, ev rules.Event, envelope []byte, endpointIDs []string) error {
 	score := unixMicro(ev.Timestamp)
 	cutoff := "(" + scoreString(s.now().Add(-s.retention))
 	var card *redis.IntCmd
@@ -251,8 +254,8 @@ var ErrEventNotFound = errors.New("event not found")
 
 // RecentEvents returns up to limit kept events, newest first.
 func (s *Store) RecentEvents(ctx context.Context, limit int) ([]rules.Event, error) {
-	if limit <= 0 || limit > maxEventsPerQuery {
-		limit = maxEventsPerQuery
+	if limit <= 0 || limit > MaxEventsPerQuery {
+		limit = MaxEventsPerQuery
 	}
 	ids, err := s.rdb.ZRevRangeByScore(ctx, keyEvents, &redis.ZRangeBy{
 		Max: "+inf", Min: scoreString(s.now().Add(-s.retention)), Count: int64(limit),
@@ -278,7 +281,7 @@ func (s *Store) EndpointEventsBetween(ctx context.Context, endpointID string, si
 
 func (s *Store) eventsBetween(ctx context.Context, key string, since, until time.Time) ([]rules.Event, error) {
 	ids, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{
-		Min: scoreString(since), Max: "(" + scoreString(until), Count: maxEventsPerQuery,
+		Min: scoreString(since), Max: "(" + scoreString(until), Count: MaxEventsPerQuery,
 	}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("listing events between %s and %s: %w", since.Format(time.RFC3339), until.Format(time.RFC3339), err)

@@ -143,7 +143,7 @@ func TestEventIndex(t *testing.T) {
 		if i%2 == 0 {
 			eps = append(eps, "b")
 		}
-		if err := s.recordEvent(ctx, ev, env, eps); err != nil {
+		if err := s.RecordEvent(ctx, ev, env, eps); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -196,7 +196,7 @@ func TestMaxEvents(t *testing.T) {
 	for i := range 250 {
 		ev := rules.Event{ID: fmt.Sprintf("evt_%03d", i), Type: "user.created",
 			Timestamp: clock.Now().Add(time.Duration(i) * time.Millisecond), Data: json.RawMessage(`1`), Mode: "live"}
-		if err := s.recordEvent(ctx, ev, []byte(`{}`), []string{"ep"}); err != nil {
+		if err := s.RecordEvent(ctx, ev, []byte(`{}`), []string{"ep"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.recordAttempt(ctx, Attempt{EventID: ev.ID, EndpointID: "ep", Time: ev.Timestamp, Success: true}, nil); err != nil {

@@ -134,7 +134,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	sent()
 
 	a := Attempt{
-		DeliveryID: taskID, EventID: p.EventID, EventType: p.EventType, EndpointID: r.ID, Attempt: retried + 1,
+		DeliveryID: taskID, EventID: p.EventID, EventType: p.EventType, EndpointID: r.ID, Tenant: p.Tenant, Attempt: retried + 1,
 		Time: res.AttemptedAt.UTC(), Status: res.StatusCode, LatencyMS: float64(res.Latency.Microseconds()) / 1000,
 		ResponseExcerpt: res.ResponseExcerpt, Error: res.Err, Success: res.Success, Replay: p.Replay,
 	}

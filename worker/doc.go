@@ -7,7 +7,9 @@
 //
 // The worker runs inside Caddy (the authtap app) or standalone
 // ("authtap worker"). It talks to Redis through asynq and go-redis; the
-// fan-out enqueues its deliveries in batches through worker/enqueue.
+// fan-out enqueues its deliveries in batches through worker/enqueue. It is
+// delivery and nothing else: the management API and the tenant portal, which
+// work on its Store, live in package admin.
 //
 //	opt, err := worker.ParseRedisURL("redis://127.0.0.1:6379/0")
 //	w, err := worker.New(worker.Config{Redis: opt, Logger: logger})
@@ -25,11 +27,13 @@
 // so they hold across workers), worker.go (Config, New, Start, Shutdown),
 // redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://),
 // recover.go (run locks, and the recovery of tasks whose worker is gone within
-// seconds instead of asynq's minute); secret.go, sign.go, send.go, ssrf.go and
-// retry.go are the delivery core.
+// seconds instead of asynq's minute), coverage.go (the route shapes of the
+// successful mutations no rule matched: counts and redacted samples, for GET
+// /unmatched and `authtap rules suggest`); secret.go, sign.go, send.go, ssrf.go
+// and retry.go are the delivery core.
 //
 // Redis keys start with "authtap:". The endpoint registry shares the hash tag
-// {authtap-endpoints} and an endpoint's limit keys the tag {<endpoint id>}, so
+// {authtap-endpoints}, coverage the tag {authtap-unmatched}, and an endpoint's limit keys the tag {<endpoint id>}, so
 // that every transaction and script works on Redis Cluster too; a task's run
 // lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. Attempts and
 // events expire after Config.Retention (14 days); at most

@@ -17,7 +17,8 @@ import (
 const (
 	// FormatEnvelope sends the whole event envelope (id, type, timestamp, data, source, mode).
 	FormatEnvelope = "envelope"
-	// FormatData sends only the event's data, as some services expect.
+	// FormatData sends only the event's data, as some services expect (not
+	// its previous, subject or source).
 	FormatData = "data"
 )
 
@@ -275,9 +276,9 @@ func MatchEventFilter(pattern, typ string) bool {
 	return true
 }
 
-// validateEventFilter checks one filter: dot-separated segments of letters,
+// ValidateEventFilter checks one filter: dot-separated segments of letters,
 // digits, '_' and '-', where a segment may also be "*".
-func validateEventFilter(f string) error {
+func ValidateEventFilter(f string) error {
 	if f == "" {
 		return errors.New("empty event filter")
 	}
@@ -301,7 +302,8 @@ func isNameChar(c rune) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
 
-func validateEndpointID(id string) error {
+// ValidateEndpointID checks an endpoint id: 1 to 64 letters, digits, '_' and '-'.
+func ValidateEndpointID(id string) error {
 	if id == "" || len(id) > 64 {
 		return fmt.Errorf("id must be 1 to 64 characters, got %d", len(id))
 	}
@@ -330,7 +332,7 @@ func (r *endpointRecord) normalize() error {
 		}
 		return fmt.Errorf("%w %s: %w", ErrInvalidEndpoint, r.ID, err)
 	}
-	if err := validateEndpointID(r.ID); err != nil {
+	if err := ValidateEndpointID(r.ID); err != nil {
 		return wrap(err)
 	}
 	if r.Mode == "" {
@@ -354,7 +356,7 @@ func (r *endpointRecord) normalize() error {
 		return wrap(fmt.Errorf("format must be %q or %q, got %q", FormatEnvelope, FormatData, r.Format))
 	}
 	for _, f := range r.Events {
-		if err := validateEventFilter(f); err != nil {
+		if err := ValidateEventFilter(f); err != nil {
 			return wrap(err)
 		}
 	}
@@ -391,6 +393,37 @@ func (r *endpointRecord) normalize() error {
 		}
 	}
 	return nil
+}
+
+// CheckEndpointOptions validates the delivery options of c (format,
+// event_header, bearer_token, rate_limit, max_concurrency) one at a time, with
+// the rules Store.Create applies, and returns the JSON name of the first
+// invalid one with its error (without the "invalid endpoint" prefix), or
+// "", nil. The management API uses it to name the field of an error.
+func CheckEndpointOptions(c EndpointConfig) (field string, err error) {
+	checks := []struct {
+		field string
+		set   func(r *endpointRecord)
+	}{
+		{"format", func(r *endpointRecord) { r.Format = c.Format }},
+		{"event_header", func(r *endpointRecord) { r.EventHeader = c.EventHeader }},
+		{"bearer_token", func(r *endpointRecord) { r.BearerToken = c.BearerToken }},
+		{"rate_limit", func(r *endpointRecord) { r.RateLimit = c.RateLimit }},
+		{"max_concurrency", func(r *endpointRecord) { r.MaxConcurrency = c.MaxConcurrency }},
+	}
+	for _, ch := range checks {
+		r := &endpointRecord{ID: "x", URL: "https://example.com/", Mode: rules.ModeLive, Format: FormatEnvelope,
+			Secrets: []secretRecord{{Value: SecretPrefix + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}
+		ch.set(r)
+		if err := r.normalize(); err != nil {
+			msg := err.Error()
+			if _, rest, ok := strings.Cut(msg, ": "); ok {
+				msg = rest
+			}
+			return ch.field, errors.New(msg)
+		}
+	}
+	return "", nil
 }
 
 // recordFromConfig builds a record from c; an empty secret is generated.

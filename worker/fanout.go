@@ -28,10 +28,11 @@ type taskWriter interface {
 }
 
 // DeliverPayloadFor returns the webhook:deliver payload of ev for ep: the body
-// is the envelope or, for the "data" format, the event's data alone. The body
-// is fixed here, so that every retry sends the same bytes.
+// is the envelope or, for the "data" format, the event's data alone (its
+// previous is not sent). The body is fixed here, so that every retry sends
+// the same bytes.
 func DeliverPayloadFor(ev rules.Event, ep Endpoint, replay bool) (tasks.DeliverPayload, error) {
-	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Replay: replay}
+	p := tasks.DeliverPayload{EventID: ev.ID, EventType: ev.Type, EndpointID: ep.ID, Tenant: ev.Tenant, Replay: replay}
 	if ep.Format == FormatData {
 		p.Body = ev.Data
 		if len(p.Body) == 0 {
@@ -90,7 +91,7 @@ func (h *fanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ids[i] = ep.ID
 	}
 	// Keep the event first, so that it can be replayed even if an enqueue below fails.
-	if err := h.store.recordEvent(ctx, ev, envelope, ids); err != nil {
+	if err := h.store.RecordEvent(ctx, ev, envelope, ids); err != nil {
 		return fmt.Errorf("fanning out %s: %w", ev.ID, err)
 	}
 	// One result per endpoint, each written by its own enqueue.

@@ -189,7 +189,7 @@ func addressError(raw, mode string, err error) error {
 		}
 	}
 	return fmt.Errorf("%s endpoint URL %q: %w; the worker never delivers there: allow the range (the worker's allow option)%s",
-		mode, shownURL(raw), err, hint)
+		mode, MaskURL(raw), err, hint)
 }
 
 // embeddedV4 returns the IPv4 address a NAT64 (64:ff9b::/96) or 6to4
@@ -327,6 +327,14 @@ func hostFormError(u *url.URL) error {
 	return hostFormErrorf("host %q ends in a number but is not an IPv4 address (browsers refuse it, resolvers disagree on it)", host)
 }
 
+// IsHostFormError reports whether err (from ValidateEndpointURL) refuses the
+// way a URL's host is written (a numeric IPv4 form, an invalid IDN, …) rather
+// than the URL's shape.
+func IsHostFormError(err error) bool {
+	_, ok := errors.AsType[*hostFormErr](err)
+	return ok
+}
+
 // hostFormErr is the policy error hostFormError returns.
 type hostFormErr struct{ msg string }
 
@@ -399,4 +407,17 @@ func parseWHATWGIPv4(host string) (netip.Addr, bool) {
 		v += n << (8 * (3 - i))
 	}
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// MaskURL is raw with any user information masked, for messages; "" when
+// raw does not parse.
+func MaskURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	return u.String()
 }

@@ -126,6 +126,10 @@ func NewStore(rdb redis.UniversalClient, o StoreOptions) (*Store, error) {
 	return s, nil
 }
 
+// Redis returns the store's Redis connection (for the management API's
+// asynq client, inspector and health check). Do not close it.
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
 // Create stores a new endpoint. An empty ID or secret is generated; read the
 // secret once with Endpoint.Secret.
 func (s *Store) Create(ctx context.Context, c EndpointConfig) (Endpoint, error) {

@@ -127,6 +127,11 @@ authtap demo — everything in this process, nothing to install
 `, apiLn.Addr(), base, receiverURL, demoPack)
 	if hasAdmin {
 		fmt.Fprintf(out, "  monitor (asynqmon)                 %[1]s/_authtap/monitor/\n  management API                     %[1]s/_authtap/webhooks\n", base)
+		link, err := demoPortalLink(base, demoTenant)
+		if err != nil {
+			return fmt.Errorf("issuing the demo's portal link: %w", err)
+		}
+		fmt.Fprintf(out, "  tenant portal of %-17s %s\n", demoTenant+" (Acme)", link)
 	}
 	fmt.Fprintf(out, `
 Try:  curl -X POST %s/api/users -H 'Content-Type: application/json' \
@@ -194,6 +199,29 @@ func freeAddr(addr string) (string, error) {
 	return ln.Addr().String(), nil
 }
 
+// demoTenant is the tenant whose portal link the demo prints: the demo API's
+// first tenant (Acme, once --traffic or a POST /api/tenants made it).
+const demoTenant = "t_1"
+
+// demoPortalLink asks the demo's own management API for a portal link of
+// tenant, valid for a day.
+func demoPortalLink(base, tenant string) (string, error) {
+	body := strings.NewReader(`{"tenant":"` + tenant + `","ttl":"24h"}`)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Post(base+"/_authtap/portal-links", "application/json", body)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	var link struct {
+		URL string `json:"url"`
+	}
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &link) != nil || link.URL == "" {
+		return "", fmt.Errorf("POST /_authtap/portal-links: %d %s", resp.StatusCode, b)
+	}
+	return link.URL, nil
+}
+
 // demoAdminHosts lists the Host values the demo's admin API answers: the
 // loopback names of the proxy's port, and the proxy's own address when it
 // listens on a specific one.
@@ -237,6 +265,19 @@ func demoConfig(proxy, upstream, rulesPath, spoolDir, receiverURL, secret string
 			}},
 			"terminal": true,
 		})
+		// The tenant portal takes only portal links (such as the one the demo
+		// prints), so it needs no Host check. The demo's receivers are local
+		// test endpoints, so portal users may make test endpoints here.
+		if _, err := caddy.GetModule("http.handlers.authtap_portal"); err == nil {
+			routes = append(routes, map[string]any{
+				"match": []any{map[string]any{"path": []string{"/portal/*"}}},
+				"handle": []any{map[string]any{"handler": "subroute", "routes": []any{map[string]any{"handle": []any{
+					map[string]any{"handler": "rewrite", "strip_path_prefix": "/portal"},
+					map[string]any{"handler": "authtap_portal", "allow_test_endpoints": true},
+				}}}}},
+				"terminal": true,
+			})
+		}
 	}
 	routes = append(routes, map[string]any{"handle": []any{
 		map[string]any{"handler": "authtap", "rules": []string{rulesPath}, "source": "demo-legacy-api", "mode": "test"},

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -104,5 +105,84 @@ func TestDemoAdminAnswersOnlyItsOwnHost(t *testing.T) {
 	}
 	if status, body := do("GET", "127.0.0.1:"+port, "/_authtap/webhooks/rebound", ""); status != http.StatusNotFound {
 		t.Errorf("a rebound POST created an endpoint: %d %.200s", status, body)
+	}
+}
+
+// The demo prints a portal link of its first tenant; the portal it opens
+// makes an endpoint that then receives that tenant's events and no other's.
+func TestDemoPortalLink(t *testing.T) {
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- demo(ctx, demoOptions{listen: "127.0.0.1:0"}, &out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the demo did not stop")
+		}
+	})
+	re := regexp.MustCompile(`tenant portal of t_1 \(Acme\)\s+(http://(\S+?)/portal/#token=(\S+))`)
+	var m []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m = re.FindStringSubmatch(out.String()); m != nil && strings.Contains(out.String(), "Ctrl-C stops the demo") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the demo printed no portal link:\n%s", out.String())
+		}
+	}
+	base, token := "http://"+m[2], m[3]
+	call := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if status, body := call("GET", "/portal/", ""); status != http.StatusOK || !strings.Contains(body, "portal.js") {
+		t.Fatalf("the portal page: %d %.200s", status, body)
+	}
+	if status, body := call("GET", "/portal/api/session", ""); status != http.StatusOK || !strings.Contains(body, `"tenant":"t_1"`) {
+		t.Fatalf("the link's session: %d %s", status, body)
+	}
+	got := make(chan string, 10)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- string(b)
+	}))
+	defer rcv.Close()
+	if status, body := call("POST", "/portal/api/webhooks", `{"url":"`+rcv.URL+`","mode":"test","events":["tenant.*"]}`); status != http.StatusCreated {
+		t.Fatalf("creating an endpoint in the portal: %d %s", status, body)
+	}
+	// Two tenants through the proxy: t_1 (Acme) and t_2; only t_1's event reaches the endpoint.
+	for _, name := range []string{"Acme", "Globex"} {
+		resp, err := http.Post(base+"/api/tenants", "application/json", strings.NewReader(`{"name":"`+name+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	select {
+	case b := <-got:
+		if !strings.Contains(b, `"tenant":"t_1"`) || !strings.Contains(b, `"type":"tenant.created"`) || !strings.Contains(b, "Acme") {
+			t.Errorf("the portal endpoint got %s", b)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the portal endpoint got nothing")
+	}
+	select {
+	case b := <-got:
+		t.Errorf("the portal endpoint also got %s", b)
+	case <-time.After(time.Second):
 	}
 }

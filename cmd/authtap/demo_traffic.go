@@ -37,7 +37,7 @@ func demoScript() []trafficStep {
 		{desc: "Grace becomes an admin", method: "PUT", path: "/api/users/{u2}", body: map[string]any{"email": "grace@acme.test", "name": "Grace", "role": "admin"}, events: 1},
 		{desc: "Globex upgrades its plan", method: "PATCH", path: "/api/tenants/{t2}", body: map[string]any{"plan": "enterprise"}, events: 1},
 		{desc: "update an unknown user (404: no event)", method: "PATCH", path: "/api/users/u_404", body: map[string]any{"name": "Nobody"}},
-		{desc: "delete Hank (204, no body: the id comes from the path)", method: "DELETE", path: "/api/users/{u3}", events: 1},
+		{desc: "delete Hank (204, no body: the user is read just before, by a before-lookup)", method: "DELETE", path: "/api/users/{u3}", events: 1},
 		{desc: "delete tenant Globex", method: "DELETE", path: "/api/tenants/{t2}", events: 1},
 	}
 }

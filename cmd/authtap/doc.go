@@ -7,5 +7,5 @@
 //	authtap demo [--traffic]
 //
 // Each subcommand lives in its own file and registers itself in init(). It may
-// import worker, rules and caddymodule; nothing imports it.
+// import worker, admin, rules and caddymodule; nothing imports it.
 package main

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/worker"
 )
@@ -36,11 +37,11 @@ func startAPI(t *testing.T) *worker.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Shutdown)
-	h, err := worker.NewAPI(worker.APIConfig{Store: w.Store(), Client: w.Client()})
+	h, err := admin.NewAPI(admin.APIConfig{Store: w.Store(), Client: w.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	authed, err := worker.RequireBearer(endpointsTestToken, h)
+	authed, err := admin.RequireBearer(endpointsTestToken, h)
 	if err != nil {
 		t.Fatal(err)
 	}

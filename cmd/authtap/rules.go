@@ -14,8 +14,8 @@ import (
 
 func init() {
 	register("rules", command{
-		usage:   "rules check|test FILE...",
-		summary: "validate rule files and run their inline tests, or show the events of one exchange",
+		usage:   "rules check|test|suggest FILE...",
+		summary: "validate rule files and run their inline tests, show the events of one exchange, or draft rules for what no rule covers",
 		run:     runRules,
 	})
 }
@@ -27,6 +27,8 @@ func runRules(args []string, stdout, stderr io.Writer) int {
 		return rulesCheck(rest, stdout, stderr)
 	case "test":
 		return rulesTest(rest, stdout, stderr)
+	case "suggest":
+		return rulesSuggest(rest, stdout, stderr)
 	default:
 		fmt.Fprintln(stderr, `usage:
   authtap rules check FILE...
@@ -34,7 +36,10 @@ func runRules(args []string, stdout, stderr io.Writer) int {
       Prints one line per test; exits 1 on any invalid file or failing test.
   authtap rules test FILE... --request R [--response S] [--source NAME] [--mode live|test]
       Print the events one exchange would produce. R and S are files (or - for stdin)
-      holding JSON/YAML like a test's request/response, or raw HTTP messages.`)
+      holding JSON/YAML like a test's request/response, or raw HTTP messages.
+  authtap rules suggest [--api URL --token T | --redis URL | --input FILE] [-o FILE]
+      Draft a rule file (with inline tests from the redacted samples) for the
+      successful mutations no rule matched (GET /unmatched). Run with -h for details.`)
 		if sub == "" || sub == "help" {
 			return 0
 		}
@@ -129,7 +134,11 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 	noteLookups := func(m *rules.Match, ex *rules.Exchange) {
 		for i := 0; i < m.NumLookups(); i++ {
 			lk := m.Lookup(i, ex)
-			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, lk.As)
+			when := "after the response"
+			if lk.Before {
+				when = "before forwarding the request"
+			}
+			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream %s (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, when, lk.As)
 		}
 	}
 	for _, m := range matches {
@@ -150,7 +159,9 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now()})
+	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now(), Unchanged: func(rule, typ string) {
+		fmt.Fprintf(stderr, "note: rule %q: nothing changed, so no %s event (previous.skip_unchanged)\n", rule, typ)
+	}})
 	for _, e := range errs {
 		fmt.Fprintf(stderr, "error: %v\n", e)
 	}

@@ -139,10 +139,94 @@ rules:
 	for _, want := range []string{
 		`note: batch rule "scim-bulk": 2 sub-request(s), 1 succeeded, 1 failed or unanswered`,
 		`note:   POST /scim/v2/Users (201) matches rule "scim-user-created"`,
-		`note: rule "scim-user-created" would GET /scim/v2/Users/u_1 on the upstream (as "user")`,
+		`note: rule "scim-user-created" would GET /scim/v2/Users/u_1 on the upstream after the response (as "user")`,
 	} {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
 		}
+	}
+}
+
+const beforePackYAML = `version: 1
+rules:
+  - name: member-removed
+    match: {method: DELETE, path: "/memberships/{id}", status: 204}
+    lookup: {get: "/memberships/{path.id}", as: old, when: before}
+    emit:
+      type: organization.member_removed
+      subject: "{old.body.organization_id}"
+      data: {user_id: "{old.body.user_id}"}
+tests:
+  - name: the deleted membership is in the event
+    request:  {method: DELETE, path: /memberships/m_1}
+    response: {status: 204}
+    lookup:   {old: {body: {organization_id: org_1, user_id: usr_2}}}
+    expect:   [{type: organization.member_removed, subject: org_1, data: {user_id: usr_2}}]
+  - name: a failed before-lookup is listed as missing
+    request:  {method: DELETE, path: /memberships/m_1}
+    response: {status: 204}
+    lookup:   {old: {error: timeout}}
+    expect:   [{type: organization.member_removed, subject: "", missing: [old.body.organization_id, old.body.user_id]}]
+`
+
+// rules check runs inline tests that feed a before-lookup canned answers;
+// rules test says which lookup would run before forwarding.
+func TestRulesCheckAndTestWithBeforeLookups(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "before.yaml", beforePackYAML)
+	var out, errb bytes.Buffer
+	if code := run([]string{"rules", "check", pack}, &out, &errb); code != 0 || !strings.Contains(out.String(), "tests: 2 passed, 0 failed") {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	failing := write(t, dir, "failing.yaml", strings.Replace(beforePackYAML, "subject: org_1", "subject: org_2", 1))
+	out.Reset()
+	if code := run([]string{"rules", "check", failing}, &out, &errb); code != 1 || !strings.Contains(out.String(), `want subject "org_2", got "org_1"`) {
+		t.Fatalf("a wrong expectation against the canned before-lookup must fail: exit %d\n%s", code, out.String())
+	}
+	req := write(t, dir, "req", `{"method":"DELETE","path":"/memberships/m_7"}`)
+	resp := write(t, dir, "resp", `{"status":204}`)
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), `note: rule "member-removed" would GET /memberships/m_7 on the upstream before forwarding the request (as "old")`) {
+		t.Errorf("stderr:\n%s", errb.String())
+	}
+}
+
+// TestRulesTestPrevious: `authtap rules test` shows previous, and says why an
+// unchanged update built no event.
+func TestRulesTestPrevious(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "pack.yaml", `version: 1
+rules:
+  - name: user-updated
+    match: {method: PATCH, path: "/api/users/{id}"}
+    emit:
+      type: user.updated
+      data: "{response.body}"
+      previous: {before: "{request.body.was}", skip_unchanged: true}
+`)
+	for _, tc := range []struct{ name, req, resp, wantOut, wantErr string }{
+		{"changed", `{"method":"PATCH","path":"/api/users/u_1","body":{"was":{"name":"Ann","pin":"1"}}}`, `{"body":{"name":"Bob","pin":"2"}}`,
+			`"previous": {
+      "name": "Ann",
+      "pin": "[REDACTED]"
+    }`, "1 rule(s) matched, 1 event(s)"},
+		{"unchanged", `{"method":"PATCH","path":"/api/users/u_1","body":{"was":{"name":"Ann"}}}`, `{"body":{"name":"Ann"}}`,
+			"[]", `note: rule "user-updated": nothing changed, so no user.updated event (previous.skip_unchanged)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := write(t, dir, tc.name+"-req", tc.req)
+			resp := write(t, dir, tc.name+"-resp", tc.resp)
+			var out, errb bytes.Buffer
+			if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp}, &out, &errb); code != 0 {
+				t.Fatalf("exit %d: %s", code, errb.String())
+			}
+			if !strings.Contains(out.String(), tc.wantOut) || !strings.Contains(errb.String(), tc.wantErr) {
+				t.Fatalf("out:\n%s\nerr:\n%s", out.String(), errb.String())
+			}
+		})
 	}
 }

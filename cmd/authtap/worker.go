@@ -86,6 +86,12 @@ Flags:`)
 	adminToken := fs.String("admin-token", "",
 		"bearer token the management API requires (default $AUTHTAP_ADMIN_TOKEN); browsers use it as the Basic auth password")
 	var rulesFiles listFlag
+	portalURL := fs.String("portal-url", "",
+		"with --admin: the portal's URL as customers reach it, for the links POST /portal-links issues (default http://<admin host>/portal/)")
+	var frameAncestors listFlag
+	fs.Var(&frameAncestors, "portal-frame-ancestors", "with --admin: an origin that may embed the portal page in a frame (CSP frame-ancestors, e.g. https://app.example.com); repeatable; default none")
+	portalTest := fs.Bool("portal-test-endpoints", false,
+		"with --admin: portal users may make test endpoints, which may be plain http and reach this host's loopback (for demos and staging)")
 	fs.Var(&rulesFiles, "rules", "rule file or glob whose event catalog GET /event-types serves; repeatable")
 	var allow listFlag
 	fs.Var(&allow, "allow", "address range (CIDR) endpoints may reach although it is private or local (test endpoints may reach loopback without it); repeatable")
@@ -198,13 +204,15 @@ Flags:`)
 	worker.CheckRedisConfig(ctx, opt, cfg.Logger) // warns when Redis would lose or evict tasks
 	var admin *adminServer
 	if *adminAddr != "" {
-		admin, err = startAdmin(*adminAddr, *adminToken, opt, w, cfg, eventTypes)
+		admin, err = startAdmin(*adminAddr, *adminToken, opt, w, cfg, eventTypes,
+			portalOptions{url: *portalURL, frameAncestors: frameAncestors, testEndpoints: *portalTest})
 		if err != nil {
 			w.Shutdown()
 			fmt.Fprintf(stderr, "authtap worker: %v\n", err)
 			return 1
 		}
-		cfg.Logger.Info("management API listening", zap.String("addr", admin.addr), zap.String("monitor", "http://"+admin.addr+"/monitor/"))
+		cfg.Logger.Info("management API listening", zap.String("addr", admin.addr), zap.String("monitor", "http://"+admin.addr+"/monitor/"),
+			zap.String("portal", "http://"+admin.addr+"/portal/"))
 	}
 	<-ctx.Done()
 	cfg.Logger.Info("stopping: waiting for deliveries in flight", zap.Duration("up_to", *shutdown))

@@ -13,11 +13,13 @@ import (
 	"github.com/hibiken/asynqmon"
 	"go.uber.org/zap"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
 
-// adminServer is the standalone worker's management API with asynqmon at /monitor/.
+// adminServer is the standalone worker's management API with asynqmon at
+// /monitor/ and the tenant portal at /portal/.
 type adminServer struct {
 	addr string
 	srv  *http.Server
@@ -67,32 +69,51 @@ func listenAdmin(addr string, log *zap.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
+// portalOptions are the --portal-* flags.
+type portalOptions struct {
+	url            string
+	frameAncestors []string
+	testEndpoints  bool
+}
+
 // startAdmin serves the management API on addr (see adminListenAddr) behind
-// the browser guard (worker.BrowserGuard: cross-origin and framing
-// protection, as Caddy's authtap_admin has) and the bearer token.
-func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cfg worker.Config, eventTypes func() []rules.EventType) (*adminServer, error) {
+// the browser guard (admin.BrowserGuard: cross-origin and framing
+// protection, as Caddy's authtap_admin has) and the bearer token, and the
+// tenant portal under /portal/, which takes portal links only (its own
+// cross-origin check and framing policy; the admin token opens nothing there).
+func startAdmin(addr, token string, opt asynq.RedisConnOpt, w *worker.Worker, cfg worker.Config, eventTypes func() []rules.EventType, po portalOptions) (*adminServer, error) {
 	mon := asynqmon.New(asynqmon.Options{RootPath: "/monitor", RedisConnOpt: opt})
-	api, err := worker.NewAPI(worker.APIConfig{
+	apiCfg := admin.APIConfig{
 		Store: w.Store(), Client: w.Client(), EventTypes: eventTypes, Retry: cfg.Retry, Logger: cfg.Logger, Monitor: mon,
-		CheckEndpointURL: w.CheckEndpointURL,
-	})
+		CheckEndpointURL: w.CheckEndpointURL, PortalURL: po.url,
+	}
+	api, err := admin.NewAPI(apiCfg)
 	if err != nil {
 		mon.Close()
 		return nil, fmt.Errorf("building the management API: %w", err)
 	}
-	authed, err := worker.RequireBearer(token, api)
+	authed, err := admin.RequireBearer(token, api)
 	if err != nil {
 		mon.Close()
 		return nil, err
 	}
+	apiCfg.Monitor = nil
+	portal, err := admin.NewPortal(admin.PortalConfig{APIConfig: apiCfg, FrameAncestors: po.frameAncestors, AllowTestEndpoints: po.testEndpoints})
+	if err != nil {
+		mon.Close()
+		return nil, fmt.Errorf("building the portal: %w", err)
+	}
+	mux := http.NewServeMux()
+	// The guard goes first, so that refusals and 401s forbid framing too.
+	mux.Handle("/", admin.NewBrowserGuard().Handler(authed))
+	mux.Handle("/portal/", http.StripPrefix("/portal", portal))
 	ln, err := listenAdmin(addr, cfg.Logger)
 	if err != nil {
 		mon.Close()
 		return nil, err
 	}
 	s := &adminServer{addr: ln.Addr().String(), mon: mon, srv: &http.Server{
-		// The guard goes first, so that refusals and 401s forbid framing too.
-		Handler: worker.NewBrowserGuard().Handler(authed), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 	}}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

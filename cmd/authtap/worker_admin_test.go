@@ -237,6 +237,33 @@ func TestWorkerAdminServesAPIAndMonitor(t *testing.T) {
 		t.Errorf("same-origin rotate-secret: %d %s", status, body)
 	}
 
+	// The portal, under /portal/, takes portal links only.
+	status, body = send("POST", "/portal-links", `{"tenant":"acme","read_only":true}`, nil, bearer)
+	var link struct{ URL, Token string }
+	if status != http.StatusCreated || json.Unmarshal([]byte(body), &link) != nil || link.URL != "http://"+addr+"/portal/#token="+link.Token {
+		t.Fatalf("POST /portal-links: %d %s", status, body)
+	}
+	portalBearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+link.Token) }
+	if resp := get("/portal/", nil); resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+		t.Errorf("GET /portal/: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp := get("/portal", nil); resp.StatusCode != http.StatusOK { // redirected to /portal/
+		t.Errorf("GET /portal: %d", resp.StatusCode)
+	}
+	if status, body := send("GET", "/portal/api/session", "", nil, portalBearer); status != http.StatusOK || !strings.Contains(body, `"tenant":"acme"`) {
+		t.Errorf("portal session: %d %s", status, body)
+	}
+	if status, body := send("GET", "/portal/api/webhooks", "", nil, bearer); status != http.StatusUnauthorized {
+		t.Errorf("the admin token at the portal: %d %s", status, body)
+	}
+	if status, body := send("GET", "/webhooks", "", nil, portalBearer); status != http.StatusUnauthorized {
+		t.Errorf("a portal token at the management API: %d %s", status, body)
+	}
+	if status, body := send("POST", "/portal/api/webhooks", `{"url":"https://a.example/"}`, nil, portalBearer); status != http.StatusForbidden ||
+		!strings.Contains(body, "read_only_token") {
+		t.Errorf("a read-only link's POST: %d %s", status, body)
+	}
+
 	cancel()
 	select {
 	case code := <-done:
@@ -248,5 +275,8 @@ func TestWorkerAdminServesAPIAndMonitor(t *testing.T) {
 	}
 	if strings.Contains(errb.String(), "t0ken-for-tests") {
 		t.Fatal("the admin token reached the log")
+	}
+	if strings.Contains(errb.String(), link.Token) {
+		t.Fatal("a portal token reached the log")
 	}
 }

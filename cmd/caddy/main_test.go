@@ -34,8 +34,10 @@ func TestBinaryListsAuthtapModules(t *testing.T) {
 	}
 	want := []string{"authtap", "http.handlers.authtap"}
 	// The admin handler is listed whenever this build registers it.
-	if _, err := caddy.GetModule("http.handlers.authtap_admin"); err == nil {
-		want = append(want, "http.handlers.authtap_admin")
+	for _, id := range []string{"http.handlers.authtap_admin", "http.handlers.authtap_portal"} {
+		if _, err := caddy.GetModule(id); err == nil {
+			want = append(want, id)
+		}
 	}
 	for _, id := range want {
 		if !listed[id] {

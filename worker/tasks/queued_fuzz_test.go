@@ -15,7 +15,8 @@ import (
 )
 
 // queuedRules copy response and request bodies into data whole, as text and
-// as a subject, under a nested template: every way a body reaches an event.
+// as a subject, under a nested template, and diff them into previous: every
+// way a body reaches an event.
 const queuedRules = `version: 1
 rules:
   - name: whole
@@ -24,6 +25,7 @@ rules:
       - type: user.created
         subject: "{response.body}"
         data: "{response.body}"
+        previous: {before: "{request.body}"}
       - type: user.updated
         subject: "u={response.body.user}"
         data: {a: {b: ["{response.body}", "{request.body}"]}, t: "t={response.body.user}", s: "{response.body.user.id}"}
@@ -47,7 +49,7 @@ func queueAndDeliver(t *testing.T, ev rules.Event) {
 		t.Fatalf("the fan-out cannot decode what was queued (%d bytes): %v", len(m.Payload), err)
 	}
 	got := p.Event
-	if !bytes.Equal(got.Data, ev.Data) || got.Subject != ev.Subject || got.ID != ev.ID || got.Type != ev.Type ||
+	if !bytes.Equal(got.Data, ev.Data) || !bytes.Equal(got.Previous, ev.Previous) || got.Subject != ev.Subject || got.ID != ev.ID || got.Type != ev.Type ||
 		!reflect.DeepEqual(got.Source, ev.Source) || got.DedupeWindow != ev.DedupeWindow {
 		t.Fatalf("the fan-out reads a different event:\n got  %+v\n want %+v", got.Source, ev.Source)
 	}

@@ -98,6 +98,10 @@ type DeliverPayload struct {
 	EventID    string `json:"event_id"`
 	EventType  string `json:"event_type"`
 	EndpointID string `json:"endpoint_id"`
+	// Tenant is the event's tenant (rules.Event.Tenant), empty for an
+	// operator-only event; the delivery log records it so that deliveries
+	// can be listed per tenant.
+	Tenant string `json:"tenant,omitempty"`
 	// Body is the exact request body (the envelope or just its data, per the endpoint's format).
 	Body json.RawMessage `json:"body"`
 	// Replay is true when the delivery was made by a replay or manual retry request.
