@@ -243,7 +243,13 @@ func (lc *lookupClient) send(r *http.Request, lk rules.LookupRequest, deadline t
 // answers its before-lookups got before the request was forwarded. A failed
 // lookup is logged and counted; the event is still built, with the missing
 // placeholders listed in source.missing.
-func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, deadline time.Time, before *beforeRun) {
+//
+// All lookups of one exchange (every matching rule, every sub-exchange of a
+// batch, and the before-lookups sent ahead of them) share b: at most
+// rules.MaxExchangeLookups are sent, the after-lookups all within
+// maxLookupTotal of the first. A lookup past the count is not sent and
+// counts as failed (one warning says so).
+func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun) {
 	for i := 0; i < m.NumLookups(); i++ {
 		if m.LookupBefore(i) {
 			as, res, ok := before.result(m.Rule, i)
@@ -251,24 +257,42 @@ func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match
 				// not sent (the before phase failed): the rule still emits
 				as, res = m.Lookup(i, ex).As, rules.LookupResult{Err: "before-lookup not run"}
 			}
-			h.noteLookup(m.Rule.Name, as, rules.LookupBefore, res)
+			h.noteLookup(m.Rule.Name, as, rules.LookupBefore, res, b)
 			ex.SetLookup(as, res)
 			continue
 		}
 		lk := m.Lookup(i, ex)
-		res := h.lookups.do(r, lk, deadline, h.MaxBody)
-		h.noteLookup(m.Rule.Name, lk.As, rules.LookupAfter, res)
+		if b.lookupsLeft <= 0 {
+			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
+			if !b.lookupCapped {
+				b.lookupCapped = true
+				h.logger.Warn("lookup not sent: the exchange has sent as many as one exchange may; events will list what is missing",
+					zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("max_exchange_lookups", rules.MaxExchangeLookups))
+			}
+			ex.SetLookup(lk.As, rules.LookupResult{Err: fmt.Sprintf("not sent: the exchange has sent %d lookups (rules.MaxExchangeLookups)", rules.MaxExchangeLookups)})
+			continue
+		}
+		b.lookupsLeft--
+		if b.deadline.IsZero() {
+			b.deadline = time.Now().Add(maxLookupTotal)
+		}
+		res := h.lookups.do(r, lk, b.deadline, h.MaxBody)
+		h.noteLookup(m.Rule.Name, lk.As, rules.LookupAfter, res, b)
 		ex.SetLookup(lk.As, res)
 	}
 }
 
 // noteLookup logs and counts a failed lookup of a matched rule. The log names
-// the rule, the lookup and the error or status, never a header value.
-func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult) {
+// the rule, the lookup and the error or status, never a header value; b, if
+// not nil, bounds the warnings of the exchange.
+func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult, b *exchangeBudget) {
 	if res.Err == "" && res.Status >= 200 && res.Status <= 299 {
 		return
 	}
 	h.metrics.lookupFailures.WithLabelValues(rule).Inc()
+	if b != nil && !b.warn() {
+		return
+	}
 	fields := []zap.Field{zap.String("rule", rule), zap.String("as", as), zap.String("when", when)}
 	if res.Err != "" {
 		fields = append(fields, zap.String("error", clip(res.Err, logErrorMax)))

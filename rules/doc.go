@@ -18,6 +18,10 @@
 //	}
 //	ex.Status, ex.ResponseBody = 204, body        // after the response
 //	for _, m := range set.Match(ex) {
+//		if m.IsBatch() {                          // a batch envelope: match each sub-exchange instead
+//			b, _ := m.Batch(ex)                   // (set.Match(sub) for sub in b.Subs, as below)
+//			...
+//		}
 //		for i := 0; i < m.NumLookups(); i++ {     // a before-lookup's kept answer, or GET
 //			ex.SetLookup(...)                     // m.Lookup(i, ex) upstream now; record it
 //		}

@@ -190,7 +190,8 @@ func (r *Rule) lookupDeps(e *emitSpec) []string {
 
 // requestHeader builds the headers a lookup is sent with: the caller's
 // Authorization and Cookie (for an after-lookup, the cookies as the client
-// holds them once the response's Set-Cookie lines are applied), then the
+// holds them once the response's Set-Cookie lines are applied — for a
+// sub-exchange of a batch, the envelope's response), then the
 // rule's lookup.header values, each replacing the header of its name. A
 // header whose template does not render (a placeholder resolved to nothing,
 // or the value is empty, too long or holds a control character) is left out
@@ -204,7 +205,9 @@ func (lk *lookupSpec) requestHeader(ex *Exchange, params []Param, missing *[]str
 	}
 	cookies := req.Values("Cookie")
 	if !lk.before {
-		cookies = lookupCookies(cookies, http.Header(ex.ResponseHeader).Values("Set-Cookie"), time.Now())
+		// a sub-exchange's client is the envelope's: its cookies are those
+		// the envelope's response set
+		cookies = lookupCookies(cookies, http.Header(ex.root().ResponseHeader).Values("Set-Cookie"), time.Now())
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = slices.Clone(cookies)
