@@ -271,3 +271,117 @@ func TestBatchAndEachThroughCaddy(t *testing.T) {
 		t.Fatalf("events of the PATCH\n got %s\nwant %s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// scimBeforeRules read the user a DELETE removes before the request is
+// forwarded (when: before), so user.deleted carries what was deleted, also
+// for the DELETE operations inside a /Bulk.
+const scimBeforeRules = `version: 1
+rules:
+  - name: scim-user-created
+    match: {method: POST, path: /scim/v2/Users, status: 201}
+    lookup: {get: "/scim/v2/Users/{response.body.id}", as: user}
+    emit: {type: user.created, subject: "{response.body.id}", data: {userName: "{user.body.userName}"}}
+  - name: scim-user-deleted
+    match: {method: DELETE, path: "/scim/v2/Users/{id}", status: 204}
+    lookup: {get: "/scim/v2/Users/{path.id}", as: old, when: before}
+    emit: {type: user.deleted, subject: "{path.id}", data: {id: "{path.id}", user: "{old.body}"}}
+  - name: scim-bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}", location: "{item.location}"}
+`
+
+// TestBatchBeforeLookupsThroughCaddy runs real Caddy, a private Redis and a
+// SCIM service: the DELETE operations of a /Bulk get their rule's
+// before-lookup, sent before the envelope is forwarded (the user is gone
+// after it), each answer going to its own operation; a bulk of 100 deletes
+// sends at most rules.MaxExchangeLookups of them, and the rest of its events
+// list what is missing.
+func TestBatchBeforeLookupsThroughCaddy(t *testing.T) {
+	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rulesFile, []byte(scimBeforeRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	svc := newSCIMService()
+	svc.users["u_1"], svc.users["u_2"], svc.users["u_3"] = "ann", "bob", "cy"
+	it := startTapCaddy(t, svc, map[string]any{"rules": []string{rulesFile}, "source": "scim"}, "")
+	send := func(body string) string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, it.base+"/scim/v2/Bulk", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/scim+json")
+		req.Header.Set("Authorization", "Bearer scim-token")
+		resp, err := it.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("bulk: %d %s", resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	bulk := send(`{"schemas":["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],"Operations":[
+	  {"method":"POST","path":"/Users","bulkId":"a","data":{"userName":"dee"}},
+	  {"method":"DELETE","path":"/Users/u_2"},
+	  {"method":"DELETE","path":"/Users/nobody"},
+	  {"method":"DELETE","path":"/Users/u_3"}
+	]}`)
+	if strings.Count(bulk, `"status":"204"`) != 2 || !strings.Contains(bulk, `"status":"404"`) {
+		t.Fatalf("the service answered the bulk with %s", bulk)
+	}
+	it.waitForEvents(3, 10*time.Second, func(rules.Event) bool { return true })
+	time.Sleep(300 * time.Millisecond) // anything that should not be there
+	var got []string
+	for _, ev := range it.pendingEvents() {
+		got = append(got, fmt.Sprintf("%s %s %s %v", ev.Type, ev.Subject, ev.Data, ev.Source.Missing))
+	}
+	slices.Sort(got)
+	want := []string{
+		`user.created u-1 {"userName":"dee"} []`,
+		`user.deleted u_2 {"id":"u_2","user":{"id":"u_2","userName":"bob"}} []`,
+		`user.deleted u_3 {"id":"u_3","user":{"id":"u_3","userName":"cy"}} []`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("events of the bulk\n got %s\nwant %s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// one before-lookup per DELETE (the refused one too: its status is not
+	// known when it is sent), one after-lookup for the create
+	if n := svc.lookups.Load(); n != 4 {
+		t.Errorf("the service answered %d lookups, want 4", n)
+	}
+
+	// 100 deletes: at most rules.MaxExchangeLookups before-lookups
+	svc.lookups.Store(0)
+	var ops []string
+	svc.mu.Lock()
+	for i := range 100 {
+		svc.users[fmt.Sprintf("m_%d", i)] = fmt.Sprintf("m%d", i)
+		ops = append(ops, fmt.Sprintf(`{"method":"DELETE","path":"/Users/m_%d"}`, i))
+	}
+	svc.mu.Unlock()
+	send(`{"Operations":[` + strings.Join(ops, ",") + `]}`)
+	evs := it.waitForEvents(103, 10*time.Second, func(rules.Event) bool { return true })
+	if n := svc.lookups.Load(); n != rules.MaxExchangeLookups {
+		t.Errorf("a bulk of 100 deletes sent %d before-lookups, want %d (rules.MaxExchangeLookups)", n, rules.MaxExchangeLookups)
+	}
+	complete, missing := 0, 0
+	for _, ev := range evs {
+		if ev.Type != "user.deleted" || !strings.HasPrefix(ev.Subject, "m_") {
+			continue
+		}
+		switch {
+		case len(ev.Source.Missing) == 0 && strings.Contains(string(ev.Data), `"userName":"m`):
+			complete++
+		case slices.Equal(ev.Source.Missing, []string{"old.body"}):
+			missing++
+		default:
+			t.Errorf("event %s %s", ev.Data, ev.Source.Missing)
+		}
+	}
+	if complete != rules.MaxExchangeLookups || missing != 100-rules.MaxExchangeLookups {
+		t.Errorf("%d events with the deleted user, %d listing it missing", complete, missing)
+	}
+}

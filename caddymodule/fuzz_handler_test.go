@@ -190,7 +190,8 @@ rules:
       dedupe: "{request.header.Idempotency-Key}"
   - name: scim-user-deleted
     match: {method: DELETE, path: "/scim/v2/Users/{id}"}
-    emit: {type: user.deleted, subject: "{path.id}"}
+    lookup: {get: "/lookup/{path.id}", as: old, when: before, timeout: 500ms, header: {X-Op: "{request.query.op}"}}
+    emit: {type: user.deleted, subject: "{path.id}", data: {old: "{old.body}"}}
   - name: scim-group-members
     match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
     emit:

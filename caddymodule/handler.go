@@ -495,7 +495,8 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 		h.uncoveredCandidate(plan, ex, cw, reqOver)
 		return
 	}
-	b := &exchangeBudget{lookupsLeft: rules.MaxExchangeLookups}
+	// the before-lookups sent ahead of the request count against the same bound
+	b := &exchangeBudget{lookupsLeft: rules.MaxExchangeLookups - before.lookupsSent()}
 	defer b.flush(h.logger)
 	covered := false // a rule other than a batch rule matched, or a sub-exchange did
 	for _, m := range matches {
@@ -575,7 +576,7 @@ func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchan
 	for _, sub := range bt.Subs {
 		for _, sm := range set.Match(sub) {
 			matched = true
-			h.emitMatch(r, sub, sm, b, nil, m.Rule.Name)
+			h.emitMatch(r, sub, sm, b, before.sub(m.Rule, sub.SubIndex()), m.Rule.Name)
 		}
 	}
 	return matched

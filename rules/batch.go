@@ -277,6 +277,71 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	return out, err
 }
 
+// BatchRequests splits the request side of a batch envelope that a batch
+// rule's request side matched (Set.MatchBefore), before it is forwarded:
+// one sub-exchange per sub-request that can be placed (a method and a url),
+// in order, each with the method, path, query, host, request headers and
+// body that Batch gives the sub-exchange of the same SubIndex after the
+// response, and no status or response yet. Match them with
+// Set.MatchBefore. At most MaxBatchOps sub-requests are read, as in Batch.
+func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
+	b := m.Rule.batch
+	if b == nil {
+		return nil, nil
+	}
+	reqs, total, reqSrc := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
+	var err error
+	if total > MaxBatchOps {
+		err = &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyOps, Count: total - MaxBatchOps,
+			Msg: fmt.Sprintf("the batch holds %d sub-requests; the %d past the first %d (rules.MaxBatchOps) are not matched", total, total-MaxBatchOps, MaxBatchOps)}
+	}
+	if len(reqs) == 0 {
+		return nil, err
+	}
+	base := ""
+	if b.base != nil {
+		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
+	}
+	var el elemCtx
+	prev := ex.elem
+	defer func() { ex.elem = prev }()
+	ex.elem = &el
+	reqHeader := subRequestHeader(ex.RequestHeader)
+	root := ex.root()
+	subs := make([]Exchange, 0, len(reqs))
+	out := make([]*Exchange, 0, len(reqs))
+	for i := range reqs {
+		el.set(reqs[i].raw, i, i, -1)
+		el.setMembers(reqs[i].members)
+		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
+		var rawURL string
+		if b.url.whole != nil {
+			rawURL = rawText(b.url, ex, m.Params)
+		} else {
+			rawURL = b.url.renderURL(ex, m.Params, nil)
+		}
+		path, query, ok := joinSubURL(base, rawURL)
+		if !ok || method == "" {
+			continue // nothing can match it
+		}
+		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, reqs[i].off)
+		subs = append(subs, Exchange{
+			Method: method, Host: ex.Host, Path: path, RawQuery: query,
+			RequestHeader: reqHeader, RequestBody: reqBody,
+			parent: root, subIndex: i,
+		})
+		sub := &subs[len(subs)-1]
+		if reqBody != nil {
+			sub.bodies[0] = parsedBody{done: true, ok: true, json: reqBody}
+		}
+		if len(ex.Lookups) > 0 {
+			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
+		}
+		out = append(out, sub)
+	}
+	return out, err
+}
+
 // jsonContentType is the Content-Type of a sub-exchange's JSON body, shared
 // by every sub-exchange: they only read it.
 var jsonContentType = []string{"application/json"}

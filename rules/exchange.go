@@ -58,6 +58,11 @@ func (ex *Exchange) root() *Exchange {
 // IsSub reports whether ex is a sub-exchange of a batch envelope (Match.Batch).
 func (ex *Exchange) IsSub() bool { return ex.parent != nil }
 
+// SubIndex is a sub-exchange's position among its envelope's sub-requests
+// (from 0), the same in Match.BatchRequests and Match.Batch; 0 for an
+// exchange of its own.
+func (ex *Exchange) SubIndex() int { return ex.subIndex }
+
 type parsedBody struct {
 	done bool
 	ok   bool

@@ -167,7 +167,8 @@ rules:
     emit: {type: user.created, subject: "{response.body.id}", data: {id: "{response.body.id}", loc: "{response.header.Location}", q: "{request.query.x}"}, dedupe: "{request.header.Idempotency-Key}"}
   - name: deleted
     match: {method: DELETE, path: ["/scim/v2/Users/{id}", "/v1/users/{id}"]}
-    emit: {type: user.deleted, subject: "{path.id}"}
+    lookup: {get: "/scim/v2/Users/{path.id}", as: old, when: before, header: {X-Q: "{request.query.x}"}}
+    emit: {type: user.deleted, subject: "{path.id}", data: {old: "{old.body}"}}
   - name: members
     match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
     emit:
@@ -239,7 +240,43 @@ func FuzzBatch(f *testing.F) {
 			RequestBody:    reqBody,
 			ResponseHeader: http.Header{"Content-Type": {"application/json"}},
 			ResponseBody:   respBody}
-		s.Plan("POST", path)
+		if need, _ := s.Plan("POST", path); !need.BeforeLookups && len(s.MatchBefore(ex)) > 0 {
+			t.Fatal("MatchBefore found work that Plan did not announce")
+		}
+		// the request side, split before forwarding, agrees with the split after the response
+		before := map[int]*Exchange{}
+		for _, m := range s.MatchBefore(ex) {
+			if !m.IsBatch() {
+				continue
+			}
+			subs, _ := m.BatchRequests(ex)
+			if len(subs) > MaxBatchOps {
+				t.Fatalf("%d sub-requests", len(subs))
+			}
+			for i, sub := range subs {
+				if i > 0 && sub.SubIndex() <= subs[i-1].SubIndex() {
+					t.Fatalf("sub-request positions out of order")
+				}
+				before[sub.SubIndex()] = sub
+				for _, sm := range s.MatchBefore(sub) {
+					if sm.IsBatch() {
+						t.Fatal("a batch rule matched a sub-request")
+					}
+					for j := 0; j < sm.NumLookups(); j++ {
+						if sm.LookupBefore(j) {
+							checkLookupRequest(t, sm.Lookup(j, sub), "")
+						}
+					}
+				}
+			}
+			bt, _ := m.Batch(ex)
+			for _, sub := range bt.Subs {
+				b, ok := before[sub.SubIndex()]
+				if !ok || b.Method != sub.Method || b.Path != sub.Path || b.RawQuery != sub.RawQuery || !bytes.Equal(b.RequestBody, sub.RequestBody) {
+					t.Fatalf("sub-exchange %d %s %s?%s has no like sub-request before forwarding (%v)", sub.SubIndex(), sub.Method, sub.Path, sub.RawQuery, b)
+				}
+			}
+		}
 		evs, errs := s.Evaluate(ex, EmitOptions{})
 		if len(evs) > MaxBatchOps+MaxEachItems {
 			t.Fatalf("%d events from one exchange", len(evs))

@@ -77,10 +77,12 @@ const (
 	// too_many_operations).
 	MaxBatchOps = 1000
 	// MaxExchangeLookups is how many lookups the handler sends for one
-	// exchange, all matching rules and all sub-exchanges of a batch together
+	// exchange, all matching rules and all sub-exchanges of a batch together,
+	// before-lookups (those of sub-requests included) and after-lookups
 	// (MaxLookups bounds one rule). A lookup past it is not sent: its
 	// placeholders are missing, as for a failed lookup. The time of all of
-	// them together is bounded too, by MaxLookupTimeout.
+	// them together is bounded too: the after-lookups' by MaxLookupTimeout,
+	// the before-lookups' by the handler's before_lookup_budget.
 	MaxExchangeLookups = 64
 	// MaxFuncNesting is how many placeholder functions may wrap one another
 	// in one placeholder: {match(last_segment(request.header.Location), "…")}

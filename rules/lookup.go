@@ -308,6 +308,12 @@ func lookupCookies(reqLines, setCookies []string, now time.Time) []string {
 // (Plan says so). Run each match's before-lookups in order (m.LookupBefore,
 // m.Lookup), keep the results, and hand them to the same rule's Match after
 // the response.
+//
+// When some rule has before-lookups, a batch rule whose method, path, host
+// and request conditions hold is returned too (m.IsBatch()): split its
+// request side with m.BatchRequests and call MatchBefore on each
+// sub-request, whose answers go to the sub-exchange of the same position
+// (Exchange.SubIndex) that m.Batch gives after the response.
 func (s *Set) MatchBefore(ex *Exchange) []*Match {
 	if s == nil || !s.anyBefore || ex.Path == "" || ex.Path[0] != '/' {
 		return nil
@@ -316,7 +322,11 @@ func (s *Set) MatchBefore(ex *Exchange) []*Match {
 	var out []*Match
 	for _, i := range s.candidates(ex.Method, ex.Path, buf[:0]) {
 		r := s.rules[i]
-		if !r.need.BeforeLookups {
+		if r.batch != nil {
+			if ex.parent != nil {
+				continue // batches never nest
+			}
+		} else if !r.need.BeforeLookups {
 			continue
 		}
 		if m, ok := r.matchRequest(ex); ok {

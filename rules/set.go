@@ -226,7 +226,8 @@ func (s *Set) Plan(method, path string) (Need, bool) {
 		// a dedupe key's id depends on the response body: capture it when
 		// it fits, though the rule does not need it to emit
 		need.ResponseBody = need.ResponseBody || r.need.ResponseBody || r.digestsResponse
-		need.BeforeLookups = need.BeforeLookups || r.need.BeforeLookups
+		// a batch's sub-requests may match any rule with a before-lookup
+		need.BeforeLookups = need.BeforeLookups || r.need.BeforeLookups || r.batch != nil && s.anyBefore
 	}
 	return need, len(cands) > 0
 }
