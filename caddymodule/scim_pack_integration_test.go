@@ -266,7 +266,8 @@ func (s *scimPackService) bulk(w http.ResponseWriter, r *http.Request) {
 // pack's header promises: a create (with the tenant of the host), a group
 // PATCH adding and removing members in its three forms, a user PATCH that
 // deactivates (previous from the before-lookup), a DELETE answered 204 with
-// the user read before it, and /Bulks: a partly failed one, one the service
+// the user read before it, and /Bulks: a partly failed one (its DELETE
+// carrying the user read before the Bulk was forwarded), one the service
 // stopped at failOnErrors, one refused as a whole.
 func TestSCIMPackThroughCaddy(t *testing.T) {
 	pack, err := examples.FS.ReadFile("scim.yaml")
@@ -386,6 +387,19 @@ func TestSCIMPackThroughCaddy(t *testing.T) {
 	send(http.MethodPatch, "/scim/v2/Users/"+id(1), `{"Operations":[{"op":"replace","path":"name[x","value":1}]}`, http.StatusBadRequest)
 	next(0)
 
+	// a PUT reactivating her: user.updated and user.reactivated; the three PUT
+	// rules' before-lookups of the same user are sent once
+	gets = svc.gets.Load()
+	replaced, _ := send(http.MethodPut, "/scim/v2/Users/"+id(1), `{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],
+	  "userName":"bjensen@acme.test","displayName":"Babs Jensen","active":true}`, http.StatusOK)
+	check("the PUT", next(2), []string{
+		"scim-user-replaced user.updated " + id(1) + " acme " + replaced + ` {"active":false} []`,
+		"scim-user-reactivated-by-replace user.reactivated " + id(1) + " acme " + replaced + ` {"active":false} []`,
+	})
+	if n := svc.gets.Load() - gets; n != 1 {
+		t.Errorf("the PUT sent %d before-lookups, want 1", n)
+	}
+
 	// a DELETE answered 204: user.deleted carries Carol as she was
 	send(http.MethodDelete, "/scim/v2/Users/"+id(2), "", http.StatusNoContent)
 	check("the DELETE", next(1), []string{"scim-user-deleted user.deleted " + id(2) + " acme " + carol + "  []"})
@@ -395,6 +409,11 @@ func TestSCIMPackThroughCaddy(t *testing.T) {
 	// a /Bulk, partly failed: a create answered with its location only (the
 	// pack reads the user with an after-lookup), a duplicate (409), a member
 	// removed, a delete.
+	// the user the DELETE inside the Bulk removes, as she is before it
+	svc.mu.Lock()
+	before, _ := json.Marshal(svc.users[id(1)])
+	svc.mu.Unlock()
+	gets = svc.gets.Load()
 	bulk, _ := send(http.MethodPost, "/scim/v2/Bulk", `{"schemas":["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],"failOnErrors":2,"Operations":[
 	  {"method":"POST","path":"/Users","bulkId":"qwerty","data":{"userName":"dave@acme.test","displayName":"Dave"}},
 	  {"method":"POST","path":"/Users","bulkId":"ytrewq","data":{"userName":"bjensen@acme.test"}},
@@ -407,15 +426,15 @@ func TestSCIMPackThroughCaddy(t *testing.T) {
 	svc.mu.Lock()
 	dave, _ := json.Marshal(svc.users[id(4)])
 	svc.mu.Unlock()
-	// The DELETE inside the Bulk: on main the handler runs no before-lookup
-	// for a sub-exchange, so user.deleted goes out without the user, listing
-	// old.body as missing (the inline test's canned lookup shows the event a
-	// before-lookup would give).
+	// the DELETE inside the Bulk got its before-lookup: user.deleted carries her
 	check("the bulk", next(3), []string{
 		"scim-user-created-location-only user.created " + id(4) + " acme " + string(dave) + "  []",
 		fmt.Sprintf(`scim-group-patched group.member_removed %s acme {"group":%q,"member":%q}  []`, id(3), id(3), id(1)),
-		"scim-user-deleted user.deleted " + id(1) + " acme null  [old.body]",
+		"scim-user-deleted user.deleted " + id(1) + " acme " + string(before) + "  []",
 	})
+	if n := svc.gets.Load() - gets; n != 2 {
+		t.Errorf("the bulk sent %d lookups, want 2 (the user deleted, before; the user created, after)", n)
+	}
 
 	// a /Bulk the service stopped at failOnErrors: nothing after the error was
 	// applied, and nothing is emitted
