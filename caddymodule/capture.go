@@ -11,7 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/admin"
 )
 
 // How a captureWriter passes the response on, decided when the final status
@@ -54,7 +54,7 @@ type captureWriter struct {
 	own       bool // authtap_admin answered: not counted by coverage (markOwnTraffic)
 	// sampleTee: coverage samples this exchange should no rule match it, so
 	// a 2xx response that no rule wants is teed (its first
-	// worker.MaxSampleBody bytes copied) instead of passed untouched.
+	// admin.MaxSampleBody bytes copied) instead of passed untouched.
 	sampleTee bool
 }
 
@@ -88,7 +88,7 @@ func (cw *captureWriter) WriteHeader(code int) {
 	case cw.sampleTee && code >= 200 && code <= 299 && !cw.tunnel && !isStreaming(h) && cw.wants != nil && !cw.wants(code):
 		// no rule wants it: streamed, with a copy of its start for a sample
 		cw.mode = modeTee
-		cw.max = worker.MaxSampleBody
+		cw.max = admin.MaxSampleBody
 		cw.buf = getBuf()
 	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h) || (cw.wants != nil && !cw.wants(code)):
 		cw.mode = modePass

@@ -21,8 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
 func init() {
@@ -218,7 +218,7 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 		if err := unmatchedMetrics.registerIn(ctx.GetMetricsRegistry()); err != nil {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
-		h.covKeep = worker.DefaultUnmatchedSamples
+		h.covKeep = admin.DefaultUnmatchedSamples
 		if h.Coverage != nil && h.Coverage.Samples != 0 {
 			h.covKeep = int32(max(0, h.Coverage.Samples))
 		}
@@ -263,8 +263,8 @@ func (h *Handler) Validate() error {
 	if b := time.Duration(h.BeforeLookupBudget); b < 0 || b > MaxBeforeLookupBudget {
 		return fmt.Errorf("before_lookup_budget: want a duration from 1ms to %s, got %s", MaxBeforeLookupBudget, b)
 	}
-	if h.Coverage != nil && h.Coverage.Samples > worker.MaxUnmatchedSamples {
-		return fmt.Errorf("coverage: samples: want at most %d, got %d", worker.MaxUnmatchedSamples, h.Coverage.Samples)
+	if h.Coverage != nil && h.Coverage.Samples > admin.MaxUnmatchedSamples {
+		return fmt.Errorf("coverage: samples: want at most %d, got %d", admin.MaxUnmatchedSamples, h.Coverage.Samples)
 	}
 	if h.LookupUpstream != "" {
 		u, err := url.Parse(h.LookupUpstream)
@@ -350,7 +350,7 @@ func (h *Handler) serveUncovered(w http.ResponseWriter, r *http.Request, next ca
 
 // serveSampled is serveUncovered for a shape that still needs samples (or
 // was not seen yet): the request body is read ahead up to
-// worker.MaxSampleBody and the response's first bytes are copied as they
+// admin.MaxSampleBody and the response's first bytes are copied as they
 // stream by; the redacted sample is written by the coverage goroutine.
 func (h *Handler) serveSampled(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key []byte, e *shapeEntry) error {
 	var ps *pendingSample
@@ -619,7 +619,7 @@ func batchField(batch string) zap.Field {
 
 // planCoverage decides, before a candidate mutation is forwarded, whether
 // it is sampled should no rule match it; a sample then needs the request
-// body, read ahead up to worker.MaxSampleBody when no rule reads it. It
+// body, read ahead up to admin.MaxSampleBody when no rule reads it. It
 // returns nil for anything but a mutation, or with coverage off.
 func (h *Handler) planCoverage(r *http.Request, need rules.Need) *covPlan {
 	if h.cov == nil || !isMutation(r.Method) {
@@ -652,7 +652,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 	}
 	ps.entry, ps.keep, ps.at = e, int(h.covKeep), time.Now()
 	if ps.reqBody == nil && ps.reqNote == "" && ex.RequestBody != nil { // a rule read it
-		if len(ex.RequestBody) > worker.MaxSampleBody {
+		if len(ex.RequestBody) > admin.MaxSampleBody {
 			ps.reqNote = noteTooLarge
 		} else {
 			ps.reqBody = ex.RequestBody // not pooled (captureRequest)
@@ -664,7 +664,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 	ps.respHeader = ex.ResponseHeader.Clone()
 	switch raw, complete := cw.body(); {
 	case ex.ResponseBody != nil:
-		if len(ex.ResponseBody) > worker.MaxSampleBody {
+		if len(ex.ResponseBody) > admin.MaxSampleBody {
 			ps.respNote = noteTooLarge
 		} else {
 			ps.respBody, ps.respDecoded = bytes.Clone(ex.ResponseBody), true
@@ -673,7 +673,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 		ps.respNote = "streamed through: not kept"
 	case !complete:
 		ps.respNote = noteTooLarge
-	case len(raw) > worker.MaxSampleBody:
+	case len(raw) > admin.MaxSampleBody:
 		ps.respNote = noteTooLarge
 	default:
 		ps.respBody = bytes.Clone(raw)
