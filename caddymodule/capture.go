@@ -260,3 +260,27 @@ var (
 	_ http.Hijacker       = (*captureWriter)(nil)
 	_ io.ReaderFrom       = (*captureWriter)(nil)
 )
+
+// readAhead reads the request body ahead, up to limit+1 bytes (so that a
+// larger body shows), and puts a reader back that yields exactly the bytes
+// (and the error) the original would have. A declared length is trusted for
+// the buffer's size only as far as DefaultMaxBody. The buffer is not pooled:
+// the proxy transport may still read the replayed body from its own
+// goroutine after the handler chain has returned.
+func readAhead(r *http.Request, limit int64) (*bytes.Buffer, error) {
+	buf := new(bytes.Buffer)
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength+1, DefaultMaxBody)))
+	}
+	_, err := io.CopyN(buf, r.Body, limit+1)
+	rest := io.Reader(r.Body)
+	switch {
+	case err == io.EOF:
+		err = nil
+	case err != nil:
+		// hand the same error on to whoever reads the body next
+		rest = errReader{err}
+	}
+	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	return buf, err
+}

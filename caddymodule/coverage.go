@@ -578,11 +578,9 @@ func cutText(s string, max int) string {
 	return s[:cut]
 }
 
-// captureSampleBody reads the request body ahead, up to admin.MaxSampleBody,
-// and puts a reader back that yields exactly the bytes (and the error) the
-// original would have. A body declared or found larger is not kept (its
-// note says so). The buffer is not pooled: the proxy transport may still
-// read the replayed body after the handler chain has returned.
+// captureSampleBody reads the request body ahead (readAhead), up to
+// admin.MaxSampleBody. A body declared or found larger is not kept (its note
+// says so).
 func captureSampleBody(r *http.Request) (body []byte, note string) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, ""
@@ -590,19 +588,7 @@ func captureSampleBody(r *http.Request) (body []byte, note string) {
 	if r.ContentLength > admin.MaxSampleBody {
 		return nil, noteTooLarge
 	}
-	buf := new(bytes.Buffer)
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength) + 1)
-	}
-	_, err := io.CopyN(buf, r.Body, admin.MaxSampleBody+1)
-	rest := io.Reader(r.Body)
-	switch {
-	case err == io.EOF:
-		err = nil
-	case err != nil:
-		rest = errReader{err}
-	}
-	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	buf, err := readAhead(r, admin.MaxSampleBody)
 	switch {
 	case err != nil:
 		return nil, "could not be read: not kept"

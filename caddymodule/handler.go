@@ -699,13 +699,9 @@ func (h *Handler) enqueue(ctx context.Context, ev rules.Event, batch string) {
 	}
 }
 
-// captureRequest buffers the request body up to MaxBody and puts a reader
-// back that yields exactly the bytes (and the error) the original would have.
-// over reports a body larger than MaxBody (or one that failed to read); such
-// a body is not returned.
-//
-// The buffer is not pooled: the proxy transport may still read the replayed
-// body from its own goroutine after the handler chain has returned.
+// captureRequest buffers the request body up to MaxBody (readAhead). over
+// reports a body larger than MaxBody (or one that failed to read); such a
+// body is not returned.
 func (h *Handler) captureRequest(r *http.Request) (body []byte, over bool) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, false
@@ -715,21 +711,7 @@ func (h *Handler) captureRequest(r *http.Request) (body []byte, over bool) {
 		h.metrics.tooLarge.WithLabelValues("request").Inc()
 		return nil, true
 	}
-	buf := new(bytes.Buffer)
-	if r.ContentLength > 0 {
-		// trust the declared length only as far as the default limit
-		buf.Grow(int(min(r.ContentLength+1, DefaultMaxBody)))
-	}
-	_, err := io.CopyN(buf, r.Body, h.MaxBody+1)
-	rest := io.Reader(r.Body)
-	switch {
-	case err == io.EOF:
-		err = nil
-	case err != nil:
-		// hand the same error on to whoever reads the body next
-		rest = errReader{err}
-	}
-	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	buf, err := readAhead(r, h.MaxBody)
 	if err != nil || int64(buf.Len()) > h.MaxBody {
 		if err == nil {
 			h.metrics.tooLarge.WithLabelValues("request").Inc()
