@@ -99,7 +99,7 @@ func TestBatchSCIMBulk(t *testing.T) {
 	}
 	sub := b.Subs[0]
 	if sub.Host != "scim.example.com" || sub.RequestHeader.Get("Authorization") != "Bearer t0k" ||
-		sub.ResponseHeader.Get("Content-Type") != "application/json" || sub.ResponseHeader.Get("Location") == "" || sub.Status != 201 || !sub.IsSub() {
+		sub.ResponseHeaders().Get("Content-Type") != "application/json" || sub.ResponseHeaders().Get("Location") == "" || sub.Status != 201 || !sub.IsSub() {
 		t.Errorf("sub-exchange: %+v", sub)
 	}
 }

@@ -269,7 +269,7 @@ func BenchmarkBatch50Baseline(b *testing.B) {
 		for j, sub := range subs {
 			// a fresh exchange, as the handler builds for every request
 			exs[j] = Exchange{Method: sub.Method, Host: sub.Host, Path: sub.Path, Status: sub.Status,
-				RequestHeader: sub.RequestHeader, RequestBody: sub.RequestBody, ResponseHeader: sub.ResponseHeader, ResponseBody: sub.ResponseBody}
+				RequestHeader: sub.RequestHeader, RequestBody: sub.RequestBody, ResponseHeader: sub.ResponseHeaders(), ResponseBody: sub.ResponseBody}
 			n += matchAndRender(s, &exs[j])
 		}
 		if n != 55 {
