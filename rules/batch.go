@@ -573,6 +573,14 @@ var jsonContentType = []string{"application/json"}
 // rawText renders a template as text without redaction (the values go into
 // the sub-exchange as the client sent them; rules redact what they emit).
 func rawText(t *tmpl, ex *Exchange, params []Param) string {
+	if raw, found, known := itemRaw(t, ex); known {
+		if !found {
+			return ""
+		}
+		if plainString(raw) {
+			return raw[1 : len(raw)-1] // what gjson's Str is
+		}
+	}
 	if r, ok := itemResult(t, ex); ok {
 		if r.Type == gjson.Null {
 			return ""
@@ -583,6 +591,24 @@ func rawText(t *tmpl, ex *Exchange, params []Param) string {
 		return t.whole.resolve(ex, params).String()
 	}
 	return t.renderText(ex, params, nil)
+}
+
+// itemRaw reads a template that is one {item.<key>} placeholder of a plain
+// key straight from the element's members: the member's raw JSON value, if
+// found. known is false for any other template, or when the members kept
+// cannot tell (use itemResult then).
+func itemRaw(t *tmpl, ex *Exchange) (raw string, found, known bool) {
+	if t == nil || t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || ex.elem == nil || !plainKey(t.whole.gpath) {
+		return "", false, false
+	}
+	raw, _, found, known = ex.elem.member(t.whole.gpath)
+	return raw, found, known
+}
+
+// plainString reports whether raw is a JSON string without escapes: its
+// text is raw without the quotes.
+func plainString(raw string) bool {
+	return len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && strings.IndexByte(raw, '\\') < 0
 }
 
 // itemResult reads a template that is one {item.<key>} placeholder
@@ -612,6 +638,18 @@ func bodyOf(ph *placeholder, ex *Exchange) ([]byte, bool) {
 func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte {
 	if t == nil || t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || src == nil || ex.elem == nil {
 		return wholeJSON(t, ex, params)
+	}
+	if plainKey(t.whole.gpath) {
+		raw, start, found, known := ex.elem.member(t.whole.gpath)
+		switch {
+		case known && !found:
+			return nil
+		case found && raw == "null":
+			return nil
+		case found && start > 0 && off+start+len(raw) <= len(src) && string(src[off+start:off+start+len(raw)]) == raw:
+			end := off + start + len(raw)
+			return src[off+start : end : end]
+		}
 	}
 	var r gjson.Result
 	if t.whole.gpath == "" {
@@ -648,40 +686,55 @@ func wholeJSON(t *tmpl, ex *Exchange, params []Param) []byte {
 	return nil
 }
 
+// statusText is the text of a sub-response status: a JSON number as
+// written, a JSON string's text, or the template rendered; ok is false for
+// anything else (missing, an object, true).
+func statusText(t *tmpl, ex *Exchange, params []Param) (string, bool) {
+	raw, found, known := itemRaw(t, ex)
+	switch {
+	case !known:
+	case !found:
+		return "", false
+	case plainString(raw):
+		return raw[1 : len(raw)-1], true
+	case raw != "" && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9'):
+		return raw, true // a number: gjson's Raw
+	case raw != "" && raw[0] != '"':
+		return "", false // true, false, null, an object or a list
+	}
+	if r, ok := itemResult(t, ex); ok {
+		return resultStatus(r)
+	}
+	if t.whole != nil {
+		v := t.whole.resolve(ex, params)
+		switch {
+		case !v.found:
+			return "", false
+		case v.isJSON:
+			return resultStatus(gjson.Parse(v.raw))
+		}
+		return v.text, true
+	}
+	return t.renderText(ex, params, nil), true
+}
+
+func resultStatus(r gjson.Result) (string, bool) {
+	switch r.Type {
+	case gjson.Number:
+		return r.Raw, true
+	case gjson.String:
+		return r.Str, true
+	}
+	return "", false
+}
+
 // subStatus reads a sub-response status: a JSON number, or text such as
 // "201" (SCIM writes statuses as strings) or "201 Created". Anything else
 // ("2O1", 201.5, 42) is 0, which no status spec accepts.
 func subStatus(t *tmpl, ex *Exchange, params []Param) int {
-	var s string
-	if r, ok := itemResult(t, ex); ok {
-		switch r.Type {
-		case gjson.Number:
-			s = r.Raw
-		case gjson.String:
-			s = r.Str
-		default:
-			return 0
-		}
-	} else if t.whole != nil {
-		v := t.whole.resolve(ex, params)
-		if !v.found {
-			return 0
-		}
-		if v.isJSON {
-			r := gjson.Parse(v.raw)
-			switch r.Type {
-			case gjson.Number:
-				s = r.Raw
-			case gjson.String:
-				s = r.Str
-			default:
-				return 0
-			}
-		} else {
-			s = v.text
-		}
-	} else {
-		s = t.renderText(ex, params, nil)
+	s, ok := statusText(t, ex, params)
+	if !ok {
+		return 0
 	}
 	s = strings.TrimSpace(s)
 	if len(s) > 3 && s[3] == ' ' {
