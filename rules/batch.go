@@ -247,20 +247,22 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		if b.location != nil {
 			if l := rawText(b.location, ex, m.Params); l != "" {
 				if locs == nil {
+					// room for as many as are left, about as long as the first
 					locs = make([]string, 0, len(rs.subs)-i)
+					arena.grow((len(rs.subs) - i) * (len(l) + 8))
 				}
 				locs = append(locs, arena.str(l, ""))
 				loc = locs[len(locs)-1 : len(locs) : len(locs)]
 			}
 		}
-		subs = append(subs, Exchange{
-			Method: sr.method, Host: ex.Host, Path: sr.path, RawQuery: sr.query,
-			RequestHeader: reqHeader, RequestBody: sr.body,
-			Status: status, ResponseBody: respBody,
-			parent: root, subIndex: sr.index,
-			synthResp: true, subLoc: loc,
-		})
+		// filled in place: copying a whole Exchange in costs write barriers for every pointer in it
+		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
+		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
+		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+		sub.Status, sub.ResponseBody = status, respBody
+		sub.parent, sub.subIndex = root, sr.index
+		sub.synthResp, sub.subLoc = true, loc
 		// the bodies are JSON values cut from a valid body: no need to check them again
 		if sr.body != nil {
 			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
@@ -322,12 +324,11 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 		if !sr.placed {
 			continue // nothing can match it
 		}
-		subs = append(subs, Exchange{
-			Method: sr.method, Host: ex.Host, Path: sr.path, RawQuery: sr.query,
-			RequestHeader: reqHeader, RequestBody: sr.body,
-			parent: root, subIndex: sr.index,
-		})
+		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
+		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
+		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+		sub.parent, sub.subIndex = root, sr.index
 		if sr.body != nil {
 			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
 		}
