@@ -10,8 +10,16 @@ import (
 // benchRules builds 500 rules over 100 resources, five routes each, with
 // conditions and extraction, the shape of a large real rule pack.
 func benchRules(tb testing.TB) *Set {
+	s := mustSet(tb, "version: 1\nrules:\n"+benchRulesText())
+	if len(s.Rules()) != 500 {
+		tb.Fatalf("want 500 rules, got %d", len(s.Rules()))
+	}
+	return s
+}
+
+// benchRulesText is the rules: list of benchRules.
+func benchRulesText() string {
 	var b strings.Builder
-	b.WriteString("version: 1\nrules:\n")
 	for i := 0; i < 100; i++ {
 		fmt.Fprintf(&b, `  - name: res%[1]d-created
     match: {method: POST, path: /api/res%[1]d, status: [200, 201], response: {body: {"item.id": exists}}}
@@ -30,11 +38,7 @@ func benchRules(tb testing.TB) *Set {
     emit: {type: res%[1]d.file_uploaded, subject: "{path.id}", data: {path: "{path.path}"}}
 `, i)
 	}
-	s := mustSet(tb, b.String())
-	if len(s.Rules()) != 500 {
-		tb.Fatalf("want 500 rules, got %d", len(s.Rules()))
-	}
-	return s
+	return b.String()
 }
 
 // BenchmarkNoMatch500 is the hot path for traffic no rule cares about: the
