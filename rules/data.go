@@ -94,11 +94,9 @@ type renderCtx struct {
 	missing *[]string
 	policy  *sanitizer
 	notes   truncNotes // where data was cut at MaxDataDepth
-	cp      copier     // reused by every JSON value of the event
-	// first buffers of the copier, inside the context so that a small
-	// event's copy allocates nothing more
-	pathBuf  [96]byte
-	frameBuf [6]frame
+	// scratch is the copiers' buffer for unescaped strings and normalized
+	// keys, reused by every JSON value of the event
+	scratch []byte
 }
 
 // render appends the JSON of the data template. path is the dotted key path
