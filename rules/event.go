@@ -237,8 +237,10 @@ func NewEventID(t time.Time) string {
 	ms := uint64(t.UnixMilli())
 	binary.BigEndian.PutUint64(b[:8], ms<<16)
 	g := idRand.Get().(*mrand.ChaCha8)
-	_, _ = g.Read(b[6:])
+	r1, r2 := g.Uint64(), g.Uint64()
 	idRand.Put(g)
+	b[6], b[7] = byte(r1>>8), byte(r1)
+	binary.BigEndian.PutUint64(b[8:], r2)
 	return eventID(b)
 }
 
