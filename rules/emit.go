@@ -192,7 +192,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 				}
 			}
 		}
-		ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
+		ev.Data = e.renderData(rc)
 		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 			e.dataSize.Store(n)
 		}

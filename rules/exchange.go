@@ -43,15 +43,17 @@ type parsedBody struct {
 	json []byte
 	// str is json as a string, converted once (see text)
 	str string
+	// memoPath and memo are the last path result found and what it found:
+	// a subject and a data field, or a condition and a subject, often read
+	// the same value.
+	memoPath string
+	memo     gjson.Result
+	memoOK   bool
 }
 
-// maxBodyText is the largest body JSON that placeholders and conditions read
-// through one string copy of the whole body (parsedBody.text); gjson then
-// finds each value in it without copying the value out. A larger body is
-// read with gjson.GetBytes, which copies only each value found.
-const maxBodyText = 64 << 10
-
-// text returns the body JSON as a string, converted on the first call.
+// text returns the body JSON as a string, converted on the first call: a
+// placeholder that reads the whole body, or a lookup's body (SetLookup),
+// copies it once, not at every read.
 func (pb *parsedBody) text() string {
 	if pb.str == "" && len(pb.json) > 0 {
 		pb.str = string(pb.json)
@@ -68,12 +70,22 @@ func (pb *parsedBody) get(path string) value {
 	return jsonResult(pb.result(path))
 }
 
-// result returns the gjson result at path in the body JSON.
+// result returns the gjson result at path in the body JSON: found in the
+// body's string when there is one (no copy at all), else with
+// gjson.GetBytes, which copies only the value found (a few values read from
+// a large body cost far less than a copy of it).
 func (pb *parsedBody) result(path string) gjson.Result {
-	if len(pb.json) > maxBodyText {
-		return gjson.GetBytes(pb.json, path)
+	if pb.memoOK && pb.memoPath == path {
+		return pb.memo
 	}
-	return gjson.Get(pb.text(), path)
+	var r gjson.Result
+	if pb.str != "" {
+		r = gjson.Get(pb.str, path)
+	} else {
+		r = gjson.GetBytes(pb.json, path)
+	}
+	pb.memoPath, pb.memo, pb.memoOK = path, r, true
+	return r
 }
 
 // LookupResult is the upstream's answer to a rule's lookup.
@@ -97,9 +109,7 @@ func (ex *Exchange) SetLookup(as string, r LookupResult) {
 	if ex.Lookups == nil {
 		ex.Lookups = map[string]LookupResult{}
 	}
-	if len(r.Body) <= maxBodyText {
-		r.body().text() // once here, not at every placeholder that reads it
-	}
+	r.body().text() // once here, not at every placeholder that reads it
 	ex.Lookups[as] = r
 }
 
