@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -615,5 +616,52 @@ func BenchmarkUncoveredMutationBaseline(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = next.ServeHTTP(w, req)
+	}
+}
+
+// A batch envelope is covered when one of its sub-exchanges matched a rule;
+// one whose sub-exchanges match nothing is a successful mutation no rule
+// covered, counted (and sampled) under the envelope's own route shape.
+func TestCoverageBatchEnvelope(t *testing.T) {
+	resetUnmatchedMetrics()
+	e := newCoverageHandler(t, `version: 1
+rules:
+  - name: scim-user-deleted
+    match: {method: DELETE, path: "/scim/v2/Users/{id}", status: 204}
+    emit: {type: user.deleted, subject: "{path.id}"}
+  - name: scim-bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}"}
+`, nil)
+	hdr := http.Header{"Content-Type": {"application/scim+json"}}
+	// a delete: covered
+	e.send("POST", "/scim/v2/Bulk", `{"Operations":[{"method":"DELETE","path":"/Users/u_1"}]}`, hdr,
+		answer(200, `{"Operations":[{"status":"204"}]}`))
+	// a group change no rule covers: the envelope is uncovered
+	e.send("POST", "/scim/v2/Bulk", `{"Operations":[{"method":"PATCH","path":"/Groups/g_1","data":{}}]}`, hdr,
+		answer(200, `{"Operations":[{"status":"200"}]}`))
+	// the delete failed: nothing applied, nothing matched, yet the envelope succeeded
+	e.send("POST", "/scim/v2/Bulk", `{"Operations":[{"method":"DELETE","path":"/Users/u_2"}]}`, hdr,
+		answer(200, `{"Operations":[{"status":"404"}]}`))
+	// the whole batch failed: not a successful mutation
+	e.send("POST", "/scim/v2/Bulk", `{"Operations":[{"method":"PATCH","path":"/Groups/g_1","data":{}}]}`, hdr,
+		answer(400, `{"Operations":[]}`))
+	if n := unmatchedCount("POST", "/scim/v2/Bulk"); n != 2 {
+		t.Errorf("POST /scim/v2/Bulk counted %v times, want 2", n)
+	}
+	if evs := e.q.types(); len(evs) != 1 || evs[0] != "user.deleted" {
+		t.Errorf("events = %v", evs)
+	}
+	s := e.waitSamples(t, "POST /scim/v2/Bulk", 2)
+	var bodies []string
+	for _, sm := range s {
+		bodies = append(bodies, string(sm.Request.Body))
+	}
+	slices.Sort(bodies)
+	if len(bodies) != 2 || !strings.Contains(bodies[0], "/Users/u_2") || !strings.Contains(bodies[1], "/Groups/g_1") {
+		t.Errorf("samples of the envelope = %q", bodies)
 	}
 }

@@ -209,6 +209,46 @@ var fuzzSeeds = []fuzzSeed{
 		ctl:      fuzzCtl{method: 2, status: st200, maxBody: 2, lookupBody: 3, respAmpN1: 0x27, respAmpN2: 0x10},
 		respBody: `{"id":"x"}`},
 
+	// ---- batch envelopes and each ----------------------------------------------------
+	{name: "scim-bulk", pack: "hostile-batch.yaml", rule: "scim-bulk",
+		ctl:    fuzzCtl{status: st200, maxBody: 2},
+		reqHdr: seedJSON + seedSession + "Idempotency-Key: bulk-1\n",
+		reqBody: `{"Operations":[{"method":"POST","path":"/Users","bulkId":"a","data":{"userName":"ada","password":"p"}},` +
+			`{"method":"DELETE","path":"/Users/u_9"},{"method":"POST","path":"/Users","data":{}},` +
+			`{"method":"PATCH","path":"/Groups/g_1","data":{"Operations":[{"op":"add","path":"members","value":[{"value":"u_1"},{"value":"u_2"}]},{"op":"remove","path":"members[value eq \"u_3\"]"}]}}]}`,
+		respHdr: seedJSON,
+		respBody: `{"Operations":[{"status":"201","location":"https://x.test/scim/v2/Users/u_1","response":{"id":"u_1"}},{"status":"204"},` +
+			`{"status":"2O1","response":{"id":"nope"}},{"status":200}]}`},
+	{name: "scim-bulk-mismatched", pack: "hostile-batch.yaml", rule: "scim-bulk",
+		ctl:      fuzzCtl{status: st200, maxBody: 1},
+		reqBody:  `{"Operations":[{"method":"DELETE","path":"/Users/1"},{"method":"DELETE","path":"/Users/2"},{"method":"DELETE","path":"http://h/scim/v2/Users/3?x#f"}]}`,
+		respBody: `{"Operations":[{"status":"204"}]}`},
+	{name: "scim-bulk-deep", pack: "hostile-batch.yaml", rule: "scim-bulk",
+		ctl:      fuzzCtl{status: st200, maxBody: 2, reqAmp: fuzzAmpNestArrays, reqAmpN1: 0xc3, reqAmpN2: 0x50},
+		reqBody:  `{"Operations":[{"method":"POST","path":"/Users","data":1}]}`,
+		respBody: `{"Operations":[{"status":"201","response":{"id":"u"}}]}`},
+	{name: "json-batch-by-id", pack: "hostile-batch.yaml", rule: "json-batch", params: "$batch",
+		ctl:      fuzzCtl{status: st200, maxBody: 1},
+		reqBody:  `{"requests":[{"id":"1","method":"POST","url":"/scim/v2/Users?x=1","body":{"a":1}},{"id":"1","method":"DELETE","url":"/scim/v2/Users/7"},{"id":{"o":1},"method":["x"],"url":7}]}`,
+		respBody: `{"responses":[{"id":"1","status":201,"body":{"id":"u_5"}},{"id":"2","status":"204"}]}`},
+	{name: "list-batch-many", pack: "hostile-batch.yaml", rule: "list-batch",
+		ctl:      fuzzCtl{status: st200, maxBody: 2, reqAmp: fuzzAmpDuplicateKeys, reqAmpN1: 0x13, reqAmpN2: 0x88},
+		reqBody:  `{"requests":[{"method":"POST","url":"/each/x","body":{"list":[{"id":1},{"id":2}]}}]}`,
+		respBody: `[{"status":200},{"status":200}]`},
+	{name: "list-batch-each", pack: "hostile-batch.yaml", rule: "list-batch",
+		ctl:      fuzzCtl{status: st200, maxBody: 1},
+		reqHdr:   seedJSON + "Idempotency-Key: k\n",
+		reqBody:  `{"requests":[{"method":"PUT","url":"/each/a","body":{"list":[{"id":1},{"id":1}]}},{"method":"POST","url":"/scim/v2/Users","body":{"n":1}}]}`,
+		respBody: `[{"status":200},{"status":"201","body":{"id":"u_7","password":"p"}}]`},
+	{name: "each-list", pack: "hostile-batch.yaml", rule: "each-any", params: "y",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 1},
+		reqHdr:  seedJSON,
+		reqBody: `{"list":[{"id":"a","token":"t"},{"id":"a"},1,null,[],"s"]}`},
+	{name: "each-huge-list", pack: "hostile-batch.yaml", rule: "each-any", params: "x",
+		ctl:     fuzzCtl{method: 1, status: st201, maxBody: 2, reqAmp: fuzzAmpManyKeys, reqAmpN1: 0xc3, reqAmpN2: 0x50},
+		reqHdr:  seedJSON + "Idempotency-Key: k\n",
+		reqBody: `{"list":[{"id":"a"},{"id":"a"},1,null,[],"s"]}`},
+
 	// ---- before-lookups and lookup headers ------------------------------------------------
 	{name: "before-lookup-chain", pack: "hostile.yaml", rule: "catch-all-before", params: "m_1?q=1",
 		ctl:    fuzzCtl{method: 3, status: st204, maxBody: 1, lookupBody: 0},
@@ -272,14 +312,16 @@ func TestWriteFuzzHandlerSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	packs = append(packs, "hostile.yaml")
+	packs = append(packs, "hostile.yaml", "hostile-batch.yaml")
 	ruleIndex := func(pack, rule string) (byte, byte) {
 		for pi, name := range packs {
 			if name != pack {
 				continue
 			}
 			text := []byte(fuzzHostilePack)
-			if name != "hostile.yaml" {
+			if name == "hostile-batch.yaml" {
+				text = []byte(fuzzBatchPack)
+			} else if name != "hostile.yaml" {
 				if text, err = examples.FS.ReadFile(name); err != nil {
 					t.Fatal(err)
 				}

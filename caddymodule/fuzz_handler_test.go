@@ -174,6 +174,64 @@ rules:
         form: "{request.body.email}"
 `
 
+// fuzzBatchPack is a rule file of batch envelopes and emits with each:
+// SCIM /Bulk with string statuses, a $batch paired by id, a list of answers,
+// sub-exchange rules with lookups (the exchange's lookup budget) and each
+// (where, captures, then), and a catch-all each over any request list.
+const fuzzBatchPack = `version: 1
+rules:
+  - name: scim-user-created
+    match: {method: POST, path: /scim/v2/Users, status: 2xx}
+    lookup: {get: "/lookup/{response.body.id}", as: user, timeout: 500ms}
+    emit:
+      type: user.created
+      subject: "{response.body.id}"
+      data: {id: "{response.body.id}", user: "{user.body}", location: "{response.header.Location}", all: "{request.body}"}
+      dedupe: "{request.header.Idempotency-Key}"
+  - name: scim-user-deleted
+    match: {method: DELETE, path: "/scim/v2/Users/{id}"}
+    lookup: {get: "/lookup/{path.id}", as: old, when: before, timeout: 500ms, header: {X-Op: "{request.query.op}"}}
+    emit: {type: user.deleted, subject: "{path.id}", data: {old: "{old.body}"}}
+  - name: scim-group-members
+    match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
+    emit:
+      - type: "group.member_{where.op}"
+        types: [group.member_add, group.member_remove]
+        each: {items: "{request.body.Operations}", where: {op: {regex: "^(?P<op>add|remove)$"}, path: members}, then: "{item.value}"}
+        subject: "{path.id}"
+        data: {member: "{item.value}", i: "{index}", whole: "{item}"}
+      - type: group.member_removed
+        each:
+          items: "{request.body.Operations}"
+          where: {path: {regex: '^members\[value eq "(?P<m>[^"]*)"\]$'}}
+        data: {member: "{where.m}", text: "m={where.m} #{index} {item}"}
+  - name: each-any
+    match: {method: "*", path: "/each/{rest...}", status: 100-599}
+    emit:
+      type: each.element
+      each: "{request.body.list}"
+      subject: "{item.id}"
+      data: "{item}"
+      dedupe: "{request.header.Idempotency-Key}"
+  - name: scim-bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}", location: "{item.location}"}
+  - name: json-batch
+    match: {method: POST, path: "/v1/{rest...}"}
+    batch:
+      atomic: true
+      request: {items: "{request.body.requests}", id: "{item.id}", method: "{item.method}", url: "{item.url}", body: "{item.body}"}
+      response: {items: "{response.body.responses}", id: "{item.id}", status: "{item.status}", body: "{item.body}"}
+  - name: list-batch
+    match: {method: POST, path: /batch}
+    batch:
+      request: {items: "{request.body.requests}", method: "{item.method}", url: "{item.url}", body: "{item.body}"}
+      response: {items: "{response.body}", status: "{item.status}", body: "{item.body}"}
+`
+
 // fuzzPack is one rule file and the handlers provisioned on it, one per
 // fuzzMaxBodies value.
 type fuzzPack struct {
@@ -241,8 +299,9 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 		}
 		texts[n] = b
 	}
-	names = append(names, "hostile.yaml")
+	names = append(names, "hostile.yaml", "hostile-batch.yaml")
 	texts["hostile.yaml"] = []byte(fuzzHostilePack)
+	texts["hostile-batch.yaml"] = []byte(fuzzBatchPack)
 	for _, n := range names {
 		file := filepath.Join(dir, n)
 		if err := os.WriteFile(file, texts[n], 0o600); err != nil {

@@ -495,7 +495,10 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 		h.uncoveredCandidate(plan, ex, cw, reqOver)
 		return
 	}
-	var lookupBudget time.Time // the deadline of all lookups of this exchange
+	// the before-lookups sent ahead of the request count against the same bound
+	b := &exchangeBudget{lookupsLeft: rules.MaxExchangeLookups - before.lookupsSent()}
+	defer b.flush(h.logger)
+	covered := false // a rule other than a batch rule matched, or a sub-exchange did
 	for _, m := range matches {
 		n := m.Rule.Need()
 		if n.RequestBody && reqOver || n.ResponseBody && respOver {
@@ -503,30 +506,116 @@ func (h *Handler) observe(r *http.Request, set *rules.Set, ex *rules.Exchange, c
 				c.Write(zap.String("rule", m.Rule.Name), zap.Int64("max_body", h.MaxBody),
 					zap.Bool("request", n.RequestBody && reqOver), zap.Bool("response", n.ResponseBody && respOver))
 			}
+			covered = true // a rule is there; authtap_too_large_total tells why it saw nothing
 			continue
 		}
-		if m.NumLookups() > 0 {
-			if lookupBudget.IsZero() {
-				lookupBudget = time.Now().Add(maxLookupTotal)
+		if m.IsBatch() {
+			if h.observeBatch(r, set, ex, m, b, before) {
+				covered = true
 			}
-			h.runLookups(r, ex, m, lookupBudget, before)
+			continue
 		}
-		events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode, Unchanged: func(rule, typ string) {
-			h.metrics.unchanged.WithLabelValues(rule, typ).Inc()
-			if c := h.logger.Check(zapcore.DebugLevel, "nothing changed; no event (skip_unchanged)"); c != nil {
-				c.Write(zap.String("rule", rule), zap.String("type", typ))
-			}
-		}})
-		for _, err := range errs {
-			// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
-			h.metrics.countRefused(m.Rule.Name, err)
-			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), errorField(err))
-		}
-		for _, ev := range events {
-			h.metrics.matched.WithLabelValues(m.Rule.Name, ev.Type).Inc()
-			h.enqueue(r.Context(), ev)
+		covered = true
+		h.emitMatch(r, ex, m, b, before, "")
+	}
+	if !covered {
+		// only batch rules matched, and none of the envelope's sub-exchanges
+		// matched a rule: a successful mutation no rule covered, counted
+		// under the envelope's own route shape
+		h.uncoveredCandidate(plan, ex, cw, reqOver)
+	}
+}
+
+// emitMatch runs a match's lookups, builds its events and queues them.
+// batch names the batch rule whose sub-exchange ex is ("" for none);
+// before holds the answers its before-lookups got before forwarding.
+func (h *Handler) emitMatch(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun, batch string) {
+	if m.NumLookups() > 0 {
+		h.runLookups(r, ex, m, b, before)
+	}
+	events, errs := m.Events(ex, rules.EmitOptions{Source: h.Source, Mode: h.Mode, Unchanged: h.unchanged})
+	for _, err := range errs {
+		// the error quotes request values only cut short (rules.QuoteCut, clipped again here)
+		h.metrics.countRefused(m.Rule.Name, err)
+		if b.warn() {
+			h.logger.Warn("cannot build event", zap.String("rule", m.Rule.Name), batchField(batch), errorField(err))
 		}
 	}
+	for _, ev := range events {
+		h.metrics.matched.WithLabelValues(m.Rule.Name, ev.Type).Inc()
+		h.enqueue(r.Context(), ev, batch)
+	}
+}
+
+// unchanged counts (and logs at debug level) an event not built because its
+// emit's previous found that nothing changed (skip_unchanged).
+func (h *Handler) unchanged(rule, typ string) {
+	h.metrics.unchanged.WithLabelValues(rule, typ).Inc()
+	if c := h.logger.Check(zapcore.DebugLevel, "nothing changed; no event (skip_unchanged)"); c != nil {
+		c.Write(zap.String("rule", rule), zap.String("type", typ))
+	}
+}
+
+// observeBatch splits a batch envelope into its sub-exchanges and matches
+// each against the set as an exchange of its own (batch rules aside), its
+// rules' lookups sent within the exchange's one lookup budget. It reports
+// whether any sub-exchange matched a rule (the envelope is covered).
+func (h *Handler) observeBatch(r *http.Request, set *rules.Set, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun) bool {
+	bt, err := m.Batch(ex)
+	if err != nil {
+		h.metrics.countRefused(m.Rule.Name, err)
+		if b.warn() {
+			h.logger.Warn("batch cut short", zap.String("rule", m.Rule.Name), errorField(err))
+		}
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "batch envelope split"); c != nil {
+		c.Write(zap.String("rule", m.Rule.Name), zap.Int("requests", bt.Requests), zap.Int("succeeded", len(bt.Subs)),
+			zap.Int("failed", bt.Failed), zap.Bool("rolled_back", bt.RolledBack))
+	}
+	matched := false
+	for _, sub := range bt.Subs {
+		for _, sm := range set.Match(sub) {
+			matched = true
+			h.emitMatch(r, sub, sm, b, before.sub(m.Rule, sub.SubIndex()), m.Rule.Name)
+		}
+	}
+	return matched
+}
+
+// maxExchangeWarnings bounds the warnings one exchange logs (events refused,
+// lookups failed): a batch of a thousand bad operations logs this many and a
+// count of the rest, which its metrics still count one by one.
+const maxExchangeWarnings = 10
+
+// exchangeBudget is what one exchange (a batch envelope with all its
+// sub-exchanges) may still spend: lookups, their time, warnings.
+type exchangeBudget struct {
+	deadline     time.Time // of all lookups; set when the first one starts
+	lookupsLeft  int       // rules.MaxExchangeLookups at first
+	lookupCapped bool      // a lookup was not sent for want of budget
+	warnings     int
+}
+
+// warn reports whether one more warning may be logged for the exchange.
+func (b *exchangeBudget) warn() bool {
+	b.warnings++
+	return b.warnings <= maxExchangeWarnings
+}
+
+// flush logs how many warnings were left out.
+func (b *exchangeBudget) flush(l *zap.Logger) {
+	if n := b.warnings - maxExchangeWarnings; n > 0 {
+		l.Warn("more problems with this exchange were not logged; the metrics count them",
+			zap.Int("not_logged", n), zap.String("metrics", "authtap_events_refused_total, authtap_lookup_failures_total"))
+	}
+}
+
+// batchField names the batch rule of a sub-exchange's event in a log line.
+func batchField(batch string) zap.Field {
+	if batch == "" {
+		return zap.Skip()
+	}
+	return zap.String("batch", batch)
 }
 
 // planCoverage decides, before a candidate mutation is forwarded, whether
@@ -595,7 +684,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 
 // enqueue hands one event to the app and records the outcome. The app bounds
 // the wait itself (Redis within enqueue_timeout, else the on-disk spool).
-func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
+func (h *Handler) enqueue(ctx context.Context, ev rules.Event, batch string) {
 	start := time.Now()
 	out, err := h.enq.Enqueue(ctx, ev)
 	h.metrics.queueLatency.Observe(time.Since(start).Seconds())
@@ -607,7 +696,7 @@ func (h *Handler) enqueue(ctx context.Context, ev rules.Event) {
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "event queued"); c != nil {
 		c.Write(zap.String("event_id", ev.ID), valueField("type", ev.Type), zap.String("rule", ev.Source.Rule),
-			zap.Stringer("outcome", out))
+			batchField(batch), zap.Stringer("outcome", out))
 	}
 }
 

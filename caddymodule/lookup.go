@@ -243,7 +243,13 @@ func (lc *lookupClient) send(r *http.Request, lk rules.LookupRequest, deadline t
 // answers its before-lookups got before the request was forwarded. A failed
 // lookup is logged and counted; the event is still built, with the missing
 // placeholders listed in source.missing.
-func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, deadline time.Time, before *beforeRun) {
+//
+// All lookups of one exchange (every matching rule, every sub-exchange of a
+// batch, and the before-lookups sent ahead of them) share b: at most
+// rules.MaxExchangeLookups are sent, the after-lookups all within
+// maxLookupTotal of the first. A lookup past the count is not sent and
+// counts as failed (one warning says so).
+func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match, b *exchangeBudget, before *beforeRun) {
 	for i := 0; i < m.NumLookups(); i++ {
 		if m.LookupBefore(i) {
 			as, res, ok := before.result(m.Rule, i)
@@ -251,24 +257,42 @@ func (h *Handler) runLookups(r *http.Request, ex *rules.Exchange, m *rules.Match
 				// not sent (the before phase failed): the rule still emits
 				as, res = m.Lookup(i, ex).As, rules.LookupResult{Err: "before-lookup not run"}
 			}
-			h.noteLookup(m.Rule.Name, as, rules.LookupBefore, res)
+			h.noteLookup(m.Rule.Name, as, rules.LookupBefore, res, b)
 			ex.SetLookup(as, res)
 			continue
 		}
 		lk := m.Lookup(i, ex)
-		res := h.lookups.do(r, lk, deadline, h.MaxBody)
-		h.noteLookup(m.Rule.Name, lk.As, rules.LookupAfter, res)
+		if b.lookupsLeft <= 0 {
+			h.metrics.lookupFailures.WithLabelValues(m.Rule.Name).Inc()
+			if !b.lookupCapped {
+				b.lookupCapped = true
+				h.logger.Warn("lookup not sent: the exchange has sent as many as one exchange may; events will list what is missing",
+					zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("max_exchange_lookups", rules.MaxExchangeLookups))
+			}
+			ex.SetLookup(lk.As, rules.LookupResult{Err: fmt.Sprintf("not sent: the exchange has sent %d lookups (rules.MaxExchangeLookups)", rules.MaxExchangeLookups)})
+			continue
+		}
+		b.lookupsLeft--
+		if b.deadline.IsZero() {
+			b.deadline = time.Now().Add(maxLookupTotal)
+		}
+		res := h.lookups.do(r, lk, b.deadline, h.MaxBody)
+		h.noteLookup(m.Rule.Name, lk.As, rules.LookupAfter, res, b)
 		ex.SetLookup(lk.As, res)
 	}
 }
 
 // noteLookup logs and counts a failed lookup of a matched rule. The log names
-// the rule, the lookup and the error or status, never a header value.
-func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult) {
+// the rule, the lookup and the error or status, never a header value; b, if
+// not nil, bounds the warnings of the exchange.
+func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult, b *exchangeBudget) {
 	if res.Err == "" && res.Status >= 200 && res.Status <= 299 {
 		return
 	}
 	h.metrics.lookupFailures.WithLabelValues(rule).Inc()
+	if b != nil && !b.warn() {
+		return
+	}
 	fields := []zap.Field{zap.String("rule", rule), zap.String("as", as), zap.String("when", when)}
 	if res.Err != "" {
 		fields = append(fields, zap.String("error", clip(res.Err, logErrorMax)))
@@ -279,16 +303,26 @@ func (h *Handler) noteLookup(rule, as, when string, res rules.LookupResult) {
 }
 
 // beforeRun holds the answers to the before-lookups of one exchange, by
-// rule, until the response is known.
+// rule, until the response is known; for a batch envelope, those of its
+// sub-requests too, by batch rule and position.
 type beforeRun struct {
 	rules   []*rules.Rule
 	results [][]beforeResult // per rule, indexed like its lookups
+	subs    []beforeSub
+	sent    int // lookups sent, the sub-requests' included (against rules.MaxExchangeLookups)
 }
 
 type beforeResult struct {
 	done bool
 	as   string
 	res  rules.LookupResult
+}
+
+// beforeSub is what the before-lookups of one sub-request of a batch got.
+type beforeSub struct {
+	batch *rules.Rule
+	index int // the sub-request's position (rules.Exchange.SubIndex)
+	run   *beforeRun
 }
 
 // result returns the answer the i-th lookup of rule got before forwarding.
@@ -305,6 +339,37 @@ func (b *beforeRun) result(rule *rules.Rule, i int) (string, rules.LookupResult,
 	return "", rules.LookupResult{}, false
 }
 
+// sub returns the answers of the sub-request at index of the envelope that
+// batch split, or nil.
+func (b *beforeRun) sub(batch *rules.Rule, index int) *beforeRun {
+	if b == nil {
+		return nil
+	}
+	for _, s := range b.subs {
+		if s.batch == batch && s.index == index {
+			return s.run
+		}
+	}
+	return nil
+}
+
+// lookupsSent is how many lookups the exchange sent before forwarding.
+func (b *beforeRun) lookupsSent() int {
+	if b == nil {
+		return 0
+	}
+	return b.sent
+}
+
+// beforeSend is what all before-lookups of one exchange share: the
+// deadline, the answers of identical lookups, the count.
+type beforeSend struct {
+	deadline time.Time
+	same     map[string]rules.LookupResult // identical lookups of this exchange
+	run      *beforeRun                    // the envelope's, which counts every send
+	capped   bool
+}
+
 // runBeforeLookups sends, before the request is forwarded, the
 // before-lookups of every rule whose method, path, host and request
 // conditions match (rules.Set.MatchBefore), with the credentials the caller
@@ -314,53 +379,91 @@ func (b *beforeRun) result(rule *rules.Rule, i int) (string, rules.LookupResult,
 // headers) are sent once per exchange. A failure never stops the request:
 // the rule's events, if it matches, list what is missing. Rules that read a
 // request body larger than max_body are skipped (they emit nothing anyway).
+//
+// A batch envelope's sub-requests are known before it is forwarded: each is
+// matched the same way (its method, path, host and request conditions), and
+// its rules' before-lookups are sent too, sharing the budget and
+// rules.MaxExchangeLookups with the envelope's; their answers go to the
+// sub-exchange of the same position after the response.
 func (h *Handler) runBeforeLookups(r *http.Request, set *rules.Set, ex *rules.Exchange, reqOver bool) *beforeRun {
 	ms := set.MatchBefore(ex)
 	if len(ms) == 0 {
 		return nil
 	}
-	deadline := time.Now().Add(time.Duration(h.BeforeLookupBudget))
 	run := &beforeRun{}
-	var sent map[string]rules.LookupResult // identical lookups of this exchange
+	st := &beforeSend{deadline: time.Now().Add(time.Duration(h.BeforeLookupBudget)), run: run}
 	for _, m := range ms {
 		if m.Rule.Need().RequestBody && reqOver {
 			continue
 		}
-		results := make([]beforeResult, m.NumLookups())
-		for i := range results {
-			if !m.LookupBefore(i) {
-				continue
-			}
-			lk := m.Lookup(i, ex)
-			key, same := "", false
-			var res rules.LookupResult
-			if len(lk.Missing) == 0 {
-				key = lookupKey(lk)
-				if res, same = sent[key]; same {
-					res.Missing = lk.HeaderMissing // this rule's own templates
-				}
-			}
-			if !same {
-				res = h.lookups.do(r, lk, deadline, h.MaxBody)
-				if len(lk.Missing) == 0 {
-					h.metrics.beforeLookups.WithLabelValues(m.Rule.Name).Inc()
-					if sent == nil {
-						sent = map[string]rules.LookupResult{}
-					}
-					sent[key] = res
-				}
-			}
-			if c := h.logger.Check(zapcore.DebugLevel, "before-lookup answered"); c != nil {
-				c.Write(zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("status", res.Status),
-					zap.String("error", clip(res.Err, logErrorMax)), zap.Bool("shared", same))
-			}
-			results[i] = beforeResult{done: true, as: lk.As, res: res}
-			ex.SetLookup(lk.As, res) // for the rule's later before-lookups
+		if !m.IsBatch() {
+			h.beforeLookupsOf(r, ex, m, run, st)
+			continue
 		}
-		run.rules = append(run.rules, m.Rule)
-		run.results = append(run.results, results)
+		// a too_many_operations error is counted after the response, by Batch
+		subs, _ := m.BatchRequests(ex)
+		for _, sub := range subs {
+			var sr *beforeRun
+			for _, sm := range set.MatchBefore(sub) {
+				if sr == nil {
+					sr = &beforeRun{}
+				}
+				h.beforeLookupsOf(r, sub, sm, sr, st)
+			}
+			if sr != nil {
+				run.subs = append(run.subs, beforeSub{batch: m.Rule, index: sub.SubIndex(), run: sr})
+			}
+		}
 	}
 	return run
+}
+
+// beforeLookupsOf sends the before-lookups of one match and keeps the
+// answers in run.
+func (h *Handler) beforeLookupsOf(r *http.Request, ex *rules.Exchange, m *rules.Match, run *beforeRun, st *beforeSend) {
+	results := make([]beforeResult, m.NumLookups())
+	for i := range results {
+		if !m.LookupBefore(i) {
+			continue
+		}
+		lk := m.Lookup(i, ex)
+		key, same := "", false
+		var res rules.LookupResult
+		if len(lk.Missing) == 0 {
+			key = lookupKey(lk)
+			if res, same = st.same[key]; same {
+				res.Missing = lk.HeaderMissing // this rule's own templates
+			}
+		}
+		switch {
+		case same:
+		case st.run.sent >= rules.MaxExchangeLookups:
+			if !st.capped {
+				st.capped = true
+				h.logger.Warn("before-lookup not sent: the exchange has sent as many as one exchange may; events will list what is missing",
+					zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("max_exchange_lookups", rules.MaxExchangeLookups))
+			}
+			res = rules.LookupResult{Err: fmt.Sprintf("not sent: the exchange has sent %d lookups (rules.MaxExchangeLookups)", rules.MaxExchangeLookups)}
+		default:
+			res = h.lookups.do(r, lk, st.deadline, h.MaxBody)
+			if len(lk.Missing) == 0 {
+				st.run.sent++
+				h.metrics.beforeLookups.WithLabelValues(m.Rule.Name).Inc()
+				if st.same == nil {
+					st.same = map[string]rules.LookupResult{}
+				}
+				st.same[key] = res
+			}
+		}
+		if c := h.logger.Check(zapcore.DebugLevel, "before-lookup answered"); c != nil {
+			c.Write(zap.String("rule", m.Rule.Name), zap.String("as", lk.As), zap.Int("status", res.Status),
+				zap.String("error", clip(res.Err, logErrorMax)), zap.Bool("shared", same), zap.Bool("sub_request", ex.IsSub()))
+		}
+		results[i] = beforeResult{done: true, as: lk.As, res: res}
+		ex.SetLookup(lk.As, res) // for the rule's later before-lookups
+	}
+	run.rules = append(run.rules, m.Rule)
+	run.results = append(run.results, results)
 }
 
 // lookupKey identifies a lookup by what is sent: path and headers.

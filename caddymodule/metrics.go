@@ -44,7 +44,7 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	}
 	if m.refused, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "events_refused_total",
-		Help: "Events a matching rule did not build, by rule and reason: undeclared_type (a templated type rendered to a type its types list does not declare), invalid_type, type_too_long, other.",
+		Help: "Events a matching rule did not build, by rule and reason: undeclared_type (a templated type rendered to a type its types list does not declare), invalid_type, type_too_long, too_many_items (elements of an each past rules.MaxEachItems), too_many_operations (sub-requests of a batch past rules.MaxBatchOps), other.",
 	}, []string{"rule", "reason"})); err != nil {
 		return nil, err
 	}
@@ -88,18 +88,21 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	return m, nil
 }
 
-// countRefused counts one event that a rule refused to build. The reason
-// label is one of rules' fixed Refused* values, or "other".
+// countRefused counts the events that a rule refused to build: one, or as
+// many as the error stands for (the elements past rules.MaxEachItems, the
+// sub-requests past rules.MaxBatchOps). The reason label is one of rules'
+// fixed Refused* values, or "other".
 func (m *handlerMetrics) countRefused(rule string, err error) {
-	reason := "other"
+	reason, n := "other", 1
 	var ee *rules.EmitError
 	if errors.As(err, &ee) {
 		switch ee.Reason {
-		case rules.RefusedUndeclared, rules.RefusedInvalid, rules.RefusedTooLong:
+		case rules.RefusedUndeclared, rules.RefusedInvalid, rules.RefusedTooLong, rules.RefusedTooManyItems, rules.RefusedTooManyOps:
 			reason = ee.Reason
 		}
+		n = ee.Events()
 	}
-	m.refused.WithLabelValues(rule, reason).Inc()
+	m.refused.WithLabelValues(rule, reason).Add(float64(n))
 }
 
 // register registers c, or returns the collector of the same description

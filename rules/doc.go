@@ -12,12 +12,20 @@
 //	if !set.CanMatch(r.Method, r.URL.Path) { ... } // cheap: no rule can match, stream untouched
 //	ex := &rules.Exchange{Method: "DELETE", Path: "/api/users/u_1", RequestHeader: r.Header}
 //	for _, m := range set.MatchBefore(ex) {      // before forwarding: rules with when: before lookups
+//		if m.IsBatch() {                          // a batch envelope: its sub-requests, by position
+//			subs, _ := m.BatchRequests(ex)        // (set.MatchBefore(sub) for sub in subs, as here;
+//			...                                   // answers go to the sub with the same SubIndex)
+//		}
 //		for i := 0; i < m.NumLookups(); i++ {     // whose request matches; GET m.Lookup(i, ex) for
 //			...                                   // each m.LookupBefore(i), keep the answers
 //		}
 //	}
 //	ex.Status, ex.ResponseBody = 204, body        // after the response
 //	for _, m := range set.Match(ex) {
+//		if m.IsBatch() {                          // a batch envelope: match each sub-exchange instead
+//			b, _ := m.Batch(ex)                   // (set.Match(sub) for sub in b.Subs, as below)
+//			...
+//		}
 //		for i := 0; i < m.NumLookups(); i++ {     // a before-lookup's kept answer, or GET
 //			ex.SetLookup(...)                     // m.Lookup(i, ex) upstream now; record it
 //		}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -87,7 +88,13 @@ type EmitError struct {
 	Reason string
 	// Msg says what went wrong.
 	Msg string
+	// Count is how many events the error stands for (0 means one): the
+	// elements past MaxEachItems, or the sub-requests past MaxBatchOps.
+	Count int
 }
+
+// Events returns how many events the error stands for (at least one).
+func (e *EmitError) Events() int { return max(1, e.Count) }
 
 func (e *EmitError) Error() string { return fmt.Sprintf("rule %q: %s", e.Rule, e.Msg) }
 
@@ -101,6 +108,12 @@ const (
 	RefusedInvalid = "invalid_type"
 	// RefusedTooLong: a templated type rendered to more than MaxEventTypeLen bytes.
 	RefusedTooLong = "type_too_long"
+	// RefusedTooManyItems: an emit's each found more elements than the
+	// exchange may still turn into events (MaxEachItems).
+	RefusedTooManyItems = "too_many_items"
+	// RefusedTooManyOps: a batch envelope holds more sub-requests than
+	// MaxBatchOps; the rest are not matched.
+	RefusedTooManyOps = "too_many_operations"
 )
 
 // MaxQuotedValue is how many bytes of a rendered value an error message or
@@ -156,7 +169,8 @@ func (e *emitSpec) renderType(rule string, ex *Exchange, params []Param) (string
 
 // Events builds the events of the match. An event that cannot be built (e.g.
 // its templated type renders empty) is skipped with an *EmitError; the others
-// are still returned.
+// are still returned. An emit with each builds one event per element of its
+// list; a batch rule builds none (see Batch).
 func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	if o.Source == "" {
 		o.Source = "authtap"
@@ -168,62 +182,165 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		o.Now = time.Now()
 	}
 	ts := o.Now.UTC().Truncate(time.Millisecond)
+	if m.Rule.hasEach {
+		return m.eachEvents(ex, o, ts)
+	}
 	var events []Event
 	var errs []error
 	for _, e := range m.Rule.emits {
-		var missing []string
-		typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
-		if terr != nil {
-			errs = append(errs, terr)
+		ev, ok, err := m.buildEvent(e, ex, o, ts)
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		ev := Event{Type: typ, Timestamp: ts, Mode: o.Mode, Source: Source{Name: o.Source, Rule: m.Rule.Name}}
-		if e.mode != "" {
-			ev.Mode = e.mode
+		if ok {
+			events = append(events, ev)
 		}
-		rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
-		ev.Subject = rc.renderText(e.subject, nil)
-		if e.tenant != nil {
-			if t := rc.renderText(e.tenant, nil); t != "" {
-				if ValidTenant(t) == nil {
-					ev.Tenant = t
-				} else {
-					missing = append(missing, TenantMissing)
+	}
+	return events, errs
+}
+
+// buildEvent builds the event of one emit (for the element ex.elem, if any).
+// It reports false, with no error, when the emit's previous found that nothing
+// changed and says skip_unchanged: no event, and o.Unchanged told.
+func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time) (Event, bool, error) {
+	var missing []string
+	typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
+	if terr != nil {
+		return Event{}, false, terr
+	}
+	ev := Event{Type: typ, Timestamp: ts, Mode: o.Mode, Source: Source{Name: o.Source, Rule: m.Rule.Name}}
+	if e.mode != "" {
+		ev.Mode = e.mode
+	}
+	rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
+	ev.Subject = rc.renderText(e.subject, nil)
+	if e.tenant != nil {
+		if t := rc.renderText(e.tenant, nil); t != "" {
+			if ValidTenant(t) == nil {
+				ev.Tenant = t
+			} else {
+				missing = append(missing, TenantMissing)
+			}
+		}
+	}
+	ev.Data = e.renderData(rc)
+	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
+		e.dataSize.Store(n)
+	}
+	ev.dataCompact = true
+	if e.previous != nil {
+		prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
+		if known && prev == nil && e.previous.skipUnchanged {
+			if o.Unchanged != nil {
+				o.Unchanged(m.Rule.Name, typ)
+			}
+			return Event{}, false, nil
+		}
+		ev.Previous, ev.previousCompact = prev, true
+	}
+	ev.Source.Truncated = rc.notes.truncation()
+	if e.dedupeKey != nil {
+		if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
+			ev.ID = DedupeEventID(o.Source, m.Rule.Name, key+"\x00"+resultDigest(&ev, ex)+ordinal(ex))
+			ev.DedupeWindow = e.dedupeWin
+		}
+	}
+	if ev.ID == "" {
+		ev.ID = NewEventID(o.Now)
+	}
+	for _, as := range e.lookups {
+		for _, u := range ex.Lookups[as].Missing {
+			addMissing(&missing, u)
+		}
+	}
+	ev.Source.Missing = missing
+	return ev, true, nil
+}
+
+// ordinal tells apart, in a dedupe id, the events that one rule builds for
+// the sub-exchanges of a batch or the elements of an each: two identical
+// elements are two events, and a retried request gives the same ids again.
+// It is empty for an exchange of its own without each, whose ids stay as
+// they were.
+func ordinal(ex *Exchange) string {
+	if ex.parent == nil && ex.elem == nil {
+		return ""
+	}
+	s := "\x00"
+	if ex.parent != nil {
+		s += "b" + strconv.Itoa(ex.subIndex)
+	}
+	if ex.elem != nil {
+		s += "e" + ex.elem.ordinal()
+	}
+	return s
+}
+
+// eachEvents is Events for a rule with an emit with each. Emits whose each
+// reads the same list give their events in the list's order (an add and a
+// remove operation of one PATCH come as the request lists them), at the
+// place of the first of them.
+func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, []error) {
+	type placed struct {
+		ev       Event
+		pos, sub int
+	}
+	var errs []error
+	groups := make([][]placed, len(m.Rule.emits))
+	plain := make([][]Event, len(m.Rule.emits))
+	root := ex.root()
+	prev := ex.elem
+	defer func() { ex.elem = prev }()
+	for i, e := range m.Rule.emits {
+		if e.each == nil {
+			ex.elem = prev
+			if ev, ok, err := m.buildEvent(e, ex, o, ts); err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				plain[i] = append(plain[i], ev)
+			}
+			continue
+		}
+		refused := 0
+		e.each.forEach(ex, m.Params, func(el *elemCtx) bool {
+			if root.eachBuilt >= MaxEachItems {
+				refused++ // counted, not built
+				return true
+			}
+			root.eachBuilt++
+			ex.elem = el
+			ev, ok, err := m.buildEvent(e, ex, o, ts)
+			ex.elem = prev
+			if err != nil {
+				errs = append(errs, err)
+				return true
+			}
+			if !ok {
+				return true
+			}
+			groups[e.each.group] = append(groups[e.each.group], placed{ev: ev, pos: el.pos, sub: el.sub})
+			return true
+		})
+		if refused > 0 {
+			errs = append(errs, &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyItems, Count: refused,
+				Msg: fmt.Sprintf("%s: %d more elements than the %d events each may build for one exchange (rules.MaxEachItems); they emit nothing", e.path, refused, MaxEachItems)})
+		}
+	}
+	var events []Event
+	for i := range m.Rule.emits {
+		events = append(events, plain[i]...)
+		if g := groups[i]; len(g) > 0 {
+			slices.SortStableFunc(g, func(a, b placed) int {
+				if a.pos != b.pos {
+					return a.pos - b.pos
 				}
+				return a.sub - b.sub
+			})
+			for _, p := range g {
+				events = append(events, p.ev)
 			}
 		}
-		ev.Data = e.renderData(rc)
-		if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
-			e.dataSize.Store(n)
-		}
-		ev.dataCompact = true
-		if e.previous != nil {
-			prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
-			if known && prev == nil && e.previous.skipUnchanged {
-				if o.Unchanged != nil {
-					o.Unchanged(m.Rule.Name, typ)
-				}
-				continue
-			}
-			ev.Previous, ev.previousCompact = prev, true
-		}
-		ev.Source.Truncated = rc.notes.truncation()
-		if e.dedupeKey != nil {
-			if key := e.dedupeKey.renderText(ex, m.Params, nil); key != "" {
-				ev.ID = DedupeEventID(o.Source, m.Rule.Name, key+"\x00"+resultDigest(&ev, ex))
-				ev.DedupeWindow = e.dedupeWin
-			}
-		}
-		if ev.ID == "" {
-			ev.ID = NewEventID(o.Now)
-		}
-		for _, as := range e.lookups {
-			for _, u := range ex.Lookups[as].Missing {
-				addMissing(&missing, u)
-			}
-		}
-		ev.Source.Missing = missing
-		events = append(events, ev)
 	}
 	return events, errs
 }
@@ -271,6 +388,20 @@ func (s *Set) Evaluate(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	var events []Event
 	var errs []error
 	for _, m := range s.Match(ex) {
+		if m.IsBatch() {
+			b, err := m.Batch(ex)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			for _, sub := range b.Subs {
+				for _, sm := range s.Match(sub) {
+					ev, er := sm.Events(sub, o)
+					events = append(events, ev...)
+					errs = append(errs, er...)
+				}
+			}
+			continue
+		}
 		ev, er := m.Events(ex, o)
 		events = append(events, ev...)
 		errs = append(errs, er...)

@@ -34,8 +34,36 @@ type Exchange struct {
 	cookies     map[string]string
 	respCookies map[string]bool
 	bodies      [2]parsedBody
-	jwt         jwtMemo
+
+	// elem is the element an each or a batch is rendering for; nil otherwise.
+	elem *elemCtx
+	// parent is the batch envelope of a sub-exchange (see Match.Batch); nil
+	// for an exchange of its own. Batch rules never match a sub-exchange.
+	parent *Exchange
+	// subIndex is a sub-exchange's position among its envelope's sub-requests.
+	subIndex int
+	// eachBuilt counts the events emits with each built for this exchange
+	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
+	eachBuilt int
+	jwt       jwtMemo
 }
+
+// root is the exchange that counts against the per-exchange limits: the
+// batch envelope of a sub-exchange, or the exchange itself.
+func (ex *Exchange) root() *Exchange {
+	for ex.parent != nil {
+		ex = ex.parent
+	}
+	return ex
+}
+
+// IsSub reports whether ex is a sub-exchange of a batch envelope (Match.Batch).
+func (ex *Exchange) IsSub() bool { return ex.parent != nil }
+
+// SubIndex is a sub-exchange's position among its envelope's sub-requests
+// (from 0), the same in Match.BatchRequests and Match.Batch; 0 for an
+// exchange of its own.
+func (ex *Exchange) SubIndex() int { return ex.subIndex }
 
 type parsedBody struct {
 	done bool

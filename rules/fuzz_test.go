@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: POST, path: \"/u/{id}\", status: [2xx, 301-302]}\nemit: {type: \"u.{request.body.x}\", data: \"{response.body}\"}")))
 	f.Add([]byte(`{"version":1,"rules":[{"name":"a","match":{"method":"*","path":"/f/{p...}"},"emit":{"type":"a.b"}}]}`))
+	f.Add([]byte(fuzzBatchSet)) // each (where, captures, then) and batch rules
 	f.Add([]byte(ruleFile("name: a\nmatch: {method: DELETE, path: \"/m/{id}\"}\nlookup:\n  - {get: \"/m/{path.id}\", as: old, when: before, header: {X-T: \"{request.header.X-T}\"}}\n  - {get: \"/o/{old.body.o}\", as: org, header: {Authorization: \"Bearer {response.body.t}\"}}\nemit: {type: a.b, data: {o: \"{old.body}\", g: \"{org.body}\"}}")))
 	// placeholder functions, well and badly written
 	f.Add([]byte(ruleFile(`name: f
@@ -151,6 +153,153 @@ func FuzzMatch(f *testing.F) {
 			if !eventTypeRE.MatchString(ev.Type) {
 				t.Fatalf("bad type %q", ev.Type)
 			}
+		}
+	})
+}
+
+// fuzzBatchSet is a fixed rule set of emits with each and batch envelopes
+// of every shape: SCIM /Bulk (string statuses, a base path), a JSON $batch
+// paired by id (atomic), and a top-level list of answers.
+const fuzzBatchSet = `version: 1
+rules:
+  - name: created
+    match: {method: POST, path: ["/scim/v2/Users", "/v1/users"], status: 201}
+    emit: {type: user.created, subject: "{response.body.id}", data: {id: "{response.body.id}", loc: "{response.header.Location}", q: "{request.query.x}"}, dedupe: "{request.header.Idempotency-Key}"}
+  - name: deleted
+    match: {method: DELETE, path: ["/scim/v2/Users/{id}", "/v1/users/{id}"]}
+    lookup: {get: "/scim/v2/Users/{path.id}", as: old, when: before, header: {X-Q: "{request.query.x}"}}
+    emit: {type: user.deleted, subject: "{path.id}", data: {old: "{old.body}"}}
+  - name: members
+    match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
+    emit:
+      - type: "group.member_{item.op}"
+        types: [group.member_add, group.member_remove]
+        each: {items: "{request.body.Operations}", where: {op: {regex: "^(add|remove)$"}, path: members}, then: "{item.value}"}
+        subject: "{path.id}"
+        data: {member: "{item.value}", i: "{index}", all: "{item}"}
+      - type: group.member_removed
+        each: {items: "{request.body.Operations}", where: {path: {regex: '^members\[value eq "(?P<m>[^"]*)"\]$'}}}
+        data: {member: "{where.m}", text: "m={where.m} #{index} {item}"}
+  - name: imported
+    match: {method: POST, path: /import}
+    emit: {type: user.imported, each: "{request.body}", subject: "{item.id}", data: "{item}"}
+  - name: bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}", location: "{item.location}"}
+  - name: graph
+    match: {method: POST, path: /v1/$batch}
+    batch:
+      base: /v1
+      atomic: true
+      request: {items: "{request.body.requests}", id: "{item.id}", method: "{item.method}", url: "{item.url}", body: "{item.body}"}
+      response: {items: "{response.body.responses}", id: "{item.id}", status: "{item.status}", body: "{item.body}"}
+  - name: plain
+    match: {method: POST, path: /batch}
+    batch:
+      request: {items: "{request.body.requests}", method: "{item.method}", url: "/v1{item.url}", body: "{item.body}"}
+      response: {items: "{response.body}", status: "{item.status}", body: "{item.body}"}
+`
+
+// FuzzBatch feeds arbitrary envelopes and bodies to each and batch rules:
+// nothing panics, every event is valid (compact data, an envelope that reads
+// back), no batch rule ever emits, and the limits hold whatever the shape.
+func FuzzBatch(f *testing.F) {
+	s := mustSet(f, fuzzBatchSet)
+	deep := strings.Repeat("[", 10000) + strings.Repeat("]", 10000)
+	var huge strings.Builder
+	huge.WriteString(`{"Operations":[`)
+	for i := 0; i < 3000; i++ {
+		if i > 0 {
+			huge.WriteString(",")
+		}
+		huge.WriteString(`{"method":"DELETE","path":"/Users/1"}`)
+	}
+	huge.WriteString(`]}`)
+	hugeResp := strings.ReplaceAll(huge.String(), `"method":"DELETE","path":"/Users/1"`, `"status":"204"`)
+	f.Add("/scim/v2/Bulk", 200, []byte(`{"Operations":[{"method":"POST","path":"/Users","data":{"userName":"a"}},{"method":"DELETE","path":"/Users/x"}]}`),
+		[]byte(`{"Operations":[{"status":"201","location":"/scim/v2/Users/u1","response":{"id":"u1"}},{"status":"2O1"}]}`))
+	f.Add("/scim/v2/Bulk", 200, []byte(`{"Operations":[{"method":"PATCH","path":"/Groups/g","data":{"Operations":[{"op":"add","path":"members","value":[{"value":"m"}]},{"op":"x","path":"members[value eq \"q\"]"}]}}]}`),
+		[]byte(`{"Operations":[{"status":200}]}`))
+	f.Add("/scim/v2/Bulk", 200, []byte(huge.String()), []byte(hugeResp))
+	f.Add("/scim/v2/Bulk", 200, []byte(`{"Operations":`+deep+`}`), []byte(`{"Operations":`+deep+`}`))
+	f.Add("/scim/v2/Bulk", 200, []byte(`{"Operations":[{"method":"POST","path":"/Users","data":`+deep+`}]}`), []byte(`{"Operations":[{"status":"201","response":{"id":`+deep+`}}]}`))
+	f.Add("/v1/$batch", 200, []byte(`{"requests":[{"id":"1","method":"POST","url":"/users?x=1","body":{}},{"id":"1","method":"DELETE","url":"https://h/v1/users/2#f"}]}`),
+		[]byte(`{"responses":[{"id":"1","status":201,"body":{"id":"u"}},{"id":"2","status":"204"}]}`))
+	f.Add("/v1/$batch", 200, []byte(`{"requests":[{"id":{"a":1},"method":["POST"],"url":7,"body":"raw"}]}`), []byte(`{"responses":[{"id":{"a":1},"status":1e400}]}`))
+	f.Add("/batch", 200, []byte(`{"requests":[{"method":"DELETE","url":"/users/1"},{"method":"DELETE","url":"/users/2"},{"method":"DELETE","url":"/users/3"}]}`), []byte(`[{"status":204}]`))
+	f.Add("/batch", 200, []byte(`{"requests":[{"method":"DELETE","url":"/users/1"}]}`), []byte(`[{"status":204},{"status":204},{"status":204}]`))
+	f.Add("/batch", 500, []byte(`{"requests":[{"method":"DELETE","url":"/users/1"}]}`), []byte(`[{"status":204}]`))
+	f.Add("/import", 200, []byte(`[{"id":"a"},{"id":"b"},1,null,"x",[]]`), []byte(nil))
+	f.Add("/import", 200, []byte(deep), []byte(nil))
+	f.Fuzz(func(t *testing.T, path string, status int, reqBody, respBody []byte) {
+		ex := &Exchange{Method: "POST", Path: path, Status: status,
+			RequestHeader:  http.Header{"Content-Type": {"application/scim+json"}, "Idempotency-Key": {"k"}},
+			RequestBody:    reqBody,
+			ResponseHeader: http.Header{"Content-Type": {"application/json"}},
+			ResponseBody:   respBody}
+		if need, _ := s.Plan("POST", path); !need.BeforeLookups && len(s.MatchBefore(ex)) > 0 {
+			t.Fatal("MatchBefore found work that Plan did not announce")
+		}
+		// the request side, split before forwarding, agrees with the split after the response
+		before := map[int]*Exchange{}
+		for _, m := range s.MatchBefore(ex) {
+			if !m.IsBatch() {
+				continue
+			}
+			subs, _ := m.BatchRequests(ex)
+			if len(subs) > MaxBatchOps {
+				t.Fatalf("%d sub-requests", len(subs))
+			}
+			for i, sub := range subs {
+				if i > 0 && sub.SubIndex() <= subs[i-1].SubIndex() {
+					t.Fatalf("sub-request positions out of order")
+				}
+				before[sub.SubIndex()] = sub
+				for _, sm := range s.MatchBefore(sub) {
+					if sm.IsBatch() {
+						t.Fatal("a batch rule matched a sub-request")
+					}
+					for j := 0; j < sm.NumLookups(); j++ {
+						if sm.LookupBefore(j) {
+							checkLookupRequest(t, sm.Lookup(j, sub), "")
+						}
+					}
+				}
+			}
+			bt, _ := m.Batch(ex)
+			for _, sub := range bt.Subs {
+				b, ok := before[sub.SubIndex()]
+				if !ok || b.Method != sub.Method || b.Path != sub.Path || b.RawQuery != sub.RawQuery || !bytes.Equal(b.RequestBody, sub.RequestBody) {
+					t.Fatalf("sub-exchange %d %s %s?%s has no like sub-request before forwarding (%v)", sub.SubIndex(), sub.Method, sub.Path, sub.RawQuery, b)
+				}
+			}
+		}
+		evs, errs := s.Evaluate(ex, EmitOptions{})
+		if len(evs) > MaxBatchOps+MaxEachItems {
+			t.Fatalf("%d events from one exchange", len(evs))
+		}
+		for _, err := range errs {
+			var ee *EmitError
+			if !errors.As(err, &ee) || len(err.Error()) > 1000 {
+				t.Fatalf("error %T %q", err, err)
+			}
+		}
+		for _, ev := range evs {
+			switch ev.Source.Rule {
+			case "bulk", "graph", "plain":
+				t.Fatalf("batch rule %s emitted %+v", ev.Source.Rule, ev)
+			}
+			if !json.Valid(ev.Data) {
+				t.Fatalf("invalid data JSON %q", ev.Data)
+			}
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, ev.Data); err != nil || !bytes.Equal(compact.Bytes(), ev.Data) {
+				t.Fatalf("rendered data is not compact: %q", ev.Data)
+			}
+			checkEnvelope(t, ev)
 		}
 	})
 }

@@ -65,6 +65,25 @@ const (
 	// MaxDescriptionLen is the longest description of a rule or an emit, in
 	// bytes: it is served to every subscriber in the event catalog.
 	MaxDescriptionLen = 1024
+	// MaxEachItems is how many events the emits with `each` may build for one
+	// exchange, all rules together (a batch envelope and its sub-exchanges
+	// share the count): one request of 100,000 elements must not queue
+	// 100,000 tasks. The rest are not built, and are counted as refused
+	// (reason too_many_items).
+	MaxEachItems = 1000
+	// MaxBatchOps is how many sub-exchanges one batch envelope is split into
+	// (SCIM services commonly advertise maxOperations 1000). The sub-requests
+	// past it are not matched, and are counted as refused (reason
+	// too_many_operations).
+	MaxBatchOps = 1000
+	// MaxExchangeLookups is how many lookups the handler sends for one
+	// exchange, all matching rules and all sub-exchanges of a batch together,
+	// before-lookups (those of sub-requests included) and after-lookups
+	// (MaxLookups bounds one rule). A lookup past it is not sent: its
+	// placeholders are missing, as for a failed lookup. The time of all of
+	// them together is bounded too: the after-lookups' by MaxLookupTimeout,
+	// the before-lookups' by the handler's before_lookup_budget.
+	MaxExchangeLookups = 64
 	// MaxFuncNesting is how many placeholder functions may wrap one another
 	// in one placeholder: {match(last_segment(request.header.Location), "…")}
 	// nests two.

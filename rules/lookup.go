@@ -190,7 +190,8 @@ func (r *Rule) lookupDeps(e *emitSpec) []string {
 
 // requestHeader builds the headers a lookup is sent with: the caller's
 // Authorization and Cookie (for an after-lookup, the cookies as the client
-// holds them once the response's Set-Cookie lines are applied), then the
+// holds them once the response's Set-Cookie lines are applied — for a
+// sub-exchange of a batch, the envelope's response), then the
 // rule's lookup.header values, each replacing the header of its name. A
 // header whose template does not render (a placeholder resolved to nothing,
 // or the value is empty, too long or holds a control character) is left out
@@ -204,7 +205,9 @@ func (lk *lookupSpec) requestHeader(ex *Exchange, params []Param, missing *[]str
 	}
 	cookies := req.Values("Cookie")
 	if !lk.before {
-		cookies = lookupCookies(cookies, http.Header(ex.ResponseHeader).Values("Set-Cookie"), time.Now())
+		// a sub-exchange's client is the envelope's: its cookies are those
+		// the envelope's response set
+		cookies = lookupCookies(cookies, http.Header(ex.root().ResponseHeader).Values("Set-Cookie"), time.Now())
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = slices.Clone(cookies)
@@ -305,6 +308,12 @@ func lookupCookies(reqLines, setCookies []string, now time.Time) []string {
 // (Plan says so). Run each match's before-lookups in order (m.LookupBefore,
 // m.Lookup), keep the results, and hand them to the same rule's Match after
 // the response.
+//
+// When some rule has before-lookups, a batch rule whose method, path, host
+// and request conditions hold is returned too (m.IsBatch()): split its
+// request side with m.BatchRequests and call MatchBefore on each
+// sub-request, whose answers go to the sub-exchange of the same position
+// (Exchange.SubIndex) that m.Batch gives after the response.
 func (s *Set) MatchBefore(ex *Exchange) []*Match {
 	if s == nil || !s.anyBefore || ex.Path == "" || ex.Path[0] != '/' {
 		return nil
@@ -313,7 +322,11 @@ func (s *Set) MatchBefore(ex *Exchange) []*Match {
 	var out []*Match
 	for _, i := range s.candidates(ex.Method, ex.Path, buf[:0]) {
 		r := s.rules[i]
-		if !r.need.BeforeLookups {
+		if r.batch != nil {
+			if ex.parent != nil {
+				continue // batches never nest
+			}
+		} else if !r.need.BeforeLookups {
 			continue
 		}
 		if m, ok := r.matchRequest(ex); ok {

@@ -45,6 +45,8 @@ type Rule struct {
 	resp    *condSet
 	lookups []*lookupSpec
 	emits   []*emitSpec
+	batch   *batchSpec // batch: instead of emit; nil for a rule that emits
+	hasEach bool       // some emit has each
 	need    Need
 	// digestsResponse: an emit has a dedupe key, whose event id depends on
 	// the response body, so the body is captured when it fits (Plan), but
@@ -75,6 +77,8 @@ type lookupSpec struct {
 }
 
 type emitSpec struct {
+	path        string    // "emit" or "emit[2]", for messages
+	each        *eachSpec // emit.each: one event per element; nil for one event
 	typ         *tmpl
 	description string // emit.description; the event catalog falls back to the rule's
 	subject     *tmpl
@@ -234,7 +238,7 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 	}
 	r := &Rule{File: d.file, Line: n.Line, Column: n.Column}
 	before := len(d.errs)
-	var matchNode, lookupNode, emitNode *yaml.Node
+	var matchNode, lookupNode, emitNode, batchNode *yaml.Node
 	d.mapping(n, "",
 		field{name: "name", required: true, fn: func(v *yaml.Node, p string) {
 			if s, ok := d.str(v, p); ok {
@@ -247,8 +251,19 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 		field{name: "description", fn: func(v *yaml.Node, p string) { r.Description = d.description(v, p) }},
 		field{name: "match", required: true, fn: func(v *yaml.Node, p string) { matchNode = v }},
 		field{name: "lookup", fn: func(v *yaml.Node, p string) { lookupNode = v }},
-		field{name: "emit", required: true, fn: func(v *yaml.Node, p string) { emitNode = v }},
+		field{name: "emit", fn: func(v *yaml.Node, p string) { emitNode = v }},
+		field{name: "batch", fn: func(v *yaml.Node, p string) { batchNode = v }},
 	)
+	switch {
+	case emitNode == nil && batchNode == nil:
+		d.errf(n, "", "missing required key \"emit\" (or \"batch\", for a batch endpoint whose sub-requests the other rules match)")
+	case emitNode != nil && batchNode != nil:
+		d.errf(batchNode, "batch", "a rule has emit or batch, not both: a batch rule emits nothing itself, the rules its sub-exchanges match do; move emit to a rule of its own")
+		batchNode = nil
+	case batchNode != nil && lookupNode != nil:
+		d.errf(lookupNode, "lookup", "a batch rule emits nothing itself, so its lookups would never be used; put them on the rules its sub-exchanges match")
+		lookupNode = nil
+	}
 	if matchNode != nil {
 		d.parseMatch(r, matchNode)
 	}
@@ -281,6 +296,10 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 				r.emits = append(r.emits, e)
 			}
 		}
+		r.groupEach()
+	}
+	if batchNode != nil {
+		r.batch = d.parseBatch(batchNode, sc)
 	}
 	// Unused lookups are a mistake worth reporting: they cost an upstream call.
 	// When an emit failed to parse, its references are unknown, so say nothing.
@@ -293,6 +312,9 @@ func (d *dec) parseRule(n *yaml.Node) *Rule {
 			t.lookupNames(used)
 		}
 		e.data.lookupNames(used)
+		if e.each != nil && e.each.items.kind == phLookupBody {
+			used[e.each.items.name] = true
+		}
 		e.previous.walkData(func(dn *dataNode) { dn.lookupNames(used) })
 	}
 	for _, lk := range r.lookups {
@@ -361,7 +383,7 @@ func (d *dec) parseMatch(r *Rule, n *yaml.Node) {
 	}
 }
 
-var reservedLookupNames = map[string]bool{"request": true, "response": true, "path": true}
+var reservedLookupNames = map[string]bool{"request": true, "response": true, "path": true, "item": true, "index": true, "where": true}
 
 func (d *dec) parseLookups(r *Rule, n *yaml.Node, sc *scope) {
 	items := d.listOrOne(n)
@@ -482,8 +504,15 @@ func (d *dec) tmplField(n *yaml.Node, path string, sc *scope) *tmpl {
 }
 
 func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
-	e := &emitSpec{dedupeWin: DefaultDedupeWindow}
+	e := &emitSpec{path: path, dedupeWin: DefaultDedupeWindow}
 	before := len(d.errs)
+	// each comes first wherever it is written: it makes {item…} known to
+	// the other fields
+	if v := mappingValue(n, "each"); v != nil {
+		if e.each, sc = d.parseEach(v, join(path, "each"), sc); e.each == nil {
+			return nil
+		}
+	}
 	keyList := func(into *[]string) func(v *yaml.Node, p string) {
 		return func(v *yaml.Node, p string) {
 			v = resolve(v)
@@ -527,6 +556,7 @@ func (d *dec) parseEmit(n *yaml.Node, path string, sc *scope) *emitSpec {
 			e.typ = t
 		}},
 		field{name: "types", fn: func(v *yaml.Node, p string) { typesNode = v }},
+		field{name: "each", fn: func(v *yaml.Node, p string) {}}, // parsed above
 		field{name: "description", fn: func(v *yaml.Node, p string) { e.description = d.description(v, p) }},
 		field{name: "subject", fn: func(v *yaml.Node, p string) { e.subject = d.tmplField(v, p, sc) }},
 		field{name: "tenant", fn: func(v *yaml.Node, p string) {
@@ -691,7 +721,13 @@ func (r *Rule) computeNeed() {
 		}
 		n.BeforeLookups = n.BeforeLookups || lk.before
 	}
+	if r.batch != nil {
+		r.batch.needs(&n)
+	}
 	for _, e := range r.emits {
+		if e.each != nil {
+			(&tmpl{phs: []*placeholder{e.each.items}}).needs(&n)
+		}
 		e.typ.needs(&n)
 		e.subject.needs(&n)
 		e.tenant.needs(&n)
@@ -705,6 +741,38 @@ func (r *Rule) computeNeed() {
 
 // Need reports which bodies the rule reads.
 func (r *Rule) Need() Need { return r.need }
+
+// groupEach marks the rule's emits with each, and gives the emits whose
+// each reads the same list one group, so their events keep the list's order.
+func (r *Rule) groupEach() {
+	for i, e := range r.emits {
+		if e.each == nil {
+			continue
+		}
+		r.hasEach = true
+		e.each.group = i
+		for j := 0; j < i; j++ {
+			if o := r.emits[j].each; o != nil && o.items.raw == e.each.items.raw {
+				e.each.group = o.group
+				break
+			}
+		}
+	}
+}
+
+// mappingValue returns the value of key in the mapping n, or nil.
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	n = resolve(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := resolve(n.Content[i]); k.Kind == yaml.ScalarNode && k.Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
 
 // EventTypes returns the event types the rule emits, as written (a templated
 // type keeps its placeholders; DeclaredTypes lists what it may render to).

@@ -243,6 +243,20 @@ func checkEveryRuleTested(t *testing.T, file string, data []byte, f *rules.File,
 		for _, ev := range events {
 			fired[ev.Source.Rule] = true
 		}
+		// a batch rule emits through the rules its sub-exchanges match
+		for _, m := range set.Match(ex) {
+			if !m.IsBatch() {
+				continue
+			}
+			b, _ := m.Batch(ex)
+			for _, sub := range b.Subs {
+				for _, sm := range set.Match(sub) {
+					if evs, _ := sm.Events(sub, rules.EmitOptions{Source: "schema-test"}); len(evs) > 0 {
+						fired[m.Rule.Name] = true
+					}
+				}
+			}
+		}
 	}
 	for _, r := range f.Rules() {
 		if !fired[r.Name] {
@@ -299,6 +313,12 @@ var invalid = map[string]string{
 	"templated-type-without-types.yaml": `templated-type-without-types.yaml:8:13: emit.type: templated type "user.{request.body.action}" needs the list of types it may render to, or a client chooses the type: add types: [user.created, user.updated] next to it`,
 	"types-on-constant-type.yaml":       `types-on-constant-type.yaml:9:14: emit.types: types lists what a templated type may render to; type "user.created" has no placeholder, so remove types`,
 	"keep-shapes-unknown.yaml":          `keep-shapes-unknown.yaml:10:26: emit.keep_shapes[1]: want a secret shape (otpauth, jwt, private_key, whsec), got "passwords"`,
+	"each-not-a-placeholder.yaml":       `each-not-a-placeholder.yaml:7:13: emit.each: want one placeholder naming a list, such as "{request.body.users}"`,
+	"each-unknown-key.yaml":             `each-unknown-key.yaml:9:9: emit.each: unknown key "filter"; want one of: items, where, then`,
+	"batch-and-emit.yaml":               `batch-and-emit.yaml:7:7: batch: a rule has emit or batch, not both`,
+	"batch-missing-status.yaml":         `batch-missing-status.yaml:7:17: batch.response: missing required key "status"`,
+	"batch-one-id.yaml":                 `batch-one-id.yaml:6:7: batch: request.id and response.id pair sub-requests with sub-responses by id: give both, or neither`,
+	"batch-with-lookup.yaml":            `batch-with-lookup.yaml:5:13: lookup: a batch rule emits nothing itself, so its lookups would never be used`,
 	"lookup-when-sometime.yaml":         `lookup-when-sometime.yaml:10:13: lookup.when: want before (before the request is forwarded) or after (after the response, the default), got "earlier"`,
 	"lookup-header-host.yaml":           `lookup-header-host.yaml:12:9: lookup.header.host: header Host cannot be set on a lookup`,
 	"previous-unknown-key.yaml":         `previous-unknown-key.yaml:12:9: emit.previous: unknown key "only_if_changed"; want one of: before, after, skip_unchanged, ignore`,
@@ -354,6 +374,12 @@ var invalidSchemaAt = map[string]string{
 	"templated-type-without-types.yaml": "/rules/0/emit",
 	"types-on-constant-type.yaml":       "/rules/0/emit",
 	"keep-shapes-unknown.yaml":          "/rules/0/emit/keep_shapes/1",
+	"each-not-a-placeholder.yaml":       "/rules/0/emit/each",
+	"each-unknown-key.yaml":             "/rules/0/emit/each",
+	"batch-and-emit.yaml":               "/rules/0",
+	"batch-missing-status.yaml":         "/rules/0/batch/response",
+	"batch-one-id.yaml":                 "/rules/0/batch/response",
+	"batch-with-lookup.yaml":            "/rules/0",
 	"lookup-when-sometime.yaml":         "/rules/0/lookup/when",
 	"lookup-header-host.yaml":           "/rules/0/lookup", // the propertyNames error is placed oddly by the library; it says invalid propertyName 'host'
 	"previous-unknown-key.yaml":         "/rules/0/emit/previous",
@@ -385,6 +411,8 @@ var invalidSemantic = map[string]string{
 	"claim-path-after-last-segment.yaml":    `claim-path-after-last-segment.yaml:10:16: emit.subject: {last_segment(response.header.Location).id}: last_segment(…) gives a string; only jwt(…) takes a claim path after it`,
 	"previous-without-data.yaml":            `previous-without-data.yaml:11:9: emit.previous: previous compares before with after, which defaults to the event's data, and this emit has no data: add data: or previous.after:`,
 	"previous-unknown-lookup.yaml":          `previous-unknown-lookup.yaml:11:17: emit.previous.before: unknown placeholder {old.body}`,
+	"item-outside-each.yaml":                `item-outside-each.yaml:7:16: emit.subject: placeholder {item.id}: {item…}, {index} and {where.…} stand for the element of a list, so they are known only in an emit with each:`,
+	"where-unknown-capture.yaml":            `where-unknown-capture.yaml:10:22: emit.data.member: placeholder {where.member}: want the name of a capture group (?P<name>…) of a regex in emit.each.where (this one has: id)`,
 }
 
 func checkListing(t *testing.T, dir string, want map[string]string) []string {
@@ -897,6 +925,13 @@ tests:
     expect:
       - {type: user.created, subject: ann@example.test, data: {email: ann@example.test, password: "[REDACTED]", plan: pro}}
 `},
+	{"dedupe as the key alone (default window)", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: /api/users}
+    emit: {type: user.created, dedupe: "{request.header.Idempotency-Key}"}
+`},
 	{"wildcard host and body condition paths with gjson syntax", `
 version: 1
 rules:
@@ -908,6 +943,130 @@ rules:
       response:
         body: {"users.#": {gte: 1}, "roles.0": admin}
     emit: {type: x.y}
+`},
+	{"each: one event per element, filtered, with captures and nested lists", `
+version: 1
+rules:
+  - name: users-imported
+    match: {method: POST, path: /api/users/import, status: 201}
+    emit:
+      type: user.created
+      each: "{response.body.users}"
+      subject: "{item.id}"
+      data: {id: "{item.id}", email: "{item.email}", position: "{index}"}
+      dedupe: {key: "{request.header.Idempotency-Key}"}
+  - name: scim-group-members
+    match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
+    emit:
+      - type: group.member_added
+        each: {items: "{request.body.Operations}", where: {op: {regex: "(?i)^add$"}, path: members}, then: "{item.value}"}
+        subject: "{path.id}"
+        data: {group: "{path.id}", member: "{item.value}"}
+      - type: group.member_removed
+        each:
+          items: "{request.body.Operations}"
+          where:
+            op: {regex: "(?i)^remove$"}
+            path: {regex: '^members\[value eq "(?P<member>[^"]+)"\]$'}
+        subject: "{path.id}"
+        data: {group: "{path.id}", member: "{where.member}"}
+tests:
+  - name: an import of two users is two events
+    request: {method: POST, path: /api/users/import, body: {"users": [{"email": "a@x.test"}, {"email": "b@x.test"}]}}
+    response: {status: 201, body: {"users": [{"id": "u_1", "email": "a@x.test"}, {"id": "u_2", "email": "b@x.test"}]}}
+    expect:
+      - {type: user.created, subject: u_1, data: {id: u_1, email: a@x.test, position: 0}}
+      - {type: user.created, subject: u_2, data: {id: u_2, email: b@x.test, position: 1}}
+  - name: a PATCH adding two members and removing one is three events, in the order of its operations
+    request:
+      method: PATCH
+      path: /scim/v2/Groups/g_1
+      header: {Content-Type: application/scim+json}
+      body:
+        Operations:
+          - {op: remove, path: 'members[value eq "c3a26dd3"]'}
+          - {op: Add, path: members, value: [{value: "2819c223"}, {value: "902c246b"}]}
+    response: {status: 204}
+    expect:
+      - {type: group.member_removed, subject: g_1, data: {group: g_1, member: c3a26dd3}}
+      - {type: group.member_added, subject: g_1, data: {group: g_1, member: "2819c223"}}
+      - {type: group.member_added, subject: g_1, data: {group: g_1, member: "902c246b"}}
+`},
+	{"batch: SCIM /Bulk, a JSON $batch paired by id, a top-level list of answers", `
+version: 1
+rules:
+  - name: user-created
+    match: {method: POST, path: [/scim/v2/Users, /v1/users], status: 201}
+    emit: {type: user.created, subject: "{response.body.id}", data: {id: "{response.body.id}", location: "{response.header.Location}"}}
+  - name: user-deleted
+    match: {method: DELETE, path: ["/scim/v2/Users/{id}", "/v1/users/{id}"]}
+    emit: {type: user.deleted, subject: "{path.id}"}
+  - name: scim-bulk
+    description: A SCIM bulk request; its operations are matched as requests of their own.
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}", location: "{item.location}"}
+  - name: json-batch
+    match: {method: POST, path: /v1/$batch}
+    batch:
+      base: /v1
+      atomic: true
+      request: {items: "{request.body.requests}", id: "{item.id}", method: "{item.method}", url: "{item.url}", body: "{item.body}"}
+      response: {items: "{response.body.responses}", id: "{item.id}", status: "{item.status}", body: "{item.body}", location: "{item.headers.Location}"}
+  - name: plain-batch
+    match: {method: POST, path: /v1/batch}
+    batch:
+      request: {items: "{request.body.requests}", method: "{item.method}", url: "{item.url}", body: "{item.body}"}
+      response: {items: "{response.body}", status: "{item.status}", body: "{item.body}"}
+tests:
+  - name: a bulk of a create, a delete and a failed create emits for the two that succeeded
+    request:
+      method: POST
+      path: /scim/v2/Bulk
+      body:
+        Operations:
+          - {method: POST, path: /Users, bulkId: a, data: {userName: alice}}
+          - {method: DELETE, path: /Users/u_9}
+          - {method: POST, path: /Users, bulkId: b, data: {userName: alice}}
+    response:
+      status: 200
+      body:
+        Operations:
+          - {method: POST, bulkId: a, status: "201", location: "https://x.test/scim/v2/Users/u_1", response: {id: u_1}}
+          - {method: DELETE, status: "204"}
+          - {method: POST, bulkId: b, status: "409", response: {scimType: uniqueness}}
+    expect:
+      - {type: user.created, subject: u_1, data: {id: u_1, location: "https://x.test/scim/v2/Users/u_1"}}
+      - {type: user.deleted, subject: u_9}
+  - name: an atomic batch answered out of order, all succeeded
+    request:
+      method: POST
+      path: /v1/$batch
+      body: {requests: [{id: "1", method: POST, url: "/users?notify=1", body: {email: a@x.test}}, {id: "2", method: DELETE, url: /users/u_7}]}
+    response:
+      body: {responses: [{id: "2", status: 204}, {id: "1", status: 201, headers: {Location: /v1/users/u_8}, body: {id: u_8}}]}
+    expect:
+      - {type: user.created, subject: u_8, data: {id: u_8, location: /v1/users/u_8}}
+      - {type: user.deleted, subject: u_7}
+  - name: an atomic batch with a failure applied nothing
+    request:
+      method: POST
+      path: /v1/$batch
+      body: {requests: [{id: "1", method: POST, url: /users, body: {}}, {id: "2", method: DELETE, url: /users/u_7}]}
+    response:
+      body: {responses: [{id: "1", status: 201, body: {id: u_8}}, {id: "2", status: 404}]}
+    expect: []
+  - name: a batch answered with a top-level list
+    request:
+      method: POST
+      path: /v1/batch
+      body: {requests: [{method: DELETE, url: /v1/users/u_1}, {method: DELETE, url: /v1/users/u_2}]}
+    response:
+      body: [{status: 204}, {status: "500"}]
+    expect:
+      - {type: user.deleted, subject: u_1}
 `},
 }
 

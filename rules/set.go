@@ -226,7 +226,8 @@ func (s *Set) Plan(method, path string) (Need, bool) {
 		// a dedupe key's id depends on the response body: capture it when
 		// it fits, though the rule does not need it to emit
 		need.ResponseBody = need.ResponseBody || r.need.ResponseBody || r.digestsResponse
-		need.BeforeLookups = need.BeforeLookups || r.need.BeforeLookups
+		// a batch's sub-requests may match any rule with a before-lookup
+		need.BeforeLookups = need.BeforeLookups || r.need.BeforeLookups || r.batch != nil && s.anyBefore
 	}
 	return need, len(cands) > 0
 }
@@ -262,7 +263,9 @@ type Match struct {
 }
 
 // Match returns the rules that match the exchange, in file order. Status,
-// host and every request/response condition are checked.
+// host and every request/response condition are checked. A sub-exchange of a
+// batch (Match.Batch) is matched the same way, except that batch rules never
+// match it: batches do not nest.
 func (s *Set) Match(ex *Exchange) []*Match {
 	if s == nil || ex.Path == "" || ex.Path[0] != '/' {
 		return nil
@@ -275,6 +278,9 @@ func (s *Set) Match(ex *Exchange) []*Match {
 	var out []*Match
 	for _, i := range cands {
 		r := s.rules[i]
+		if r.batch != nil && ex.parent != nil {
+			continue
+		}
 		if m, ok := r.match(ex); ok {
 			out = append(out, m)
 		}

@@ -27,6 +27,9 @@ const (
 	phHost
 	phLookupBody
 	phLookupStatus
+	phItem  // {item}, {item.<gjson path>}: the element of an each or a batch
+	phIndex // {index}: the element's position
+	phWhere // {where.<name>}: a named capture of an each's where regex
 )
 
 // placeholder is one {…} reference.
@@ -63,6 +66,7 @@ type tmpl struct {
 type scope struct {
 	params  []map[string]bool // per path template: its parameter names
 	lookups map[string]bool   // lookups declared so far
+	elem    *elemScope        // inside an emit with each, or a batch: {item}, {index}, {where.x}
 	before  map[string]bool   // those of them that run before the request (when: before)
 }
 
@@ -194,6 +198,8 @@ func parsePlaceholderIn(raw string, sc *scope, calls int) (*placeholder, error) 
 				}
 			}
 		}
+	case "item", "index", "where":
+		return parseElemPlaceholder(ph, head, rest, sc)
 	default:
 		sub, rest2, _ := strings.Cut(rest, ".")
 		if sc == nil || !sc.lookups[head] {
@@ -239,9 +245,9 @@ func secretElements(ph *placeholder) []string {
 	}
 	var elems []string
 	switch ph.kind {
-	case phRequestBody, phResponseBody, phLookupBody:
+	case phRequestBody, phResponseBody, phLookupBody, phItem:
 		elems = strings.FieldsFunc(ph.gpath, func(r rune) bool { return r == '.' || r == '|' })
-	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath:
+	case phQuery, phRequestHeader, phResponseHeader, phRequestCookie, phPath, phWhere:
 		elems = []string{ph.name, lastElement(ph.name)}
 	}
 	return secretNames(elems)
@@ -400,6 +406,8 @@ func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
 			return value{}
 		}
 		return pb.get(ph.gpath)
+	case phItem, phIndex, phWhere:
+		return ex.elem.resolve(ph)
 	}
 	return value{}
 }

@@ -131,7 +131,7 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	matches := set.Match(ex)
-	for _, m := range matches {
+	noteLookups := func(m *rules.Match, ex *rules.Exchange) {
 		for i := 0; i < m.NumLookups(); i++ {
 			lk := m.Lookup(i, ex)
 			when := "after the response"
@@ -139,6 +139,24 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 				when = "before forwarding the request"
 			}
 			fmt.Fprintf(stderr, "note: rule %q would GET %s on the upstream %s (as %q); it is not sent here, so its placeholders are missing\n", m.Rule.Name, lk.Path, when, lk.As)
+		}
+	}
+	for _, m := range matches {
+		noteLookups(m, ex)
+		if !m.IsBatch() {
+			continue
+		}
+		b, _ := m.Batch(ex)
+		fmt.Fprintf(stderr, "note: batch rule %q: %d sub-request(s), %d succeeded, %d failed or unanswered", m.Rule.Name, b.Requests, len(b.Subs), b.Failed)
+		if b.RolledBack {
+			fmt.Fprint(stderr, "; atomic, so none was applied")
+		}
+		fmt.Fprintln(stderr)
+		for _, sub := range b.Subs {
+			for _, sm := range set.Match(sub) {
+				fmt.Fprintf(stderr, "note:   %s %s (%d) matches rule %q\n", sub.Method, sub.Path, sub.Status, sm.Rule.Name)
+				noteLookups(sm, sub)
+			}
 		}
 	}
 	events, errs := set.Evaluate(ex, rules.EmitOptions{Source: *source, Mode: *mode, Now: time.Now(), Unchanged: func(rule, typ string) {

@@ -109,6 +109,44 @@ func TestRulesTest(t *testing.T) {
 	}
 }
 
+// TestRulesTestBatch: `rules test` splits a batch exchange, says how, and
+// prints the events of its sub-exchanges.
+func TestRulesTestBatch(t *testing.T) {
+	dir := t.TempDir()
+	pack := write(t, dir, "scim.yaml", `version: 1
+rules:
+  - name: scim-user-created
+    match: {method: POST, path: /scim/v2/Users, status: 201}
+    lookup: {get: "/scim/v2/Users/{response.body.id}", as: user}
+    emit: {type: user.created, subject: "{response.body.id}", data: {name: "{user.body.userName}"}}
+  - name: scim-bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}"}
+`)
+	req := write(t, dir, "req", `{"method":"POST","path":"/scim/v2/Bulk","body":{"Operations":[{"method":"POST","path":"/Users","data":{"userName":"a"}},{"method":"POST","path":"/Users","data":{}}]}}`)
+	resp := write(t, dir, "resp", `{"status":200,"body":{"Operations":[{"status":"201","response":{"id":"u_1"}},{"status":"400"}]}}`)
+	var out, errb bytes.Buffer
+	if code := run([]string{"rules", "test", pack, "--request", req, "--response", resp}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var evs []map[string]any
+	if err := json.Unmarshal(out.Bytes(), &evs); err != nil || len(evs) != 1 || evs[0]["subject"] != "u_1" || evs[0]["source"].(map[string]any)["rule"] != "scim-user-created" {
+		t.Fatalf("events %s (%v)", out.String(), err)
+	}
+	for _, want := range []string{
+		`note: batch rule "scim-bulk": 2 sub-request(s), 1 succeeded, 1 failed or unanswered`,
+		`note:   POST /scim/v2/Users (201) matches rule "scim-user-created"`,
+		`note: rule "scim-user-created" would GET /scim/v2/Users/u_1 on the upstream after the response (as "user")`,
+	} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+}
+
 const beforePackYAML = `version: 1
 rules:
   - name: member-removed
