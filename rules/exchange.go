@@ -71,12 +71,6 @@ type parsedBody struct {
 	json []byte
 	// str is json as a string, converted once (see text)
 	str string
-	// memoPath and memo are the last path result found and what it found:
-	// a subject and a data field, or a condition and a subject, often read
-	// the same value.
-	memoPath string
-	memo     gjson.Result
-	memoOK   bool
 }
 
 // text returns the body JSON as a string, converted on the first call: a
@@ -103,17 +97,10 @@ func (pb *parsedBody) get(path string) value {
 // gjson.GetBytes, which copies only the value found (a few values read from
 // a large body cost far less than a copy of it).
 func (pb *parsedBody) result(path string) gjson.Result {
-	if pb.memoOK && pb.memoPath == path {
-		return pb.memo
-	}
-	var r gjson.Result
 	if pb.str != "" {
-		r = gjson.Get(pb.str, path)
-	} else {
-		r = gjson.GetBytes(pb.json, path)
+		return gjson.Get(pb.str, path)
 	}
-	pb.memoPath, pb.memo, pb.memoOK = path, r, true
-	return r
+	return gjson.GetBytes(pb.json, path)
 }
 
 // LookupResult is the upstream's answer to a rule's lookup.
