@@ -416,11 +416,11 @@ func (cs *condSet) eval(ex *Exchange, response bool) bool {
 		}
 	}
 	if len(cs.body) > 0 {
-		body, ok := ex.jsonBody(response)
+		pb := ex.body(response)
 		for _, nc := range cs.body {
 			s := subject{isJSON: true}
-			if ok {
-				s.r = gjson.GetBytes(body, nc.name)
+			if pb.ok {
+				s.r = pb.result(nc.name)
 				s.present = s.r.Exists()
 			}
 			if !nc.c.eval(s) {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
@@ -94,12 +95,35 @@ type renderCtx struct {
 	missing *[]string
 	policy  *sanitizer
 	notes   truncNotes // where data was cut at MaxDataDepth
-	cp      copier     // reused by every JSON value of the event
-	// first buffers of the copier, inside the context so that a small
-	// event's copy allocates nothing more
-	pathBuf  [96]byte
-	frameBuf [6]frame
+	// scratch is the copiers' buffer for unescaped strings and normalized
+	// keys, reused by every JSON value of the event
+	scratch []byte
 }
+
+// renderData renders the emit's data for one event: into a pooled buffer
+// (at least as large as the largest data so far, dataSize), then copied out
+// at its exact length, so that an event holds no more memory than its data
+// and rendering it never grows a buffer.
+func (e *emitSpec) renderData(rc *renderCtx) []byte {
+	bp := dataBufPool.Get().(*[]byte)
+	if hint := int(e.dataSize.Load()); cap(*bp) < hint {
+		*bp = make([]byte, 0, hint)
+	}
+	buf := e.data.render((*bp)[:0], rc, make([]string, 0, 8), 0)
+	out := append([]byte(nil), buf...)
+	if cap(buf) <= maxPooledData {
+		*bp = buf[:0]
+		dataBufPool.Put(bp)
+	}
+	return out
+}
+
+// dataBufPool holds the buffers of renderData.
+var dataBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledData is the largest buffer renderData puts back: one huge event
+// must not make the pool hold on to its memory.
+const maxPooledData = 64 << 10
 
 // render appends the JSON of the data template. path is the dotted key path
 // from the root of data; depth is how many objects and arrays enclose dn.

@@ -224,7 +224,7 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 			}
 		}
 	}
-	ev.Data = e.data.render(make([]byte, 0, max(256, e.dataSize.Load())), rc, make([]string, 0, 8), 0)
+	ev.Data = e.renderData(rc)
 	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 		e.dataSize.Store(n)
 	}

@@ -7,7 +7,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -226,29 +228,47 @@ func (e Event) Envelope() ([]byte, error) {
 }
 
 // NewEventID returns "evt_" plus a ULID for t: 48 bits of milliseconds and 80 random bits,
-// so ids sort by time.
+// so ids sort by time. The random bits come from a ChaCha8 generator (a
+// cryptographically strong one) seeded from crypto/rand, one per goroutine
+// at a time (idRand): as unguessable as crypto/rand's own, without a call
+// into the kernel's random source per event.
 func NewEventID(t time.Time) string {
 	var b [16]byte
 	ms := uint64(t.UnixMilli())
 	binary.BigEndian.PutUint64(b[:8], ms<<16)
-	_, _ = rand.Read(b[6:])
-	return "evt_" + encodeULID(b)
+	g := idRand.Get().(*mrand.ChaCha8)
+	r1, r2 := g.Uint64(), g.Uint64()
+	idRand.Put(g)
+	b[6], b[7] = byte(r1>>8), byte(r1)
+	binary.BigEndian.PutUint64(b[8:], r2)
+	return eventID(b)
 }
+
+// idRand holds the ChaCha8 generators of NewEventID, each seeded with 32
+// bytes from crypto/rand (which never fails: it crashes the program
+// instead).
+var idRand = sync.Pool{New: func() any {
+	var seed [32]byte
+	_, _ = rand.Read(seed[:])
+	return mrand.NewChaCha8(seed)
+}}
 
 // DedupeEventID returns the id shared by every event of one rule, source and dedupe key.
 func DedupeEventID(source, rule, key string) string {
 	h := sha256.Sum256([]byte(source + "\x00" + rule + "\x00" + key))
 	var b [16]byte
 	copy(b[:], h[:16])
-	return "evt_" + encodeULID(b)
+	return eventID(b)
 }
 
-// encodeULID renders 128 bits as 26 Crockford base32 characters (two leading zero bits), as ULID does.
-func encodeULID(b [16]byte) string {
+// eventID renders "evt_" and 128 bits as 26 Crockford base32 characters
+// (two leading zero bits), as ULID does, in one allocation.
+func eventID(b [16]byte) string {
 	hi := binary.BigEndian.Uint64(b[:8])
 	lo := binary.BigEndian.Uint64(b[8:])
-	var out [26]byte
-	for i := 25; i >= 0; i-- {
+	var out [4 + 26]byte
+	copy(out[:], "evt_")
+	for i := len(out) - 1; i >= 4; i-- {
 		out[i] = crockfordAlphabet[lo&31]
 		lo = lo>>5 | hi<<59
 		hi >>= 5

@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+
+	"github.com/tidwall/gjson"
 )
 
 // Exchange is one observed HTTP request and its response. Fill the fields you
@@ -129,6 +131,38 @@ type parsedBody struct {
 	done bool
 	ok   bool
 	json []byte
+	// str is json as a string, converted once (see text)
+	str string
+}
+
+// text returns the body JSON as a string, converted on the first call: a
+// placeholder that reads the whole body, or a lookup's body (SetLookup),
+// copies it once, not at every read.
+func (pb *parsedBody) text() string {
+	if pb.str == "" && len(pb.json) > 0 {
+		pb.str = string(pb.json)
+	}
+	return pb.str
+}
+
+// get returns the value at the gjson path of the body JSON, or the whole
+// body for path "". The body must be ok.
+func (pb *parsedBody) get(path string) value {
+	if path == "" {
+		return value{found: true, isJSON: true, raw: pb.text()}
+	}
+	return jsonResult(pb.result(path))
+}
+
+// result returns the gjson result at path in the body JSON: found in the
+// body's string when there is one (no copy at all), else with
+// gjson.GetBytes, which copies only the value found (a few values read from
+// a large body cost far less than a copy of it).
+func (pb *parsedBody) result(path string) gjson.Result {
+	if pb.str != "" {
+		return gjson.Get(pb.str, path)
+	}
+	return gjson.GetBytes(pb.json, path)
 }
 
 // LookupResult is the upstream's answer to a rule's lookup.
@@ -152,6 +186,7 @@ func (ex *Exchange) SetLookup(as string, r LookupResult) {
 	if ex.Lookups == nil {
 		ex.Lookups = map[string]LookupResult{}
 	}
+	r.body().text() // once here, not at every placeholder that reads it
 	ex.Lookups[as] = r
 }
 
@@ -210,6 +245,13 @@ func (ex *Exchange) responseCookie(name string) (string, bool) {
 
 // jsonBody returns the request or response body as JSON (see bodyAsJSON).
 func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
+	pb := ex.body(response)
+	return pb.json, pb.ok
+}
+
+// body returns the request or response body read as JSON (see bodyAsJSON),
+// parsed on the first call.
+func (ex *Exchange) body(response bool) *parsedBody {
 	i, body := 0, ex.RequestBody
 	if response {
 		i, body = 1, ex.ResponseBody
@@ -223,15 +265,18 @@ func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
 		}
 		pb.json, pb.ok = bodyAsJSON(body, ct)
 	}
-	return pb.json, pb.ok
+	return pb
 }
 
-func (lr *LookupResult) jsonBody() ([]byte, bool) {
+// body returns the lookup's body read as JSON, parsed on the first call.
+// SetLookup parses it: a LookupResult read back from Exchange.Lookups is a
+// copy, whose own parse would be lost.
+func (lr *LookupResult) body() *parsedBody {
 	if !lr.parsed.done {
 		lr.parsed.done = true
 		lr.parsed.json, lr.parsed.ok = bodyAsJSON(lr.Body, lr.Header.Get("Content-Type"))
 	}
-	return lr.parsed.json, lr.parsed.ok
+	return &lr.parsed
 }
 
 // bodyAsJSON reads a body as JSON: as is when it is valid JSON, as an object
@@ -242,7 +287,7 @@ func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
 	if len(trimmed) == 0 {
 		return nil, false
 	}
-	mt, params, _ := mime.ParseMediaType(contentType)
+	mt, params := formMediaType(contentType)
 	if mt == "multipart/form-data" {
 		return multipartJSON(body, params["boundary"])
 	}
@@ -257,6 +302,21 @@ func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
 		return trimmed, true
 	}
 	return nil, false
+}
+
+// formMediaType returns what mime.ParseMediaType returns for contentType
+// when that is one of the form types bodyAsJSON reads, and "" otherwise,
+// without the parameter map ParseMediaType allocates for any other type.
+// ParseMediaType's media type is the part before ";" lower-cased and
+// trimmed, or "" when that is not valid: when this part is not a form type,
+// neither is its answer.
+func formMediaType(contentType string) (string, map[string]string) {
+	base, _, _ := strings.Cut(contentType, ";")
+	if mt := strings.TrimSpace(strings.ToLower(base)); mt != "multipart/form-data" && mt != "application/x-www-form-urlencoded" {
+		return "", nil
+	}
+	mt, params, _ := mime.ParseMediaType(contentType)
+	return mt, params
 }
 
 // formJSON renders form fields as a JSON object; repeated fields become lists.

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -74,7 +75,7 @@ type frame struct {
 // nesting, and it reads each input byte a bounded number of times.
 type copier struct {
 	pol   *sanitizer
-	notes *truncNotes
+	notes truncNotes // the render context's, given back on release
 	in    string
 	pos   int
 	depth int // nesting of the data template around the value
@@ -101,7 +102,9 @@ func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, dept
 	if v := strings.TrimLeft(raw, " \t\r\n"); v == "" || v[0] != '{' && v[0] != '[' {
 		return rc.appendJSONScalar(dst, raw) // no path to track: the usual {response.body.user.id}
 	}
-	c := rc.copier(raw, base, depth)
+	cb := copierPool.Get().(*copierBufs)
+	defer cb.release(rc)
+	c := rc.copier(cb, raw, base, depth)
 	start := len(dst)
 	dst = slices.Grow(dst, len(raw)) // the copy is about as long as its input: grow once
 	out, ok := c.copy(dst)
@@ -113,7 +116,7 @@ func (rc *renderCtx) appendJSONValue(dst []byte, raw string, base []string, dept
 
 // appendJSONScalar copies a JSON string, number, true, false or null, or writes null.
 func (rc *renderCtx) appendJSONScalar(dst []byte, raw string) []byte {
-	c := copier{in: raw, scratch: rc.cp.scratch}
+	c := copier{in: raw, scratch: rc.scratch}
 	c.skipWS()
 	var s string
 	var ok bool
@@ -126,20 +129,37 @@ func (rc *renderCtx) appendJSONScalar(dst []byte, raw string) []byte {
 	if c.skipWS(); !ok || c.pos != len(c.in) {
 		return append(dst, "null"...)
 	}
-	rc.cp.scratch = c.scratch
+	rc.scratch = c.scratch
 	if isStr {
 		return rc.policy.appendString(dst, s)
 	}
 	return append(dst, s...)
 }
 
-// copier returns the render context's copier set up for raw, reusing its buffers.
-func (rc *renderCtx) copier(raw string, base []string, depth int) *copier {
-	c := &rc.cp
-	c.pol, c.notes, c.in, c.pos, c.depth = rc.policy, &rc.notes, raw, 0, depth
-	if c.path == nil {
-		c.path, c.frames = rc.pathBuf[:0], rc.frameBuf[:0]
-	}
+// copierBufs is a copier with its first buffers, taken from copierPool for
+// one JSON value: rendering an event allocates no copier of its own.
+type copierBufs struct {
+	c      copier
+	path   [96]byte
+	frames [6]frame
+}
+
+var copierPool = sync.Pool{New: func() any {
+	cb := new(copierBufs)
+	cb.c.path, cb.c.frames = cb.path[:0], cb.frames[:0]
+	return cb
+}}
+
+// maxPooledPath is the largest path buffer a pooled copier keeps: a value
+// with longer keys must not make the pool hold on to its memory.
+const maxPooledPath = 4 << 10
+
+// copier returns cb's copier set up for raw, with the render context's
+// scratch buffer.
+func (rc *renderCtx) copier(cb *copierBufs, raw string, base []string, depth int) *copier {
+	c := &cb.c
+	c.pol, c.notes, c.in, c.pos, c.depth = rc.policy, rc.notes, raw, 0, depth
+	c.scratch = rc.scratch
 	c.path = c.path[:0]
 	for i, k := range base {
 		if i > 0 {
@@ -150,6 +170,18 @@ func (rc *renderCtx) copier(raw string, base []string, depth int) *copier {
 	c.baseLen = len(c.path)
 	c.frames = c.frames[:0]
 	return c
+}
+
+// release gives the scratch buffer back to the render context and cb back
+// to the pool, holding nothing of the value or the event.
+func (cb *copierBufs) release(rc *renderCtx) {
+	c := &cb.c
+	rc.scratch, rc.notes = c.scratch, c.notes
+	c.pol, c.notes, c.in, c.scratch = nil, truncNotes{}, "", nil
+	if cap(c.path) > maxPooledPath {
+		c.path = cb.path[:0]
+	}
+	copierPool.Put(cb)
 }
 
 // copy runs the copier over its whole input. It reports false when the input

@@ -107,9 +107,11 @@ func (p *previousSpec) build(e *emitSpec, ex *Exchange, params []Param, missing 
 		return nil, false
 	}
 	d := differPool.Get().(*differ)
-	d.spec, d.notes = p, notes
+	n := *notes // the differ's own copy: a pooled differ must not point into the event's render context
+	d.spec, d.notes = p, &n
 	prev, ok := d.diff(string(before), string(afterJSON))
 	d.release()
+	*notes = n
 	if !ok {
 		addMissing(missing, PreviousMissing)
 		return nil, false

@@ -357,14 +357,11 @@ func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
 	}
 	switch ph.kind {
 	case phRequestBody, phResponseBody:
-		body, ok := ex.jsonBody(ph.kind == phResponseBody)
-		if !ok {
+		pb := ex.body(ph.kind == phResponseBody)
+		if !pb.ok {
 			return value{}
 		}
-		if ph.gpath == "" {
-			return value{found: true, isJSON: true, raw: string(body)}
-		}
-		return jsonResult(gjson.GetBytes(body, ph.gpath))
+		return pb.get(ph.gpath)
 	case phPath:
 		for _, p := range params {
 			if p.Name == ph.name {
@@ -404,14 +401,11 @@ func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
 		if ph.kind == phLookupStatus {
 			return value{found: true, isJSON: true, raw: strconv.Itoa(lr.Status)}
 		}
-		body, ok := lr.jsonBody()
-		if !ok {
+		pb := lr.body()
+		if !pb.ok {
 			return value{}
 		}
-		if ph.gpath == "" {
-			return value{found: true, isJSON: true, raw: string(body)}
-		}
-		return jsonResult(gjson.GetBytes(body, ph.gpath))
+		return pb.get(ph.gpath)
 	case phItem, phIndex, phWhere:
 		return ex.elem.resolve(ph)
 	}
