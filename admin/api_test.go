@@ -981,21 +981,36 @@ func TestStoreErrorNamesTheField(t *testing.T) {
 	}
 }
 
-func BenchmarkAPIListEndpoints(b *testing.B) {
-	srv := redistest.Start(b)
+// newTestRedis starts a redis-server of its own for tb and returns a client
+// of it, made as the worker makes one.
+func newTestRedis(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
+	srv := redistest.Start(tb)
 	opt, err := worker.ParseRedisURL(srv.URL)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	rdb, err := worker.RedisClient(opt)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() { _ = rdb.Close() })
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// newTestStore is an endpoint store on a redis-server of its own.
+func newTestStore(tb testing.TB) (*worker.Store, redis.UniversalClient) {
+	tb.Helper()
+	rdb := newTestRedis(tb)
 	store, err := worker.NewStore(rdb, worker.StoreOptions{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
+	return store, rdb
+}
+
+func BenchmarkAPIListEndpoints(b *testing.B) {
+	store, _ := newTestStore(b)
 	for i := range 100 {
 		if _, err := store.Create(context.Background(), worker.EndpointConfig{URL: fmt.Sprintf("https://h%d.example.com/hook", i), Events: []string{"user.*"}}); err != nil {
 			b.Fatal(err)
@@ -1016,20 +1031,7 @@ func BenchmarkAPIListEndpoints(b *testing.B) {
 }
 
 func BenchmarkAPICreateEndpoint(b *testing.B) {
-	srv := redistest.Start(b)
-	opt, err := worker.ParseRedisURL(srv.URL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rdb, err := worker.RedisClient(opt)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = rdb.Close() })
-	store, err := worker.NewStore(rdb, worker.StoreOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	store, _ := newTestStore(b)
 	h, err := NewAPI(APIConfig{Store: store})
 	if err != nil {
 		b.Fatal(err)

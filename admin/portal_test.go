@@ -19,7 +19,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
 )
@@ -972,20 +971,7 @@ func TestOpenAPIDescribesThePortal(t *testing.T) {
 // signature, expiry and one Redis round trip for revocation), on the same
 // 100 endpoints of one tenant and the same Redis.
 func BenchmarkPortalOverhead(b *testing.B) {
-	srv := redistest.Start(b)
-	opt, err := worker.ParseRedisURL(srv.URL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rdb, err := worker.RedisClient(opt)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = rdb.Close() })
-	store, err := worker.NewStore(rdb, worker.StoreOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	store, rdb := newTestStore(b)
 	for i := range 100 {
 		if _, err := store.Create(context.Background(), worker.EndpointConfig{
 			URL: fmt.Sprintf("https://h%d.example.com/hook", i), Events: []string{"user.*"}, Tenant: "t1",
@@ -1033,16 +1019,7 @@ func BenchmarkPortalOverhead(b *testing.B) {
 // FuzzPortalToken: whatever arrives as a token, verifying it neither panics
 // nor accepts anything but a token the links issued, byte for byte.
 func FuzzPortalToken(f *testing.F) {
-	srv := redistest.Start(f)
-	opt, err := worker.ParseRedisURL(srv.URL)
-	if err != nil {
-		f.Fatal(err)
-	}
-	rdb, err := worker.RedisClient(opt)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { _ = rdb.Close() })
+	rdb := newTestRedis(f)
 	links := newPortalLinks(rdb, time.Now)
 	ctx := context.Background()
 	issued := map[string]bool{}

@@ -9,8 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,11 +17,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/caddyserver/caddy/v2"
 
 	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
@@ -108,31 +101,14 @@ type covEnv struct {
 // newCoverageHandler provisions a handler with coverage on a fake store.
 func newCoverageHandler(t testing.TB, ruleText string, mod func(*Handler)) *covEnv {
 	t.Helper()
-	dir := t.TempDir()
-	file := filepath.Join(dir, "rules.yaml")
-	if err := os.WriteFile(file, []byte(ruleText), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h := &Handler{Rules: []string{file}, ReloadInterval: -1}
-	if mod != nil {
-		mod(h)
-	}
 	store := newFakeCovStore()
 	down := new(bool)
 	var mu sync.Mutex
 	cov := newCoverage(store, func() bool { mu.Lock(); defer mu.Unlock(); return *down })
 	t.Cleanup(cov.close)
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	q := &fakeQueue{}
-	if err := h.provision(ctx, covQueue{q, cov}); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	t.Cleanup(func() { _ = h.Cleanup() })
-	core, logs := observer.New(zapcore.DebugLevel)
-	h.logger = zap.New(core)
-	cov.logger.Store(h.logger)
-	return &covEnv{testEnv: &testEnv{h: h, q: q, logs: logs, dir: dir, file: file}, cov: cov, store: store, down: down}
+	env := newTestHandlerOn(t, ruleText, mod, func(q *fakeQueue) enqueuer { return covQueue{q, cov} })
+	cov.logger.Store(env.h.logger)
+	return &covEnv{testEnv: env, cov: cov, store: store, down: down}
 }
 
 // unmatchedCount reads authtap_unmatched_total{method,route}.

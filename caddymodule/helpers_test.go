@@ -104,6 +104,13 @@ type testEnv struct {
 // before provisioning.
 func newTestHandler(t testing.TB, ruleText string, mod func(*Handler)) *testEnv {
 	t.Helper()
+	return newTestHandlerOn(t, ruleText, mod, nil)
+}
+
+// newTestHandlerOn is newTestHandler with the queue the handler is
+// provisioned on made by wrap from the in-memory one (nil: that one).
+func newTestHandlerOn(t testing.TB, ruleText string, mod func(*Handler), wrap func(*fakeQueue) enqueuer) *testEnv {
+	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "rules.yaml")
 	if err := os.WriteFile(file, []byte(ruleText), 0o600); err != nil {
@@ -116,7 +123,11 @@ func newTestHandler(t testing.TB, ruleText string, mod func(*Handler)) *testEnv 
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	q := &fakeQueue{}
-	if err := h.provision(ctx, q); err != nil {
+	var enq enqueuer = q
+	if wrap != nil {
+		enq = wrap(q)
+	}
+	if err := h.provision(ctx, enq); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	t.Cleanup(func() { _ = h.Cleanup() })

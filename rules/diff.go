@@ -283,6 +283,31 @@ func (t *jtree) lookup(o int32, key string) int32 {
 	return -1
 }
 
+// mates finds, member by member of an object x of the before tree, its mate
+// in object y of the after tree: while both keep the same keys in the same
+// order (neither has a duplicate key) the next member of y is the mate and
+// no lookup is made; after the first mismatch every key is looked up.
+type mates struct {
+	t         *jtree
+	y, c, end int32 // the object, the member expected next, the end of y
+	lock      bool
+}
+
+func newMates(A, B *jtree, x, y int32) mates {
+	return mates{t: B, y: y, c: y + 1, end: B.nodes[y].skip, lock: !A.nodes[x].dups && !B.nodes[y].dups}
+}
+
+// of returns the mate of the member with key (quoted, as written), or -1.
+func (m *mates) of(key string) int32 {
+	if m.lock && m.c < m.end && m.t.keyOf(m.c) == key {
+		c := m.c
+		m.c = m.t.nodes[c].skip
+		return c
+	}
+	m.lock = false
+	return m.t.lookup(m.y, key)
+}
+
 // differ compares a before tree with an after tree.
 type differ struct {
 	a, b  jtree
@@ -312,21 +337,14 @@ func (d *differ) diff(before, after string) ([]byte, bool) {
 func (d *differ) diffObj(dst []byte, x, y int32) []byte {
 	A, B := &d.a, &d.b
 	xn, yn := &A.nodes[x], &B.nodes[y]
-	lock := !xn.dups && !yn.dups // same keys in the same order: no lookups
-	yc := y + 1
+	ms := newMates(A, B, x, y)
 	found := int32(0)
 	for xc := x + 1; xc < xn.skip; xc = A.nodes[xc].skip {
 		if A.nodes[xc].dead {
 			continue
 		}
 		key := A.keyOf(xc)
-		mate := int32(-1)
-		if lock && yc < yn.skip && B.keyOf(yc) == key {
-			mate, yc = yc, B.nodes[yc].skip
-		} else {
-			lock = false
-			mate = B.lookup(y, key)
-		}
+		mate := ms.of(key)
 		if mate >= 0 {
 			found++
 		}
@@ -444,21 +462,12 @@ func (d *differ) equal(x, y int32) bool {
 		}
 		return true
 	}
-	lock := !xn.dups && !yn.dups
-	yc := y + 1
+	ms := newMates(A, B, x, y)
 	for xc := x + 1; xc < xn.skip; xc = A.nodes[xc].skip {
 		if A.nodes[xc].dead {
 			continue
 		}
-		key := A.keyOf(xc)
-		mate := int32(-1)
-		if lock && yc < yn.skip && B.keyOf(yc) == key {
-			mate, yc = yc, B.nodes[yc].skip
-		} else {
-			lock = false
-			mate = B.lookup(y, key)
-		}
-		if mate < 0 || !d.equal(xc, mate) {
+		if mate := ms.of(A.keyOf(xc)); mate < 0 || !d.equal(xc, mate) {
 			return false
 		}
 	}
