@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -170,7 +171,7 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 		return errorf(http.StatusNotFound, CodeNotFound,
 			"delivery %q does not exist: endpoint %q never receives event %q", id, endpointID, eventID)
 	}
-	newID, err := a.enqueueReplay(r, ev, ep, "retry-"+strings.ToLower(rand.Text()[:12]))
+	newID, err := a.enqueueDelivery(r.Context(), ev, ep, true, "retry-"+strings.ToLower(rand.Text()[:12]))
 	if err != nil {
 		return internal(err)
 	}
@@ -180,19 +181,23 @@ func (a *api) retryDelivery(w http.ResponseWriter, r *http.Request) *apiError {
 	return nil
 }
 
-// enqueueReplay enqueues a delivery of ev to ep marked as a replay, with the
-// task id "<event id>:<endpoint id>:<suffix>", and returns that id.
-func (a *api) enqueueReplay(r *http.Request, ev rules.Event, ep worker.Endpoint, suffix string) (string, error) {
-	p, err := worker.DeliverPayloadFor(ev, ep, true)
+// enqueueDelivery enqueues a delivery of ev to ep (marked as a replay when
+// replay is set) and returns its task id: "<event id>:<endpoint id>", with
+// ":<suffix>" after it when suffix is not empty.
+func (a *api) enqueueDelivery(ctx context.Context, ev rules.Event, ep worker.Endpoint, replay bool, suffix string) (string, error) {
+	p, err := worker.DeliverPayloadFor(ev, ep, replay)
 	if err != nil {
 		return "", err
 	}
-	id := tasks.DeliverTaskID(ev.ID, ep.ID) + ":" + suffix
+	id := tasks.DeliverTaskID(ev.ID, ep.ID)
+	if suffix != "" {
+		id += ":" + suffix
+	}
 	task, err := tasks.NewDeliverTask(p, asynq.TaskID(id), asynq.MaxRetry(a.maxRetry), asynq.Retention(a.dedupe))
 	if err != nil {
 		return "", err
 	}
-	if _, err := a.client.EnqueueContext(r.Context(), task); err != nil {
+	if _, err := a.client.EnqueueContext(ctx, task); err != nil {
 		return "", fmt.Errorf("enqueuing delivery %s: %w", id, err)
 	}
 	return id, nil
@@ -262,7 +267,7 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) *apiError {
 	nonce := "replay-" + strings.ToLower(rand.Text()[:12])
 	resp := replayResponse{EventIDs: []string{}}
 	for _, ev := range evs {
-		if _, err := a.enqueueReplay(r, ev, ep, nonce); err != nil {
+		if _, err := a.enqueueDelivery(r.Context(), ev, ep, true, nonce); err != nil {
 			return internal(fmt.Errorf("replaying to %s after %d events: %w", id, resp.Replayed, err))
 		}
 		resp.Replayed++

@@ -7,12 +7,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
-	"github.com/authtap/authtap/worker/tasks"
 )
 
 // endpointWithSecret is the answer to a create or rotate request: the one
@@ -280,18 +278,11 @@ func (a *api) testEndpoint(w http.ResponseWriter, r *http.Request) *apiError {
 	if err := a.store.RecordEvent(ctx, ev, envelope, []string{ep.ID}); err != nil {
 		return internal(err)
 	}
-	p, err := worker.DeliverPayloadFor(ev, ep, false)
+	deliveryID, err := a.enqueueDelivery(ctx, ev, ep, false, "")
 	if err != nil {
-		return internal(err)
-	}
-	task, err := tasks.NewDeliverTask(p, asynq.MaxRetry(a.maxRetry), asynq.Retention(a.dedupe))
-	if err != nil {
-		return internal(err)
-	}
-	if _, err := a.client.EnqueueContext(ctx, task); err != nil {
-		return internal(fmt.Errorf("enqueuing test delivery to %s: %w", ep.ID, err))
+		return internal(fmt.Errorf("test event: %w", err))
 	}
 	a.log.Info("test event queued", append(scopeOf(r).logFields(), zap.String("endpoint_id", ep.ID), zap.String("event_id", ev.ID))...)
-	writeJSON(w, http.StatusAccepted, testResponse{EventID: ev.ID, DeliveryID: tasks.DeliverTaskID(ev.ID, ep.ID), Event: ev})
+	writeJSON(w, http.StatusAccepted, testResponse{EventID: ev.ID, DeliveryID: deliveryID, Event: ev})
 	return nil
 }

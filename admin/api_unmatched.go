@@ -5,8 +5,6 @@ import (
 	"net/http"
 
 	"go.uber.org/zap"
-
-	"github.com/authtap/authtap/worker"
 )
 
 // The coverage routes of the management API: the successful mutations that
@@ -23,8 +21,8 @@ var unmatchedRoutes = []route{
 func init() { routes = append(routes, unmatchedRoutes...) }
 
 // coverage returns the coverage store on the API's Redis.
-func (a *api) coverage() *worker.Coverage {
-	return worker.NewCoverage(a.store.Redis(), worker.CoverageOptions{Now: a.now})
+func (a *api) coverage() *Coverage {
+	return NewCoverage(a.store.Redis(), CoverageOptions{Now: a.now})
 }
 
 // listUnmatched answers GET /unmatched?limit=N: the route shapes, the most
@@ -38,7 +36,7 @@ func (a *api) listUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 	if err != nil {
 		return redisUnavailable(err)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"unmatched": shapes, "max_shapes": worker.MaxUnmatchedShapes})
+	writeJSON(w, http.StatusOK, map[string]any{"unmatched": shapes, "max_shapes": MaxUnmatchedShapes})
 	return nil
 }
 
@@ -46,7 +44,7 @@ func (a *api) getUnmatched(w http.ResponseWriter, r *http.Request) *apiError {
 	id := r.PathValue("id")
 	sh, err := a.coverage().Get(r.Context(), id)
 	switch {
-	case errors.Is(err, worker.ErrUnmatchedNotFound):
+	case errors.Is(err, ErrUnmatchedNotFound):
 		return errorf(http.StatusNotFound, CodeNotFound, "unmatched route shape %q is not (or no longer) kept", id)
 	case err != nil:
 		return redisUnavailable(err)

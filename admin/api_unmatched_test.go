@@ -3,20 +3,16 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/authtap/authtap/worker"
 )
 
 func TestAPIUnmatched(t *testing.T) {
 	f := newAPIFixture(t, apiFixtureOptions{})
-	c := worker.NewCoverage(f.worker.Store().Redis(), worker.CoverageOptions{})
+	c := NewCoverage(f.worker.Store().Redis(), CoverageOptions{})
 	ctx := context.Background()
-	if _, err := c.Report(ctx, []worker.UnmatchedCount{{Method: "POST", Route: "/users/{id}/password", Count: 4}, {Method: "DELETE", Route: "/sessions/{id}", Count: 9}}); err != nil {
+	if _, err := c.Report(ctx, []UnmatchedCount{{Method: "POST", Route: "/users/{id}/password", Count: 4}, {Method: "DELETE", Route: "/sessions/{id}", Count: 9}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.AddSample(ctx, "POST", "/users/{id}/password", testSample(7), 3); err != nil {
@@ -27,13 +23,13 @@ func TestAPIUnmatched(t *testing.T) {
 		t.Fatalf("GET /unmatched = %d %s", status, body)
 	}
 	var list struct {
-		Unmatched []worker.UnmatchedShape `json:"unmatched"`
-		MaxShapes int                     `json:"max_shapes"`
+		Unmatched []UnmatchedShape `json:"unmatched"`
+		MaxShapes int              `json:"max_shapes"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
 		t.Fatal(err)
 	}
-	if len(list.Unmatched) != 2 || list.Unmatched[0].Route != "/sessions/{id}" || list.MaxShapes != worker.MaxUnmatchedShapes {
+	if len(list.Unmatched) != 2 || list.Unmatched[0].Route != "/sessions/{id}" || list.MaxShapes != MaxUnmatchedShapes {
 		t.Fatalf("GET /unmatched = %s", body)
 	}
 	if s := list.Unmatched[1].Samples; len(s) != 1 || s[0].Request.Path != "/users/u_7/password" {
@@ -72,13 +68,5 @@ func TestAPIUnmatched(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 401 {
 		t.Errorf("GET /unmatched without a token = %d", res.StatusCode)
-	}
-}
-
-func testSample(i int) worker.UnmatchedSample {
-	return worker.UnmatchedSample{
-		At:       time.UnixMilli(int64(1e12 + i)).UTC(),
-		Request:  worker.SampleRequest{Method: "POST", Path: fmt.Sprintf("/users/u_%d/password", i), Body: json.RawMessage(`{"password":"[REDACTED]"}`)},
-		Response: worker.SampleResponse{Status: 204, Header: http.Header{"X-N": {fmt.Sprint(i)}}},
 	}
 }

@@ -5,7 +5,10 @@
 // short-lived signed portal links for one tenant (issued, listed and revoked
 // through the management API) and the portal page with its embedded assets,
 // whose API is the management API's endpoint, delivery and catalog routes
-// limited to the link's tenant (NewPortal).
+// limited to the link's tenant (NewPortal). It also keeps coverage
+// (Coverage): the route shapes of the successful mutations no rule matched,
+// their counts and redacted samples, which Caddy's authtap handler writes and
+// GET /unmatched and `authtap rules suggest` read.
 //
 // It works on what package worker keeps (the endpoint store, the delivery log,
 // the kept events) and enqueues deliveries through asynq the way the worker's
@@ -26,5 +29,7 @@
 // (BrowserGuard), openapi.json; api_portal_links.go (the operator's
 // /portal-links and /portal-keys routes), portal_links.go (tokens, keys and
 // revocation in Redis), portal.go (NewPortal: the page, its assets in portal/
-// and the tenant-scoped API).
+// and the tenant-scoped API); coverage.go (the coverage store in Redis: keys
+// under the hash tag {authtap-unmatched}, every one bounded and expiring) and
+// api_unmatched.go (its /unmatched routes).
 package admin

@@ -3,11 +3,10 @@ package caddymodule
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("authtap_admin", parseAdminCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("authtap_admin", handlerDirective[Admin])
 	// authtap_admin answers every request it gets, like metrics (another
 	// operational endpoint): it goes with the responding handlers, after
 	// respond and metrics and before reverse_proxy, php_fastcgi and
@@ -15,14 +14,6 @@ func init() {
 	// reverse_proxy is not shadowed by it. (Inside handle_path it is usually
 	// alone with basic_auth, which always runs first.)
 	httpcaddyfile.RegisterDirectiveOrder("authtap_admin", httpcaddyfile.After, "metrics")
-}
-
-func parseAdminCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	a := new(Admin)
-	if err := a.UnmarshalCaddyfile(h.Dispenser); err != nil {
-		return nil, err
-	}
-	return a, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -33,25 +24,20 @@ func parseAdminCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	    portal_url <url>             # where authtap_portal is, for portal links
 //	}
 func (h *Admin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
-	if d.NextArg() {
-		return d.Errf("unexpected argument %q: authtap_admin takes its options in a block", d.Val())
+	if err := blockOnly(d, "authtap_admin"); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
+		var err error
 		switch opt := d.Val(); opt {
 		case "prefix":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.Prefix = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			h.Prefix, err = oneArg(d)
 		case "monitor":
-			if !d.NextArg() {
-				return d.ArgErr()
+			var v string
+			if v, err = oneArg(d); err != nil {
+				return err
 			}
-			switch v := d.Val(); v {
+			switch v {
 			case "on":
 				h.DisableMonitor, h.MonitorReadOnly = false, false
 			case "off":
@@ -61,19 +47,13 @@ func (h *Admin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Errf("monitor: want on, off or read_only, got %q", v)
 			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
 		case "portal_url":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.PortalURL = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			h.PortalURL, err = oneArg(d)
 		default:
 			return d.Errf("unrecognized authtap_admin option %q (want prefix, monitor or portal_url)", opt)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

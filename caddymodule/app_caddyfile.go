@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
@@ -132,6 +133,42 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// handlerDirective is the Caddyfile parser of a handler directive whose
+// handler reads its own tokens: a new *T, unmarshaled.
+func handlerDirective[T any, P interface {
+	*T
+	caddyhttp.MiddlewareHandler
+	caddyfile.Unmarshaler
+}](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	p := P(new(T))
+	if err := p.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// blockOnly reads the name of a directive that takes its options in a block
+// only, refusing an argument after it.
+func blockOnly(d *caddyfile.Dispenser, directive string) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.Errf("unexpected argument %q: %s takes its options in a block", d.Val(), directive)
+	}
+	return nil
+}
+
+// oneArg reads the one argument of the option at hand.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
 }
 
 // parseDurationArg reads the one positive duration argument of the option named name.

@@ -10,8 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
 func init() {
@@ -173,8 +173,8 @@ func parseCoverage(d *caddyfile.Dispenser) (*CoverageConfig, error) {
 				return nil, d.ArgErr()
 			}
 			n, err := strconv.Atoi(d.Val())
-			if err != nil || n < 0 || n > worker.MaxUnmatchedSamples {
-				return nil, d.Errf("coverage: samples: want a number from 0 (count only) to %d, got %q", worker.MaxUnmatchedSamples, d.Val())
+			if err != nil || n < 0 || n > admin.MaxUnmatchedSamples {
+				return nil, d.Errf("coverage: samples: want a number from 0 (count only) to %d, got %q", admin.MaxUnmatchedSamples, d.Val())
 			}
 			cc.Samples = n
 			if n == 0 {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/authtap/authtap/worker"
+	"github.com/authtap/authtap/admin"
 )
 
 // How a captureWriter passes the response on, decided when the final status
@@ -54,7 +54,7 @@ type captureWriter struct {
 	own       bool // authtap_admin answered: not counted by coverage (markOwnTraffic)
 	// sampleTee: coverage samples this exchange should no rule match it, so
 	// a 2xx response that no rule wants is teed (its first
-	// worker.MaxSampleBody bytes copied) instead of passed untouched.
+	// admin.MaxSampleBody bytes copied) instead of passed untouched.
 	sampleTee bool
 }
 
@@ -88,7 +88,7 @@ func (cw *captureWriter) WriteHeader(code int) {
 	case cw.sampleTee && code >= 200 && code <= 299 && !cw.tunnel && !isStreaming(h) && cw.wants != nil && !cw.wants(code):
 		// no rule wants it: streamed, with a copy of its start for a sample
 		cw.mode = modeTee
-		cw.max = worker.MaxSampleBody
+		cw.max = admin.MaxSampleBody
 		cw.buf = getBuf()
 	case code == http.StatusSwitchingProtocols || cw.tunnel || isStreaming(h) || (cw.wants != nil && !cw.wants(code)):
 		cw.mode = modePass
@@ -260,3 +260,27 @@ var (
 	_ http.Hijacker       = (*captureWriter)(nil)
 	_ io.ReaderFrom       = (*captureWriter)(nil)
 )
+
+// readAhead reads the request body ahead, up to limit+1 bytes (so that a
+// larger body shows), and puts a reader back that yields exactly the bytes
+// (and the error) the original would have. A declared length is trusted for
+// the buffer's size only as far as DefaultMaxBody. The buffer is not pooled:
+// the proxy transport may still read the replayed body from its own
+// goroutine after the handler chain has returned.
+func readAhead(r *http.Request, limit int64) (*bytes.Buffer, error) {
+	buf := new(bytes.Buffer)
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength+1, DefaultMaxBody)))
+	}
+	_, err := io.CopyN(buf, r.Body, limit+1)
+	rest := io.Reader(r.Body)
+	switch {
+	case err == io.EOF:
+		err = nil
+	case err != nil:
+		// hand the same error on to whoever reads the body next
+		rest = errReader{err}
+	}
+	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	return buf, err
+}

@@ -23,14 +23,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
 // Coverage: successful mutations (POST, PUT, PATCH, DELETE answered 2xx) that
 // no rule matched are counted per method and route shape (rules.RouteShape)
 // in authtap_unmatched_total{method,route}, and a few redacted sample
-// exchanges of each shape are kept in Redis (worker.Coverage), for GET
+// exchanges of each shape are kept in Redis (admin.Coverage), for GET
 // /unmatched and `authtap rules suggest`.
 //
 // What it costs, by route:
@@ -42,7 +42,7 @@ import (
 //     the response writer is wrapped by a pooled status recorder, and a 2xx
 //     adds one to a counter. Nothing is buffered.
 //   - A mutation of a shape that still needs samples: its request body is
-//     read ahead up to worker.MaxSampleBody (4 KiB; a larger body is not
+//     read ahead up to admin.MaxSampleBody (4 KiB; a larger body is not
 //     sampled) and the first 4 KiB of a 2xx response are copied as they
 //     stream by; the response is never held. Redaction and the Redis write
 //     happen later, on the coverage goroutine. Shapes not seen yet are
@@ -72,7 +72,7 @@ type CoverageConfig struct {
 	// Default false.
 	Disabled bool `json:"disabled,omitempty"`
 	// Samples is how many redacted sample exchanges of each route shape are
-	// kept in Redis, at most 10 (worker.MaxUnmatchedSamples). A negative
+	// kept in Redis, at most 10 (admin.MaxUnmatchedSamples). A negative
 	// value keeps none: shapes are counted only. Default 3.
 	Samples int `json:"samples,omitempty"`
 }
@@ -93,7 +93,7 @@ const (
 	coverageProbeRate = 20
 	// maxUnmatchedSeries bounds the series of authtap_unmatched_total; the
 	// shapes past it are counted as route "other".
-	maxUnmatchedSeries = worker.MaxUnmatchedShapes
+	maxUnmatchedSeries = admin.MaxUnmatchedShapes
 	// routeOther is the route label of the shapes past the cap.
 	routeOther = "other"
 	// coverageReportBatch is how many shapes one report script carries.
@@ -236,10 +236,10 @@ func (e *shapeEntry) settle(kept bool) {
 	e.inflight.Add(-1)
 }
 
-// unmatchedStore is the part of worker.Coverage the coverage goroutine uses.
+// unmatchedStore is the part of admin.Coverage the coverage goroutine uses.
 type unmatchedStore interface {
-	Report(ctx context.Context, counts []worker.UnmatchedCount) ([]int, error)
-	AddSample(ctx context.Context, method, route string, s worker.UnmatchedSample, keep int) (int, error)
+	Report(ctx context.Context, counts []admin.UnmatchedCount) ([]int, error)
+	AddSample(ctx context.Context, method, route string, s admin.UnmatchedSample, keep int) (int, error)
 }
 
 // coverage is one Redis's coverage: the shapes its handlers have seen and
@@ -293,7 +293,7 @@ func (c *coverage) lookup(key []byte) *shapeEntry {
 }
 
 // entry returns the shape of key, making it (the first 2xx of a shape); past
-// worker.MaxUnmatchedShapes shapes, the method's overflow entry.
+// admin.MaxUnmatchedShapes shapes, the method's overflow entry.
 func (c *coverage) entry(key []byte) *shapeEntry {
 	if e := c.lookup(key); e != nil {
 		return e
@@ -305,7 +305,7 @@ func (c *coverage) entry(key []byte) *shapeEntry {
 	}
 	k := string(key)
 	method, route, _ := strings.Cut(k, " ")
-	if len(c.shapes) >= worker.MaxUnmatchedShapes {
+	if len(c.shapes) >= admin.MaxUnmatchedShapes {
 		e := c.other[method]
 		if e == nil {
 			e = &shapeEntry{method: method, route: routeOther, counter: unmatchedMetrics.counter(method, routeOther), other: true}
@@ -370,12 +370,12 @@ func (c *coverage) run() {
 // /unmatched) or expired is sampled again.
 func (c *coverage) flush() {
 	var entries []*shapeEntry
-	var counts []worker.UnmatchedCount
+	var counts []admin.UnmatchedCount
 	c.mu.RLock()
 	for _, e := range c.shapes {
 		if n := e.pending.Swap(0); n > 0 {
 			entries = append(entries, e)
-			counts = append(counts, worker.UnmatchedCount{Method: e.method, Route: e.route, Count: n})
+			counts = append(counts, admin.UnmatchedCount{Method: e.method, Route: e.route, Count: n})
 		}
 	}
 	c.mu.RUnlock()
@@ -386,7 +386,7 @@ func (c *coverage) flush() {
 	}
 }
 
-func (c *coverage) report(entries []*shapeEntry, counts []worker.UnmatchedCount) {
+func (c *coverage) report(entries []*shapeEntry, counts []admin.UnmatchedCount) {
 	var res []int
 	err := errRedisDown
 	if !c.down() {
@@ -424,7 +424,7 @@ func (c *coverage) write(ps *pendingSample) {
 	n, err := c.store.AddSample(ctx, ps.entry.method, ps.entry.route, s, ps.keep)
 	cancel()
 	switch {
-	case errors.Is(err, worker.ErrSampleTooLarge):
+	case errors.Is(err, admin.ErrSampleTooLarge):
 		ps.entry.settle(false)
 		unmatchedMetrics.drop(dropTooLarge)
 	case err != nil:
@@ -464,7 +464,7 @@ type pendingSample struct {
 
 // Notes of a body a sample does not keep.
 var (
-	noteTooLarge = fmt.Sprintf("larger than %d KiB: not kept", worker.MaxSampleBody>>10)
+	noteTooLarge = fmt.Sprintf("larger than %d KiB: not kept", admin.MaxSampleBody>>10)
 	noteMaxBody  = "larger than max_body: not kept"
 )
 
@@ -476,23 +476,23 @@ func newPendingSample(r *http.Request) *pendingSample {
 
 // build redacts the sample: paths, queries, headers and bodies go through
 // rules' redaction; bodies that are not JSON (or form-encoded) are not kept.
-func (ps *pendingSample) build() worker.UnmatchedSample {
-	s := worker.UnmatchedSample{At: ps.at.UTC()}
-	s.Request = worker.SampleRequest{
+func (ps *pendingSample) build() admin.UnmatchedSample {
+	s := admin.UnmatchedSample{At: ps.at.UTC()}
+	s.Request = admin.SampleRequest{
 		Method: ps.method,
-		Path:   cutText(rules.RedactPath(ps.path), worker.MaxSamplePathLen),
-		Query:  cutText(rules.RedactQuery(cutText(ps.query, worker.MaxSamplePathLen)), worker.MaxSamplePathLen),
+		Path:   cutText(rules.RedactPath(ps.path), admin.MaxSamplePathLen),
+		Query:  cutText(rules.RedactQuery(cutText(ps.query, admin.MaxSamplePathLen)), admin.MaxSamplePathLen),
 		Header: sampleHeader(ps.reqHeader),
 	}
 	s.Request.Body, s.Request.BodyNote = sampleBody(ps.reqBody, ps.reqNote, ps.reqHeader, true)
-	s.Response = worker.SampleResponse{Status: ps.status, Header: sampleHeader(ps.respHeader)}
+	s.Response = admin.SampleResponse{Status: ps.status, Header: sampleHeader(ps.respHeader)}
 	s.Response.Body, s.Response.BodyNote = sampleBody(ps.respBody, ps.respNote, ps.respHeader, ps.respDecoded)
 	return s
 }
 
-// sampleHeader keeps at most worker.MaxSampleHeaders headers (Content-Type
+// sampleHeader keeps at most admin.MaxSampleHeaders headers (Content-Type
 // and Location first, then by name), one value each (several joined with
-// ", "), redacted and cut to worker.MaxSampleHeaderLen bytes.
+// ", "), redacted and cut to admin.MaxSampleHeaderLen bytes.
 func sampleHeader(h http.Header) http.Header {
 	if len(h) == 0 {
 		return nil
@@ -516,14 +516,14 @@ func sampleHeader(h http.Header) http.Header {
 		}
 		return strings.Compare(a, b)
 	})
-	out := make(http.Header, min(len(names), worker.MaxSampleHeaders))
+	out := make(http.Header, min(len(names), admin.MaxSampleHeaders))
 	for _, k := range names {
-		if len(out) == worker.MaxSampleHeaders {
+		if len(out) == admin.MaxSampleHeaders {
 			break
 		}
 		name := cutText(k, 64)
 		v := rules.RedactHeaderValue(k, strings.Join(h[k], ", "))
-		out[name] = []string{cutText(v, worker.MaxSampleHeaderLen)}
+		out[name] = []string{cutText(v, admin.MaxSampleHeaderLen)}
 	}
 	return out
 }
@@ -538,7 +538,7 @@ func sampleBody(body []byte, note string, h http.Header, decoded bool) (json.Raw
 	}
 	if !decoded {
 		if enc := h.Values("Content-Encoding"); len(enc) > 0 {
-			d, err := decodeBody(enc, body, worker.MaxSampleBody)
+			d, err := decodeBody(enc, body, admin.MaxSampleBody)
 			switch {
 			case errors.Is(err, errTooLarge):
 				return nil, noteTooLarge
@@ -548,7 +548,7 @@ func sampleBody(body []byte, note string, h http.Header, decoded bool) (json.Raw
 			body = d
 		}
 	}
-	if len(body) > worker.MaxSampleBody {
+	if len(body) > admin.MaxSampleBody {
 		return nil, noteTooLarge
 	}
 	ct := h.Get("Content-Type")
@@ -578,42 +578,28 @@ func cutText(s string, max int) string {
 	return s[:cut]
 }
 
-// captureSampleBody reads the request body ahead, up to worker.MaxSampleBody,
-// and puts a reader back that yields exactly the bytes (and the error) the
-// original would have. A body declared or found larger is not kept (its
-// note says so). The buffer is not pooled: the proxy transport may still
-// read the replayed body after the handler chain has returned.
+// captureSampleBody reads the request body ahead (readAhead), up to
+// admin.MaxSampleBody. A body declared or found larger is not kept (its note
+// says so).
 func captureSampleBody(r *http.Request) (body []byte, note string) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, ""
 	}
-	if r.ContentLength > worker.MaxSampleBody {
+	if r.ContentLength > admin.MaxSampleBody {
 		return nil, noteTooLarge
 	}
-	buf := new(bytes.Buffer)
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength) + 1)
-	}
-	_, err := io.CopyN(buf, r.Body, worker.MaxSampleBody+1)
-	rest := io.Reader(r.Body)
-	switch {
-	case err == io.EOF:
-		err = nil
-	case err != nil:
-		rest = errReader{err}
-	}
-	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	buf, err := readAhead(r, admin.MaxSampleBody)
 	switch {
 	case err != nil:
 		return nil, "could not be read: not kept"
-	case buf.Len() > worker.MaxSampleBody:
+	case buf.Len() > admin.MaxSampleBody:
 		return nil, noteTooLarge
 	}
 	return buf.Bytes(), ""
 }
 
 // covWriter wraps the response writer of an uncovered mutation: it records
-// the final status and, for a sample, copies the first worker.MaxSampleBody
+// the final status and, for a sample, copies the first admin.MaxSampleBody
 // bytes of a 2xx body as they stream by. It never holds or changes a byte.
 // It is pooled.
 type covWriter struct {
@@ -658,7 +644,7 @@ func (cw *covWriter) Write(p []byte) (int, error) {
 	}
 	n, err := cw.ResponseWriter.Write(p)
 	if cw.tee != nil && !cw.teeOver {
-		if cw.status < 200 || cw.status > 299 || cw.tee.Len()+n > worker.MaxSampleBody {
+		if cw.status < 200 || cw.status > 299 || cw.tee.Len()+n > admin.MaxSampleBody {
 			cw.teeOver = true
 		} else {
 			cw.tee.Write(p[:n])

@@ -22,9 +22,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
 // coverageCaddyfile is the README's setup: the authtap handler in front of
@@ -161,7 +161,7 @@ func (e *coverageCaddy) metric(series string) float64 {
 
 // unmatched waits until GET /_authtap/unmatched lists a shape for which
 // done is true, and returns the listing.
-func (e *coverageCaddy) unmatched(done func([]worker.UnmatchedShape) bool) []worker.UnmatchedShape {
+func (e *coverageCaddy) unmatched(done func([]admin.UnmatchedShape) bool) []admin.UnmatchedShape {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -174,7 +174,7 @@ func (e *coverageCaddy) unmatched(done func([]worker.UnmatchedShape) bool) []wor
 			e.t.Fatalf("GET /unmatched = %d %s", status, body)
 		}
 		var l struct {
-			Unmatched []worker.UnmatchedShape `json:"unmatched"`
+			Unmatched []admin.UnmatchedShape `json:"unmatched"`
 		}
 		if err := json.Unmarshal([]byte(body), &l); err != nil {
 			e.t.Fatal(err)
@@ -208,7 +208,7 @@ func (e *coverageCaddy) redisDump() string {
 	return b.String()
 }
 
-func findShape(shapes []worker.UnmatchedShape, method, route string) *worker.UnmatchedShape {
+func findShape(shapes []admin.UnmatchedShape, method, route string) *admin.UnmatchedShape {
 	for i := range shapes {
 		if shapes[i].Method == method && shapes[i].Route == route {
 			return &shapes[i]
@@ -296,7 +296,7 @@ func TestCoverageThroughCaddy(t *testing.T) {
 		}
 	}
 
-	shapes := e.unmatched(func(s []worker.UnmatchedShape) bool {
+	shapes := e.unmatched(func(s []admin.UnmatchedShape) bool {
 		p := findShape(s, "PUT", "/api/users/{id}/password")
 		return p != nil && p.Count == 4 && len(p.Samples) == 3 && findShape(s, "POST", "/api/users") != nil
 	})
@@ -343,10 +343,10 @@ func TestCoverageThroughCaddy(t *testing.T) {
 	// a cleared shape seen again is counted afresh, and once that count is
 	// reported (Redis says it keeps no samples), sampled afresh
 	e.do("PUT", "/api/users/u_7/password", `{"new_password":"x"}`, auth)
-	e.unmatched(func(s []worker.UnmatchedShape) bool { return findShape(s, "PUT", "/api/users/{id}/password") != nil })
+	e.unmatched(func(s []admin.UnmatchedShape) bool { return findShape(s, "PUT", "/api/users/{id}/password") != nil })
 	time.Sleep(3 * coverageFlushInterval)
 	e.do("PUT", "/api/users/u_8/password", `{"new_password":"y"}`, auth)
-	shapes = e.unmatched(func(s []worker.UnmatchedShape) bool {
+	shapes = e.unmatched(func(s []admin.UnmatchedShape) bool {
 		p := findShape(s, "PUT", "/api/users/{id}/password")
 		return p != nil && p.Count == 2 && len(p.Samples) == 1
 	})
@@ -380,7 +380,7 @@ func TestCoverageRedisDownThroughCaddy(t *testing.T) {
 		t.Errorf("dropped samples = %v", got)
 	}
 	e.redis.Restart()
-	shapes := e.unmatched(func(s []worker.UnmatchedShape) bool {
+	shapes := e.unmatched(func(s []admin.UnmatchedShape) bool {
 		p := findShape(s, "DELETE", "/api/sessions/{id}")
 		return p != nil && p.Count == 20
 	})
@@ -447,11 +447,11 @@ func TestCoverageHostilePathsThroughCaddy(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // the last report
 	ctx := context.Background()
-	if n := e.rdb.ZCard(ctx, "authtap:{authtap-unmatched}:shapes").Val(); n > worker.MaxUnmatchedShapes {
+	if n := e.rdb.ZCard(ctx, "authtap:{authtap-unmatched}:shapes").Val(); n > admin.MaxUnmatchedShapes {
 		t.Errorf("Redis keeps %d shapes", n)
 	}
 	keys, _ := e.rdb.Keys(ctx, "authtap:{authtap-unmatched}:*").Result()
-	if len(keys) > 1+2*worker.MaxUnmatchedShapes {
+	if len(keys) > 1+2*admin.MaxUnmatchedShapes {
 		t.Errorf("Redis holds %d coverage keys", len(keys))
 	}
 	mem := e.rdb.MemoryUsage(ctx, "authtap:{authtap-unmatched}:shapes").Val()

@@ -25,21 +25,21 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
-// fakeCovStore is an in-memory worker.Coverage.
+// fakeCovStore is an in-memory admin.Coverage.
 type fakeCovStore struct {
 	mu      sync.Mutex
 	counts  map[string]int64 // "METHOD route"
-	samples map[string][]worker.UnmatchedSample
+	samples map[string][]admin.UnmatchedSample
 	err     error         // every call fails with it
 	block   chan struct{} // every call waits for it to close (or the context)
 }
 
 func newFakeCovStore() *fakeCovStore {
-	return &fakeCovStore{counts: map[string]int64{}, samples: map[string][]worker.UnmatchedSample{}}
+	return &fakeCovStore{counts: map[string]int64{}, samples: map[string][]admin.UnmatchedSample{}}
 }
 
 func (s *fakeCovStore) wait(ctx context.Context) error {
@@ -56,7 +56,7 @@ func (s *fakeCovStore) wait(ctx context.Context) error {
 	return err
 }
 
-func (s *fakeCovStore) Report(ctx context.Context, counts []worker.UnmatchedCount) ([]int, error) {
+func (s *fakeCovStore) Report(ctx context.Context, counts []admin.UnmatchedCount) ([]int, error) {
 	if err := s.wait(ctx); err != nil {
 		return nil, err
 	}
@@ -70,24 +70,24 @@ func (s *fakeCovStore) Report(ctx context.Context, counts []worker.UnmatchedCoun
 	return out, nil
 }
 
-func (s *fakeCovStore) AddSample(ctx context.Context, method, route string, sm worker.UnmatchedSample, keep int) (int, error) {
+func (s *fakeCovStore) AddSample(ctx context.Context, method, route string, sm admin.UnmatchedSample, keep int) (int, error) {
 	if err := s.wait(ctx); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := method + " " + route
-	s.samples[k] = append([]worker.UnmatchedSample{sm}, s.samples[k]...)
+	s.samples[k] = append([]admin.UnmatchedSample{sm}, s.samples[k]...)
 	if len(s.samples[k]) > keep {
 		s.samples[k] = s.samples[k][:keep]
 	}
 	return len(s.samples[k]), nil
 }
 
-func (s *fakeCovStore) sampleList(key string) []worker.UnmatchedSample {
+func (s *fakeCovStore) sampleList(key string) []admin.UnmatchedSample {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]worker.UnmatchedSample(nil), s.samples[key]...)
+	return append([]admin.UnmatchedSample(nil), s.samples[key]...)
 }
 
 // covQueue is a fakeQueue that also gives the handler coverage.
@@ -185,7 +185,7 @@ func (e *covEnv) send(method, path, body string, header http.Header, next func(h
 }
 
 // waitSamples waits until the store keeps n samples for key.
-func (e *covEnv) waitSamples(t *testing.T, key string, n int) []worker.UnmatchedSample {
+func (e *covEnv) waitSamples(t *testing.T, key string, n int) []admin.UnmatchedSample {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -418,7 +418,7 @@ func TestCoverageRedisDownNeverSlowsRequests(t *testing.T) {
 
 // 100k distinct random paths: the metric keeps at most maxUnmatchedSeries
 // series (plus route="other"), its exposition stays bounded, and no more
-// than worker.MaxUnmatchedShapes shapes are tracked or sampled.
+// than admin.MaxUnmatchedShapes shapes are tracked or sampled.
 func TestCoverageHostilePathsBounded(t *testing.T) {
 	resetUnmatchedMetrics()
 	e := newCoverageHandler(t, testRules, nil)
@@ -476,14 +476,14 @@ func TestCoverageHostilePathsBounded(t *testing.T) {
 	e.cov.mu.RLock()
 	shapes := len(e.cov.shapes)
 	e.cov.mu.RUnlock()
-	if shapes > worker.MaxUnmatchedShapes {
+	if shapes > admin.MaxUnmatchedShapes {
 		t.Errorf("%d shapes tracked", shapes)
 	}
 	time.Sleep(50 * time.Millisecond)
 	e.store.mu.Lock()
 	sampled := len(e.store.samples)
 	e.store.mu.Unlock()
-	if sampled > worker.MaxUnmatchedShapes {
+	if sampled > admin.MaxUnmatchedShapes {
 		t.Errorf("%d shapes sampled", sampled)
 	}
 	t.Logf("%d series (%d other), %d shapes, %d sampled, %d bytes of labels", series, other, shapes, sampled, text.Len())

@@ -117,6 +117,30 @@ var fuzzSeeds = []fuzzSeed{
 	{name: "sync-user-created-stream", pack: "sync-thin.yaml", rule: "sync-user-created",
 		ctl:      fuzzCtl{status: st201, maxBody: 1, respType: 4, chunk: 1, respFlags: fuzzRespFlush},
 		respBody: `{"id":"u_1"}`},
+	{name: "scim-group-patched-members", pack: "scim.yaml", rule: "scim-group-patched", params: "e9e30dba",
+		ctl:    fuzzCtl{status: st204, maxBody: 1, reqType: 6},
+		reqHdr: "Host: acme.scim.example.test\nAuthorization: Bearer scim-acme-token\n",
+		reqBody: `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[` +
+			`{"op":"add","path":"members","value":[{"value":"2819c223"},{"value":"902c246b"}]},` +
+			`{"op":"remove","path":"members[value eq \"a1b2c3d4\"]"},{"op":"Add","value":{"members":[{"value":"6c5bb468"}]}},` +
+			`{"op":"Remove","path":"members","value":[{"value":"902c246b"}]},{"op":"Replace","path":"displayName","value":"Guides"}]}`},
+	{name: "scim-user-patched-deactivate", pack: "scim.yaml", rule: "scim-user-patched", params: "2819c223",
+		ctl:      fuzzCtl{status: st200, maxBody: 1, lookupBody: 1},
+		reqHdr:   "Host: acme.scim.example.test\nContent-Type: application/scim+json\n",
+		reqBody:  `{"id":"2819c223","active":true,"Operations":[{"op":"Replace","path":"active","value":"False"},{"op":"replace","value":{"active":true}}]}`,
+		respBody: `{"id":"2819c223","userName":"bjensen@acme.test","active":false,"meta":{"version":"W/\"d2\""}}`},
+	{name: "scim-user-created-location-only", pack: "scim.yaml", rule: "scim-user-created-location-only",
+		ctl:     fuzzCtl{status: st201, maxBody: 1, lookupBody: 0},
+		reqBody: `{"userName":"alice@acme.test"}`,
+		respHdr: "Location: https://acme.scim.example.test/scim/v2/Users/92b725cd?attributes=id\n"},
+	{name: "scim-pack-bulk-partial", pack: "scim.yaml", rule: "scim-bulk",
+		ctl:    fuzzCtl{status: st200, maxBody: 2, lookupBody: 0},
+		reqHdr: "Host: acme.scim.example.test\nContent-Type: application/scim+json\n",
+		reqBody: `{"failOnErrors":2,"Operations":[{"method":"POST","path":"/Users","bulkId":"q","data":{"userName":"alice"}},` +
+			`{"method":"POST","path":"/Users","data":{}},{"method":"PATCH","path":"/Groups/g1","data":{"Operations":[{"op":"add","path":"members","value":[{"value":"u1"}]}]}},` +
+			`{"method":"DELETE","path":"/Users/b7c14771"},{"method":"PUT","path":"/Groups/g1","data":{"displayName":"x"}}]}`,
+		respBody: `{"Operations":[{"status":"201","location":"https://acme.scim.example.test/scim/v2/Users/u1","response":{"id":"u1"}},` +
+			`{"status":"409"},{"status":"204"},{"status":"204","location":"/scim/v2/Users/b7c14771"}]}`},
 
 	// ---- framing -----------------------------------------------------------------------
 	{name: "trailer-announced", pack: "hostile.yaml", rule: "catch-all-body", params: "a|b",

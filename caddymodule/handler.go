@@ -21,8 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
 func init() {
@@ -218,7 +218,7 @@ func (h *Handler) provision(ctx caddy.Context, enq enqueuer) error {
 		if err := unmatchedMetrics.registerIn(ctx.GetMetricsRegistry()); err != nil {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
-		h.covKeep = worker.DefaultUnmatchedSamples
+		h.covKeep = admin.DefaultUnmatchedSamples
 		if h.Coverage != nil && h.Coverage.Samples != 0 {
 			h.covKeep = int32(max(0, h.Coverage.Samples))
 		}
@@ -263,8 +263,8 @@ func (h *Handler) Validate() error {
 	if b := time.Duration(h.BeforeLookupBudget); b < 0 || b > MaxBeforeLookupBudget {
 		return fmt.Errorf("before_lookup_budget: want a duration from 1ms to %s, got %s", MaxBeforeLookupBudget, b)
 	}
-	if h.Coverage != nil && h.Coverage.Samples > worker.MaxUnmatchedSamples {
-		return fmt.Errorf("coverage: samples: want at most %d, got %d", worker.MaxUnmatchedSamples, h.Coverage.Samples)
+	if h.Coverage != nil && h.Coverage.Samples > admin.MaxUnmatchedSamples {
+		return fmt.Errorf("coverage: samples: want at most %d, got %d", admin.MaxUnmatchedSamples, h.Coverage.Samples)
 	}
 	if h.LookupUpstream != "" {
 		u, err := url.Parse(h.LookupUpstream)
@@ -350,7 +350,7 @@ func (h *Handler) serveUncovered(w http.ResponseWriter, r *http.Request, next ca
 
 // serveSampled is serveUncovered for a shape that still needs samples (or
 // was not seen yet): the request body is read ahead up to
-// worker.MaxSampleBody and the response's first bytes are copied as they
+// admin.MaxSampleBody and the response's first bytes are copied as they
 // stream by; the redacted sample is written by the coverage goroutine.
 func (h *Handler) serveSampled(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key []byte, e *shapeEntry) error {
 	var ps *pendingSample
@@ -620,7 +620,7 @@ func batchField(batch string) zap.Field {
 
 // planCoverage decides, before a candidate mutation is forwarded, whether
 // it is sampled should no rule match it; a sample then needs the request
-// body, read ahead up to worker.MaxSampleBody when no rule reads it. It
+// body, read ahead up to admin.MaxSampleBody when no rule reads it. It
 // returns nil for anything but a mutation, or with coverage off.
 func (h *Handler) planCoverage(r *http.Request, need rules.Need) *covPlan {
 	if h.cov == nil || !isMutation(r.Method) {
@@ -653,7 +653,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 	}
 	ps.entry, ps.keep, ps.at = e, int(h.covKeep), time.Now()
 	if ps.reqBody == nil && ps.reqNote == "" && ex.RequestBody != nil { // a rule read it
-		if len(ex.RequestBody) > worker.MaxSampleBody {
+		if len(ex.RequestBody) > admin.MaxSampleBody {
 			ps.reqNote = noteTooLarge
 		} else {
 			ps.reqBody = ex.RequestBody // not pooled (captureRequest)
@@ -665,7 +665,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 	ps.respHeader = ex.ResponseHeader.Clone()
 	switch raw, complete := cw.body(); {
 	case ex.ResponseBody != nil:
-		if len(ex.ResponseBody) > worker.MaxSampleBody {
+		if len(ex.ResponseBody) > admin.MaxSampleBody {
 			ps.respNote = noteTooLarge
 		} else {
 			ps.respBody, ps.respDecoded = bytes.Clone(ex.ResponseBody), true
@@ -674,7 +674,7 @@ func (h *Handler) uncoveredCandidate(plan *covPlan, ex *rules.Exchange, cw *capt
 		ps.respNote = "streamed through: not kept"
 	case !complete:
 		ps.respNote = noteTooLarge
-	case len(raw) > worker.MaxSampleBody:
+	case len(raw) > admin.MaxSampleBody:
 		ps.respNote = noteTooLarge
 	default:
 		ps.respBody = bytes.Clone(raw)
@@ -700,13 +700,9 @@ func (h *Handler) enqueue(ctx context.Context, ev rules.Event, batch string) {
 	}
 }
 
-// captureRequest buffers the request body up to MaxBody and puts a reader
-// back that yields exactly the bytes (and the error) the original would have.
-// over reports a body larger than MaxBody (or one that failed to read); such
-// a body is not returned.
-//
-// The buffer is not pooled: the proxy transport may still read the replayed
-// body from its own goroutine after the handler chain has returned.
+// captureRequest buffers the request body up to MaxBody (readAhead). over
+// reports a body larger than MaxBody (or one that failed to read); such a
+// body is not returned.
 func (h *Handler) captureRequest(r *http.Request) (body []byte, over bool) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, false
@@ -716,21 +712,7 @@ func (h *Handler) captureRequest(r *http.Request) (body []byte, over bool) {
 		h.metrics.tooLarge.WithLabelValues("request").Inc()
 		return nil, true
 	}
-	buf := new(bytes.Buffer)
-	if r.ContentLength > 0 {
-		// trust the declared length only as far as the default limit
-		buf.Grow(int(min(r.ContentLength+1, DefaultMaxBody)))
-	}
-	_, err := io.CopyN(buf, r.Body, h.MaxBody+1)
-	rest := io.Reader(r.Body)
-	switch {
-	case err == io.EOF:
-		err = nil
-	case err != nil:
-		// hand the same error on to whoever reads the body next
-		rest = errReader{err}
-	}
-	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf.Bytes()), rest), closer: r.Body}
+	buf, err := readAhead(r, h.MaxBody)
 	if err != nil || int64(buf.Len()) > h.MaxBody {
 		if err == nil {
 			h.metrics.tooLarge.WithLabelValues("request").Inc()

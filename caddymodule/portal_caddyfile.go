@@ -5,22 +5,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("authtap_portal", parsePortalCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("authtap_portal", handlerDirective[Portal])
 	// A responding handler like authtap_admin (see there), also right after
 	// metrics: Caddy orders plugins only relative to standard directives.
 	httpcaddyfile.RegisterDirectiveOrder("authtap_portal", httpcaddyfile.After, "metrics")
-}
-
-func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	p := new(Portal)
-	if err := p.UnmarshalCaddyfile(h.Dispenser); err != nil {
-		return nil, err
-	}
-	return p, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -33,11 +24,11 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    prefix <path>                 # the path clients see, when nothing strips it
 //	}
 func (h *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
-	if d.NextArg() {
-		return d.Errf("unexpected argument %q: authtap_portal takes its options in a block", d.Val())
+	if err := blockOnly(d, "authtap_portal"); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
+		var err error
 		switch opt := d.Val(); opt {
 		case "frame_ancestors":
 			args := d.RemainingArgs()
@@ -51,31 +42,26 @@ func (h *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.AllowTestEndpoints = true
 		case "max_endpoints", "changes_per_minute":
-			if !d.NextArg() {
-				return d.ArgErr()
+			var v string
+			if v, err = oneArg(d); err != nil {
+				return err
 			}
-			n, err := strconv.Atoi(d.Val())
+			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
-				return d.Errf("%s: want a positive integer, got %q", opt, d.Val())
+				return d.Errf("%s: want a positive integer, got %q", opt, v)
 			}
 			if opt == "max_endpoints" {
 				h.MaxEndpoints = n
 			} else {
 				h.ChangesPerMinute = n
 			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
 		case "prefix":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.Prefix = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			h.Prefix, err = oneArg(d)
 		default:
 			return d.Errf("unrecognized authtap_portal option %q (want frame_ancestors, allow_test_endpoints, max_endpoints, changes_per_minute or prefix)", opt)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -154,3 +154,33 @@ func TestPortalCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// TestPortalAdminCaddyfileErrors: both directives take their options in a
+// block only, and each one-value option exactly one value.
+func TestPortalAdminCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ input, want string }{
+		{"authtap_portal /p {\n}", `unexpected argument "/p": authtap_portal takes its options in a block`},
+		{"authtap_portal {\n prefix\n}", "wrong argument count"},
+		{"authtap_portal {\n prefix /a /b\n}", "wrong argument count"},
+		{"authtap_portal {\n max_endpoints 3 4\n}", "wrong argument count"},
+		{"authtap_portal {\n changes_per_minute 0\n}", `changes_per_minute: want a positive integer, got "0"`},
+		{"authtap_admin /a {\n}", `unexpected argument "/a": authtap_admin takes its options in a block`},
+		{"authtap_admin {\n portal_url\n}", "wrong argument count"},
+		{"authtap_admin {\n monitor on off\n}", "wrong argument count"},
+		{"authtap_admin {\n monitor maybe\n}", `monitor: want on, off or read_only, got "maybe"`},
+	} {
+		var u caddyfile.Unmarshaler = new(Portal)
+		if strings.HasPrefix(tc.input, "authtap_admin") {
+			u = new(Admin)
+		}
+		err := u.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want %q", tc.input, err, tc.want)
+		}
+	}
+	var a Admin
+	if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser("authtap_admin {\n prefix /_authtap\n monitor read_only\n portal_url https://x.example/portal\n}")); err != nil ||
+		a.Prefix != "/_authtap" || a.DisableMonitor || !a.MonitorReadOnly || a.PortalURL != "https://x.example/portal" {
+		t.Errorf("authtap_admin parsed %+v, %v", a, err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/caddymodule/spool"
 	"github.com/authtap/authtap/rules"
 	"github.com/authtap/authtap/worker"
@@ -113,7 +114,7 @@ func newBackend(opt asynq.RedisConnOpt) (*backend, error) {
 			signal(b.answered)
 		}
 	}})
-	b.cov = newCoverage(worker.NewCoverage(rdb, worker.CoverageOptions{}), b.down.Load)
+	b.cov = newCoverage(admin.NewCoverage(rdb, admin.CoverageOptions{}), b.down.Load)
 	return b, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 	"gopkg.in/yaml.v3"
@@ -33,6 +35,29 @@ type batchSpec struct {
 	status    *tmpl
 	respBody  *tmpl // a whole placeholder; nil for none
 	location  *tmpl // the sub-response's Location header; nil for none
+
+	// reqStatic says the request side (base, request.*) reads nothing the
+	// response or a lookup sets: what BatchRequests splits before the
+	// request is forwarded is what Batch would split after the response.
+	reqStatic bool
+}
+
+// requestOnly reports whether the templates read only what is known before
+// the request is forwarded and does not change after: no response, status
+// or lookup.
+func requestOnly(ts ...*tmpl) bool {
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		for _, ph := range t.phs {
+			switch ph.kind {
+			case phResponseBody, phResponseHeader, phStatus, phLookupBody, phLookupStatus:
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // parseBatch reads a rule's batch mapping.
@@ -103,6 +128,8 @@ func (d *dec) parseBatch(n *yaml.Node, sc *scope) *batchSpec {
 	if len(d.errs) > before {
 		return nil
 	}
+	items := &tmpl{phs: []*placeholder{b.reqItems}}
+	b.reqStatic = requestOnly(items, b.base, b.reqID, b.method, b.url, b.reqBody)
 	return b
 }
 
@@ -148,42 +175,40 @@ func (m *Match) IsBatch() bool { return m.Rule.batch != nil }
 // id when the rule says so). A sub-exchange inherits the envelope's host and
 // request headers (credentials included); its response has a Content-Type
 // (application/json) when it has a body and a Location header when the
-// sub-response names one. At most MaxBatchOps sub-requests are read; the
-// error, when there are more, is an *EmitError counting the rest.
+// sub-response names one (synthesized: read them with ResponseHeaders). At
+// most MaxBatchOps sub-requests are read; the error, when there are more,
+// is an *EmitError counting the rest.
+//
+// The sub-exchanges' bodies are slices of the envelope's (not copies), so
+// they are valid while the envelope's are; their other strings are their
+// own. When BatchRequests split the same envelope's request side before,
+// Batch reuses that work unless the request side reads the response.
 func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	b := m.Rule.batch
 	if b == nil {
 		return Batch{}, nil
 	}
-	var out Batch
-	reqs, total, reqSrc := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
-	out.Requests = total
-	var err error
-	if total > MaxBatchOps {
-		err = &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyOps, Count: total - MaxBatchOps,
-			Msg: fmt.Sprintf("the batch holds %d sub-requests; the %d past the first %d (rules.MaxBatchOps) are not matched", total, total-MaxBatchOps, MaxBatchOps)}
+	sc := getBatchScratch()
+	defer putBatchScratch(sc)
+	rs := ex.split
+	if !rs.validFor(b, ex, m.Params) {
+		rs = m.splitRequests(ex, sc)
 	}
-	if len(reqs) == 0 {
+	out := Batch{Requests: rs.total}
+	err := m.tooManyOps(rs.total)
+	if len(rs.subs) == 0 {
 		return out, err
 	}
-	resps, _, respSrc := batchItems(b.respItems, ex, m.Params, MaxBatchOps)
-	base := ""
-	if b.base != nil {
-		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
-	}
-	var el elemCtx
+	var resps batchList
+	resps.read(b.respItems, ex, m.Params, MaxBatchOps, sc)
+	el := &sc.el
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
-	ex.elem = &el
-	at := func(e *listElem, i int) {
-		el.set(e.raw, i, i, -1)
-		el.setMembers(e.members)
-	}
-	var byID map[string]int
+	ex.elem = el
+	byID := sc.byID
 	if b.respID != nil {
-		byID = make(map[string]int, len(resps))
-		for i := range resps {
-			at(&resps[i], i)
+		for i := range resps.elems {
+			resps.at(el, i)
 			if id := rawText(b.respID, ex, m.Params); id != "" {
 				if _, dup := byID[id]; !dup {
 					byID[id] = i
@@ -193,75 +218,54 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	}
 	reqHeader := subRequestHeader(ex.RequestHeader)
 	root := ex.root()
-	// one allocation for all sub-exchanges, and one response header for
-	// all of them without a Location
-	subs := make([]Exchange, 0, len(reqs))
-	out.Subs = make([]*Exchange, 0, len(reqs))
-	var jsonHeader http.Header
-	locs := make([]string, 0, len(reqs)) // the Location values, one allocation
-	for i := range reqs {
-		at(&reqs[i], i)
+	// one allocation for all sub-exchanges, one for their Location values
+	subs := make([]Exchange, 0, len(rs.subs))
+	out.Subs = make([]*Exchange, 0, len(rs.subs))
+	var locs []string
+	var arena strArena
+	for i := range rs.subs {
+		sr := &rs.subs[i]
 		ri := i
-		if byID != nil {
+		if b.respID != nil {
 			var ok bool
-			if ri, ok = byID[rawText(b.reqID, ex, m.Params)]; !ok {
+			if ri, ok = byID[sr.id]; !ok {
 				ri = -1
 			}
 		}
-		if ri < 0 || ri >= len(resps) {
+		if ri < 0 || ri >= len(resps.elems) {
 			out.Failed++ // never answered: not applied
 			continue
 		}
-		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
-		var rawURL string
-		if b.url.whole != nil {
-			rawURL = rawText(b.url, ex, m.Params)
-		} else {
-			rawURL = b.url.renderURL(ex, m.Params, nil)
-		}
-		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, reqs[i].off)
-		at(&resps[ri], ri)
+		resps.at(el, ri)
 		status := subStatus(b.status, ex, m.Params)
-		if status < 200 || status > 299 {
-			out.Failed++
+		if status < 200 || status > 299 || !sr.placed {
+			out.Failed++ // failed, or a sub-request we cannot place: nothing can match it
 			continue
 		}
-		path, query, ok := joinSubURL(base, rawURL)
-		if !ok || method == "" {
-			out.Failed++ // a sub-request we cannot place: nothing can match it
-			continue
-		}
-		respBody := elemJSON(b.respBody, ex, m.Params, respSrc, resps[ri].off)
-		loc := ""
+		respBody := elemJSON(b.respBody, ex, m.Params, resps.src, resps.off(ri))
+		var loc []string
 		if b.location != nil {
-			loc = rawText(b.location, ex, m.Params)
-		}
-		var respHeader http.Header
-		switch {
-		case loc != "":
-			locs = append(locs, loc)
-			respHeader = http.Header{"Location": locs[len(locs)-1 : len(locs) : len(locs)]}
-			if respBody != nil {
-				respHeader["Content-Type"] = jsonContentType
+			if l := rawText(b.location, ex, m.Params); l != "" {
+				if locs == nil {
+					// room for as many as are left, about as long as the first
+					locs = make([]string, 0, len(rs.subs)-i)
+					arena.grow((len(rs.subs) - i) * (len(l) + 8))
+				}
+				locs = append(locs, arena.str(l, ""))
+				loc = locs[len(locs)-1 : len(locs) : len(locs)]
 			}
-		case respBody != nil:
-			if jsonHeader == nil {
-				jsonHeader = http.Header{"Content-Type": jsonContentType}
-			}
-			respHeader = jsonHeader // shared: sub-exchanges only read it
-		default:
-			respHeader = http.Header{}
 		}
-		subs = append(subs, Exchange{
-			Method: method, Host: ex.Host, Path: path, RawQuery: query,
-			RequestHeader: reqHeader, RequestBody: reqBody,
-			Status: status, ResponseHeader: respHeader, ResponseBody: respBody,
-			parent: root, subIndex: i,
-		})
+		// filled in place: copying a whole Exchange in costs write barriers for every pointer in it
+		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
+		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
+		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+		sub.Status, sub.ResponseBody = status, respBody
+		sub.parent, sub.subIndex = root, sr.index
+		sub.synthResp, sub.subLoc = true, loc
 		// the bodies are JSON values cut from a valid body: no need to check them again
-		if reqBody != nil {
-			sub.bodies[0] = parsedBody{done: true, ok: true, json: reqBody}
+		if sr.body != nil {
+			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
 		}
 		if respBody != nil {
 			sub.bodies[1] = parsedBody{done: true, ok: true, json: respBody}
@@ -271,6 +275,8 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		}
 		out.Subs = append(out.Subs, sub)
 	}
+	// the sub-requests that were not read past the first MaxBatchOps are
+	// reported by err; those read but never placed were counted above
 	if b.atomic && out.Failed > 0 {
 		out.Subs, out.RolledBack = nil, true
 	}
@@ -284,55 +290,47 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 // body that Batch gives the sub-exchange of the same SubIndex after the
 // response, and no status or response yet. Match them with
 // Set.MatchBefore. At most MaxBatchOps sub-requests are read, as in Batch.
+// The split is kept on ex for Batch to reuse.
 func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 	b := m.Rule.batch
 	if b == nil {
 		return nil, nil
 	}
-	reqs, total, reqSrc := batchItems(b.reqItems, ex, m.Params, MaxBatchOps)
-	var err error
-	if total > MaxBatchOps {
-		err = &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyOps, Count: total - MaxBatchOps,
-			Msg: fmt.Sprintf("the batch holds %d sub-requests; the %d past the first %d (rules.MaxBatchOps) are not matched", total, total-MaxBatchOps, MaxBatchOps)}
+	rs := ex.split
+	if !rs.validFor(b, ex, m.Params) {
+		sc := getBatchScratch()
+		rs = m.splitRequests(ex, sc)
+		putBatchScratch(sc)
+		if b.reqStatic {
+			ex.split = rs
+		}
 	}
-	if len(reqs) == 0 {
+	err := m.tooManyOps(rs.total)
+	n := 0
+	for i := range rs.subs {
+		if rs.subs[i].placed {
+			n++
+		}
+	}
+	if n == 0 {
 		return nil, err
 	}
-	base := ""
-	if b.base != nil {
-		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
-	}
-	var el elemCtx
-	prev := ex.elem
-	defer func() { ex.elem = prev }()
-	ex.elem = &el
 	reqHeader := subRequestHeader(ex.RequestHeader)
 	root := ex.root()
-	subs := make([]Exchange, 0, len(reqs))
-	out := make([]*Exchange, 0, len(reqs))
-	for i := range reqs {
-		el.set(reqs[i].raw, i, i, -1)
-		el.setMembers(reqs[i].members)
-		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
-		var rawURL string
-		if b.url.whole != nil {
-			rawURL = rawText(b.url, ex, m.Params)
-		} else {
-			rawURL = b.url.renderURL(ex, m.Params, nil)
-		}
-		path, query, ok := joinSubURL(base, rawURL)
-		if !ok || method == "" {
+	subs := make([]Exchange, 0, n)
+	out := make([]*Exchange, 0, n)
+	for i := range rs.subs {
+		sr := &rs.subs[i]
+		if !sr.placed {
 			continue // nothing can match it
 		}
-		reqBody := elemJSON(b.reqBody, ex, m.Params, reqSrc, reqs[i].off)
-		subs = append(subs, Exchange{
-			Method: method, Host: ex.Host, Path: path, RawQuery: query,
-			RequestHeader: reqHeader, RequestBody: reqBody,
-			parent: root, subIndex: i,
-		})
+		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
-		if reqBody != nil {
-			sub.bodies[0] = parsedBody{done: true, ok: true, json: reqBody}
+		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
+		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+		sub.parent, sub.subIndex = root, sr.index
+		if sr.body != nil {
+			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
 		}
 		if len(ex.Lookups) > 0 {
 			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
@@ -342,6 +340,233 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 	return out, err
 }
 
+func (m *Match) tooManyOps(total int) error {
+	if total <= MaxBatchOps {
+		return nil
+	}
+	return &EmitError{Rule: m.Rule.Name, Reason: RefusedTooManyOps, Count: total - MaxBatchOps,
+		Msg: fmt.Sprintf("the batch holds %d sub-requests; the %d past the first %d (rules.MaxBatchOps) are not matched", total, total-MaxBatchOps, MaxBatchOps)}
+}
+
+// subReq is one sub-request of a batch envelope as its request side reads it.
+type subReq struct {
+	index int // its position among the sub-requests
+	// placed says it has a method and a url that can be placed (joinSubURL)
+	placed              bool
+	method, path, query string
+	id                  string // with request.id: its id, to pair it by
+	body                []byte // a slice of the envelope's request body, or its own copy
+}
+
+// reqSplit is the request side of a batch envelope, split once: by
+// BatchRequests before the request is forwarded, and again by Batch after
+// the response only when the request side reads what may have changed (see
+// batchSpec.reqStatic). Its strings are its own (strArena); its bodies are
+// slices of the envelope's.
+type reqSplit struct {
+	spec   *batchSpec
+	body   []byte  // the envelope's request body it was read from
+	params []Param // the envelope's path parameters it was read with
+	total  int     // how many sub-requests the envelope holds
+	subs   []subReq
+}
+
+// validFor reports whether rs is the split of spec over ex's request, as
+// it is now.
+func (rs *reqSplit) validFor(spec *batchSpec, ex *Exchange, params []Param) bool {
+	if rs == nil || rs.spec != spec || !spec.reqStatic || !sameBytes(rs.body, ex.RequestBody) || len(rs.params) != len(params) {
+		return false
+	}
+	for i := range params {
+		if params[i] != rs.params[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// splitRequests reads the request side of a batch envelope: every one of
+// its first MaxBatchOps sub-requests, in one pass over the list.
+func (m *Match) splitRequests(ex *Exchange, sc *batchScratch) *reqSplit {
+	b := m.Rule.batch
+	var reqs batchList
+	reqs.read(b.reqItems, ex, m.Params, MaxBatchOps, sc)
+	rs := &reqSplit{spec: b, body: ex.RequestBody, params: m.Params, total: reqs.total}
+	if len(reqs.elems) == 0 {
+		return rs
+	}
+	var arena strArena
+	arena.grow(len(reqs.elems) * 48)
+	base := ""
+	if b.base != nil {
+		base = strings.TrimRight(b.base.renderURL(ex, m.Params, nil), "/")
+	}
+	el := &sc.el
+	prev := ex.elem
+	defer func() { ex.elem = prev }()
+	ex.elem = el
+	rs.subs = make([]subReq, len(reqs.elems))
+	for i := range reqs.elems {
+		reqs.at(el, i)
+		sr := &rs.subs[i]
+		sr.index = i
+		if b.reqID != nil {
+			sr.id = arena.str(rawText(b.reqID, ex, m.Params), "")
+		}
+		method := strings.ToUpper(strings.TrimSpace(rawText(b.method, ex, m.Params)))
+		var rawURL string
+		if b.url.whole != nil {
+			rawURL = rawText(b.url, ex, m.Params)
+		} else {
+			rawURL = b.url.renderURL(ex, m.Params, nil)
+		}
+		sr.body = elemJSON(b.reqBody, ex, m.Params, reqs.src, reqs.off(i))
+		prefix, p, q, ok := splitSubURL(base, rawURL)
+		if !ok || method == "" {
+			continue
+		}
+		sr.placed = true
+		sr.method = knownMethod(method, &arena)
+		if strings.IndexByte(prefix, '%') >= 0 || strings.IndexByte(p, '%') >= 0 {
+			p = prefix + p
+			if up, err := url.PathUnescape(p); err == nil {
+				p = up
+			}
+			prefix = ""
+		}
+		sr.path = arena.str(prefix, p)
+		sr.query = arena.str(q, "")
+	}
+	return rs
+}
+
+// knownMethod returns method as a constant when it is a usual one, else as
+// a copy in the arena (method may be a view of the envelope's body).
+func knownMethod(method string, a *strArena) string {
+	switch method {
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "PATCH":
+		return "PATCH"
+	case "DELETE":
+		return "DELETE"
+	case "GET":
+		return "GET"
+	}
+	return a.str(method, "")
+}
+
+// strArena holds the strings of a batch's sub-exchanges, appended into a
+// few shared buffers instead of one allocation each. A string it returns
+// views bytes that are never written again.
+type strArena struct{ buf []byte }
+
+func (a *strArena) grow(n int) {
+	a.buf = make([]byte, 0, max(n, 256))
+}
+
+// str returns x+y as a string of the arena.
+func (a *strArena) str(x, y string) string {
+	n := len(x) + len(y)
+	if n == 0 {
+		return ""
+	}
+	if cap(a.buf)-len(a.buf) < n {
+		a.grow(max(n, 2*cap(a.buf)))
+	}
+	at := len(a.buf)
+	a.buf = append(a.buf, x...)
+	a.buf = append(a.buf, y...)
+	return unsafe.String(&a.buf[at], n)
+}
+
+// batchScratch is the working memory of one split, reused from split to
+// split (batchPool): the lists' elements and members, the element being
+// read, the sub-responses by id.
+type batchScratch struct {
+	elems []listElem
+	flat  []member
+	el    elemCtx
+	byID  map[string]int
+}
+
+var batchPool = sync.Pool{New: func() any { return &batchScratch{byID: map[string]int{}} }}
+
+func getBatchScratch() *batchScratch { return batchPool.Get().(*batchScratch) }
+
+// putBatchScratch forgets what sc points to (views of bodies) and pools it,
+// unless a huge list made it too large to keep.
+func putBatchScratch(sc *batchScratch) {
+	clear(sc.elems[:cap(sc.elems)])
+	sc.el = elemCtx{own: sc.el.own[:0]}
+	clear(sc.byID)
+	if cap(sc.elems) > 2*MaxBatchOps || cap(sc.flat) > 8192 || cap(sc.el.own) > 4*maxIndexedMembers {
+		return
+	}
+	batchPool.Put(sc)
+}
+
+// batchList is a list of a batch envelope, split into its elements.
+type batchList struct {
+	elems []listElem
+	total int // how many elements the list holds, read or not
+	// src, when the list was read from a body, is the body, and base the
+	// list's offset there: an element's value can be sliced from src.
+	src  []byte
+	base int
+}
+
+// at makes el the list's element i.
+func (l *batchList) at(el *elemCtx, i int) {
+	e := &l.elems[i]
+	el.set(e.raw, i, i, -1)
+	el.setMembers(e.members)
+}
+
+// off is the offset of element i in src.
+func (l *batchList) off(i int) int { return l.base + l.elems[i].off }
+
+// read splits the list the placeholder names into its first max elements
+// (each with its members, found in the same pass), in sc's buffers: the
+// request and response lists are read one after the other, and a list's
+// elements are used before the next is read. A missing value or one that
+// is not a JSON array holds none. A list read from a body is not copied:
+// the elements view the body (sc and the list must not outlive the call
+// that reads it; what a sub-exchange keeps is copied, see strArena).
+func (l *batchList) read(ph *placeholder, ex *Exchange, params []Param, max int, sc *batchScratch) {
+	var raw string
+	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" && ph.call == nil && len(body) > 0 {
+		// a view of the body, walked once to the list and once through it
+		text := unsafe.String(unsafe.SliceData(body), len(body))
+		start, found, plain := findPath(text, ph.gpath)
+		switch {
+		case found:
+			raw, l.src, l.base = text[start:], body, start
+		case !plain:
+			raw = strings.Clone(gjson.Get(text, ph.gpath).Raw)
+		}
+	} else {
+		v := ph.resolve(ex, params)
+		if !v.found || !v.isJSON {
+			return
+		}
+		raw = v.raw
+	}
+	var ok bool
+	sc.elems, sc.flat, l.total, ok = scanListInto(sc.elems[:0], sc.flat[:0], raw, max)
+	if !ok {
+		l.total = 0
+		return
+	}
+	l.elems = sc.elems
+}
+
 // jsonContentType is the Content-Type of a sub-exchange's JSON body, shared
 // by every sub-exchange: they only read it.
 var jsonContentType = []string{"application/json"}
@@ -349,6 +574,14 @@ var jsonContentType = []string{"application/json"}
 // rawText renders a template as text without redaction (the values go into
 // the sub-exchange as the client sent them; rules redact what they emit).
 func rawText(t *tmpl, ex *Exchange, params []Param) string {
+	if raw, found, known := itemRaw(t, ex); known {
+		if !found {
+			return ""
+		}
+		if plainString(raw) {
+			return raw[1 : len(raw)-1] // what gjson's Str is
+		}
+	}
 	if r, ok := itemResult(t, ex); ok {
 		if r.Type == gjson.Null {
 			return ""
@@ -361,6 +594,24 @@ func rawText(t *tmpl, ex *Exchange, params []Param) string {
 	return t.renderText(ex, params, nil)
 }
 
+// itemRaw reads a template that is one {item.<key>} placeholder of a plain
+// key straight from the element's members: the member's raw JSON value, if
+// found. known is false for any other template, or when the members kept
+// cannot tell (use itemResult then).
+func itemRaw(t *tmpl, ex *Exchange) (raw string, found, known bool) {
+	if t == nil || t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || ex.elem == nil || !plainKey(t.whole.gpath) {
+		return "", false, false
+	}
+	raw, _, found, known = ex.elem.member(t.whole.gpath)
+	return raw, found, known
+}
+
+// plainString reports whether raw is a JSON string without escapes: its
+// text is raw without the quotes.
+func plainString(raw string) bool {
+	return len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && strings.IndexByte(raw, '\\') < 0
+}
+
 // itemResult reads a template that is one {item.<key>} placeholder
 // straight from the element, without going through a value and parsing it
 // again; ok is false for any other template.
@@ -369,43 +620,6 @@ func itemResult(t *tmpl, ex *Exchange) (gjson.Result, bool) {
 		return gjson.Result{}, false
 	}
 	return ex.elem.get(t.whole.gpath), true
-}
-
-// batchItems returns the first max elements of the list the placeholder
-// names (each with its members, found in the same pass), and how many
-// elements it holds. A missing value or one that is not a JSON array holds
-// none. Read from a body, the list is one copy of its text, and src is the
-// body, shifted so that an element's off is its offset there.
-func batchItems(ph *placeholder, ex *Exchange, params []Param, max int) (elems []listElem, total int, src []byte) {
-	var raw string
-	base := 0
-	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" && ph.call == nil {
-		// one copy of the body, walked once to the list and once through it
-		text := string(body)
-		start, found, plain := findPath(text, ph.gpath)
-		switch {
-		case found:
-			raw, src, base = text[start:], body, start
-		case !plain:
-			raw = gjson.Get(text, ph.gpath).Raw
-		}
-	} else {
-		v := ph.resolve(ex, params)
-		if !v.found || !v.isJSON {
-			return nil, 0, nil
-		}
-		raw = v.raw
-	}
-	elems, total, ok := scanList(raw, max)
-	if !ok {
-		return nil, 0, nil
-	}
-	if src != nil {
-		for i := range elems {
-			elems[i].off += base
-		}
-	}
-	return elems, total, src
 }
 
 // bodyOf returns the JSON of the request or response body a placeholder
@@ -425,6 +639,18 @@ func bodyOf(ph *placeholder, ex *Exchange) ([]byte, bool) {
 func elemJSON(t *tmpl, ex *Exchange, params []Param, src []byte, off int) []byte {
 	if t == nil || t.whole == nil || t.whole.kind != phItem || t.whole.call != nil || src == nil || ex.elem == nil {
 		return wholeJSON(t, ex, params)
+	}
+	if plainKey(t.whole.gpath) {
+		raw, start, found, known := ex.elem.member(t.whole.gpath)
+		switch {
+		case known && !found:
+			return nil
+		case found && raw == "null":
+			return nil
+		case found && start > 0 && off+start+len(raw) <= len(src) && string(src[off+start:off+start+len(raw)]) == raw:
+			end := off + start + len(raw)
+			return src[off+start : end : end]
+		}
 	}
 	var r gjson.Result
 	if t.whole.gpath == "" {
@@ -461,40 +687,55 @@ func wholeJSON(t *tmpl, ex *Exchange, params []Param) []byte {
 	return nil
 }
 
+// statusText is the text of a sub-response status: a JSON number as
+// written, a JSON string's text, or the template rendered; ok is false for
+// anything else (missing, an object, true).
+func statusText(t *tmpl, ex *Exchange, params []Param) (string, bool) {
+	raw, found, known := itemRaw(t, ex)
+	switch {
+	case !known:
+	case !found:
+		return "", false
+	case plainString(raw):
+		return raw[1 : len(raw)-1], true
+	case raw != "" && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9'):
+		return raw, true // a number: gjson's Raw
+	case raw != "" && raw[0] != '"':
+		return "", false // true, false, null, an object or a list
+	}
+	if r, ok := itemResult(t, ex); ok {
+		return resultStatus(r)
+	}
+	if t.whole != nil {
+		v := t.whole.resolve(ex, params)
+		switch {
+		case !v.found:
+			return "", false
+		case v.isJSON:
+			return resultStatus(gjson.Parse(v.raw))
+		}
+		return v.text, true
+	}
+	return t.renderText(ex, params, nil), true
+}
+
+func resultStatus(r gjson.Result) (string, bool) {
+	switch r.Type {
+	case gjson.Number:
+		return r.Raw, true
+	case gjson.String:
+		return r.Str, true
+	}
+	return "", false
+}
+
 // subStatus reads a sub-response status: a JSON number, or text such as
 // "201" (SCIM writes statuses as strings) or "201 Created". Anything else
 // ("2O1", 201.5, 42) is 0, which no status spec accepts.
 func subStatus(t *tmpl, ex *Exchange, params []Param) int {
-	var s string
-	if r, ok := itemResult(t, ex); ok {
-		switch r.Type {
-		case gjson.Number:
-			s = r.Raw
-		case gjson.String:
-			s = r.Str
-		default:
-			return 0
-		}
-	} else if t.whole != nil {
-		v := t.whole.resolve(ex, params)
-		if !v.found {
-			return 0
-		}
-		if v.isJSON {
-			r := gjson.Parse(v.raw)
-			switch r.Type {
-			case gjson.Number:
-				s = r.Raw
-			case gjson.String:
-				s = r.Str
-			default:
-				return 0
-			}
-		} else {
-			s = v.text
-		}
-	} else {
-		s = t.renderText(ex, params, nil)
+	s, ok := statusText(t, ex, params)
+	if !ok {
+		return 0
 	}
 	s = strings.TrimSpace(s)
 	if len(s) > 3 && s[3] == ' ' {
@@ -515,39 +756,37 @@ func subStatus(t *tmpl, ex *Exchange, params []Param) int {
 	return c
 }
 
-// joinSubURL places a sub-request url: a path (with an optional query
+// splitSubURL places a sub-request url: a path (with an optional query
 // string) is taken relative to base ("/Users" under "/scim/v2", "users" as
-// "/users"); an absolute http(s) URL gives its own path and query. The path
-// is unescaped, as a server's router sees it.
-func joinSubURL(base, u string) (path, query string, ok bool) {
+// "/users"); an absolute http(s) URL gives its own path and query. The
+// path is prefix+p, still to be unescaped as a server's router would (see
+// splitRequests); the parts may be views of u.
+func splitSubURL(base, u string) (prefix, p, query string, ok bool) {
 	u = strings.TrimSpace(u)
 	if i := strings.IndexByte(u, '#'); i >= 0 {
 		u = u[:i]
 	}
 	if u == "" {
-		return "", "", false
+		return "", "", "", false
 	}
 	if hasPrefixFold(u, "http://") || hasPrefixFold(u, "https://") {
 		pu, err := url.Parse(u)
 		if err != nil {
-			return "", "", false
+			return "", "", "", false
 		}
 		u, base = pu.EscapedPath(), ""
 		if pu.RawQuery != "" {
 			u += "?" + pu.RawQuery
 		}
 	}
-	p, q, _ := strings.Cut(u, "?")
+	p, query, _ = strings.Cut(u, "?")
 	switch {
 	case !strings.HasPrefix(p, "/"):
-		p = base + "/" + p
+		prefix = base + "/"
 	case base != "":
-		p = base + p
+		prefix = base
 	}
-	if up, err := url.PathUnescape(p); err == nil {
-		p = up
-	}
-	return p, q, true
+	return prefix, p, query, true
 }
 
 func hasPrefixFold(s, prefix string) bool {

@@ -99,7 +99,7 @@ func TestBatchSCIMBulk(t *testing.T) {
 	}
 	sub := b.Subs[0]
 	if sub.Host != "scim.example.com" || sub.RequestHeader.Get("Authorization") != "Bearer t0k" ||
-		sub.ResponseHeader.Get("Content-Type") != "application/json" || sub.ResponseHeader.Get("Location") == "" || sub.Status != 201 || !sub.IsSub() {
+		sub.ResponseHeaders().Get("Content-Type") != "application/json" || sub.ResponseHeaders().Get("Location") == "" || sub.Status != 201 || !sub.IsSub() {
 		t.Errorf("sub-exchange: %+v", sub)
 	}
 }
@@ -384,5 +384,149 @@ func TestBatchParseErrors(t *testing.T) {
 				t.Errorf("want an error containing\n  %s\ngot\n  %v", tc.want, err)
 			}
 		})
+	}
+}
+
+// TestBatchSubStringsOwn holds the split to its promise: a sub-exchange's
+// bodies are views of the envelope's, but its method, path, query and
+// Location are its own, so a handler that reuses the envelope's buffers
+// once the events are built cannot change them.
+func TestBatchSubStringsOwn(t *testing.T) {
+	s := mustSet(t, scimRules)
+	ex := scimExchange(scimBulkRequest, scimBulkResponse, 200)
+	m := s.Match(ex)
+	b, err := m[0].Batch(ex)
+	if err != nil || len(b.Subs) != 4 {
+		t.Fatalf("batch: %+v %v", b, err)
+	}
+	type view struct{ method, path, query, loc string }
+	var before []view
+	for _, sub := range b.Subs {
+		before = append(before, view{sub.Method, sub.Path, sub.RawQuery, sub.ResponseHeaders().Get("Location")})
+	}
+	for i := range ex.RequestBody {
+		ex.RequestBody[i] = 'X'
+	}
+	for i := range ex.ResponseBody {
+		ex.ResponseBody[i] = 'X'
+	}
+	for i, sub := range b.Subs {
+		if got := (view{sub.Method, sub.Path, sub.RawQuery, sub.ResponseHeaders().Get("Location")}); got != before[i] {
+			t.Errorf("sub %d changed with the envelope's buffers: %+v, was %+v", i, got, before[i])
+		}
+	}
+	if before[0].method != "POST" || before[0].path != "/scim/v2/Users" || before[0].loc != "https://example.com/scim/v2/Users/92b725cd" {
+		t.Errorf("sub 0: %+v", before[0])
+	}
+}
+
+// TestBatchSynthesizedHeaders: a sub-exchange's response header is built
+// only when asked for, and rules read it (conditions, placeholders) all
+// the same.
+func TestBatchSynthesizedHeaders(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: created
+    match: {method: POST, path: /scim/v2/Users, response: {header: {Location: {regex: "/Users/"}, Content-Type: application/json}}}
+    emit: {type: user.created, subject: "{last_segment(response.header.Location)}"}
+  - name: deleted
+    match: {method: DELETE, path: "/scim/v2/Users/{id}", response: {header: {Location: exists}}}
+    emit: {type: user.deleted, subject: "{path.id}"}
+  - name: bulk
+    match: {method: POST, path: /scim/v2/Bulk}
+    batch:
+      base: /scim/v2
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "{item.path}", body: "{item.data}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}", body: "{item.response}", location: "{item.location}"}
+`)
+	ex := scimExchange(scimBulkRequest, scimBulkResponse, 200)
+	b, err := s.Match(ex)[0].Batch(ex)
+	if err != nil || len(b.Subs) != 4 {
+		t.Fatalf("batch: %+v %v", b, err)
+	}
+	var got []string
+	for _, sub := range b.Subs {
+		if sub.ResponseHeader != nil {
+			t.Fatalf("sub %d: ResponseHeader built before anyone asked: %v", sub.SubIndex(), sub.ResponseHeader)
+		}
+		for _, sm := range s.Match(sub) {
+			evs, errs := sm.Events(sub, EmitOptions{Source: "t"})
+			if len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			for _, ev := range evs {
+				got = append(got, ev.Type+" "+ev.Subject)
+			}
+		}
+		if sub.ResponseHeader != nil {
+			t.Errorf("sub %d: rules built the header map: %v", sub.SubIndex(), sub.ResponseHeader)
+		}
+	}
+	// the DELETE's sub-response names a Location; its body is none, so no Content-Type
+	want := "user.created 92b725cd,user.created e9e30dba,user.deleted b7c14771-226c-4d05-8860-134711653041"
+	if strings.Join(got, ",") != want {
+		t.Errorf("events %q, want %q", strings.Join(got, ","), want)
+	}
+	del := b.Subs[2]
+	if h := del.ResponseHeaders(); len(h) != 1 || h.Get("Location") == "" || del.ResponseHeader == nil {
+		t.Errorf("DELETE sub-exchange's header: %v", h)
+	}
+	if h := b.Subs[3].ResponseHeaders(); h == nil || len(h) != 1 || h.Get("Location") == "" {
+		t.Errorf("PATCH sub-exchange's header: %v", h)
+	}
+}
+
+// TestBatchRequestsThenBatch: Batch after BatchRequests reuses the request
+// side it split (when the request side reads nothing of the response) and
+// gives what Batch alone gives; one that reads the response is split again.
+func TestBatchRequestsThenBatch(t *testing.T) {
+	s := mustSet(t, scimRules+`
+  - name: bulk-by-response
+    match: {method: POST, path: /v2/Bulk}
+    batch:
+      request: {items: "{request.body.Operations}", method: "{item.method}", url: "/{response.body.schemas.0}{item.path}"}
+      response: {items: "{response.body.Operations}", status: "{item.status}"}
+`)
+	summary := func(b Batch) string {
+		var out []string
+		for _, sub := range b.Subs {
+			out = append(out, fmt.Sprintf("%d %s %s %d %s|%s", sub.SubIndex(), sub.Method, sub.Path, sub.Status, sub.RequestBody, sub.ResponseBody))
+		}
+		return fmt.Sprintf("%d/%d %s", b.Requests, b.Failed, strings.Join(out, ";"))
+	}
+	for _, path := range []string{"/scim/v2/Bulk", "/v2/Bulk"} {
+		alone := scimExchange(scimBulkRequest, scimBulkResponse, 200)
+		alone.Path = path
+		b1, err1 := s.Match(alone)[0].Batch(alone)
+
+		ex := scimExchange(scimBulkRequest, scimBulkResponse, 200)
+		ex.Path = path
+		mb := s.Match(ex) // the same rule and parameters MatchBefore gives
+		if len(mb) != 1 {
+			t.Fatalf("%s: Match: %s", path, names(mb))
+		}
+		reqs, err := mb[0].BatchRequests(ex)
+		if err != nil || len(reqs) != 5 {
+			t.Fatalf("%s: BatchRequests: %d, %v", path, len(reqs), err)
+		}
+		if static := path == "/scim/v2/Bulk"; (ex.split != nil) != static {
+			t.Errorf("%s: split kept = %v, want %v", path, ex.split != nil, static)
+		}
+		b2, err2 := s.Match(ex)[0].Batch(ex)
+		if summary(b1) != summary(b2) || fmt.Sprint(err1) != fmt.Sprint(err2) {
+			t.Errorf("%s: Batch after BatchRequests\n got %s %v\nwant %s %v", path, summary(b2), err2, summary(b1), err1)
+		}
+	}
+	// a changed request body is split again
+	ex := scimExchange(scimBulkRequest, scimBulkResponse, 200)
+	mb := s.Match(ex)
+	if _, err := mb[0].BatchRequests(ex); err != nil {
+		t.Fatal(err)
+	}
+	ex.RequestBody = []byte(strings.Replace(scimBulkRequest, `"path":"/Users/b7c1`, `"path":"/Users/zzzz`, 1))
+	ex.bodies[0] = parsedBody{}
+	b, _ := s.Match(ex)[0].Batch(ex)
+	if len(b.Subs) != 4 || b.Subs[2].Path != "/scim/v2/Users/zzzz4771-226c-4d05-8860-134711653041" {
+		t.Errorf("after the body changed: %s", summary(b))
 	}
 }

@@ -269,11 +269,31 @@ func BenchmarkBatch50Baseline(b *testing.B) {
 		for j, sub := range subs {
 			// a fresh exchange, as the handler builds for every request
 			exs[j] = Exchange{Method: sub.Method, Host: sub.Host, Path: sub.Path, Status: sub.Status,
-				RequestHeader: sub.RequestHeader, RequestBody: sub.RequestBody, ResponseHeader: sub.ResponseHeader, ResponseBody: sub.ResponseBody}
+				RequestHeader: sub.RequestHeader, RequestBody: sub.RequestBody, ResponseHeader: sub.ResponseHeaders(), ResponseBody: sub.ResponseBody}
 			n += matchAndRender(s, &exs[j])
 		}
 		if n != 55 {
 			b.Fatalf("%d events", n)
+		}
+	}
+}
+
+// BenchmarkBatch50SplitBeforeAfter is the split when the envelope's
+// sub-requests have before-lookups: BatchRequests before the request is
+// forwarded, then Batch after the response (which reuses the request side).
+func BenchmarkBatch50SplitBeforeAfter(b *testing.B) {
+	s, envelope, _ := benchBatch(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	defer reportCPUMicros(b)()
+	for i := 0; i < b.N; i++ {
+		ex := envelope()
+		m := s.Match(ex)[0]
+		if reqs, err := m.BatchRequests(ex); len(reqs) != 50 || err != nil {
+			b.Fatalf("%d sub-requests, %v", len(reqs), err)
+		}
+		if bt, err := m.Batch(ex); len(bt.Subs) != 50 || err != nil {
+			b.Fatalf("%d subs, %v", len(bt.Subs), err)
 		}
 	}
 }

@@ -383,12 +383,8 @@ func (cs *condSet) eval(ex *Exchange, response bool) bool {
 	if cs.empty() {
 		return true
 	}
-	h := ex.RequestHeader
-	if response {
-		h = ex.ResponseHeader
-	}
 	for _, nc := range cs.headers {
-		vals := h[nc.name]
+		vals := ex.headerValues(response, nc.name)
 		s := subject{present: len(vals) > 0}
 		if s.present {
 			s.text = vals[0]

@@ -75,6 +75,23 @@ func (el *elemCtx) get(path string) gjson.Result {
 	return gjson.Result{}
 }
 
+// member returns the raw value of the element's member key (a plainKey),
+// read from its members; ok is false when the element has no such member
+// as far as they tell (see get for what they do not).
+func (el *elemCtx) member(key string) (raw string, start int, found, known bool) {
+	if !el.indexed {
+		el.indexed = true
+		el.own, _ = scanObject(el.own[:0], el.raw, skipWS(el.raw, 0), maxIndexedMembers)
+		el.members = el.own
+	}
+	for i := range el.members {
+		if m := &el.members[i]; m.hasKey(el.raw, key) {
+			return el.raw[m.valStart:m.valEnd], int(m.valStart), true, true
+		}
+	}
+	return "", 0, false, len(el.members) < maxIndexedMembers
+}
+
 // plainKey reports whether a gjson path is one object key and nothing else
 // (no nesting, wildcard, modifier, escape or query): "id", "user_name".
 func plainKey(p string) bool {

@@ -20,10 +20,13 @@ type Exchange struct {
 	// Path is the URL path without the query string.
 	Path string
 	// RawQuery is the query string without "?".
-	RawQuery       string
-	RequestHeader  http.Header
-	RequestBody    []byte
-	Status         int
+	RawQuery      string
+	RequestHeader http.Header
+	RequestBody   []byte
+	Status        int
+	// ResponseHeader is the response's header. A sub-exchange of a batch
+	// (Match.Batch) leaves it nil until ResponseHeaders is called: rules
+	// read its synthesized headers without building a map.
 	ResponseHeader http.Header
 	// ResponseBody is the decoded (not compressed) response body.
 	ResponseBody []byte
@@ -46,6 +49,65 @@ type Exchange struct {
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
 	eachBuilt int
 	jwt       jwtMemo
+
+	// synthResp says ResponseHeader is a sub-exchange's synthesized header,
+	// not built yet: Content-Type (application/json) when ResponseBody is
+	// set, and Location (subLoc) when the sub-response names one.
+	synthResp bool
+	subLoc    []string
+	// split is the request side of a batch envelope as BatchRequests read
+	// it, for Batch to reuse (see reqSplit); nil until then.
+	split *reqSplit
+}
+
+// ResponseHeaders returns ResponseHeader; for a sub-exchange of a batch,
+// whose ResponseHeader is nil until then, it first builds it from the
+// sub-response: Content-Type application/json when it has a body, and
+// Location when the sub-response names one.
+func (ex *Exchange) ResponseHeaders() http.Header {
+	if ex.synthResp {
+		ex.synthResp = false
+		h := make(http.Header, 2)
+		if ex.ResponseBody != nil {
+			h["Content-Type"] = jsonContentType
+		}
+		if ex.subLoc != nil {
+			h["Location"] = ex.subLoc
+		}
+		ex.ResponseHeader = h
+	}
+	return ex.ResponseHeader
+}
+
+// headerValues returns the values of the request or response header name
+// (canonical), without building a sub-exchange's synthesized header.
+func (ex *Exchange) headerValues(response bool, name string) []string {
+	if !response {
+		return ex.RequestHeader[name]
+	}
+	if !ex.synthResp {
+		return ex.ResponseHeader[name]
+	}
+	switch name {
+	case "Content-Type":
+		if ex.ResponseBody != nil {
+			return jsonContentType
+		}
+	case "Location":
+		return ex.subLoc
+	}
+	return nil
+}
+
+// responseValues is headerValues(true, name).
+func (ex *Exchange) responseValues(name string) []string { return ex.headerValues(true, name) }
+
+// firstValue is the value of a header's first line; missing without one.
+func firstValue(vals []string) value {
+	if len(vals) > 0 {
+		return textValue(vals[0], true)
+	}
+	return value{}
 }
 
 // root is the exchange that counts against the per-exchange limits: the
@@ -173,7 +235,7 @@ func (ex *Exchange) requestCookie(name string) (string, bool) {
 }
 
 func (ex *Exchange) responseCookie(name string) (string, bool) {
-	for _, line := range ex.ResponseHeader["Set-Cookie"] {
+	for _, line := range ex.responseValues("Set-Cookie") {
 		if c, err := http.ParseSetCookie(line); err == nil && c.Name == name {
 			return c.Value, true
 		}
@@ -190,14 +252,18 @@ func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
 // body returns the request or response body read as JSON (see bodyAsJSON),
 // parsed on the first call.
 func (ex *Exchange) body(response bool) *parsedBody {
-	i, body, h := 0, ex.RequestBody, ex.RequestHeader
+	i, body := 0, ex.RequestBody
 	if response {
-		i, body, h = 1, ex.ResponseBody, ex.ResponseHeader
+		i, body = 1, ex.ResponseBody
 	}
 	pb := &ex.bodies[i]
 	if !pb.done {
 		pb.done = true
-		pb.json, pb.ok = bodyAsJSON(body, h.Get("Content-Type"))
+		ct := ""
+		if vals := ex.headerValues(response, "Content-Type"); len(vals) > 0 {
+			ct = vals[0]
+		}
+		pb.json, pb.ok = bodyAsJSON(body, ct)
 	}
 	return pb
 }

@@ -160,18 +160,30 @@ type listElem struct {
 // its members, in one pass, and counts all of them. ok is false when s is
 // not an array.
 func scanList(s string, max int) (elems []listElem, total int, ok bool) {
+	elems, _, total, ok = scanListInto(nil, nil, s, max)
+	return elems, total, ok
+}
+
+// scanListInto is scanList appending the elements to elems and their
+// members to flat (reused buffers; nil for new ones).
+func scanListInto(elems []listElem, flat []member, s string, max int) ([]listElem, []member, int, bool) {
 	i := skipWS(s, 0)
 	if i >= len(s) || s[i] != '[' {
-		return nil, 0, false
+		return elems, flat, 0, false
 	}
 	i++
+	total := 0
 	// one allocation for the members of every element, in the usual case
-	flat := make([]member, 0, min(len(s)/32+1, max*maxIndexedMembers, 4096))
-	elems = make([]listElem, 0, min(len(s)/64+1, max))
+	if flat == nil {
+		flat = make([]member, 0, min(len(s)/32+1, max*maxIndexedMembers, 4096))
+	}
+	if elems == nil {
+		elems = make([]listElem, 0, min(len(s)/64+1, max))
+	}
 	for {
 		i = skipWS(s, i)
 		if i >= len(s) || s[i] == ']' {
-			return elems, total, true
+			return elems, flat, total, true
 		}
 		start := i
 		if total < max {
@@ -187,7 +199,7 @@ func scanList(s string, max int) (elems []listElem, total int, ok bool) {
 			i++
 			continue
 		}
-		return elems, total, true
+		return elems, flat, total, true
 	}
 }
 

@@ -129,8 +129,8 @@ func TestSchemaCompiles(t *testing.T) {
 func TestExamples(t *testing.T) {
 	sch := schema(t)
 	files := ruleFiles(t, "examples")
-	if len(files) < 4 {
-		t.Errorf("want at least 4 example packs in examples/, found %d", len(files))
+	if len(files) < 5 {
+		t.Errorf("want at least 5 example packs in examples/, found %d", len(files))
 	}
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {

@@ -378,7 +378,7 @@ func (ph *placeholder) resolve(ex *Exchange, params []Param) value {
 	case phRequestHeader:
 		return headerValue(ex.RequestHeader, ph.name)
 	case phResponseHeader:
-		return headerValue(ex.ResponseHeader, ph.name)
+		return firstValue(ex.responseValues(ph.name)) // a sub-exchange's are synthesized
 	case phRequestCookie:
 		v, ok := ex.requestCookie(ph.name)
 		return textValue(v, ok)

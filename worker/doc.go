@@ -9,7 +9,8 @@
 // ("authtap worker"). It talks to Redis through asynq and go-redis; the
 // fan-out enqueues its deliveries in batches through worker/enqueue. It is
 // delivery and nothing else: the management API and the tenant portal, which
-// work on its Store, live in package admin.
+// work on its Store, and the coverage store of unmatched route shapes live in
+// package admin.
 //
 //	opt, err := worker.ParseRedisURL("redis://127.0.0.1:6379/0")
 //	w, err := worker.New(worker.Config{Redis: opt, Logger: logger})
@@ -28,13 +29,11 @@
 // redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://),
 // recover.go (run locks, and the recovery of tasks whose worker is gone within
 // seconds instead of asynq's minute), presence.go (the per-worker connection
-// whose closing tells a killed worker from a stopped one), coverage.go (the
-// route shapes of the successful mutations no rule matched: counts and
-// redacted samples, for GET /unmatched and `authtap rules suggest`);
+// whose closing tells a killed worker from a stopped one);
 // secret.go, sign.go, send.go, ssrf.go and retry.go are the delivery core.
 //
 // Redis keys start with "authtap:". The endpoint registry shares the hash tag
-// {authtap-endpoints}, coverage the tag {authtap-unmatched}, and an endpoint's limit keys the tag {<endpoint id>}, so
+// {authtap-endpoints} and an endpoint's limit keys the tag {<endpoint id>}, so
 // that every transaction and script works on Redis Cluster too; a task's run
 // lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. A
 // presence connection blocks on authtap:presence:<its name>, which holds

@@ -47,7 +47,7 @@ GET /unmatched (--input FILE, - for stdin).`
 
 // suggestSource says where the shapes came from, for the header comment.
 type suggestSource struct {
-	shapes []worker.UnmatchedShape
+	shapes []admin.UnmatchedShape
 	origin string
 }
 
@@ -93,7 +93,7 @@ func rulesSuggest(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "authtap rules suggest: %s\n", strings.TrimPrefix(err.Error(), errAPI.Error()+": "))
 		return 1
 	}
-	src.shapes = slices.DeleteFunc(src.shapes, func(s worker.UnmatchedShape) bool { return s.Count < *minCount })
+	src.shapes = slices.DeleteFunc(src.shapes, func(s admin.UnmatchedShape) bool { return s.Count < *minCount })
 	draft, notes, err := draftRules(src, time.Now().UTC())
 	if err != nil {
 		fmt.Fprintf(stderr, "authtap rules suggest: %v\n", err)
@@ -126,7 +126,7 @@ func btoi(b bool) int {
 
 // unmatchedList is the answer of GET /unmatched.
 type unmatchedList struct {
-	Unmatched []worker.UnmatchedShape `json:"unmatched"`
+	Unmatched []admin.UnmatchedShape `json:"unmatched"`
 }
 
 func shapesFromAPI(c *apiClient) (suggestSource, error) {
@@ -149,7 +149,7 @@ func shapesFromRedis(raw string) (suggestSource, error) {
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	shapes, err := worker.NewCoverage(rdb, worker.CoverageOptions{}).List(ctx, worker.MaxUnmatchedShapes)
+	shapes, err := admin.NewCoverage(rdb, admin.CoverageOptions{}).List(ctx, admin.MaxUnmatchedShapes)
 	if err != nil {
 		return suggestSource{}, err
 	}
@@ -173,12 +173,12 @@ const (
 	maxDraftFields   = 12  // data fields taken from the sampled bodies
 	maxDraftNameLen  = 100 // rule names
 	maxDraftTypeSeg  = 40  // each segment of a guessed event type
-	draftSampleTests = worker.MaxUnmatchedSamples
+	draftSampleTests = admin.MaxUnmatchedSamples
 )
 
 // draftRule is one drafted rule and its tests.
 type draftRule struct {
-	shape   worker.UnmatchedShape
+	shape   admin.UnmatchedShape
 	name    string
 	path    string
 	params  []string // path parameter names, in order
@@ -250,7 +250,7 @@ func draftRules(src suggestSource, now time.Time) ([]byte, []string, error) {
 
 // draftFor drafts the rule of one shape; nil (and why) for a shape that
 // cannot have one.
-func draftFor(sh worker.UnmatchedShape, names map[string]bool) (*draftRule, string) {
+func draftFor(sh admin.UnmatchedShape, names map[string]bool) (*draftRule, string) {
 	switch sh.Method {
 	case "POST", "PUT", "PATCH", "DELETE":
 	default:
@@ -496,7 +496,7 @@ func uniqueRuleName(name string, used map[string]bool) string {
 // bodies (the response's, or the request's): the scalar members with plain
 // names, of the object itself or of its one object member ({"user": {...}}
 // gives base "user"), leaving out password-like and redacted ones.
-func bodyFields(samples []worker.UnmatchedSample, response bool) (string, []string) {
+func bodyFields(samples []admin.UnmatchedSample, response bool) (string, []string) {
 	var base string
 	var fields []string
 	for i, s := range samples {
@@ -584,7 +584,7 @@ func draftSet(drafts []*draftRule, tests []*yaml.Node) (*rules.Set, error) {
 // sampleExchange is the exchange a sample's test describes, as `rules check`
 // will build it from the test: the request path escaped per segment, JSON
 // bodies, Content-Type set for a body.
-func sampleExchange(s worker.UnmatchedSample) (path string, ex *rules.Exchange) {
+func sampleExchange(s admin.UnmatchedSample) (path string, ex *rules.Exchange) {
 	segs := strings.Split(s.Request.Path, "/")
 	for i, seg := range segs {
 		segs[i] = url.PathEscape(seg)
@@ -612,7 +612,7 @@ func sampleExchange(s worker.UnmatchedSample) (path string, ex *rules.Exchange) 
 
 // sampleTest makes the inline test of one sample: the exchange, and the
 // events the drafted rules build for it.
-func sampleTest(set *rules.Set, d *draftRule, n int, s worker.UnmatchedSample) *yaml.Node {
+func sampleTest(set *rules.Set, d *draftRule, n int, s admin.UnmatchedSample) *yaml.Node {
 	if !strings.HasPrefix(s.Request.Path, "/") || s.Response.Status < 100 || s.Response.Status > 599 {
 		return nil
 	}

@@ -15,16 +15,16 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/authtap/authtap/admin"
 	"github.com/authtap/authtap/internal/redistest"
 	"github.com/authtap/authtap/rules"
-	"github.com/authtap/authtap/worker"
 )
 
-func sampleOf(method, path string, reqBody string, status int, respBody string) worker.UnmatchedSample {
-	s := worker.UnmatchedSample{
+func sampleOf(method, path string, reqBody string, status int, respBody string) admin.UnmatchedSample {
+	s := admin.UnmatchedSample{
 		At:       time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC),
-		Request:  worker.SampleRequest{Method: method, Path: path},
-		Response: worker.SampleResponse{Status: status},
+		Request:  admin.SampleRequest{Method: method, Path: path},
+		Response: admin.SampleResponse{Status: status},
 	}
 	if reqBody != "" {
 		s.Request.Body = json.RawMessage(reqBody)
@@ -37,13 +37,13 @@ func sampleOf(method, path string, reqBody string, status int, respBody string) 
 	return s
 }
 
-func testShapes() []worker.UnmatchedShape {
+func testShapes() []admin.UnmatchedShape {
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	sh := func(method, route string, count int64, samples ...worker.UnmatchedSample) worker.UnmatchedShape {
-		return worker.UnmatchedShape{ID: worker.UnmatchedID(method, route), Method: method, Route: route, Count: count,
+	sh := func(method, route string, count int64, samples ...admin.UnmatchedSample) admin.UnmatchedShape {
+		return admin.UnmatchedShape{ID: admin.UnmatchedID(method, route), Method: method, Route: route, Count: count,
 			FirstSeen: t0, LastSeen: t0.Add(time.Hour), Samples: samples}
 	}
-	return []worker.UnmatchedShape{
+	return []admin.UnmatchedShape{
 		sh("PUT", "/api/users/{id}/password", 12,
 			sampleOf("PUT", "/api/users/u_1/password", `{"current_password":"[REDACTED]","new_password":"[REDACTED]"}`, 204, ""),
 			sampleOf("PUT", "/api/users/u_2/password", `{"current_password":"[REDACTED]","new_password":"[REDACTED]"}`, 204, "")),
@@ -118,13 +118,13 @@ func TestDraftRulesHostileShapes(t *testing.T) {
 		return string(b)
 	}
 	for round := range 30 {
-		var shapes []worker.UnmatchedShape
+		var shapes []admin.UnmatchedShape
 		for range 20 {
 			path := "/" + rnd(1+r.IntN(30))
 			route := rules.RouteShape(path)
 			body, _ := json.Marshal(map[string]any{rnd(5): rnd(10), "id": rnd(4), "n": r.IntN(100), rnd(3): map[string]any{"x": rnd(3)}})
-			shapes = append(shapes, worker.UnmatchedShape{Method: []string{"POST", "PUT", "PATCH", "DELETE"}[r.IntN(4)], Route: route, Count: 1,
-				Samples: []worker.UnmatchedSample{sampleOf("POST", path, string(body), 200+r.IntN(5), string(body))}})
+			shapes = append(shapes, admin.UnmatchedShape{Method: []string{"POST", "PUT", "PATCH", "DELETE"}[r.IntN(4)], Route: route, Count: 1,
+				Samples: []admin.UnmatchedSample{sampleOf("POST", path, string(body), 200+r.IntN(5), string(body))}})
 		}
 		doc, _, err := draftRules(suggestSource{shapes: shapes}, time.Now())
 		if err != nil {
@@ -156,9 +156,9 @@ func TestRulesSuggestSources(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer rdb.Close()
 	ctx := context.Background()
-	cov := worker.NewCoverage(rdb, worker.CoverageOptions{})
+	cov := admin.NewCoverage(rdb, admin.CoverageOptions{})
 	for _, sh := range testShapes()[:3] {
-		if _, err := cov.Report(ctx, []worker.UnmatchedCount{{Method: sh.Method, Route: sh.Route, Count: sh.Count}}); err != nil {
+		if _, err := cov.Report(ctx, []admin.UnmatchedCount{{Method: sh.Method, Route: sh.Route, Count: sh.Count}}); err != nil {
 			t.Fatal(err)
 		}
 		for _, s := range sh.Samples {

@@ -1,4 +1,4 @@
-package worker
+package admin
 
 import (
 	"context"
@@ -156,9 +156,12 @@ type Coverage struct {
 // NewCoverage returns the coverage store on rdb.
 func NewCoverage(rdb redis.UniversalClient, o CoverageOptions) *Coverage {
 	c := &Coverage{rdb: rdb, ttl: o.TTL, maxShapes: o.MaxShapes, now: o.Now}
-	orDefault(&c.ttl, DefaultUnmatchedTTL)
-	orDefault(&c.maxShapes, MaxUnmatchedShapes)
-	c.maxShapes = min(c.maxShapes, MaxUnmatchedShapes)
+	if c.ttl <= 0 {
+		c.ttl = DefaultUnmatchedTTL
+	}
+	if c.maxShapes <= 0 || c.maxShapes > MaxUnmatchedShapes {
+		c.maxShapes = MaxUnmatchedShapes
+	}
 	if c.now == nil {
 		c.now = time.Now
 	}
