@@ -60,9 +60,12 @@ type deliverHandler struct {
 // asking whether the error was a failure: so on the last attempt it waits
 // here for a slot instead (at most one attempt's timeout), and only a
 // delivery that still finds none is archived, where it stays retryable.
-func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, taskID string, lastAttempt bool) (slot, error) {
+//
+// A recovered run (its generation above 0) takes back its delivery's earlier
+// slot at once (limits.go).
+func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, taskID string, lastAttempt bool, gen int) (slot, error) {
 	token := func() string { return taskID + "@" + strconv.FormatInt(time.Now().UnixNano(), 36) }
-	held, q, err := h.limiter.acquireIn(ctx, r, token(), h.drain != nil && !lastAttempt)
+	held, q, err := h.limiter.acquireIn(ctx, r, token(), h.drain != nil && !lastAttempt, gen > 0)
 	if err == nil || !lastAttempt {
 		if err != nil && q.rank >= 0 {
 			h.waitInLine(ctx, r.ID, q)
@@ -132,7 +135,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, known := asynq.GetMaxRetry(ctx)
-	held, err := h.acquireSlot(ctx, r, taskID, known && retried >= maxRetry)
+	held, err := h.acquireSlot(ctx, r, taskID, known && retried >= maxRetry, generation(t))
 	if err != nil {
 		if _, ok := errors.AsType[*ThrottledError](err); ok {
 			h.metrics.observe(outcomeThrottled, 0)

@@ -116,8 +116,11 @@ const (
 	// for one that can be probed (stale index entries are dropped on the way).
 	maxProbeCandidates = 16
 	// drainLockTTL is how long a drain lock outlives a worker that died
-	// holding it; the drain refreshes it every drainPoll.
-	drainLockTTL = 5 * time.Second
+	// holding it (while the lock exists, deliveries wait in line for it to
+	// hand the slots out); the drain refreshes it every drainPoll. A lock
+	// that lapses under a live drain costs nothing but a second drain:
+	// handing out is safe from several workers at once.
+	drainLockTTL = 2 * time.Second
 	// drainPoll is how often a drain looks for free slots, when no delivery
 	// of its worker finishing woke it earlier.
 	drainPoll = 50 * time.Millisecond

@@ -105,25 +105,29 @@ end
 // ARGV: now (ms), lease (ms), slot token, max concurrency (0 = none), rate
 // per second (0 = none), burst, the token prefix of this delivery's earlier
 // runs ("" for none), its task id ("" for none), "1" to wait in line (below),
-// the line's cap, its TTL (ms).
+// the line's cap, its TTL (ms), "1" when this run is a recovered one (its
+// earlier run's slot is taken back even when slots are free).
 // Returns {1, 0, place} when granted (place: the delivery's score in the
 // waiting list or line, "" when it was in neither), {0, wait ms, reason, rank,
 // added, draining} when not.
 //
 // A delivery that was handed a slot (reserved) takes it: its rate token was
-// taken with the reservation. When every slot is taken, slots whose token
-// starts with the prefix are given back first: they were taken by an earlier
-// run of the same delivery, and the run that asks holds the delivery's run
-// lock (recover.go), so that run is over — its worker died, or it was
-// recovered after its send's deadline — and without this its slot would stay
-// taken for the whole lease. A delivery that takes a slot leaves both lists.
+// taken with the reservation. When every slot is taken, or the run is a
+// recovered one, slots whose token starts with the prefix are given back
+// first: they were taken by an earlier run of the same delivery, and the run
+// that asks holds the delivery's run lock (recover.go), so that run is over —
+// its worker died, or it was recovered after its send's deadline — and
+// without this its slot would stay taken for the whole lease (a recovered run
+// does so even when slots are free: one refused for its place in line would
+// leave the dead slot taken). A delivery that takes a slot leaves both lists.
 //
 // Waiting in line: a delivery that is refused joins the endpoint's line
 // (rank is its place in it, -1 past the cap; one that was in the waiting
 // list moves over, keeping its place), and while a drain hands the
 // endpoint's slots out (its lock exists) a delivery with others waiting
 // before it is refused even when a slot is free: the drain hands that slot to
-// the oldest.
+// the oldest. A delivery that took back its earlier run's slot goes on: that
+// run was sending.
 var acquireScript = redis.NewScript(limitLua + `
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -160,6 +164,7 @@ local function refuse(wait, reason)
   end
   return {0, wait, reason, rank, added, redis.call('EXISTS', KEYS[6])}
 end
+local tookBack = false
 if maxc > 0 then
   expire(now)
   if task ~= '' and redis.call('ZREM', KEYS[4], task) == 1 then
@@ -167,16 +172,19 @@ if maxc > 0 then
     redis.call('HDEL', KEYS[5], task)
     return grant(place or false)
   end
-  if taken(now) >= maxc and own ~= '' then
+  if own ~= '' and (ARGV[12] == '1' or taken(now) >= maxc) then
     for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-      if string.sub(m, 1, #own) == own then redis.call('ZREM', KEYS[1], m) end
+      if string.sub(m, 1, #own) == own then
+        redis.call('ZREM', KEYS[1], m)
+        tookBack = true
+      end
     end
   end
   if taken(now) >= maxc then
     return refuse(0, 'concurrency')
   end
 end
-if inline and redis.call('EXISTS', KEYS[6]) == 1 then
+if inline and not tookBack and redis.call('EXISTS', KEYS[6]) == 1 then
   local mine = redis.call('ZSCORE', KEYS[7], task) or redis.call('ZSCORE', KEYS[3], task)
   local before = '+inf'
   if mine then before = '(' .. mine end
@@ -314,7 +322,7 @@ type slot struct {
 // Give the slot back with release or, to save a round trip, with releaseIn in
 // a pipeline that runs anyway.
 func (l *limiter) acquire(ctx context.Context, r *endpointRecord, token string) (slot, error) {
-	s, _, err := l.acquireIn(ctx, r, token, false)
+	s, _, err := l.acquireIn(ctx, r, token, false, false)
 	return s, err
 }
 
@@ -333,7 +341,9 @@ type queued struct {
 // and one that others wait before while a drain runs is refused although a
 // slot is free. The ThrottledError's Wait of a delivery in line grows with its
 // place: it is the fallback for the case that no worker hands it a slot.
-func (l *limiter) acquireIn(ctx context.Context, r *endpointRecord, token string, inLine bool) (slot, queued, error) {
+// recovered says that the run is a recovered one (recover.go): it takes back
+// its delivery's earlier slots even when slots are free.
+func (l *limiter) acquireIn(ctx context.Context, r *endpointRecord, token string, inLine, recovered bool) (slot, queued, error) {
 	maxc := r.maxConcurrency()
 	burst := max(1, r.RateLimit)
 	now := l.now()
@@ -341,9 +351,12 @@ func (l *limiter) acquireIn(ctx context.Context, r *endpointRecord, token string
 	if t, _, ok := strings.Cut(token, "@"); ok && t != "" {
 		own, task = t+"@", t
 	}
-	line := "0"
+	line, again := "0", "0"
 	if inLine && task != "" {
 		line = "1"
+	}
+	if recovered {
+		again = "1"
 	}
 	capacity := l.maxWaiting
 	if capacity <= 0 {
@@ -351,7 +364,7 @@ func (l *limiter) acquireIn(ctx context.Context, r *endpointRecord, token string
 	}
 	res, err := acquireScript.Run(ctx, l.rdb, limitKeys(r.ID),
 		now.UnixMilli(), l.lease.Milliseconds(), token, maxc, r.RateLimit, burst, own, task, line,
-		capacity, waitingTTL.Milliseconds()).Slice()
+		capacity, waitingTTL.Milliseconds(), again).Slice()
 	if err != nil {
 		return slot{}, queued{rank: -1}, fmt.Errorf("checking limits of endpoint %s: %w", r.ID, err)
 	}

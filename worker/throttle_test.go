@@ -220,16 +220,16 @@ func TestRateLimitedBacklogDrainsAtRate(t *testing.T) {
 
 // The line of an endpoint: a refused delivery joins it once (keeping its
 // place), a drain's lock makes a delivery with others before it wait although
-// a slot is free, a reservation is taken by its delivery only and counts as
-// a taken slot, one that lapses puts its delivery back in its place, and the
-// line is capped.
+// a slot is free (but for one whose earlier run held a slot), a reservation is
+// taken by its delivery only and counts as a taken slot, one that lapses puts
+// its delivery back in its place, and the line is capped.
 func TestLimiterLine(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
 	_, rdb := newTestRedis(t)
 	l := &limiter{rdb: rdb, now: clock.Now, lease: time.Minute, concurrencyWait: 100 * time.Millisecond, maxWaiting: 4}
 	r := &endpointRecord{ID: "ep", MaxConcurrency: 1}
-	busy, _, err := l.acquireIn(ctx, r, "a:ep@1", true)
+	busy, _, err := l.acquireIn(ctx, r, "a:ep@1", true, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestLimiterLine(t *testing.T) {
 	bPlace := clock.Now().UnixMilli()
 	for i, tok := range []string{"b:ep@1", "c:ep@1", "b:ep@2"} {
 		clock.Add(time.Millisecond * time.Duration(min(i, 1)))
-		_, q, err := l.acquireIn(ctx, r, tok, true)
+		_, q, err := l.acquireIn(ctx, r, tok, true, false)
 		if !errors.As(err, &te) {
 			t.Fatalf("%s: %v, want throttled", tok, err)
 		}
@@ -246,7 +246,7 @@ func TestLimiterLine(t *testing.T) {
 		}
 	}
 	// The wait grows with the place: c waits behind b.
-	_, _, errC := l.acquireIn(ctx, r, "c:ep@2", true)
+	_, _, errC := l.acquireIn(ctx, r, "c:ep@2", true, false)
 	if !errors.As(errC, &te) || te.Wait < 200*time.Millisecond || te.Wait > 300*time.Millisecond {
 		t.Errorf("second in line waits %v, want 100ms + 100ms per slot-full ahead (+50%%)", errC)
 	}
@@ -256,10 +256,10 @@ func TestLimiterLine(t *testing.T) {
 	l.release(ctx, busy)
 	// A drain hands the slots out: c, with b before it, waits although the slot is free.
 	rdb.Set(ctx, drainKey("ep"), "token", time.Minute)
-	if _, q, err := l.acquireIn(ctx, r, "c:ep@3", true); !errors.As(err, &te) || !q.draining {
+	if _, q, err := l.acquireIn(ctx, r, "c:ep@3", true, false); !errors.As(err, &te) || !q.draining {
 		t.Fatalf("c jumped the line: %v %+v", err, q)
 	}
-	if _, _, err := l.acquireIn(ctx, r, "new:ep@1", true); !errors.As(err, &te) {
+	if _, _, err := l.acquireIn(ctx, r, "new:ep@1", true, false); !errors.As(err, &te) {
 		t.Fatalf("a new delivery jumped the line: %v", err)
 	}
 	// Not waiting in line (the last attempt) it may take the free slot.
@@ -269,7 +269,7 @@ func TestLimiterLine(t *testing.T) {
 		l.release(ctx, s)
 	}
 	// b, the oldest, takes it, leaving the line with its place.
-	s, _, err := l.acquireIn(ctx, r, "b:ep@3", true)
+	s, _, err := l.acquireIn(ctx, r, "b:ep@3", true, false)
 	if err != nil {
 		t.Fatalf("head of the line: %v", err)
 	}
@@ -286,10 +286,10 @@ func TestLimiterLine(t *testing.T) {
 	if err != nil || len(out) != 4 || out[3] != "c:ep" {
 		t.Fatalf("reserve: %v %v, want c:ep reserved", out, err)
 	}
-	if _, _, err := l.acquireIn(ctx, r, "x:ep@1", false); !errors.As(err, &te) {
+	if _, _, err := l.acquireIn(ctx, r, "x:ep@1", false, false); !errors.As(err, &te) {
 		t.Fatalf("a reserved slot was taken by another delivery: %v", err)
 	}
-	if s, _, err := l.acquireIn(ctx, r, "c:ep@4", true); err != nil {
+	if s, _, err := l.acquireIn(ctx, r, "c:ep@4", true, false); err != nil {
 		t.Fatalf("c did not take its reservation: %v", err)
 	} else {
 		l.release(ctx, s)
@@ -300,7 +300,7 @@ func TestLimiterLine(t *testing.T) {
 		t.Fatalf("reserve: %v %v", out, err)
 	}
 	clock.Add(reserveLease + time.Millisecond)
-	if _, _, err := l.acquireIn(ctx, r, "y:ep@1", true); err != nil {
+	if _, _, err := l.acquireIn(ctx, r, "y:ep@1", true, false); err != nil {
 		t.Fatalf("the lapsed reservation still holds the slot: %v", err)
 	}
 	if got := rdb.ZRange(ctx, lineKey("ep"), 0, -1).Val(); len(got) != 1 || got[0] != "new:ep" {
@@ -308,7 +308,7 @@ func TestLimiterLine(t *testing.T) {
 	}
 	// The line is capped; past the cap a refused delivery is not in line.
 	for i := range 10 {
-		_, q, err := l.acquireIn(ctx, r, fmt.Sprintf("z%d:ep@1", i), true)
+		_, q, err := l.acquireIn(ctx, r, fmt.Sprintf("z%d:ep@1", i), true, false)
 		if !errors.As(err, &te) {
 			t.Fatalf("z%d: %v", i, err)
 		}
@@ -321,5 +321,42 @@ func TestLimiterLine(t *testing.T) {
 	}
 	if n := rdb.ZCard(ctx, lineKey("ep")).Val(); n != 4 {
 		t.Errorf("line holds %d, cap is 4", n)
+	}
+	// y's run died while sending; its new run takes its slot back and goes on
+	// although a drain runs and others wait in line: that run was sending.
+	rdb.Set(ctx, drainKey("ep"), "token", time.Minute)
+	if _, _, err := l.acquireIn(ctx, r, "y:ep@2", true, false); err != nil {
+		t.Fatalf("the new run of a delivery that held a slot: %v", err)
+	}
+}
+
+// A recovered run takes back the slot its dead run held even when another
+// slot is free, and goes on although others wait in line before it: without
+// that, one refused for its place would leave the dead slot taken for the
+// whole lease (a worker killed while sending drained at one slot in five).
+func TestLimiterRecoveredRunTakesBackItsSlot(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := newTestRedis(t)
+	l := &limiter{rdb: rdb, now: time.Now, lease: time.Minute, concurrencyWait: 100 * time.Millisecond}
+	r := &endpointRecord{ID: "ep", MaxConcurrency: 2}
+	if _, err := l.acquire(ctx, r, "d:ep@dead"); err != nil {
+		t.Fatal(err)
+	}
+	rdb.ZAdd(ctx, lineKey("ep"), redis.Z{Score: 1, Member: "older:ep"})
+	rdb.Set(ctx, drainKey("ep"), "token", time.Minute)
+	var te *ThrottledError
+	if _, _, err := l.acquireIn(ctx, r, "d:ep@second", true, false); !errors.As(err, &te) {
+		t.Fatalf("a run that is not a recovered one jumped the line: %v", err)
+	}
+	if got := rdb.ZRange(ctx, inflightKey("ep"), 0, -1).Val(); len(got) != 1 || got[0] != "d:ep@dead" {
+		t.Fatalf("slots %v, want the dead run's left (slots were free)", got)
+	}
+	rdb.ZRem(ctx, lineKey("ep"), "d:ep")
+	s, _, err := l.acquireIn(ctx, r, "d:ep@recovered", true, true)
+	if err != nil {
+		t.Fatalf("the recovered run: %v", err)
+	}
+	if got := rdb.ZRange(ctx, inflightKey("ep"), 0, -1).Val(); len(got) != 1 || got[0] != s.token {
+		t.Fatalf("slots %v, want only the recovered run's %s", got, s.token)
 	}
 }
