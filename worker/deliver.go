@@ -55,8 +55,8 @@ type deliverHandler struct {
 
 // acquireSlot takes one of the endpoint's delivery slots. A throttled
 // delivery normally goes back to the queue without costing a retry, waiting
-// in line in the endpoint's waiting list for a drain to hand it a slot
-// (drain.go), but asynq archives a task whose retries are used up before
+// in the endpoint's line for a drain to hand it a slot (drain.go), but
+// asynq archives a task whose retries are used up before
 // asking whether the error was a failure: so on the last attempt it waits
 // here for a slot instead (at most one attempt's timeout), and only a
 // delivery that still finds none is archived, where it stays retryable.
