@@ -54,15 +54,22 @@ type deliverHandler struct {
 }
 
 // acquireSlot takes one of the endpoint's delivery slots. A throttled
-// delivery normally goes back to the queue without costing a retry, but
-// asynq archives a task whose retries are used up before asking whether the
-// error was a failure: so on the last attempt it waits here for a slot
-// instead (at most one attempt's timeout), and only a delivery that still
-// finds none is archived, where it stays retryable.
-func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, taskID string, lastAttempt bool) (slot, error) {
+// delivery normally goes back to the queue without costing a retry, waiting
+// in the endpoint's line for a drain to hand it a slot (drain.go), but
+// asynq archives a task whose retries are used up before
+// asking whether the error was a failure: so on the last attempt it waits
+// here for a slot instead (at most one attempt's timeout), and only a
+// delivery that still finds none is archived, where it stays retryable.
+//
+// A recovered run (its generation above 0) takes back its delivery's earlier
+// slot at once (limits.go).
+func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, taskID string, lastAttempt bool, gen int) (slot, error) {
 	token := func() string { return taskID + "@" + strconv.FormatInt(time.Now().UnixNano(), 36) }
-	held, err := h.limiter.acquire(ctx, r, token())
+	held, q, err := h.limiter.acquireIn(ctx, r, token(), h.drain != nil && !lastAttempt, gen > 0)
 	if err == nil || !lastAttempt {
+		if err != nil && q.rank >= 0 {
+			h.waitInLine(ctx, r.ID, q)
+		}
 		return held, err
 	}
 	deadline := time.Now().Add(h.timeout)
@@ -80,6 +87,20 @@ func (h *deliverHandler) acquireSlot(ctx context.Context, r *endpointRecord, tas
 		if held, err = h.limiter.acquire(ctx, r, token()); err == nil {
 			return held, nil
 		}
+	}
+}
+
+// waitInLine makes sure that a delivery that now waits in line for endpoint
+// id gets a slot handed out: the endpoint is listed as having deliveries
+// waiting (the probe round's safety net), and a drain starts unless one runs.
+func (h *deliverHandler) waitInLine(ctx context.Context, id string, q queued) {
+	if q.added {
+		if err := h.drain.rdb.SAdd(ctx, keyWaitingEndpoints, id).Err(); err != nil {
+			h.log.Debug("listing endpoint with waiting deliveries", zap.String("endpoint_id", id), zap.Error(err))
+		}
+	}
+	if !q.draining {
+		h.drain.kick(id)
 	}
 }
 
@@ -114,7 +135,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, known := asynq.GetMaxRetry(ctx)
-	held, err := h.acquireSlot(ctx, r, taskID, known && retried >= maxRetry)
+	held, err := h.acquireSlot(ctx, r, taskID, known && retried >= maxRetry, generation(t))
 	if err != nil {
 		if _, ok := errors.AsType[*ThrottledError](err); ok {
 			h.metrics.observe(outcomeThrottled, 0)
@@ -161,10 +182,15 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		o = outcomeWaits
 	}
 	var idx indexCmds
+	// One that waited in line or on the schedule and fails again keeps its place.
+	place := a.Time
+	if held.place > 0 {
+		place = time.UnixMilli(int64(held.place))
+	}
 	failingSince, logErr := h.store.recordAttempt(rctx, a, func(p redis.Pipeliner) {
 		held.releaseIn(rctx, p)
 		if h.drain != nil {
-			idx = h.drain.indexIn(rctx, p, r.ID, taskID, o, res.Success, a.Time)
+			idx = h.drain.indexIn(rctx, p, r.ID, taskID, o, res.Success, place)
 		}
 	})
 	if logErr != nil {
@@ -175,7 +201,7 @@ func (h *deliverHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	probed := false
 	if h.drain != nil && logErr == nil {
 		probeDue, probed = h.drain.probeDue(rctx, r.ID, taskID, idx)
-		if res.Success && idx.left != nil && idx.left.Val() > 0 {
+		if res.Success && idx.waiting() {
 			h.drain.kick(r.ID)
 		}
 	}

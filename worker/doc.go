@@ -25,7 +25,9 @@
 // event-type filters), store.go (the endpoint registry), fanout.go and
 // deliver.go (the two asynq handlers), attempts.go (delivery log and event
 // index), limits.go (per-endpoint concurrency and rate limits, kept in Redis
-// so they hold across workers), worker.go (Config, New, Start, Shutdown),
+// so they hold across workers), drain.go (the deliveries waiting for an
+// endpoint, in line for a slot or on the retry schedule, handed its free
+// slots oldest first, and the probe of a failing endpoint), worker.go (Config, New, Start, Shutdown),
 // redisurl.go (Redis URLs, including redis-sentinel:// and redis-cluster://),
 // recover.go (run locks, and the recovery of tasks whose worker is gone within
 // seconds instead of asynq's minute), presence.go (the per-worker connection
@@ -33,7 +35,8 @@
 // secret.go, sign.go, send.go, ssrf.go and retry.go are the delivery core.
 //
 // Redis keys start with "authtap:". The endpoint registry shares the hash tag
-// {authtap-endpoints} and an endpoint's limit keys the tag {<endpoint id>}, so
+// {authtap-endpoints} and an endpoint's limit keys, line and waiting list the tag
+// {<endpoint id>}, so
 // that every transaction and script works on Redis Cluster too; a task's run
 // lock, authtap:{<queue>}:run:<task id>, shares asynq's tag {<queue>}. A
 // presence connection blocks on authtap:presence:<its name>, which holds

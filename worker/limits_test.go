@@ -117,7 +117,7 @@ func TestLastAttemptWaitsForASlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.acquireSlot(ctx, r, "evt:ep", false); err == nil {
+	if _, err := h.acquireSlot(ctx, r, "evt:ep", false, 0); err == nil {
 		t.Fatal("a throttled delivery that has retries left must go back to the queue")
 	}
 	go func() {
@@ -125,7 +125,7 @@ func TestLastAttemptWaitsForASlot(t *testing.T) {
 		l.release(ctx, busy)
 	}()
 	start := time.Now()
-	if _, err := h.acquireSlot(ctx, r, "evt:ep", true); err != nil {
+	if _, err := h.acquireSlot(ctx, r, "evt:ep", true, 0); err != nil {
 		t.Fatalf("last attempt: %v", err)
 	}
 	if waited := time.Since(start); waited < 100*time.Millisecond {
@@ -133,7 +133,7 @@ func TestLastAttemptWaitsForASlot(t *testing.T) {
 	}
 	// still throttled after a whole attempt's timeout: give up, to be archived (and retryable)
 	h.timeout = 100 * time.Millisecond
-	if _, err := h.acquireSlot(ctx, r, "evt:ep2", true); err == nil {
+	if _, err := h.acquireSlot(ctx, r, "evt:ep2", true, 0); err == nil {
 		t.Fatal("want a ThrottledError when no slot frees up within the timeout")
 	}
 }

@@ -238,7 +238,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	}
 	// Separate DELs: these keys live in different Redis Cluster slots.
 	_ = s.rdb.Del(ctx, failingKey(id)).Err()
-	_ = s.rdb.Del(ctx, inflightKey(id), bucketKey(id)).Err()
+	_ = s.rdb.Del(ctx, inflightKey(id), bucketKey(id), reservedKey(id), placesKey(id)).Err()
 	return nil
 }
 

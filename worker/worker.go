@@ -34,7 +34,8 @@ const (
 	DefaultTaskCheckInterval = 10 * time.Millisecond
 	// DefaultDelayedTaskCheckInterval is how often retries and throttled deliveries that are due are queued again.
 	DefaultDelayedTaskCheckInterval = time.Second
-	// DefaultThrottleWait is the base re-delay of a delivery whose endpoint has all its slots in use.
+	// DefaultThrottleWait is the base of the fallback re-delay of a delivery
+	// whose endpoint has all its slots in use (see Config.ThrottleWait).
 	DefaultThrottleWait = 500 * time.Millisecond
 )
 
@@ -79,11 +80,17 @@ type Config struct {
 	// lower latency and more Redis commands while idle (about 550/s at 10ms, see
 	// BENCHMARKS.md). Default 10ms.
 	TaskCheckInterval time.Duration
-	// DelayedTaskCheckInterval is how often due retries and throttled deliveries
-	// are moved back into their queue. Default 1s.
+	// DelayedTaskCheckInterval is how often due retries (and throttled
+	// deliveries that no worker handed a slot) are moved back into their
+	// queue. Default 1s.
 	DelayedTaskCheckInterval time.Duration
-	// ThrottleWait is the base re-delay (plus up to 50% jitter) of a delivery whose
-	// endpoint has reached its MaxConcurrency. Default 500ms.
+	// ThrottleWait shapes the fallback re-delay of a delivery whose endpoint has
+	// reached its MaxConcurrency: such a delivery waits in the endpoint's line
+	// and is handed the next free slot, oldest first (see drain.go); only if
+	// no worker does, it tries again by itself after ThrottleWait for each
+	// MaxConcurrency deliveries before it in line, plus ThrottleWait (at most
+	// 30s), plus up to 50% jitter; past the line's cap, after ThrottleWait
+	// plus up to 50%. Default 500ms.
 	ThrottleWait time.Duration
 	// RecoveryInterval is how often the worker refreshes the run locks of the
 	// tasks it runs and looks for tasks whose worker is gone (killed, stalled,
