@@ -178,8 +178,13 @@ func testThrottledBacklog(t *testing.T, workers int) {
 	rate := float64(n-1) / at[len(at)-1].Sub(at[0]).Seconds()
 	t.Logf("%d deliveries for one endpoint (%d slots, receiver 20 ms) in %s from the worker's start: %.0f/s between the first and the last; %d in flight at most",
 		n, maxc, took.Round(time.Millisecond), rate, most)
-	checkBacklog(t, want, got, most, maxc, workers*concurrency+maxc)
-	checkBacklog(t, wantOthers, gotOthers, 0, maxc, workers*concurrency+maxc)
+	// Order: a delivery can be overtaken by what every worker goroutine had
+	// already dequeued when it joined the line, and, with several workers,
+	// by as many again handed a slot while its own worker's goroutines were
+	// busy (seen: 52 places with 2 workers of 20 on a loaded 2-core box).
+	window := 2*workers*concurrency + maxc
+	checkBacklog(t, want, got, most, maxc, window)
+	checkBacklog(t, wantOthers, gotOthers, 0, maxc, window)
 	if took > 10*time.Second {
 		t.Errorf("the backlog took %s, want a few seconds (about %s at 5 × 50/s)", took, time.Duration(n)*4*time.Millisecond)
 	}
