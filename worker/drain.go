@@ -234,13 +234,13 @@ const (
 
 // indexCmds are the replies an attempt's index update reads.
 type indexCmds struct {
-	left, line *redis.IntCmd   // deliveries still waiting and in line, after a success
-	probe      *redis.SliceCmd // the endpoint's probe marker (MGET: no redis.Nil to fail the pipeline)
+	left  *redis.IntCmd   // after a success: of the waiting list and the line, how many are not empty
+	probe *redis.SliceCmd // the endpoint's probe marker (MGET: no redis.Nil to fail the pipeline)
 }
 
 // waiting reports whether deliveries were left waiting or in line after a success.
 func (c indexCmds) waiting() bool {
-	return c.left != nil && c.line != nil && c.left.Val()+c.line.Val() > 0
+	return c.left != nil && c.left.Val() > 0
 }
 
 // indexIn queues in p the index update of delivery taskID of endpoint id;
@@ -254,11 +254,10 @@ func (d *drainer) indexIn(ctx context.Context, p redis.Pipeliner, id, taskID str
 		p.PExpire(ctx, wk, waitingTTL)
 		p.SAdd(ctx, keyWaitingEndpoints, id)
 	} else {
+		// It left the line when it took its slot (limits.go).
 		p.ZRem(ctx, wk, taskID)
-		p.ZRem(ctx, lineKey(id), taskID)
 		if success {
-			c.left = p.ZCard(ctx, wk)
-			c.line = p.ZCard(ctx, lineKey(id))
+			c.left = p.Exists(ctx, wk, lineKey(id)) // an empty ZSET does not exist
 		}
 	}
 	c.probe = p.MGet(ctx, probeKey(id))

@@ -50,24 +50,27 @@ const (
 // KEYS[7] its line (deliveries due, waiting for a slot); the lists are
 // scored by place (drain.go).
 //
-//   - expire(now) drops lapsed slots, and puts the deliveries whose
-//     reservation lapsed back in line, in their place;
-//   - taken(now) counts the slots in use: held and reserved;
+//   - expire(now) drops lapsed slots, puts the deliveries whose reservation
+//     lapsed back in line, in their place, and returns how many
+//     reservations are live;
+//   - taken(reserved) counts the slots in use: held, and reserved;
 //   - token(now, rate, burst) takes one rate token and returns 0, or the ms
 //     until one is due;
 //   - unlist(t) takes t off both lists and returns its place, or false.
 const limitLua = `
 local function expire(now)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
   for _, t in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 100)) do
     redis.call('ZREM', KEYS[4], t)
     local place = redis.call('HGET', KEYS[5], t)
     redis.call('HDEL', KEYS[5], t)
     if place then redis.call('ZADD', KEYS[7], 'NX', place, t) end
   end
+  return redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
 end
-local function taken(now)
-  return redis.call('ZCARD', KEYS[1]) + redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+local function taken(reserved)
+  return redis.call('ZCARD', KEYS[1]) + reserved
 end
 local function token(now, rate, burst)
   if rate <= 0 then return 0 end
@@ -89,6 +92,7 @@ local function token(now, rate, burst)
   return 0
 end
 local function unlist(t)
+  if redis.call('EXISTS', KEYS[7], KEYS[3]) == 0 then return false end
   local place = redis.call('ZSCORE', KEYS[7], t)
   local w = redis.call('ZSCORE', KEYS[3], t)
   if w then
@@ -166,21 +170,23 @@ local function refuse(wait, reason)
 end
 local tookBack = false
 if maxc > 0 then
-  expire(now)
-  if task ~= '' and redis.call('ZREM', KEYS[4], task) == 1 then
+  local reserved = expire(now)
+  if reserved > 0 and task ~= '' and redis.call('ZREM', KEYS[4], task) == 1 then
     local place = redis.call('HGET', KEYS[5], task)
     redis.call('HDEL', KEYS[5], task)
     return grant(place or false)
   end
-  if own ~= '' and (ARGV[12] == '1' or taken(now) >= maxc) then
+  local n = taken(reserved)
+  if own ~= '' and (ARGV[12] == '1' or n >= maxc) then
     for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
       if string.sub(m, 1, #own) == own then
         redis.call('ZREM', KEYS[1], m)
         tookBack = true
       end
     end
+    if tookBack then n = taken(reserved) end
   end
-  if taken(now) >= maxc then
+  if n >= maxc then
     return refuse(0, 'concurrency')
   end
 end
@@ -207,8 +213,7 @@ return grant(false)
 // ids when no slot is free).
 var candidatesScript = redis.NewScript(limitLua + `
 local now = tonumber(ARGV[1])
-expire(now)
-local free = tonumber(ARGV[2]) - taken(now)
+local free = tonumber(ARGV[2]) - taken(expire(now))
 local res = {free, redis.call('ZCARD', KEYS[7]), redis.call('ZCARD', KEYS[3])}
 if free <= 0 then return res end
 local k = free + tonumber(ARGV[3])
@@ -248,8 +253,7 @@ for i = 8, 7 + ndrop do
   redis.call('ZREM', KEYS[3], ARGV[i])
   redis.call('ZREM', KEYS[7], ARGV[i])
 end
-expire(now)
-local free = maxc - taken(now)
+local free = maxc - taken(expire(now))
 local res = {0, 0, 0}
 for i = 8 + ndrop, #ARGV do
   if free <= 0 then break end
