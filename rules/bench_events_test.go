@@ -92,7 +92,7 @@ func BenchmarkEvents55(b *testing.B) {
 	o := EmitOptions{Source: "bench"}
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPUPerOp(b)()
+	defer reportCPUMicros(b)()
 	for i := 0; i < b.N; i++ {
 		freshSCIM55(exs, src)
 		n := 0
@@ -117,7 +117,7 @@ func BenchmarkEvents55Parsed(b *testing.B) {
 	o := EmitOptions{Source: "bench"}
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPUPerOp(b)()
+	defer reportCPUMicros(b)()
 	for i := 0; i < b.N; i++ {
 		freshSCIM55(exs, src)
 		n := 0
@@ -146,7 +146,7 @@ func BenchmarkEvents55Match(b *testing.B) {
 	exs := make([]Exchange, len(src))
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPUPerOp(b)()
+	defer reportCPUMicros(b)()
 	for i := 0; i < b.N; i++ {
 		freshSCIM55(exs, src)
 		n := 0
@@ -192,17 +192,6 @@ func TestEvents55(t *testing.T) {
 	for i, w := range want {
 		if got[i] != w {
 			t.Errorf("event %d:\n got %s\nwant %s", i, got[i], w)
-		}
-	}
-}
-
-// reportCPUPerOp starts measuring CPU time; the function it returns reports
-// cpu-µs/op (steadier than wall time on a shared box).
-func reportCPUPerOp(b *testing.B) func() {
-	start := processCPU()
-	return func() {
-		if d := processCPU() - start; d > 0 && b.N > 0 {
-			b.ReportMetric(float64(d)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 		}
 	}
 }
