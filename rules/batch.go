@@ -494,6 +494,7 @@ type batchScratch struct {
 	flat  []member
 	el    elemCtx
 	byID  map[string]int
+	keys  [maxIndexPath]string // a list's path, split (readIndexing)
 }
 
 var batchPool = sync.Pool{New: func() any { return &batchScratch{byID: map[string]int{}} }}
@@ -506,6 +507,7 @@ func putBatchScratch(sc *batchScratch) {
 	clear(sc.elems[:cap(sc.elems)])
 	sc.el = elemCtx{own: sc.el.own[:0]}
 	clear(sc.byID)
+	clear(sc.keys[:])
 	if cap(sc.elems) > 2*MaxBatchOps || cap(sc.flat) > 8192 || cap(sc.el.own) > 4*maxIndexedMembers {
 		return
 	}
@@ -540,6 +542,9 @@ func (l *batchList) off(i int) int { return l.base + l.elems[i].off }
 // the elements view the body (sc and the list must not outlive the call
 // that reads it; what a sub-exchange keeps is copied, see strArena).
 func (l *batchList) read(ph *placeholder, ex *Exchange, params []Param, max int, sc *batchScratch) {
+	if l.readIndexing(ph, ex, max, sc) {
+		return
+	}
 	var raw string
 	if body, ok := bodyOf(ph, ex); ok && ph.gpath != "" && ph.call == nil && len(body) > 0 {
 		// a view of the body, walked once to the list and once through it
@@ -565,6 +570,32 @@ func (l *batchList) read(ph *placeholder, ex *Exchange, params []Param, max int,
 		return
 	}
 	l.elems = sc.elems
+}
+
+// readIndexing is read for a list in a body read for the first time: the
+// pass that checks the body is JSON splits the list too (jsonIndexer). It
+// reports false when it cannot tell (the body was read before, is a form,
+// or the path is not plain keys): read the list the usual way then.
+func (l *batchList) readIndexing(ph *placeholder, ex *Exchange, max int, sc *batchScratch) bool {
+	if ph.kind != phRequestBody && ph.kind != phResponseBody || ph.call != nil || ph.gpath == "" {
+		return false
+	}
+	x, ok := newListIndexer(ph.gpath, max, &sc.keys, sc.elems[:0], sc.flat[:0])
+	if !ok {
+		return false
+	}
+	pb := ex.bodyIndexing(ph.kind == phResponseBody, &x)
+	switch {
+	case pb.done && !pb.ok:
+		return true // not JSON: no list
+	case x.find == listAbsent:
+		return true
+	case x.find != listFound:
+		return false
+	}
+	sc.elems, sc.flat = x.elems, x.flat
+	l.elems, l.total, l.src, l.base = x.elems, x.total, pb.json, x.start
+	return true
 }
 
 // jsonContentType is the Content-Type of a sub-exchange's JSON body, shared

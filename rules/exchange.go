@@ -251,7 +251,12 @@ func (ex *Exchange) jsonBody(response bool) ([]byte, bool) {
 
 // body returns the request or response body read as JSON (see bodyAsJSON),
 // parsed on the first call.
-func (ex *Exchange) body(response bool) *parsedBody {
+func (ex *Exchange) body(response bool) *parsedBody { return ex.bodyIndexing(response, nil) }
+
+// bodyIndexing is body, except that when it reads the body for the first
+// time and the body is JSON, x checks it and splits the list it asks for in
+// the same pass (see jsonIndexer); x.find is listUndecided when it did not.
+func (ex *Exchange) bodyIndexing(response bool, x *jsonIndexer) *parsedBody {
 	i, body := 0, ex.RequestBody
 	if response {
 		i, body = 1, ex.ResponseBody
@@ -263,7 +268,7 @@ func (ex *Exchange) body(response bool) *parsedBody {
 		if vals := ex.headerValues(response, "Content-Type"); len(vals) > 0 {
 			ct = vals[0]
 		}
-		pb.json, pb.ok = bodyAsJSON(body, ct)
+		pb.json, pb.ok = bodyAsJSONIndexing(body, ct, x)
 	}
 	return pb
 }
@@ -283,6 +288,12 @@ func (lr *LookupResult) body() *parsedBody {
 // of its fields when it is form-encoded (application/x-www-form-urlencoded)
 // or multipart/form-data (text fields only, see multipartJSON).
 func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
+	return bodyAsJSONIndexing(body, contentType, nil)
+}
+
+// bodyAsJSONIndexing is bodyAsJSON checking a JSON body with x (nil: only
+// check it), which splits the list it asks for in the same pass.
+func bodyAsJSONIndexing(body []byte, contentType string, x *jsonIndexer) ([]byte, bool) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return nil, false
@@ -298,7 +309,10 @@ func bodyAsJSON(body []byte, contentType string) ([]byte, bool) {
 		}
 		return formJSON(vals), true
 	}
-	if validJSON(trimmed) { // not gjson.ValidBytes: it recurses once per nesting level
+	if x == nil {
+		x = &jsonIndexer{}
+	}
+	if x.run(trimmed) { // not gjson.ValidBytes: it recurses once per nesting level
 		return trimmed, true
 	}
 	return nil, false

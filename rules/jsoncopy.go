@@ -2,6 +2,8 @@ package rules
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -569,102 +571,26 @@ func cutPath(b []byte) string {
 }
 
 // validJSON reports whether b is one JSON value (RFC 8259, as encoding/json's
-// Valid, without its nesting limit). Like the copier it keeps its own stack,
-// one byte per open container, where gjson.Valid recurses: 1 MiB of "[" took
-// gjson 64 MiB of goroutine stack.
+// Valid, without its nesting limit; see jsonIndexer.run).
 func validJSON(b []byte) bool {
-	var stack []byte // '{' or '[' per open container
-	i := 0
-	ws := func() {
-		for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-			i++
-		}
-	}
-	for {
-		// a value
-		ws()
-		if i >= len(b) {
-			return false
-		}
-		switch c := b[i]; {
-		case c == '{' || c == '[':
-			i++
-			ws()
-			if i < len(b) && b[i] == c+2 {
-				i++
-				break
-			}
-			stack = append(stack, c)
-			if c == '{' {
-				if !validKey(b, &i) {
-					return false
-				}
-			}
-			continue
-		case c == '"':
-			if !validString(b, &i) {
-				return false
-			}
-		default:
-			if !validScalar(b, &i) {
-				return false
-			}
-		}
-		// after a value: close containers, or go on to the next member
-		for {
-			ws()
-			if len(stack) == 0 {
-				return i == len(b)
-			}
-			if i >= len(b) {
-				return false
-			}
-			top := stack[len(stack)-1]
-			if b[i] == top+2 {
-				i++
-				stack = stack[:len(stack)-1]
-				continue
-			}
-			if b[i] != ',' {
-				return false
-			}
-			i++
-			if top == '{' && !validKey(b, &i) {
-				return false
-			}
-			break
-		}
-	}
-}
-
-// validKey reads `"key" :` at b[*i:].
-func validKey(b []byte, i *int) bool {
-	for *i < len(b) && (b[*i] == ' ' || b[*i] == '\t' || b[*i] == '\n' || b[*i] == '\r') {
-		*i++
-	}
-	if *i >= len(b) || b[*i] != '"' || !validString(b, i) {
-		return false
-	}
-	for *i < len(b) && (b[*i] == ' ' || b[*i] == '\t' || b[*i] == '\n' || b[*i] == '\r') {
-		*i++
-	}
-	if *i >= len(b) || b[*i] != ':' {
-		return false
-	}
-	*i++
-	return true
+	var x jsonIndexer
+	return x.run(b)
 }
 
 // validString reads the string at b[*i:] (its opening quote): no control
 // characters, only JSON escapes.
 func validString(b []byte, i *int) bool {
 	j := *i + 1
-	for j < len(b) {
-		switch c := b[j]; {
-		case c == '"':
+	for {
+		j = stringRun(b, j)
+		if j >= len(b) {
+			return false
+		}
+		switch b[j] {
+		case '"':
 			*i = j + 1
 			return true
-		case c == '\\':
+		case '\\':
 			if j+1 >= len(b) {
 				return false
 			}
@@ -684,13 +610,44 @@ func validString(b []byte, i *int) bool {
 			default:
 				return false
 			}
-		case c < 0x20:
-			return false
 		default:
-			j++
+			return false // a control character
 		}
 	}
-	return false
+}
+
+// stringRun returns the index of the first byte at or after b[j] that ends
+// a run of plain string bytes: a quote, a backslash or a control character
+// (below 0x20); len(b) when there is none. It tests eight bytes at a time.
+func stringRun(b []byte, j int) int {
+	for j+8 <= len(b) {
+		if m := stringStops(binary.LittleEndian.Uint64(b[j:])); m != 0 {
+			return j + bits.TrailingZeros64(m)>>3
+		}
+		j += 8
+	}
+	for j < len(b) && b[j] != '"' && b[j] != '\\' && b[j] >= 0x20 {
+		j++
+	}
+	return j
+}
+
+// Bytes of a word, for stringStops.
+const (
+	ones8  = 0x0101010101010101
+	highs8 = 0x8080808080808080
+)
+
+// stringStops flags the bytes of w (eight string bytes, the first in the
+// low byte) that are a quote, a backslash or below 0x20: the high bit of
+// each such byte is set. Bytes above the lowest flagged one may be flagged
+// wrongly (a borrow runs up the word), so only the lowest is exact: use
+// bits.TrailingZeros64. Bytes of 0x80 and above (UTF-8) are never flagged
+// before a flagged byte.
+func stringStops(w uint64) uint64 {
+	q := w ^ (ones8 * '"')
+	bs := w ^ (ones8 * '\\')
+	return ((q-ones8)&^q | (bs-ones8)&^bs | (w-ones8*0x20)&^w) & highs8
 }
 
 // validScalar reads a number, true, false or null at b[*i:].
