@@ -192,7 +192,10 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	defer putBatchScratch(sc)
 	rs := ex.split
 	if !rs.validFor(b, ex, m.Params) {
-		rs = m.splitRequests(ex, sc)
+		// a split of its own, kept nowhere once the sub-exchanges are
+		// built: its sub-requests go back to the scratch after
+		rs = m.splitRequests(ex, sc, sc.reqs[:0])
+		defer func() { sc.reqs = rs.subs[:0] }()
 	}
 	out := Batch{Requests: rs.total}
 	err := m.tooManyOps(rs.total)
@@ -299,7 +302,7 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 	rs := ex.split
 	if !rs.validFor(b, ex, m.Params) {
 		sc := getBatchScratch()
-		rs = m.splitRequests(ex, sc)
+		rs = m.splitRequests(ex, sc, nil) // kept on ex: its own sub-requests
 		putBatchScratch(sc)
 		if b.reqStatic {
 			ex.split = rs
@@ -390,8 +393,9 @@ func sameBytes(a, b []byte) bool {
 }
 
 // splitRequests reads the request side of a batch envelope: every one of
-// its first MaxBatchOps sub-requests, in one pass over the list.
-func (m *Match) splitRequests(ex *Exchange, sc *batchScratch) *reqSplit {
+// its first MaxBatchOps sub-requests, in one pass over the list, into buf
+// (nil for a new slice).
+func (m *Match) splitRequests(ex *Exchange, sc *batchScratch, buf []subReq) *reqSplit {
 	b := m.Rule.batch
 	var reqs batchList
 	reqs.read(b.reqItems, ex, m.Params, MaxBatchOps, sc)
@@ -409,7 +413,12 @@ func (m *Match) splitRequests(ex *Exchange, sc *batchScratch) *reqSplit {
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
 	ex.elem = el
-	rs.subs = make([]subReq, len(reqs.elems))
+	if cap(buf) >= len(reqs.elems) {
+		rs.subs = buf[:len(reqs.elems)]
+		clear(rs.subs)
+	} else {
+		rs.subs = make([]subReq, len(reqs.elems))
+	}
 	for i := range reqs.elems {
 		reqs.at(el, i)
 		sr := &rs.subs[i]
@@ -495,6 +504,7 @@ type batchScratch struct {
 	el    elemCtx
 	byID  map[string]int
 	keys  [maxIndexPath]string // a list's path, split (readIndexing)
+	reqs  []subReq             // the sub-requests of a split Batch keeps nowhere
 }
 
 var batchPool = sync.Pool{New: func() any { return &batchScratch{byID: map[string]int{}} }}
@@ -508,7 +518,8 @@ func putBatchScratch(sc *batchScratch) {
 	sc.el = elemCtx{own: sc.el.own[:0]}
 	clear(sc.byID)
 	clear(sc.keys[:])
-	if cap(sc.elems) > 2*MaxBatchOps || cap(sc.flat) > 8192 || cap(sc.el.own) > 4*maxIndexedMembers {
+	clear(sc.reqs[:cap(sc.reqs)]) // views of the envelope's body and arena strings
+	if cap(sc.elems) > 2*MaxBatchOps || cap(sc.reqs) > 2*MaxBatchOps || cap(sc.flat) > 8192 || cap(sc.el.own) > 4*maxIndexedMembers {
 		return
 	}
 	batchPool.Put(sc)
