@@ -92,7 +92,10 @@ func (dn *dataNode) lookupNames(into map[string]bool) {
 type renderCtx struct {
 	ex      *Exchange
 	params  []Param
-	missing *[]string
+	// missing collects the placeholders that resolved to nothing (a value in
+	// the context, not a pointer to the caller's list, so that a context
+	// on the stack keeps it there too)
+	missing []string
 	policy  *sanitizer
 	notes   truncNotes // where data was cut at MaxDataDepth
 	// scratch is the copiers' buffer for unescaped strings and normalized
@@ -138,14 +141,14 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 		// A value read from a password-like source is redacted whatever key it lands under.
 		if dn.t.redacted(rc.policy.keep) {
 			if rc.policy.comparing() {
-				return appendQuotedMark(dst, markRedacted, []byte(dn.t.renderText(rc.ex, rc.params, rc.missing)))
+				return appendQuotedMark(dst, markRedacted, []byte(dn.t.renderText(rc.ex, rc.params, &rc.missing)))
 			}
 			return appendQuote(dst, Redacted) // the value is not even read
 		}
 		if dn.t.whole != nil {
 			v := dn.t.whole.resolve(rc.ex, rc.params)
 			if !v.found {
-				addMissing(rc.missing, dn.t.whole.raw)
+				addMissing(&rc.missing, dn.t.whole.raw)
 				return append(dst, "null"...)
 			}
 			if rc.policy.redactsTaint(v.taint) {
@@ -242,7 +245,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	}
 	if t.redacted(rc.policy.keep) {
 		if rc.policy.comparing() {
-			return string(appendMark(nil, markRedacted, []byte(t.renderText(rc.ex, rc.params, rc.missing))))
+			return string(appendMark(nil, markRedacted, []byte(t.renderText(rc.ex, rc.params, &rc.missing))))
 		}
 		return Redacted
 	}
@@ -254,7 +257,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		v := t.whole.resolve(rc.ex, rc.params)
 		switch {
 		case !v.found:
-			addMissing(rc.missing, t.whole.raw)
+			addMissing(&rc.missing, t.whole.raw)
 			return ""
 		case rc.policy.redactsTaint(v.taint):
 			if rc.policy.comparing() {
@@ -277,7 +280,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		b = append(b, t.lits[i]...)
 		v := ph.resolve(rc.ex, rc.params)
 		if !v.found {
-			addMissing(rc.missing, ph.raw)
+			addMissing(&rc.missing, ph.raw)
 			continue
 		}
 		b = rc.appendText(b, v, path)

@@ -299,3 +299,51 @@ rules:
 		t.Fatalf("hostile tenant: %q, missing %v", d.Tenant, d.Source.Missing)
 	}
 }
+
+// TestEventsShareObservationTime checks that without EmitOptions.Now every
+// event of a batch envelope's sub-exchanges, built over more than a
+// millisecond, carries the one time the envelope was first observed at,
+// and that an exchange of its own reads the clock again.
+func TestEventsShareObservationTime(t *testing.T) {
+	s, envelope, _ := benchBatch(t)
+	ex := envelope()
+	bt, err := s.Match(ex)[0].Batch(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stamps []time.Time
+	for i, sub := range bt.Subs {
+		for _, m := range s.Match(sub) {
+			evs, errs := m.Events(sub, EmitOptions{Source: "t"})
+			if len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			for _, ev := range evs {
+				stamps = append(stamps, ev.Timestamp)
+			}
+		}
+		if i == 0 {
+			time.Sleep(2 * time.Millisecond) // a clock read per sub-exchange would differ
+		}
+	}
+	if len(stamps) != 55 {
+		t.Fatalf("%d events", len(stamps))
+	}
+	for i, ts := range stamps {
+		if !ts.Equal(stamps[0]) {
+			t.Fatalf("event %d: timestamp %v, the first's %v", i, ts, stamps[0])
+		}
+	}
+	time.Sleep(2 * time.Millisecond)
+	other := envelope()
+	bt, _ = s.Match(other)[0].Batch(other)
+	sub := bt.Subs[0]
+	evs, _ := s.Match(sub)[0].Events(sub, EmitOptions{Source: "t"})
+	if len(evs) != 1 || !evs[0].Timestamp.After(stamps[0]) {
+		t.Fatalf("another exchange's event at %v, want after %v", evs, stamps[0])
+	}
+	now := time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.UTC)
+	if evs, _ = s.Match(sub)[0].Events(sub, EmitOptions{Source: "t", Now: now}); !evs[0].Timestamp.Equal(now) {
+		t.Fatalf("EmitOptions.Now %v gave %v", now, evs[0].Timestamp)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/tidwall/gjson"
 )
@@ -49,6 +50,10 @@ type Exchange struct {
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
 	eachBuilt int
 	jwt       jwtMemo
+	// seen is when the exchange was observed, in Unix nanoseconds: read at
+	// its first Events call without EmitOptions.Now, so that all its events
+	// (and its sub-exchanges', kept on the envelope) share it; 0 until then.
+	seen int64
 
 	// synthResp says ResponseHeader is a sub-exchange's synthesized header,
 	// not built yet: Content-Type (application/json) when ResponseBody is
@@ -117,6 +122,16 @@ func (ex *Exchange) root() *Exchange {
 		ex = ex.parent
 	}
 	return ex
+}
+
+// observed returns when the exchange was observed (see seen), reading the
+// clock at the first call. Events truncates it to the millisecond in UTC,
+// so the monotonic reading time.Now carries is not needed.
+func (ex *Exchange) observed() time.Time {
+	if ex.seen == 0 {
+		ex.seen = time.Now().UnixNano()
+	}
+	return time.Unix(0, ex.seen)
 }
 
 // IsSub reports whether ex is a sub-exchange of a batch envelope (Match.Batch).
