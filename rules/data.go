@@ -265,11 +265,11 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 			}
 			return Redacted
 		case !v.isJSON && rc.policy.plainOK(v.text):
-			return v.text
+			return ownText(t.whole, v.text)
 		case v.isJSON && strings.HasPrefix(v.raw, `"`):
 			str := gjson.Parse(v.raw).Str
 			if rc.policy.plainOK(str) {
-				return str
+				return ownText(t.whole, str)
 			}
 			return string(rc.policy.appendPlain(nil, str))
 		}
@@ -287,6 +287,19 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	}
 	b = append(b, t.lits[len(t.phs)]...)
 	return string(b)
+}
+
+// ownText returns s, a value ph resolved to, as text an event may keep:
+// copied when ph reads a body, or an element of one, since such a value
+// views the body's bytes (parsedBody.result), which the handler may reuse
+// once the exchange is done; as is otherwise (a header, a path parameter,
+// a lookup's body: strings of their own).
+func ownText(ph *placeholder, s string) string {
+	switch ph.source().kind {
+	case phRequestBody, phResponseBody, phItem, phWhere:
+		return strings.Clone(s)
+	}
+	return s
 }
 
 // appendText appends v as text (see renderText).

@@ -347,3 +347,55 @@ func TestEventsShareObservationTime(t *testing.T) {
 		t.Fatalf("EmitOptions.Now %v gave %v", now, evs[0].Timestamp)
 	}
 }
+
+// TestEventsOwnTheirStrings checks that an event keeps nothing of the bodies
+// it was built from: values are read from them without a copy, and the
+// handler reuses a body's buffer once the exchange is done.
+func TestEventsOwnTheirStrings(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: plain
+    match: {method: POST, path: /u}
+    emit:
+      type: "{request.body.kind}"
+      types: [user.created]
+      subject: "{response.body.id}"
+      tenant: "{request.body.org}"
+      data: {id: "{response.body.id}", last: "{last_segment(response.body.href)}", n: "{request.body.n}"}
+  - name: each
+    match: {method: POST, path: /u}
+    emit:
+      type: user.imported
+      subject: "{item.id}"
+      tenant: "{match(item.href, \"/orgs/([a-z0-9_]+)/\")}"
+      data: {id: "{item.id}"}
+      each: "{response.body.users}"
+`)
+	req := []byte(`{"kind":"user.created","org":"o_1","n":7}`)
+	resp := []byte(`{"id":"u_1","href":"/orgs/o_2/users/u_1","users":[{"id":"u_2","href":"/orgs/o_3/users/u_2"}]}`)
+	ex := &Exchange{Method: "POST", Path: "/u", Status: 201, RequestBody: req, ResponseBody: resp,
+		RequestHeader: http.Header{"Content-Type": {"application/json"}}, ResponseHeader: http.Header{"Content-Type": {"application/json"}}}
+	evs, errs := s.Evaluate(ex, EmitOptions{Source: "t"})
+	if len(errs) > 0 || len(evs) != 2 {
+		t.Fatalf("%d events, %v", len(evs), errs)
+	}
+	var before []string
+	for _, ev := range evs {
+		b, _ := ev.MarshalJSON()
+		before = append(before, string(b))
+	}
+	for i := range req {
+		req[i] = 'X' // the handler's buffer, reused for another request
+	}
+	for i := range resp {
+		resp[i] = 'Y'
+	}
+	for i, ev := range evs {
+		if b, _ := ev.MarshalJSON(); string(b) != before[i] {
+			t.Errorf("event %d changed with the bodies:\n was %s\n now %s", i, before[i], b)
+		}
+	}
+	if evs[0].Subject != "u_1" || evs[0].Tenant != "o_1" || evs[1].Subject != "u_2" || evs[1].Tenant != "o_3" {
+		t.Errorf("subjects and tenants %q %q %q %q", evs[0].Subject, evs[0].Tenant, evs[1].Subject, evs[1].Tenant)
+	}
+}
