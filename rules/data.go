@@ -90,8 +90,8 @@ func (dn *dataNode) lookupNames(into map[string]bool) {
 
 // renderCtx carries what rendering one event needs.
 type renderCtx struct {
-	ex      *Exchange
-	params  []Param
+	ex     *Exchange
+	params []Param
 	// missing collects the placeholders that resolved to nothing (a value in
 	// the context, not a pointer to the caller's list, so that a context
 	// on the stack keeps it there too)
@@ -106,19 +106,23 @@ type renderCtx struct {
 // renderData renders the emit's data for one event: into a pooled buffer
 // (at least as large as the largest data so far, dataSize), then copied out
 // at its exact length, so that an event holds no more memory than its data
-// and rendering it never grows a buffer.
-func (e *emitSpec) renderData(rc *renderCtx) []byte {
+// and rendering it never grows a buffer. The copy has room for reserve more
+// bytes past the data (for the event's id, see newEventIDIn), returned as
+// spare (empty, with that capacity): one allocation for both. The data is
+// cut at its length and capacity, so that an append to it never writes there.
+func (e *emitSpec) renderData(rc *renderCtx, reserve int) (data, spare []byte) {
 	bp := dataBufPool.Get().(*[]byte)
 	if hint := int(e.dataSize.Load()); cap(*bp) < hint {
 		*bp = make([]byte, 0, hint)
 	}
 	buf := e.data.render((*bp)[:0], rc, make([]string, 0, 8), 0)
-	out := append([]byte(nil), buf...)
+	out := make([]byte, len(buf)+reserve)
+	n := copy(out, buf)
 	if cap(buf) <= maxPooledData {
 		*bp = buf[:0]
 		dataBufPool.Put(bp)
 	}
-	return out
+	return out[:n:n], out[n:n]
 }
 
 // dataBufPool holds the buffers of renderData.

@@ -230,7 +230,12 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 			}
 		}
 	}
-	ev.Data = e.renderData(rc)
+	reserve := eventIDLen // for a random id, in the data's allocation
+	if e.dedupeKey != nil {
+		reserve = 0 // most likely a dedupe id, allocated by DedupeEventID
+	}
+	var idSpace []byte
+	ev.Data, idSpace = e.renderData(rc, reserve)
 	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 		e.dataSize.Store(n)
 	}
@@ -253,7 +258,7 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 		}
 	}
 	if ev.ID == "" {
-		ev.ID = NewEventID(o.Now)
+		ev.ID = newEventIDIn(idSpace, o.Now)
 	}
 	for _, as := range e.lookups {
 		for _, u := range ex.Lookups[as].Missing {
