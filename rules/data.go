@@ -90,9 +90,12 @@ func (dn *dataNode) lookupNames(into map[string]bool) {
 
 // renderCtx carries what rendering one event needs.
 type renderCtx struct {
-	ex      *Exchange
-	params  []Param
-	missing *[]string
+	ex     *Exchange
+	params []Param
+	// missing collects the placeholders that resolved to nothing (a value in
+	// the context, not a pointer to the caller's list, so that a context
+	// on the stack keeps it there too)
+	missing []string
 	policy  *sanitizer
 	notes   truncNotes // where data was cut at MaxDataDepth
 	// scratch is the copiers' buffer for unescaped strings and normalized
@@ -103,19 +106,23 @@ type renderCtx struct {
 // renderData renders the emit's data for one event: into a pooled buffer
 // (at least as large as the largest data so far, dataSize), then copied out
 // at its exact length, so that an event holds no more memory than its data
-// and rendering it never grows a buffer.
-func (e *emitSpec) renderData(rc *renderCtx) []byte {
+// and rendering it never grows a buffer. The copy has room for reserve more
+// bytes past the data (for the event's id, see newEventIDIn), returned as
+// spare (empty, with that capacity): one allocation for both. The data is
+// cut at its length and capacity, so that an append to it never writes there.
+func (e *emitSpec) renderData(rc *renderCtx, reserve int) (data, spare []byte) {
 	bp := dataBufPool.Get().(*[]byte)
 	if hint := int(e.dataSize.Load()); cap(*bp) < hint {
 		*bp = make([]byte, 0, hint)
 	}
 	buf := e.data.render((*bp)[:0], rc, make([]string, 0, 8), 0)
-	out := append([]byte(nil), buf...)
+	out := make([]byte, len(buf)+reserve)
+	n := copy(out, buf)
 	if cap(buf) <= maxPooledData {
 		*bp = buf[:0]
 		dataBufPool.Put(bp)
 	}
-	return out
+	return out[:n:n], out[n:n]
 }
 
 // dataBufPool holds the buffers of renderData.
@@ -138,14 +145,14 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 		// A value read from a password-like source is redacted whatever key it lands under.
 		if dn.t.redacted(rc.policy.keep) {
 			if rc.policy.comparing() {
-				return appendQuotedMark(dst, markRedacted, []byte(dn.t.renderText(rc.ex, rc.params, rc.missing)))
+				return appendQuotedMark(dst, markRedacted, []byte(dn.t.renderText(rc.ex, rc.params, &rc.missing)))
 			}
 			return appendQuote(dst, Redacted) // the value is not even read
 		}
 		if dn.t.whole != nil {
 			v := dn.t.whole.resolve(rc.ex, rc.params)
 			if !v.found {
-				addMissing(rc.missing, dn.t.whole.raw)
+				addMissing(&rc.missing, dn.t.whole.raw)
 				return append(dst, "null"...)
 			}
 			if rc.policy.redactsTaint(v.taint) {
@@ -242,7 +249,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	}
 	if t.redacted(rc.policy.keep) {
 		if rc.policy.comparing() {
-			return string(appendMark(nil, markRedacted, []byte(t.renderText(rc.ex, rc.params, rc.missing))))
+			return string(appendMark(nil, markRedacted, []byte(t.renderText(rc.ex, rc.params, &rc.missing))))
 		}
 		return Redacted
 	}
@@ -254,7 +261,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		v := t.whole.resolve(rc.ex, rc.params)
 		switch {
 		case !v.found:
-			addMissing(rc.missing, t.whole.raw)
+			addMissing(&rc.missing, t.whole.raw)
 			return ""
 		case rc.policy.redactsTaint(v.taint):
 			if rc.policy.comparing() {
@@ -262,11 +269,11 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 			}
 			return Redacted
 		case !v.isJSON && rc.policy.plainOK(v.text):
-			return v.text
+			return ownText(t.whole, v.text)
 		case v.isJSON && strings.HasPrefix(v.raw, `"`):
 			str := gjson.Parse(v.raw).Str
 			if rc.policy.plainOK(str) {
-				return str
+				return ownText(t.whole, str)
 			}
 			return string(rc.policy.appendPlain(nil, str))
 		}
@@ -277,13 +284,26 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 		b = append(b, t.lits[i]...)
 		v := ph.resolve(rc.ex, rc.params)
 		if !v.found {
-			addMissing(rc.missing, ph.raw)
+			addMissing(&rc.missing, ph.raw)
 			continue
 		}
 		b = rc.appendText(b, v, path)
 	}
 	b = append(b, t.lits[len(t.phs)]...)
 	return string(b)
+}
+
+// ownText returns s, a value ph resolved to, as text an event may keep:
+// copied when ph reads a body, or an element of one, since such a value
+// views the body's bytes (parsedBody.result), which the handler may reuse
+// once the exchange is done; as is otherwise (a header, a path parameter,
+// a lookup's body: strings of their own).
+func ownText(ph *placeholder, s string) string {
+	switch ph.source().kind {
+	case phRequestBody, phResponseBody, phItem, phWhere:
+		return strings.Clone(s)
+	}
+	return s
 }
 
 // appendText appends v as text (see renderText).

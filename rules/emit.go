@@ -18,7 +18,10 @@ type EmitOptions struct {
 	Source string
 	// Mode is "live" (default) or "test"; a rule's emit.mode overrides it.
 	Mode string
-	// Now is the observation time; default time.Now().
+	// Now is the observation time. When it is zero, the time is read once
+	// per exchange, at its first Events call, and kept: every event of the
+	// exchange, and of each sub-exchange of a batch envelope (Match.Batch),
+	// carries the same timestamp.
 	Now time.Time
 	// Unchanged, when set, is called with the rule name and the event type
 	// of each event not built because its emit's previous found that nothing
@@ -179,7 +182,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 		o.Mode = ModeLive
 	}
 	if o.Now.IsZero() {
-		o.Now = time.Now()
+		o.Now = ex.root().observed()
 	}
 	ts := o.Now.UTC().Truncate(time.Millisecond)
 	if m.Rule.hasEach {
@@ -189,6 +192,9 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	var errs []error
 	for _, e := range m.Rule.emits {
 		ev, ok, err := m.buildEvent(e, ex, o, ts)
+		if events == nil && ok {
+			events = make([]Event, 0, len(m.Rule.emits)) // no regrowing for a rule of several emits
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -204,7 +210,6 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 // It reports false, with no error, when the emit's previous found that nothing
 // changed and says skip_unchanged: no event, and o.Unchanged told.
 func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time) (Event, bool, error) {
-	var missing []string
 	typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
 	if terr != nil {
 		return Event{}, false, terr
@@ -213,24 +218,30 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 	if e.mode != "" {
 		ev.Mode = e.mode
 	}
-	rc := &renderCtx{ex: ex, params: m.Params, missing: &missing, policy: e.policy}
+	rc := &renderCtx{ex: ex, params: m.Params, policy: e.policy}
+	missing := &rc.missing // in rc, which stays on the stack: nothing allocated unless a value is missing
 	ev.Subject = rc.renderText(e.subject, nil)
 	if e.tenant != nil {
 		if t := rc.renderText(e.tenant, nil); t != "" {
 			if ValidTenant(t) == nil {
 				ev.Tenant = t
 			} else {
-				missing = append(missing, TenantMissing)
+				*missing = append(*missing, TenantMissing)
 			}
 		}
 	}
-	ev.Data = e.renderData(rc)
+	reserve := eventIDLen // for a random id, in the data's allocation
+	if e.dedupeKey != nil {
+		reserve = 0 // most likely a dedupe id, allocated by DedupeEventID
+	}
+	var idSpace []byte
+	ev.Data, idSpace = e.renderData(rc, reserve)
 	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 		e.dataSize.Store(n)
 	}
 	ev.dataCompact = true
 	if e.previous != nil {
-		prev, known := e.previous.build(e, ex, m.Params, &missing, &rc.notes, max(256, len(ev.Data)))
+		prev, known := e.previous.build(e, ex, m.Params, missing, &rc.notes, max(256, len(ev.Data)))
 		if known && prev == nil && e.previous.skipUnchanged {
 			if o.Unchanged != nil {
 				o.Unchanged(m.Rule.Name, typ)
@@ -247,14 +258,14 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 		}
 	}
 	if ev.ID == "" {
-		ev.ID = NewEventID(o.Now)
+		ev.ID = newEventIDIn(idSpace, o.Now)
 	}
 	for _, as := range e.lookups {
 		for _, u := range ex.Lookups[as].Missing {
-			addMissing(&missing, u)
+			addMissing(missing, u)
 		}
 	}
-	ev.Source.Missing = missing
+	ev.Source.Missing = *missing
 	return ev, true, nil
 }
 

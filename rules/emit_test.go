@@ -299,3 +299,103 @@ rules:
 		t.Fatalf("hostile tenant: %q, missing %v", d.Tenant, d.Source.Missing)
 	}
 }
+
+// TestEventsShareObservationTime checks that without EmitOptions.Now every
+// event of a batch envelope's sub-exchanges, built over more than a
+// millisecond, carries the one time the envelope was first observed at,
+// and that an exchange of its own reads the clock again.
+func TestEventsShareObservationTime(t *testing.T) {
+	s, envelope, _ := benchBatch(t)
+	ex := envelope()
+	bt, err := s.Match(ex)[0].Batch(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stamps []time.Time
+	for i, sub := range bt.Subs {
+		for _, m := range s.Match(sub) {
+			evs, errs := m.Events(sub, EmitOptions{Source: "t"})
+			if len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			for _, ev := range evs {
+				stamps = append(stamps, ev.Timestamp)
+			}
+		}
+		if i == 0 {
+			time.Sleep(2 * time.Millisecond) // a clock read per sub-exchange would differ
+		}
+	}
+	if len(stamps) != 55 {
+		t.Fatalf("%d events", len(stamps))
+	}
+	for i, ts := range stamps {
+		if !ts.Equal(stamps[0]) {
+			t.Fatalf("event %d: timestamp %v, the first's %v", i, ts, stamps[0])
+		}
+	}
+	time.Sleep(2 * time.Millisecond)
+	other := envelope()
+	bt, _ = s.Match(other)[0].Batch(other)
+	sub := bt.Subs[0]
+	evs, _ := s.Match(sub)[0].Events(sub, EmitOptions{Source: "t"})
+	if len(evs) != 1 || !evs[0].Timestamp.After(stamps[0]) {
+		t.Fatalf("another exchange's event at %v, want after %v", evs, stamps[0])
+	}
+	now := time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.UTC)
+	if evs, _ = s.Match(sub)[0].Events(sub, EmitOptions{Source: "t", Now: now}); !evs[0].Timestamp.Equal(now) {
+		t.Fatalf("EmitOptions.Now %v gave %v", now, evs[0].Timestamp)
+	}
+}
+
+// TestEventsOwnTheirStrings checks that an event keeps nothing of the bodies
+// it was built from: values are read from them without a copy, and the
+// handler reuses a body's buffer once the exchange is done.
+func TestEventsOwnTheirStrings(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: plain
+    match: {method: POST, path: /u}
+    emit:
+      type: "{request.body.kind}"
+      types: [user.created]
+      subject: "{response.body.id}"
+      tenant: "{request.body.org}"
+      data: {id: "{response.body.id}", last: "{last_segment(response.body.href)}", n: "{request.body.n}"}
+  - name: each
+    match: {method: POST, path: /u}
+    emit:
+      type: user.imported
+      subject: "{item.id}"
+      tenant: "{match(item.href, \"/orgs/([a-z0-9_]+)/\")}"
+      data: {id: "{item.id}"}
+      each: "{response.body.users}"
+`)
+	req := []byte(`{"kind":"user.created","org":"o_1","n":7}`)
+	resp := []byte(`{"id":"u_1","href":"/orgs/o_2/users/u_1","users":[{"id":"u_2","href":"/orgs/o_3/users/u_2"}]}`)
+	ex := &Exchange{Method: "POST", Path: "/u", Status: 201, RequestBody: req, ResponseBody: resp,
+		RequestHeader: http.Header{"Content-Type": {"application/json"}}, ResponseHeader: http.Header{"Content-Type": {"application/json"}}}
+	evs, errs := s.Evaluate(ex, EmitOptions{Source: "t"})
+	if len(errs) > 0 || len(evs) != 2 {
+		t.Fatalf("%d events, %v", len(evs), errs)
+	}
+	var before []string
+	for _, ev := range evs {
+		b, _ := ev.MarshalJSON()
+		before = append(before, string(b))
+	}
+	for i := range req {
+		req[i] = 'X' // the handler's buffer, reused for another request
+	}
+	for i := range resp {
+		resp[i] = 'Y'
+	}
+	for i, ev := range evs {
+		if b, _ := ev.MarshalJSON(); string(b) != before[i] {
+			t.Errorf("event %d changed with the bodies:\n was %s\n now %s", i, before[i], b)
+		}
+	}
+	if evs[0].Subject != "u_1" || evs[0].Tenant != "o_1" || evs[1].Subject != "u_2" || evs[1].Tenant != "o_3" {
+		t.Errorf("subjects and tenants %q %q %q %q", evs[0].Subject, evs[0].Tenant, evs[1].Subject, evs[1].Tenant)
+	}
+}

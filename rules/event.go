@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // Event modes.
@@ -233,6 +234,25 @@ func (e Event) Envelope() ([]byte, error) {
 // at a time (idRand): as unguessable as crypto/rand's own, without a call
 // into the kernel's random source per event.
 func NewEventID(t time.Time) string {
+	var out [eventIDLen]byte
+	return string(putEventID(out[:], newULID(t)))
+}
+
+// newEventIDIn is NewEventID written into space when it has room for it
+// (cap at least eventIDLen), without an allocation of its own: renderData
+// leaves room past an event's data, so that the two take one. The string
+// views space, whose bytes nothing writes again: the event's data is cut at
+// its length and capacity, so that no append to it reaches them.
+func newEventIDIn(space []byte, t time.Time) string {
+	if cap(space) < eventIDLen {
+		return NewEventID(t)
+	}
+	b := putEventID(space[:eventIDLen], newULID(t))
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// newULID returns the 128 bits of a ULID for t (see NewEventID).
+func newULID(t time.Time) [16]byte {
 	var b [16]byte
 	ms := uint64(t.UnixMilli())
 	binary.BigEndian.PutUint64(b[:8], ms<<16)
@@ -241,7 +261,7 @@ func NewEventID(t time.Time) string {
 	idRand.Put(g)
 	b[6], b[7] = byte(r1>>8), byte(r1)
 	binary.BigEndian.PutUint64(b[8:], r2)
-	return eventID(b)
+	return b
 }
 
 // idRand holds the ChaCha8 generators of NewEventID, each seeded with 32
@@ -264,16 +284,26 @@ func DedupeEventID(source, rule, key string) string {
 // eventID renders "evt_" and 128 bits as 26 Crockford base32 characters
 // (two leading zero bits), as ULID does, in one allocation.
 func eventID(b [16]byte) string {
+	var out [eventIDLen]byte
+	return string(putEventID(out[:], b))
+}
+
+// eventIDLen is the length of an event id: "evt_" and 26 characters.
+const eventIDLen = 4 + 26
+
+// putEventID writes the id of b (see eventID) into out, eventIDLen bytes
+// long, and returns it.
+func putEventID(out []byte, b [16]byte) []byte {
+	out = out[:eventIDLen]
 	hi := binary.BigEndian.Uint64(b[:8])
 	lo := binary.BigEndian.Uint64(b[8:])
-	var out [4 + 26]byte
-	copy(out[:], "evt_")
+	copy(out, "evt_")
 	for i := len(out) - 1; i >= 4; i-- {
 		out[i] = crockfordAlphabet[lo&31]
 		lo = lo>>5 | hi<<59
 		hi >>= 5
 	}
-	return string(out[:])
+	return out
 }
 
 const crockfordAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -3,6 +3,8 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
@@ -161,4 +163,64 @@ func decodeNumbers(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	return d.Decode(v)
+}
+
+// TestEventIDsOfOneMillisecond checks the ids of the many events one
+// exchange builds at one observation time, each written in its data's
+// allocation: all different, all of that millisecond (their first ten
+// characters), sorting before the ids of a later one; and an event's id
+// stays as it is whatever is done to its data.
+func TestEventIDsOfOneMillisecond(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: r
+    match: {method: POST, path: /import}
+    emit: {type: user.created, subject: "{item.id}", data: {id: "{item.id}"}, each: "{request.body.users}"}
+`)
+	var body strings.Builder
+	body.WriteString(`{"users":[`)
+	for i := 0; i < MaxEachItems; i++ {
+		if i > 0 {
+			body.WriteString(",")
+		}
+		fmt.Fprintf(&body, `{"id":"u%d"}`, i)
+	}
+	body.WriteString("]}")
+	at := time.Date(2026, 12, 1, 10, 0, 0, 123_000_000, time.UTC)
+	build := func(now time.Time) []Event {
+		ex := &Exchange{Method: "POST", Path: "/import", Status: 201, RequestBody: []byte(body.String()),
+			RequestHeader: http.Header{"Content-Type": {"application/json"}}}
+		evs, errs := s.Evaluate(ex, EmitOptions{Source: "t", Now: now})
+		if len(errs) > 0 || len(evs) != MaxEachItems {
+			t.Fatalf("%d events, %v", len(evs), errs)
+		}
+		return evs
+	}
+	evs := build(at)
+	later := build(at.Add(time.Millisecond))
+	prefix := NewEventID(at)[:4+10]
+	seen := map[string]bool{}
+	for i, ev := range evs {
+		if len(ev.ID) != 30 || ev.ID[:14] != prefix || seen[ev.ID] {
+			t.Fatalf("event %d: id %q (the millisecond's prefix %q, seen before: %v)", i, ev.ID, prefix, seen[ev.ID])
+		}
+		for _, c := range ev.ID[4:] {
+			if !strings.ContainsRune(crockfordAlphabet, c) {
+				t.Fatalf("event %d: id %q", i, ev.ID)
+			}
+		}
+		seen[ev.ID] = true
+		if later[i].ID <= ev.ID {
+			t.Fatalf("a later millisecond's id %q sorts before %q", later[i].ID, ev.ID)
+		}
+	}
+	ev := evs[0]
+	id := strings.Clone(ev.ID)
+	_ = append(ev.Data, strings.Repeat("x", 64)...)
+	for i := range ev.Data {
+		ev.Data[i] = '!'
+	}
+	if ev.ID != id {
+		t.Fatalf("the id changed with the data: %q, was %q", ev.ID, id)
+	}
 }

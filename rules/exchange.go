@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 )
@@ -49,6 +51,10 @@ type Exchange struct {
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
 	eachBuilt int
 	jwt       jwtMemo
+	// seen is when the exchange was observed, in Unix nanoseconds: read at
+	// its first Events call without EmitOptions.Now, so that all its events
+	// (and its sub-exchanges', kept on the envelope) share it; 0 until then.
+	seen int64
 
 	// synthResp says ResponseHeader is a sub-exchange's synthesized header,
 	// not built yet: Content-Type (application/json) when ResponseBody is
@@ -119,6 +125,16 @@ func (ex *Exchange) root() *Exchange {
 	return ex
 }
 
+// observed returns when the exchange was observed (see seen), reading the
+// clock at the first call. Events truncates it to the millisecond in UTC,
+// so the monotonic reading time.Now carries is not needed.
+func (ex *Exchange) observed() time.Time {
+	if ex.seen == 0 {
+		ex.seen = time.Now().UnixNano()
+	}
+	return time.Unix(0, ex.seen)
+}
+
 // IsSub reports whether ex is a sub-exchange of a batch envelope (Match.Batch).
 func (ex *Exchange) IsSub() bool { return ex.parent != nil }
 
@@ -154,15 +170,19 @@ func (pb *parsedBody) get(path string) value {
 	return jsonResult(pb.result(path))
 }
 
-// result returns the gjson result at path in the body JSON: found in the
-// body's string when there is one (no copy at all), else with
-// gjson.GetBytes, which copies only the value found (a few values read from
-// a large body cost far less than a copy of it).
+// result returns the gjson result at path in the body JSON, without a
+// copy: found in the body's string when there is one, else in a view of the
+// body's bytes. The bytes are never changed while the exchange is observed
+// (the handler reuses a body's buffer only once it is done with the
+// exchange), so the result is valid as long as the exchange is; what
+// outlives it copies what it keeps: an event's data is rendered into its own
+// buffer, its subject and tenant are copied (ownText), a lookup's path and
+// headers and a batch's sub-exchange fields are built anew.
 func (pb *parsedBody) result(path string) gjson.Result {
 	if pb.str != "" {
 		return gjson.Get(pb.str, path)
 	}
-	return gjson.GetBytes(pb.json, path)
+	return gjson.Get(unsafe.String(unsafe.SliceData(pb.json), len(pb.json)), path)
 }
 
 // LookupResult is the upstream's answer to a rule's lookup.

@@ -303,10 +303,12 @@ func validScheme(s string) bool {
 }
 
 // jwtMemo remembers the last token an exchange decoded: a rule reading
-// several claims of one token decodes it once.
+// several claims of one token decodes it once. It holds no flags, to keep
+// Exchange (a batch holds one per sub-request) small: decodeJWT's claims
+// are never empty when it succeeds, so an empty claims says it failed; and
+// the zero memo, token "", holds what decodeJWT("") returns.
 type jwtMemo struct {
 	token, claims string
-	ok, done      bool
 }
 
 // jwtClaims returns the claims of the JWT s as a JSON object (see decodeJWT),
@@ -316,11 +318,11 @@ func (ex *Exchange) jwtClaims(s string) (string, bool) {
 		return decodeJWT(s)
 	}
 	m := &ex.jwt
-	if !m.done || m.token != s {
-		m.claims, m.ok = decodeJWT(s)
-		m.token, m.done = s, true
+	if m.token != s {
+		m.claims, _ = decodeJWT(s) // "" when it is not a JWT
+		m.token = s
 	}
-	return m.claims, m.ok
+	return m.claims, m.claims != ""
 }
 
 // maxJWTClaimsSegment is the longest payload segment whose decoded bytes can

@@ -395,6 +395,18 @@ func TestJWTMemo(t *testing.T) {
 	if _, ok := ex.jwtClaims("x.y.z"); ok {
 		t.Error("x.y.z decoded")
 	}
+	if _, ok := ex.jwtClaims("x.y.z"); ok {
+		t.Error("x.y.z decoded from the memo")
+	}
+	if c, ok := (&Exchange{}).jwtClaims(""); ok || c != "" {
+		t.Errorf("an empty token, on a fresh memo: %q %v", c, ok)
+	}
+	if c, ok := ex.jwtClaims(""); ok || c != "" {
+		t.Errorf("an empty token: %q %v", c, ok)
+	}
+	if c, ok := ex.jwtClaims(verifyToken); !ok || !strings.Contains(c, `"u_1"`) {
+		t.Errorf("the first token again: %q %v", c, ok)
+	}
 }
 
 func TestLastSegment(t *testing.T) {

@@ -320,6 +320,7 @@ func (s *Set) MatchBefore(ex *Exchange) []*Match {
 	}
 	var buf [8]int
 	var out []*Match
+	var pbuf [4]Param
 	for _, i := range s.candidates(ex.Method, ex.Path, buf[:0]) {
 		r := s.rules[i]
 		if r.batch != nil {
@@ -329,8 +330,8 @@ func (s *Set) MatchBefore(ex *Exchange) []*Match {
 		} else if !r.need.BeforeLookups {
 			continue
 		}
-		if m, ok := r.matchRequest(ex); ok {
-			out = append(out, m)
+		if params, ok := r.matchRequest(ex, pbuf[:0]); ok {
+			out = append(out, newMatch(r, params))
 		}
 	}
 	return out

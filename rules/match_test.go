@@ -305,3 +305,38 @@ rules:
 		}
 	}
 }
+
+// TestMatchParamsAreTheirOwn checks that each match keeps its own copy of
+// the path parameters, which Set.Match gathers in one buffer on its stack.
+func TestMatchParamsAreTheirOwn(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: a
+    match: {method: GET, path: "/u/{id}"}
+    emit: {type: a.seen}
+  - name: b
+    match: {method: GET, path: "/u/{uid}"}
+    emit: {type: b.seen}
+  - name: c
+    match: {method: GET, path: "/{kind}/{id}"}
+    emit: {type: c.seen}
+  - name: d
+    match: {method: GET, path: "/u/x"}
+    emit: {type: d.seen}
+`)
+	ms := s.Match(&Exchange{Method: "GET", Path: "/u/1", Status: 200})
+	other := s.Match(&Exchange{Method: "GET", Path: "/u/x", Status: 200})
+	got := func(ms []*Match) string {
+		var parts []string
+		for _, m := range ms {
+			parts = append(parts, fmt.Sprintf("%s%v", m.Rule.Name, m.Params))
+		}
+		return strings.Join(parts, " ")
+	}
+	if g, w := got(ms), "a[{id 1}] b[{uid 1}] c[{kind u} {id 1}]"; g != w {
+		t.Errorf("got %s, want %s", g, w)
+	}
+	if g, w := got(other), "a[{id x}] b[{uid x}] c[{kind u} {id x}] d[]"; g != w {
+		t.Errorf("got %s, want %s", g, w)
+	}
+}

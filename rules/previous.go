@@ -91,8 +91,7 @@ func (p *previousSpec) walkData(fn func(*dataNode)) {
 // not are added to missing) and both are objects (else PreviousMissing is).
 // A cut inside previous is recorded in notes, under "previous.".
 func (p *previousSpec) build(e *emitSpec, ex *Exchange, params []Param, missing *[]string, notes *truncNotes, sizeHint int) ([]byte, bool) {
-	var miss []string
-	rc := &renderCtx{ex: ex, params: params, missing: &miss, policy: e.cmpPolicy}
+	rc := &renderCtx{ex: ex, params: params, policy: e.cmpPolicy}
 	path := make([]string, 0, 8)
 	before := p.before.render(make([]byte, 0, sizeHint), rc, path, 0)
 	after := p.after
@@ -100,8 +99,8 @@ func (p *previousSpec) build(e *emitSpec, ex *Exchange, params []Param, missing 
 		after = e.data
 	}
 	afterJSON := after.render(make([]byte, 0, sizeHint), rc, path[:0], 0)
-	if len(miss) > 0 {
-		for _, m := range miss {
+	if len(rc.missing) > 0 {
+		for _, m := range rc.missing {
 			addMissing(missing, m)
 		}
 		return nil, false

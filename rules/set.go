@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -276,39 +277,92 @@ func (s *Set) Match(ex *Exchange) []*Match {
 		return nil
 	}
 	var out []*Match
+	var pbuf [4]Param
 	for _, i := range cands {
 		r := s.rules[i]
 		if r.batch != nil && ex.parent != nil {
 			continue
 		}
-		if m, ok := r.match(ex); ok {
-			out = append(out, m)
+		if params, ok := r.match(ex, pbuf[:0]); ok {
+			out = appendMatch(out, r, params)
 		}
 	}
 	return out
 }
 
-func (r *Rule) match(ex *Exchange) (*Match, bool) {
+// firstMatch holds the first match of an exchange and the slice Set.Match
+// returns it in, firstMatch1 with a path parameter too: one allocation,
+// where the usual exchange (one rule matches, with at most one parameter)
+// would take two or three.
+type firstMatch struct {
+	out [1]*Match
+	m   Match
+}
+
+type firstMatch1 struct {
+	firstMatch
+	p [1]Param
+}
+
+// appendMatch appends to out a match of r with a copy of params (which
+// view a caller's buffer).
+func appendMatch(out []*Match, r *Rule, params []Param) []*Match {
+	if out != nil || len(params) > 1 {
+		return append(out, newMatch(r, params))
+	}
+	var f *firstMatch
+	if len(params) == 0 {
+		f = &firstMatch{m: Match{Rule: r}}
+	} else {
+		f1 := &firstMatch1{firstMatch: firstMatch{m: Match{Rule: r}}, p: [1]Param{params[0]}}
+		f1.m.Params = f1.p[:1:1]
+		f = &f1.firstMatch
+	}
+	f.out[0] = &f.m
+	return f.out[:1:1]
+}
+
+// newMatch returns a match of r with a copy of params (nil when there are
+// none), in one allocation with one parameter.
+func newMatch(r *Rule, params []Param) *Match {
+	switch len(params) {
+	case 0:
+		return &Match{Rule: r}
+	case 1:
+		mp := &struct {
+			m Match
+			p [1]Param
+		}{m: Match{Rule: r}, p: [1]Param{params[0]}}
+		mp.m.Params = mp.p[:1:1]
+		return &mp.m
+	}
+	return &Match{Rule: r, Params: slices.Clone(params)}
+}
+
+// match checks the status, then what matchRequest checks, then the
+// response conditions; the path parameters are appended to buf.
+func (r *Rule) match(ex *Exchange, buf []Param) ([]Param, bool) {
 	if !r.status.match(ex.Status) {
 		return nil, false
 	}
-	m, ok := r.matchRequest(ex)
+	params, ok := r.matchRequest(ex, buf)
 	if !ok || !r.resp.eval(ex, true) {
 		return nil, false
 	}
-	return m, true
+	return params, true
 }
 
 // matchRequest checks what is known before the response: host, path and
-// request conditions.
-func (r *Rule) matchRequest(ex *Exchange) (*Match, bool) {
+// request conditions. The path parameters are appended to buf (so a
+// caller's buffer holds them: copy them to keep them, see newMatch).
+func (r *Rule) matchRequest(ex *Exchange, buf []Param) ([]Param, bool) {
 	if len(r.hosts) > 0 && !r.matchHost(ex.Host) {
 		return nil, false
 	}
-	var params []Param
+	params := buf
 	ok := false
 	for _, pt := range r.paths {
-		if params, ok = pt.match(ex.Path, params[:0]); ok {
+		if params, ok = pt.match(ex.Path, buf); ok {
 			break
 		}
 	}
@@ -318,7 +372,7 @@ func (r *Rule) matchRequest(ex *Exchange) (*Match, bool) {
 	if !r.req.eval(ex, false) {
 		return nil, false
 	}
-	return &Match{Rule: r, Params: params}, true
+	return params, true
 }
 
 func (r *Rule) matchHost(host string) bool {
