@@ -190,7 +190,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	}
 	sc := getBatchScratch()
 	defer putBatchScratch(sc)
-	rs := ex.split
+	rs := ex.batchSplit()
 	if !rs.validFor(b, ex, m.Params) {
 		// a split of its own, kept nowhere once the sub-exchanges are
 		// built: its sub-requests go back to the scratch after
@@ -299,13 +299,13 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 	if b == nil {
 		return nil, nil
 	}
-	rs := ex.split
+	rs := ex.batchSplit()
 	if !rs.validFor(b, ex, m.Params) {
 		sc := getBatchScratch()
 		rs = m.splitRequests(ex, sc, nil) // kept on ex: its own sub-requests
 		putBatchScratch(sc)
 		if b.reqStatic {
-			ex.split = rs
+			ex.memoOf().split = rs
 		}
 	}
 	err := m.tooManyOps(rs.total)

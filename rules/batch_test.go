@@ -509,8 +509,8 @@ func TestBatchRequestsThenBatch(t *testing.T) {
 		if err != nil || len(reqs) != 5 {
 			t.Fatalf("%s: BatchRequests: %d, %v", path, len(reqs), err)
 		}
-		if static := path == "/scim/v2/Bulk"; (ex.split != nil) != static {
-			t.Errorf("%s: split kept = %v, want %v", path, ex.split != nil, static)
+		if static := path == "/scim/v2/Bulk"; (ex.batchSplit() != nil) != static {
+			t.Errorf("%s: split kept = %v, want %v", path, ex.batchSplit() != nil, static)
 		}
 		b2, err2 := s.Match(ex)[0].Batch(ex)
 		if summary(b1) != summary(b2) || fmt.Sprint(err1) != fmt.Sprint(err2) {

@@ -110,13 +110,18 @@ type renderCtx struct {
 // bytes past the data (for the event's id, see newEventIDIn), returned as
 // spare (empty, with that capacity): one allocation for both. The data is
 // cut at its length and capacity, so that an append to it never writes there.
-func (e *emitSpec) renderData(rc *renderCtx, reserve int) (data, spare []byte) {
+func (e *emitSpec) renderData(rc *renderCtx, reserve int, arena *eventArena) (data, spare []byte) {
 	bp := dataBufPool.Get().(*[]byte)
 	if hint := int(e.dataSize.Load()); cap(*bp) < hint {
 		*bp = make([]byte, 0, hint)
 	}
 	buf := e.data.render((*bp)[:0], rc, make([]string, 0, 8), 0)
-	out := make([]byte, len(buf)+reserve)
+	var out []byte
+	if arena != nil {
+		out = arena.alloc(len(buf) + reserve)
+	} else {
+		out = make([]byte, len(buf)+reserve)
+	}
 	n := copy(out, buf)
 	if cap(buf) <= maxPooledData {
 		*bp = buf[:0]

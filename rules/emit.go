@@ -188,12 +188,18 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	if m.Rule.hasEach {
 		return m.eachEvents(ex, o, ts)
 	}
+	arena := eventArenaOf(ex)
 	var events []Event
 	var errs []error
 	for _, e := range m.Rule.emits {
-		ev, ok, err := m.buildEvent(e, ex, o, ts)
+		ev, ok, err := m.buildEvent(e, ex, o, ts, arena)
 		if events == nil && ok {
-			events = make([]Event, 0, len(m.Rule.emits)) // no regrowing for a rule of several emits
+			// no regrowing for a rule of several emits
+			if arena != nil {
+				events = arena.eventSlots(len(m.Rule.emits))
+			} else {
+				events = make([]Event, 0, len(m.Rule.emits))
+			}
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -209,7 +215,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 // buildEvent builds the event of one emit (for the element ex.elem, if any).
 // It reports false, with no error, when the emit's previous found that nothing
 // changed and says skip_unchanged: no event, and o.Unchanged told.
-func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time) (Event, bool, error) {
+func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Time, arena *eventArena) (Event, bool, error) {
 	typ, terr := e.renderType(m.Rule.Name, ex, m.Params)
 	if terr != nil {
 		return Event{}, false, terr
@@ -235,7 +241,7 @@ func (m *Match) buildEvent(e *emitSpec, ex *Exchange, o EmitOptions, ts time.Tim
 		reserve = 0 // most likely a dedupe id, allocated by DedupeEventID
 	}
 	var idSpace []byte
-	ev.Data, idSpace = e.renderData(rc, reserve)
+	ev.Data, idSpace = e.renderData(rc, reserve, arena)
 	if n := int64(len(ev.Data)); n > e.dataSize.Load() && n <= maxDataSizeHint {
 		e.dataSize.Store(n)
 	}
@@ -293,23 +299,25 @@ func ordinal(ex *Exchange) string {
 // remove operation of one PATCH come as the request lists them), at the
 // place of the first of them.
 func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, []error) {
-	type placed struct {
-		ev       Event
-		pos, sub int
-	}
+	// the events in the order they were built, and where each goes: at the
+	// place of its emit (plain) or of its each's group, a group's events by
+	// their element's place in the list
+	type place struct{ at, each, pos, sub int }
+	var builtBuf [4]Event
+	var placesBuf [8]place
+	built, places := builtBuf[:0], placesBuf[:0]
 	var errs []error
-	groups := make([][]placed, len(m.Rule.emits))
-	plain := make([][]Event, len(m.Rule.emits))
+	arena := eventArenaOf(ex)
 	root := ex.root()
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
 	for i, e := range m.Rule.emits {
 		if e.each == nil {
 			ex.elem = prev
-			if ev, ok, err := m.buildEvent(e, ex, o, ts); err != nil {
+			if ev, ok, err := m.buildEvent(e, ex, o, ts, arena); err != nil {
 				errs = append(errs, err)
 			} else if ok {
-				plain[i] = append(plain[i], ev)
+				built, places = append(built, ev), append(places, place{at: i})
 			}
 			continue
 		}
@@ -321,7 +329,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			}
 			root.eachBuilt++
 			ex.elem = el
-			ev, ok, err := m.buildEvent(e, ex, o, ts)
+			ev, ok, err := m.buildEvent(e, ex, o, ts, arena)
 			ex.elem = prev
 			if err != nil {
 				errs = append(errs, err)
@@ -330,7 +338,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			if !ok {
 				return true
 			}
-			groups[e.each.group] = append(groups[e.each.group], placed{ev: ev, pos: el.pos, sub: el.sub})
+			built, places = append(built, ev), append(places, place{at: e.each.group, each: 1, pos: el.pos, sub: el.sub})
 			return true
 		})
 		if refused > 0 {
@@ -338,20 +346,33 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 				Msg: fmt.Sprintf("%s: %d more elements than the %d events each may build for one exchange (rules.MaxEachItems); they emit nothing", e.path, refused, MaxEachItems)})
 		}
 	}
-	var events []Event
-	for i := range m.Rule.emits {
-		events = append(events, plain[i]...)
-		if g := groups[i]; len(g) > 0 {
-			slices.SortStableFunc(g, func(a, b placed) int {
-				if a.pos != b.pos {
-					return a.pos - b.pos
-				}
-				return a.sub - b.sub
-			})
-			for _, p := range g {
-				events = append(events, p.ev)
-			}
+	if len(built) == 0 {
+		return nil, errs
+	}
+	order := make([]int, len(built))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		pa, pb := &places[a], &places[b]
+		switch {
+		case pa.at != pb.at:
+			return pa.at - pb.at
+		case pa.each != pb.each:
+			return pa.each - pb.each // an emit's own event before the group placed there
+		case pa.pos != pb.pos:
+			return pa.pos - pb.pos
 		}
+		return pa.sub - pb.sub
+	})
+	var events []Event
+	if arena != nil {
+		events = arena.eventSlots(len(built))
+	} else {
+		events = make([]Event, 0, len(built))
+	}
+	for _, i := range order {
+		events = append(events, built[i])
 	}
 	return events, errs
 }

@@ -35,10 +35,10 @@ type Exchange struct {
 	// Lookups holds lookup results by their `as` name; see Match.Lookups.
 	Lookups map[string]LookupResult
 
-	parsedQuery url.Values
-	cookies     map[string]string
-	respCookies map[string]bool
-	bodies      [2]parsedBody
+	bodies [2]parsedBody
+	// memo holds what the exchange works out only when a rule needs it;
+	// nil until then (see exchangeMemo)
+	memo *exchangeMemo
 
 	// elem is the element an each or a batch is rendering for; nil otherwise.
 	elem *elemCtx
@@ -50,7 +50,6 @@ type Exchange struct {
 	// eachBuilt counts the events emits with each built for this exchange
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
 	eachBuilt int
-	jwt       jwtMemo
 	// seen is when the exchange was observed, in Unix nanoseconds: read at
 	// its first Events call without EmitOptions.Now, so that all its events
 	// (and its sub-exchanges', kept on the envelope) share it; 0 until then.
@@ -61,9 +60,37 @@ type Exchange struct {
 	// set, and Location (subLoc) when the sub-response names one.
 	synthResp bool
 	subLoc    []string
+}
+
+// exchangeMemo is what an exchange works out the first time a rule needs
+// it, kept out of Exchange so that Exchange stays small: a batch allocates
+// one per sub-request, and few rules read a query, a cookie or a token.
+type exchangeMemo struct {
+	query   url.Values        // the parsed RawQuery
+	cookies map[string]string // the request's cookies by name
+	jwt     jwtMemo
 	// split is the request side of a batch envelope as BatchRequests read
 	// it, for Batch to reuse (see reqSplit); nil until then.
 	split *reqSplit
+	// events holds the events of a batch envelope's sub-exchanges (on the
+	// envelope's memo; see eventArena).
+	events eventArena
+}
+
+// memoOf returns the exchange's memo, made on the first call.
+func (ex *Exchange) memoOf() *exchangeMemo {
+	if ex.memo == nil {
+		ex.memo = &exchangeMemo{}
+	}
+	return ex.memo
+}
+
+// batchSplit is the request side BatchRequests kept on ex; nil for none.
+func (ex *Exchange) batchSplit() *reqSplit {
+	if ex.memo == nil {
+		return nil
+	}
+	return ex.memo.split
 }
 
 // ResponseHeaders returns ResponseHeader; for a sub-exchange of a batch,
@@ -216,19 +243,21 @@ type Param struct {
 }
 
 func (ex *Exchange) query() url.Values {
-	if ex.parsedQuery == nil {
+	m := ex.memoOf()
+	if m.query == nil {
 		q, _ := url.ParseQuery(ex.RawQuery)
 		if q == nil {
 			q = url.Values{}
 		}
-		ex.parsedQuery = q
+		m.query = q
 	}
-	return ex.parsedQuery
+	return m.query
 }
 
 func (ex *Exchange) requestCookie(name string) (string, bool) {
-	if ex.cookies == nil {
-		ex.cookies = map[string]string{}
+	m := ex.memoOf()
+	if m.cookies == nil {
+		m.cookies = map[string]string{}
 		for _, line := range ex.RequestHeader["Cookie"] {
 			cs, err := http.ParseCookie(line)
 			if err != nil {
@@ -236,21 +265,21 @@ func (ex *Exchange) requestCookie(name string) (string, bool) {
 				for _, part := range strings.Split(line, ";") {
 					k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 					if ok && k != "" {
-						if _, dup := ex.cookies[k]; !dup {
-							ex.cookies[k] = strings.Trim(v, `"`)
+						if _, dup := m.cookies[k]; !dup {
+							m.cookies[k] = strings.Trim(v, `"`)
 						}
 					}
 				}
 				continue
 			}
 			for _, c := range cs {
-				if _, dup := ex.cookies[c.Name]; !dup {
-					ex.cookies[c.Name] = c.Value
+				if _, dup := m.cookies[c.Name]; !dup {
+					m.cookies[c.Name] = c.Value
 				}
 			}
 		}
 	}
-	v, ok := ex.cookies[name]
+	v, ok := m.cookies[name]
 	return v, ok
 }
 

@@ -317,7 +317,7 @@ func (ex *Exchange) jwtClaims(s string) (string, bool) {
 	if ex == nil {
 		return decodeJWT(s)
 	}
-	m := &ex.jwt
+	m := &ex.memoOf().jwt
 	if m.token != s {
 		m.claims, _ = decodeJWT(s) // "" when it is not a JWT
 		m.token = s
