@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/tidwall/gjson"
 	"gopkg.in/yaml.v3"
@@ -38,6 +39,24 @@ type elemCtx struct {
 	members []member
 	indexed bool
 	own     []member // el's own buffer for members, reused element to element
+}
+
+// elemPool holds the elements forEach walks a list with: their members
+// buffer is reused from element to element and from list to list. fn
+// never keeps the element past its call (events copy what they read).
+var elemPool = sync.Pool{New: func() any { return new(elemCtx) }}
+
+func getElem() *elemCtx { return elemPool.Get().(*elemCtx) }
+
+// putElem forgets what el views (an element of a body) and pools it,
+// unless a wide element made its buffer too large to keep.
+func putElem(el *elemCtx) {
+	own := el.own[:0]
+	*el = elemCtx{}
+	if cap(own) <= 4*maxIndexedMembers {
+		el.own = own
+		elemPool.Put(el)
+	}
 }
 
 // set makes el the element raw at position pos (and sub), keeping the
@@ -344,19 +363,20 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 	if !list.IsArray() {
 		return
 	}
-	var el elemCtx
+	el := getElem()
+	defer putElem(el)
 	var caps []Param
 	i := -1
 	list.ForEach(func(_, item gjson.Result) bool {
 		i++
 		el.set(item.Raw, i, i, -1)
 		var ok bool
-		if caps, ok = es.passes(&el, caps[:0]); !ok {
+		if caps, ok = es.passes(el, caps[:0]); !ok {
 			return true
 		}
 		el.where = caps
 		if es.then == nil {
-			return fn(&el)
+			return fn(el)
 		}
 		inner := el.get(es.then.gpath)
 		if !inner.IsArray() {
@@ -367,7 +387,7 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 		inner.ForEach(func(_, in gjson.Result) bool {
 			j++
 			el.set(in.Raw, j, i, j)
-			more = fn(&el)
+			more = fn(el)
 			return more
 		})
 		return more
