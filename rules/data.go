@@ -101,6 +101,24 @@ type renderCtx struct {
 	// scratch is the copiers' buffer for unescaped strings and normalized
 	// keys, reused by every JSON value of the event
 	scratch []byte
+	// last is the value the placeholder written lastRaw resolved to: an
+	// event's subject is most often also a field of its data
+	// ({response.body.id} twice), read once
+	lastRaw string
+	last    value
+}
+
+// resolve resolves ph for the event: a placeholder written as the last
+// one resolved gives the same value without reading it again (the
+// exchange, its element and its lookups do not change while one event is
+// built, and what a placeholder reads is all in what is written).
+func (rc *renderCtx) resolve(ph *placeholder) value {
+	if rc.lastRaw != "" && rc.lastRaw == ph.raw {
+		return rc.last
+	}
+	v := ph.resolve(rc.ex, rc.params)
+	rc.lastRaw, rc.last = ph.raw, v
+	return v
 }
 
 // renderData renders the emit's data for one event: into a pooled buffer
@@ -155,7 +173,7 @@ func (dn *dataNode) render(dst []byte, rc *renderCtx, path []string, depth int) 
 			return appendQuote(dst, Redacted) // the value is not even read
 		}
 		if dn.t.whole != nil {
-			v := dn.t.whole.resolve(rc.ex, rc.params)
+			v := rc.resolve(dn.t.whole)
 			if !v.found {
 				addMissing(&rc.missing, dn.t.whole.raw)
 				return append(dst, "null"...)
@@ -263,7 +281,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	}
 	if t.whole != nil {
 		// the usual subject, "{response.body.user.id}": no buffer to build
-		v := t.whole.resolve(rc.ex, rc.params)
+		v := rc.resolve(t.whole)
 		switch {
 		case !v.found:
 			addMissing(&rc.missing, t.whole.raw)
@@ -287,7 +305,7 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	var b []byte
 	for i, ph := range t.phs {
 		b = append(b, t.lits[i]...)
-		v := ph.resolve(rc.ex, rc.params)
+		v := rc.resolve(ph)
 		if !v.found {
 			addMissing(&rc.missing, ph.raw)
 			continue
