@@ -179,9 +179,9 @@ func (m *Match) IsBatch() bool { return m.Rule.batch != nil }
 // most MaxBatchOps sub-requests are read; the error, when there are more,
 // is an *EmitError counting the rest.
 //
-// The sub-exchanges' bodies are slices of the envelope's (not copies), so
-// they are valid while the envelope's are; their other strings are their
-// own. When BatchRequests split the same envelope's request side before,
+// The sub-exchanges' bodies are slices of the envelope's (not copies), and
+// their Location values views of its response body, so they are valid
+// while the envelope's bodies are; their other strings are their own. When BatchRequests split the same envelope's request side before,
 // Batch reuses that work unless the request side reads the response.
 func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	b := m.Rule.batch
@@ -225,7 +225,6 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	subs := make([]Exchange, 0, len(rs.subs))
 	out.Subs = make([]*Exchange, 0, len(rs.subs))
 	var locs []string
-	var arena strArena
 	for i := range rs.subs {
 		sr := &rs.subs[i]
 		ri := i
@@ -248,13 +247,13 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		respBody := elemJSON(b.respBody, ex, m.Params, resps.src, resps.off(ri))
 		var loc []string
 		if b.location != nil {
+			// a view of the envelope's response body, like the body: what
+			// an event keeps of it is copied (ownText)
 			if l := rawText(b.location, ex, m.Params); l != "" {
 				if locs == nil {
-					// room for as many as are left, about as long as the first
-					locs = make([]string, 0, len(rs.subs)-i)
-					arena.grow((len(rs.subs) - i) * (len(l) + 8))
+					locs = make([]string, 0, len(rs.subs)-i) // room for as many as are left
 				}
-				locs = append(locs, arena.str(l, ""))
+				locs = append(locs, l)
 				loc = locs[len(locs)-1 : len(locs) : len(locs)]
 			}
 		}

@@ -292,11 +292,11 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 			}
 			return Redacted
 		case !v.isJSON && rc.policy.plainOK(v.text):
-			return ownText(t.whole, v.text)
+			return ownText(t.whole, v.text, rc.ex)
 		case v.isJSON && strings.HasPrefix(v.raw, `"`):
 			str := gjson.Parse(v.raw).Str
 			if rc.policy.plainOK(str) {
-				return ownText(t.whole, str)
+				return ownText(t.whole, str, rc.ex)
 			}
 			return string(rc.policy.appendPlain(nil, str))
 		}
@@ -316,15 +316,21 @@ func (rc *renderCtx) renderRawText(t *tmpl, path []string) string {
 	return string(b)
 }
 
-// ownText returns s, a value ph resolved to, as text an event may keep:
-// copied when ph reads a body, or an element of one, since such a value
-// views the body's bytes (parsedBody.result), which the handler may reuse
-// once the exchange is done; as is otherwise (a header, a path parameter,
-// a lookup's body: strings of their own).
-func ownText(ph *placeholder, s string) string {
+// ownText returns s, a value ph resolved to for ex, as text an event may
+// keep: copied when ph reads a body, or an element of one, since such a
+// value views the body's bytes (parsedBody.result), which the handler may
+// reuse once the exchange is done, and when it reads the response header
+// of a batch's sub-exchange (its Location views the envelope's response
+// body, see Match.Batch); as is otherwise (a request header, a path
+// parameter, a lookup's body: strings of their own).
+func ownText(ph *placeholder, s string, ex *Exchange) string {
 	switch ph.source().kind {
 	case phRequestBody, phResponseBody, phItem, phWhere:
 		return strings.Clone(s)
+	case phResponseHeader:
+		if ex.parent != nil {
+			return strings.Clone(s)
+		}
 	}
 	return s
 }
