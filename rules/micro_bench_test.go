@@ -2,8 +2,11 @@ package rules
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,4 +127,139 @@ func BenchmarkNewEventID(b *testing.B) {
 			putEventID(space, u)
 		}
 	})
+}
+
+// secretShapeRef is secretShape before its cue pre-filter.
+func secretShapeRef(s string) shapeSet {
+	var found shapeSet
+	if hasOTPAuth(s) {
+		found |= shapeOTPAuth
+	}
+	if strings.Contains(s, "PRIVATE KEY-----") && strings.Contains(s, "-----BEGIN") {
+		found |= shapePrivateKey
+	}
+	if hasWhsec(s) {
+		found |= shapeWhsec
+	}
+	if strings.Count(s, ".") >= 2 && hasJWT(s) {
+		found |= shapeJWT
+	}
+	return found
+}
+
+// shapeCorpus returns ordinary strings (ids, UUIDs, emails, names, URLs,
+// dates) and hostile ones: every secret shape, and near misses of each, at
+// every offset of a word, in both cases, mixed with random bytes from an
+// alphabet heavy in the cues and in what the shapes are made of.
+func shapeCorpus() []string {
+	r := mrand.New(mrand.NewPCG(7, 11))
+	jwt := func(hdr string) string {
+		return base64.RawURLEncoding.EncodeToString([]byte(hdr)) + ".eyJzdWIiOiIxIn0.c2ln"
+	}
+	pieces := []string{
+		"otpauth:", "OTPAUTH:", "OtPaUtH:", "otpauth", "otpaut:", "tpauth:", "otpauth://totp/a?secret=B",
+		"-----BEGIN", "PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----", "PRIVATE KEY----", "-----BEGI",
+		"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----", "KEY-----", "Y", "YY",
+		"whsec_", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La", "whsec_abc", "whsec_0123456789abcde", "whsec_0123456789abcdef", "whsec", "_",
+		jwt(`{"alg":"HS256"}`), jwt(` {"alg":"none"}`), jwt(`{"typ":"JWT"}`), jwt("\u00a0{\"alg\":1}"), jwt(`{"alg"`),
+		"eyJhbGciOiJIUzI1NiJ9", "..", ".", "a.b.c", "aGVsbG8.d29ybGQ.eHl6", "Bearer ", ":", "::", "h:", "H:",
+		"\xff", "\u2028", "é", "\x00", " ", "\n", "/", "+", "=", "-", "@", "ann", "example.test",
+	}
+	alphabet := ":Y_.-/+=@ otpauthwhsecPRIVATEKEYBGINeyJ0123456789abcdefXYZ\x00\xff\xc2\xa0{}\"'\n"
+	var out []string
+	for i := 0; i < 2000; i++ {
+		out = append(out, fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", r.Uint32(), r.Uint32()&0xffff, r.Uint32()&0xffff, r.Uint32()&0xffff, r.Uint64()&0xffffffffffff),
+			fmt.Sprintf("user%d", i), fmt.Sprintf("u_%d", r.Uint64()), fmt.Sprintf("ann.example%d@mail.example.test", i),
+			fmt.Sprintf("https://example.test/scim/v2/Users/%d?x=%d", i, r.Int()), "Ann Example", "2026-11-27T03:04:05Z",
+			fmt.Sprintf("m%d-%d", i, i%3), fmt.Sprintf("v%d.%d.%d", i%7, i%5, i%3))
+	}
+	for i := 0; i < 30000; i++ {
+		var b strings.Builder
+		for n := r.IntN(6); n >= 0; n-- {
+			switch r.IntN(3) {
+			case 0:
+				b.WriteString(pieces[r.IntN(len(pieces))])
+			default:
+				for k := r.IntN(12); k > 0; k-- {
+					b.WriteByte(alphabet[r.IntN(len(alphabet))])
+				}
+			}
+		}
+		out = append(out, b.String())
+	}
+	// each piece at every offset within a word, and cut at every length
+	for _, p := range pieces {
+		for off := 0; off < 17; off++ {
+			out = append(out, strings.Repeat("a", off)+p, strings.Repeat("a", off)+p+strings.Repeat("b", 16-off))
+		}
+		for n := 0; n <= len(p); n++ {
+			out = append(out, p[:n], p[n:])
+		}
+	}
+	for _, tc := range shapeCases {
+		out = append(out, tc.value)
+	}
+	return out
+}
+
+func TestSecretShapeMatchesReference(t *testing.T) {
+	found := map[shapeSet]int{}
+	for _, s := range shapeCorpus() {
+		got, want := secretShape(s), secretShapeRef(s)
+		if got != want {
+			t.Fatalf("secretShape(%q) = %v, want %v", s, got, want)
+		}
+		found[want]++
+	}
+	// the corpus holds every shape, and strings with none
+	for _, sh := range []shapeSet{0, shapeOTPAuth, shapeJWT, shapePrivateKey, shapeWhsec} {
+		n := 0
+		for set, c := range found {
+			if set&sh != 0 || set == sh {
+				n += c
+			}
+		}
+		if n < 10 {
+			t.Errorf("the corpus has %d strings of shape %v", n, sh)
+		}
+	}
+}
+
+func FuzzSecretShape(f *testing.F) {
+	for _, tc := range shapeCases {
+		f.Add(tc.value)
+	}
+	f.Add("otpauth:")
+	f.Add("aaaaaaaY_.")
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := secretShape(s), secretShapeRef(s); got != want {
+			t.Fatalf("secretShape(%q) = %v, want %v", s, got, want)
+		}
+	})
+}
+
+var shapeSink shapeSet
+
+// BenchmarkSecretShape runs secretShape over strings like those of the SCIM
+// benchmarks' events: UUIDs, user names, group ids, location URLs.
+func BenchmarkSecretShape(b *testing.B) {
+	var strs []string
+	for i := 0; i < 20; i++ {
+		id := fmt.Sprintf("2819c223-7f76-453a-919d-%012d", i)
+		strs = append(strs, id, fmt.Sprintf("user%d", i), "https://example.test/scim/v2/Users/"+id, fmt.Sprintf("m%d-1", 45+i%5), fmt.Sprintf("g%d", 45+i%5))
+	}
+	strs = append(strs, "ann@example.test", "Ann Example", "2026-11-27T03:04:05Z")
+	for _, v := range []struct {
+		name string
+		fn   func(string) shapeSet
+	}{{"base", secretShapeRef}, {"new", secretShape}} {
+		b.Run(v.name, func(b *testing.B) {
+			for b.Loop() {
+				for _, s := range strs {
+					shapeSink |= v.fn(s)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(strs)), "ns/string")
+		})
+	}
 }
