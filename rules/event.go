@@ -256,21 +256,39 @@ func newULID(t time.Time) [16]byte {
 	var b [16]byte
 	ms := uint64(t.UnixMilli())
 	binary.BigEndian.PutUint64(b[:8], ms<<16)
-	g := idRand.Get().(*mrand.ChaCha8)
-	r1, r2 := g.Uint64(), g.Uint64()
+	g := idRand.Get().(*idGen)
+	r := g.c.Uint64()
+	if g.nspare == 0 {
+		g.spare, g.nspare = g.c.Uint64(), 4
+	}
+	hi := uint16(g.spare)
+	g.spare >>= 16
+	g.nspare--
 	idRand.Put(g)
-	b[6], b[7] = byte(r1>>8), byte(r1)
-	binary.BigEndian.PutUint64(b[8:], r2)
+	binary.BigEndian.PutUint16(b[6:8], hi)
+	binary.BigEndian.PutUint64(b[8:], r)
 	return b
 }
 
-// idRand holds the ChaCha8 generators of NewEventID, each seeded with 32
-// bytes from crypto/rand (which never fails: it crashes the program
-// instead).
+// idGen is one of NewEventID's generators: a ChaCha8 stream and what is
+// left of its last draw. An id takes 80 random bits, so one draw of 64 and
+// a quarter of another: the 16-bit quarters of a draw serve four ids, each
+// handed out once, so every id still takes bits of the stream no other id
+// sees.
+type idGen struct {
+	c      mrand.ChaCha8
+	spare  uint64 // the undrawn 16-bit quarters of a draw, low first
+	nspare int    // how many of them are left
+}
+
+// idRand holds the generators of NewEventID, each seeded with 32 bytes from
+// crypto/rand (which never fails: it crashes the program instead).
 var idRand = sync.Pool{New: func() any {
 	var seed [32]byte
 	_, _ = rand.Read(seed[:])
-	return mrand.NewChaCha8(seed)
+	g := &idGen{}
+	g.c.Seed(seed)
+	return g
 }}
 
 // DedupeEventID returns the id shared by every event of one rule, source and dedupe key.
@@ -292,18 +310,39 @@ func eventID(b [16]byte) string {
 const eventIDLen = 4 + 26
 
 // putEventID writes the id of b (see eventID) into out, eventIDLen bytes
-// long, and returns it.
+// long, and returns it. The 26 characters go in pairs (10 bits each, looked
+// up in crockfordPairs): the first from b[0], its top 3 bits and 5, then four
+// from each of three groups of 40 bits (five bytes), so that no character
+// waits on the shifts of those before it.
 func putEventID(out []byte, b [16]byte) []byte {
-	out = out[:eventIDLen]
-	hi := binary.BigEndian.Uint64(b[:8])
-	lo := binary.BigEndian.Uint64(b[8:])
-	copy(out, "evt_")
-	for i := len(out) - 1; i >= 4; i-- {
-		out[i] = crockfordAlphabet[lo&31]
-		lo = lo>>5 | hi<<59
-		hi >>= 5
-	}
-	return out
+	o := (*[eventIDLen]byte)(out[:eventIDLen])
+	copy(o[:4], "evt_")
+	v1 := uint64(b[1])<<32 | uint64(binary.BigEndian.Uint32(b[2:6]))
+	v2 := uint64(b[6])<<32 | uint64(binary.BigEndian.Uint32(b[7:11]))
+	v3 := uint64(b[11])<<32 | uint64(binary.BigEndian.Uint32(b[12:16]))
+	p := &crockfordPairs
+	*(*[2]byte)(o[4:]) = p[b[0]]
+	*(*[2]byte)(o[6:]) = p[v1>>30&1023]
+	*(*[2]byte)(o[8:]) = p[v1>>20&1023]
+	*(*[2]byte)(o[10:]) = p[v1>>10&1023]
+	*(*[2]byte)(o[12:]) = p[v1&1023]
+	*(*[2]byte)(o[14:]) = p[v2>>30&1023]
+	*(*[2]byte)(o[16:]) = p[v2>>20&1023]
+	*(*[2]byte)(o[18:]) = p[v2>>10&1023]
+	*(*[2]byte)(o[20:]) = p[v2&1023]
+	*(*[2]byte)(o[22:]) = p[v3>>30&1023]
+	*(*[2]byte)(o[24:]) = p[v3>>20&1023]
+	*(*[2]byte)(o[26:]) = p[v3>>10&1023]
+	*(*[2]byte)(o[28:]) = p[v3&1023]
+	return o[:]
 }
+
+// crockfordPairs holds the two Crockford base32 characters of every 10-bit value.
+var crockfordPairs = func() (t [1024][2]byte) {
+	for i := range t {
+		t[i] = [2]byte{crockfordAlphabet[i>>5], crockfordAlphabet[i&31]}
+	}
+	return t
+}()
 
 const crockfordAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -180,21 +180,97 @@ func shapeHelp() string {
 
 // secretShape reports which secret shapes occur in s (0 for none). It reads s
 // a few times over, each pass linear: it runs on every string an event gets.
+// A first pass (shapeCues) looks for a byte each shape cannot do without,
+// so that ordinary strings (ids, names, emails) skip the others.
 func secretShape(s string) shapeSet {
+	cues := shapeCues(s)
+	if cues == 0 {
+		return 0
+	}
 	var found shapeSet
-	if hasOTPAuth(s) {
+	if cues&cueColon != 0 && hasOTPAuth(s) {
 		found |= shapeOTPAuth
 	}
-	if strings.Contains(s, "PRIVATE KEY-----") && strings.Contains(s, "-----BEGIN") {
+	if cues&cueY != 0 && strings.Contains(s, "PRIVATE KEY-----") && strings.Contains(s, "-----BEGIN") {
 		found |= shapePrivateKey
 	}
-	if hasWhsec(s) {
+	if cues&cueUnderscore != 0 && hasWhsec(s) {
 		found |= shapeWhsec
 	}
-	if strings.Count(s, ".") >= 2 && hasJWT(s) {
+	if cues&cueDot != 0 && strings.Count(s, ".") >= 2 && hasJWT(s) {
 		found |= shapeJWT
 	}
 	return found
+}
+
+// The cues shapeCues looks for, each a byte a shape cannot do without:
+// "otpauth:" has a colon, "PRIVATE KEY-----" a 'Y', "whsec_" an underscore,
+// and a JWT (three or more segments) dots.
+const (
+	cueColon uint8 = 1 << iota
+	cueY
+	cueUnderscore
+	cueDot
+)
+
+// shapeCueOf is the cue of each byte (0 for most).
+var shapeCueOf = [256]uint8{':': cueColon, 'Y': cueY, '_': cueUnderscore, '.': cueDot}
+
+// Byte-wise constants of the word-at-a-time scans: every byte 0x01, every byte 0x80.
+const (
+	swarOnes  = 0x0101010101010101
+	swarHighs = 0x8080808080808080
+)
+
+// swarHas returns a word that is not 0 exactly when w has a byte equal to c
+// (in its high bits, once masked with swarHighs): v-swarOnes&^v sets the
+// high bit of every zero byte of v and, through borrows, maybe of bytes
+// above one, never any in a word with no zero byte.
+func swarHas(w uint64, c byte) uint64 {
+	v := w ^ (uint64(c) * swarOnes)
+	return (v - swarOnes) &^ v
+}
+
+// shapeCues reports which cues occur in s, eight bytes at a time. The last
+// word overlaps the one before it when the length is not a multiple of
+// eight: rereading a byte changes no "occurs".
+func shapeCues(s string) uint8 {
+	var c uint8
+	if len(s) < 8 {
+		for i := 0; i < len(s); i++ {
+			c |= shapeCueOf[s[i]]
+		}
+		return c
+	}
+	var colon, y, under, dot uint64
+	for i := 0; i < len(s); i += 8 {
+		w := loadWord(s, min(i, len(s)-8))
+		colon |= swarHas(w, ':')
+		y |= swarHas(w, 'Y')
+		under |= swarHas(w, '_')
+		dot |= swarHas(w, '.')
+	}
+	if colon&swarHighs != 0 {
+		c |= cueColon
+	}
+	if y&swarHighs != 0 {
+		c |= cueY
+	}
+	if under&swarHighs != 0 {
+		c |= cueUnderscore
+	}
+	if dot&swarHighs != 0 {
+		c |= cueDot
+	}
+	return c
+}
+
+// loadWord returns the eight bytes of s from i as a little-endian word (the
+// compiler makes it one load).
+func loadWord(s string, i int) uint64 {
+	s = s[i : i+8]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // hasOTPAuth reports whether s contains "otpauth:" in any case.
