@@ -52,7 +52,10 @@ type jsonIndexer struct {
 	seeking   bool
 	pending   bool
 	listDepth int
-	active    bool // still following the path or splitting the list
+	// watch is the deepest nesting whose values, keys and ends the walk
+	// looks at (the object on the path, or the list's elements' members);
+	// -1 once it is done. Deeper values are only checked.
+	watch int
 
 	// the element being split
 	elemStart int
@@ -91,7 +94,9 @@ func newListIndexer(gpath string, max int, keyBuf *[maxIndexPath]string, elems [
 func (x *jsonIndexer) run(b []byte) bool {
 	if len(x.keys) > 0 && len(b) > 0 {
 		x.text = unsafe.String(unsafe.SliceData(b), len(b))
-		x.active = true
+		x.watch = 0
+	} else {
+		x.watch = -1
 	}
 	var stack []byte // '{' or '[' per open container
 	i := 0
@@ -102,7 +107,7 @@ func (x *jsonIndexer) run(b []byte) bool {
 			return false
 		}
 		c := b[i]
-		if x.active {
+		if len(stack) <= x.watch {
 			x.valueStart(len(stack), i, c)
 		}
 		switch {
@@ -128,7 +133,7 @@ func (x *jsonIndexer) run(b []byte) bool {
 		}
 		// after a value: close containers, or go on to the next member
 		for {
-			if x.active {
+			if len(stack) <= x.watch {
 				x.valueEnd(len(stack), i)
 			}
 			i = skipWSBytes(b, i)
@@ -171,7 +176,7 @@ func (x *jsonIndexer) readKey(b []byte, i *int, depth int) bool {
 	if j >= len(b) || b[j] != '"' || !validString(b, &j) {
 		return false
 	}
-	if x.active {
+	if depth <= x.watch {
 		x.key(depth, ks+1, j-1)
 	}
 	j = skipWSBytes(b, j)
@@ -184,7 +189,7 @@ func (x *jsonIndexer) readKey(b []byte, i *int, depth int) bool {
 
 // stop ends the walk with what it found.
 func (x *jsonIndexer) stop(f listFind) {
-	x.find, x.active = f, false
+	x.find, x.watch = f, -1
 }
 
 // valueStart sees a value start at b[i] (c), inside depth open containers.
@@ -195,7 +200,7 @@ func (x *jsonIndexer) valueStart(depth, i int, c byte) {
 			x.stop(listUndecided) // a path into a list or a scalar: gjson's to answer
 			return
 		}
-		x.pathDepth, x.seeking = 1, true
+		x.pathDepth, x.seeking, x.watch = 1, true, 1
 	case x.pending && depth == x.pathDepth:
 		x.pending = false
 		if x.pathDepth < len(x.keys) {
@@ -204,14 +209,14 @@ func (x *jsonIndexer) valueStart(depth, i int, c byte) {
 				return
 			}
 			x.pathDepth++
-			x.seeking = true
+			x.seeking, x.watch = true, x.pathDepth
 			return
 		}
 		if c != '[' {
 			x.stop(listAbsent) // as scanListInto: not an array, no list
 			return
 		}
-		x.listDepth, x.start = depth+1, i
+		x.listDepth, x.start, x.watch = depth+1, i, depth+2
 	case x.listDepth == 0:
 	case depth == x.listDepth:
 		x.elemStart, x.elemObj, x.member = i, c == '{', false
