@@ -39,6 +39,9 @@ type elemCtx struct {
 	members []member
 	indexed bool
 	own     []member // el's own buffer for members, reused element to element
+	// outer and inner are forEach's buffers for the members of the
+	// elements of its list and of their then lists
+	outer, inner []member
 }
 
 // elemPool holds the elements forEach walks a list with: their members
@@ -51,10 +54,10 @@ func getElem() *elemCtx { return elemPool.Get().(*elemCtx) }
 // putElem forgets what el views (an element of a body) and pools it,
 // unless a wide element made its buffer too large to keep.
 func putElem(el *elemCtx) {
-	own := el.own[:0]
+	own, outer, inner := el.own[:0], el.outer[:0], el.inner[:0]
 	*el = elemCtx{}
-	if cap(own) <= 4*maxIndexedMembers {
-		el.own = own
+	if cap(own) <= 4*maxIndexedMembers && cap(outer) <= 4*maxIndexedMembers && cap(inner) <= 4*maxIndexedMembers {
+		el.own, el.outer, el.inner = own, outer, inner
 		elemPool.Put(el)
 	}
 }
@@ -359,17 +362,16 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 	if !v.found || !v.isJSON {
 		return
 	}
-	list := gjson.Parse(v.raw)
-	if !list.IsArray() {
-		return
-	}
 	el := getElem()
 	defer putElem(el)
 	var caps []Param
 	i := -1
-	list.ForEach(func(_, item gjson.Result) bool {
+	// each element's members are read as the list is walked: a where or
+	// an {item.x} looks them up without reading the element again
+	el.outer, _ = walkList(v.raw, el.outer[:0], func(raw string, members []member) bool {
 		i++
-		el.set(item.Raw, i, i, -1)
+		el.set(raw, i, i, -1)
+		el.setMembers(members)
 		var ok bool
 		if caps, ok = es.passes(el, caps[:0]); !ok {
 			return true
@@ -384,9 +386,10 @@ func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) b
 		}
 		more := true
 		j := -1
-		inner.ForEach(func(_, in gjson.Result) bool {
+		el.inner, _ = walkList(inner.Raw, el.inner[:0], func(raw string, members []member) bool {
 			j++
-			el.set(in.Raw, j, i, j)
+			el.set(raw, j, i, j)
+			el.setMembers(members)
 			more = fn(el)
 			return more
 		})

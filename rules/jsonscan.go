@@ -203,6 +203,35 @@ func scanListInto(elems []listElem, flat []member, s string, max int) ([]listEle
 	}
 }
 
+// walkList calls fn with each element of the JSON list s, in order, and
+// the element's members when it is an object (the first
+// maxIndexedMembers, see scanObject, read into buf, which is reused from
+// element to element: fn must not keep them), until fn returns false. It
+// returns buf, grown, and whether s is a list.
+func walkList(s string, buf []member, fn func(raw string, members []member) bool) ([]member, bool) {
+	i := skipWS(s, 0)
+	if i >= len(s) || s[i] != '[' {
+		return buf, false
+	}
+	i++
+	for {
+		i = skipWS(s, i)
+		if i >= len(s) || s[i] == ']' {
+			return buf, true
+		}
+		start := i
+		buf, i = scanObject(buf[:0], s, i, maxIndexedMembers)
+		if !fn(s[start:i], buf[:len(buf):len(buf)]) {
+			return buf, true
+		}
+		i = skipWS(s, i)
+		if i >= len(s) || s[i] != ',' {
+			return buf, true
+		}
+		i++
+	}
+}
+
 // findPath returns where the value at a gjson path of plain keys ("a" or
 // "a.b.c", see plainKey) starts in the JSON text s, walking only the members
 // before it; ok is false when a key is missing, s is not made of objects

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -22,6 +23,17 @@ func checkScanAgainstGJSON(t *testing.T, s string) {
 	}
 	var want []gjson.Result
 	list.ForEach(func(_, v gjson.Result) bool { want = append(want, v); return true })
+	// walkList streams the same elements with the same members
+	n := 0
+	if _, isList := walkList(s, nil, func(raw string, members []member) bool {
+		if n < len(elems) && (raw != elems[n].raw || fmt.Sprint(members) != fmt.Sprint(elems[n].members)) {
+			t.Fatalf("%q: walkList element %d is %q %v, scanList %q %v", s, n, raw, members, elems[n].raw, elems[n].members)
+		}
+		n++
+		return true
+	}); !isList || n != total {
+		t.Fatalf("%q: walkList walks %d elements (list %v), scanList counts %d", s, n, isList, total)
+	}
 	if total != len(want) || len(elems) != min(total, MaxBatchOps) {
 		t.Fatalf("%q: %d elements (%d kept), gjson finds %d", s, total, len(elems), len(want))
 	}
