@@ -354,11 +354,11 @@ func (es *eachSpec) passes(el *elemCtx, caps []Param) ([]Param, bool) {
 	return caps, true
 }
 
-// forEach calls fn with each element the spec yields for the exchange, in
-// order, until fn returns false. el is reused from call to call. A list
-// that is missing, or is not a JSON array, yields nothing.
-func (es *eachSpec) forEach(ex *Exchange, params []Param, fn func(el *elemCtx) bool) {
-	v := es.items.resolve(ex, params)
+// forEach calls fn with each element the spec yields from v, what its
+// items resolved to for the exchange, in order, until fn returns false. el
+// is reused from call to call. A list that is missing, or is not a JSON
+// array, yields nothing.
+func (es *eachSpec) forEach(v value, fn func(el *elemCtx) bool) {
 	if !v.found || !v.isJSON {
 		return
 	}

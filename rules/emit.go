@@ -311,6 +311,8 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 	root := ex.root()
 	prev := ex.elem
 	defer func() { ex.elem = prev }()
+	var list value // the list of the each group listGroup
+	listGroup := -1
 	for i, e := range m.Rule.emits {
 		if e.each == nil {
 			ex.elem = prev
@@ -322,7 +324,11 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			continue
 		}
 		refused := 0
-		e.each.forEach(ex, m.Params, func(el *elemCtx) bool {
+		if e.each.group != listGroup {
+			// emits of one group read the same list: resolved once for them
+			list, listGroup = e.each.items.resolve(ex, m.Params), e.each.group
+		}
+		e.each.forEach(list, func(el *elemCtx) bool {
 			if root.eachBuilt >= MaxEachItems {
 				refused++ // counted, not built
 				return true
