@@ -263,7 +263,7 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
 		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
 		sub.Status, sub.ResponseBody = status, respBody
-		sub.parent, sub.subIndex = root, sr.index
+		sub.parent, sub.subIndex = root, int32(sr.index)
 		sub.synthResp, sub.subLoc = true, loc
 		// the bodies are JSON values cut from a valid body: no need to check them again
 		if sr.body != nil {
@@ -330,7 +330,7 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 		sub := &subs[len(subs)-1]
 		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
 		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
-		sub.parent, sub.subIndex = root, sr.index
+		sub.parent, sub.subIndex = root, int32(sr.index)
 		if sr.body != nil {
 			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
 		}

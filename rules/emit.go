@@ -286,7 +286,7 @@ func ordinal(ex *Exchange) string {
 	}
 	s := "\x00"
 	if ex.parent != nil {
-		s += "b" + strconv.Itoa(ex.subIndex)
+		s += "b" + strconv.Itoa(int(ex.subIndex))
 	}
 	if ex.elem != nil {
 		s += "e" + ex.elem.ordinal()

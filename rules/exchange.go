@@ -45,21 +45,22 @@ type Exchange struct {
 	// parent is the batch envelope of a sub-exchange (see Match.Batch); nil
 	// for an exchange of its own. Batch rules never match a sub-exchange.
 	parent *Exchange
-	// subIndex is a sub-exchange's position among its envelope's sub-requests.
-	subIndex int
+	// subIndex is a sub-exchange's position among its envelope's
+	// sub-requests (at most MaxBatchOps: an int32 keeps Exchange small).
+	subIndex int32
 	// eachBuilt counts the events emits with each built for this exchange
 	// (the envelope's count serves its sub-exchanges): at most MaxEachItems.
-	eachBuilt int
+	eachBuilt int32
+	// synthResp says ResponseHeader is a sub-exchange's synthesized header,
+	// not built yet: Content-Type (application/json) when ResponseBody is
+	// set, and Location (subLoc) when the sub-response names one.
+	synthResp bool
 	// seen is when the exchange was observed, in Unix nanoseconds: read at
 	// its first Events call without EmitOptions.Now, so that all its events
 	// (and its sub-exchanges', kept on the envelope) share it; 0 until then.
 	seen int64
 
-	// synthResp says ResponseHeader is a sub-exchange's synthesized header,
-	// not built yet: Content-Type (application/json) when ResponseBody is
-	// set, and Location (subLoc) when the sub-response names one.
-	synthResp bool
-	subLoc    []string
+	subLoc []string // a sub-exchange's Location, when it has one (see synthResp)
 }
 
 // exchangeMemo is what an exchange works out the first time a rule needs
@@ -168,24 +169,18 @@ func (ex *Exchange) IsSub() bool { return ex.parent != nil }
 // SubIndex is a sub-exchange's position among its envelope's sub-requests
 // (from 0), the same in Match.BatchRequests and Match.Batch; 0 for an
 // exchange of its own.
-func (ex *Exchange) SubIndex() int { return ex.subIndex }
+func (ex *Exchange) SubIndex() int { return int(ex.subIndex) }
 
 type parsedBody struct {
 	done bool
 	ok   bool
 	json []byte
-	// str is json as a string, converted once (see text)
-	str string
 }
 
-// text returns the body JSON as a string, converted on the first call: a
-// placeholder that reads the whole body, or a lookup's body (SetLookup),
-// copies it once, not at every read.
+// text returns the body JSON as a string, without a copy: a view of its
+// bytes, valid as long as they are (see result).
 func (pb *parsedBody) text() string {
-	if pb.str == "" && len(pb.json) > 0 {
-		pb.str = string(pb.json)
-	}
-	return pb.str
+	return unsafe.String(unsafe.SliceData(pb.json), len(pb.json))
 }
 
 // get returns the value at the gjson path of the body JSON, or the whole
@@ -198,18 +193,15 @@ func (pb *parsedBody) get(path string) value {
 }
 
 // result returns the gjson result at path in the body JSON, without a
-// copy: found in the body's string when there is one, else in a view of the
-// body's bytes. The bytes are never changed while the exchange is observed
-// (the handler reuses a body's buffer only once it is done with the
-// exchange), so the result is valid as long as the exchange is; what
+// copy: found in a view of the body's bytes. The bytes are never changed
+// while the exchange is observed (the handler reuses a body's buffer only
+// once it is done with the exchange; a lookup's are its own copy, see
+// SetLookup), so the result is valid as long as the exchange is; what
 // outlives it copies what it keeps: an event's data is rendered into its own
 // buffer, its subject and tenant are copied (ownText), a lookup's path and
 // headers and a batch's sub-exchange fields are built anew.
 func (pb *parsedBody) result(path string) gjson.Result {
-	if pb.str != "" {
-		return gjson.Get(pb.str, path)
-	}
-	return gjson.Get(unsafe.String(unsafe.SliceData(pb.json), len(pb.json)), path)
+	return gjson.Get(pb.text(), path)
 }
 
 // LookupResult is the upstream's answer to a rule's lookup.
@@ -233,7 +225,11 @@ func (ex *Exchange) SetLookup(as string, r LookupResult) {
 	if ex.Lookups == nil {
 		ex.Lookups = map[string]LookupResult{}
 	}
-	r.body().text() // once here, not at every placeholder that reads it
+	// read once here, not at every placeholder that reads it, into a copy
+	// of its own: the values read from it view it, and the caller keeps r.Body
+	if pb := r.body(); len(pb.json) > 0 {
+		pb.json = bytes.Clone(pb.json)
+	}
 	ex.Lookups[as] = r
 }
 

@@ -522,3 +522,33 @@ tests:
 		t.Errorf("the wrong test = %+v, want it to fail on the subject the canned answer gives", results[3])
 	}
 }
+
+// TestLookupBodyIsItsOwn: an event reads a lookup's body from SetLookup's
+// own copy, so a caller that reuses the buffer it gave in Body changes no
+// event, whether the lookup's value lands in the subject or in data.
+func TestLookupBodyIsItsOwn(t *testing.T) {
+	s := mustSet(t, `version: 1
+rules:
+  - name: a
+    match: {method: DELETE, path: "/m/{id}"}
+    lookup: [{get: "/m/{path.id}", as: old, when: before}]
+    emit: {type: m.deleted, subject: "{old.body.name}", data: {whole: "{old.body}", name: "{old.body.name}"}}
+`)
+	ex := &Exchange{Method: "DELETE", Path: "/m/7", Status: 204}
+	body := []byte(`{"name":"seven","n":7}`)
+	ex.SetLookup("old", LookupResult{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: body})
+	evs, errs := s.Evaluate(ex, EmitOptions{Source: "t"})
+	if len(errs) > 0 || len(evs) != 1 {
+		t.Fatalf("%d events, %v", len(evs), errs)
+	}
+	before, _ := evs[0].MarshalJSON()
+	for i := range body {
+		body[i] = 'Z'
+	}
+	if after, _ := evs[0].MarshalJSON(); string(after) != string(before) || evs[0].Subject != "seven" {
+		t.Fatalf("the event changed with the caller's buffer:\n was %s\n now %s", before, after)
+	}
+	if evs, _ := s.Evaluate(ex, EmitOptions{Source: "t"}); len(evs) != 1 || evs[0].Subject != "seven" {
+		t.Fatalf("events built after the caller reused its buffer: %+v", evs)
+	}
+}
