@@ -158,14 +158,30 @@ func (cw *captureWriter) spill() error {
 
 // ReadFrom copies from r through Write so that nothing bypasses the capture;
 // only a passed-through response keeps the underlying ReaderFrom (sendfile).
+// Before a status is written, the first byte decides, as it does for Write:
+// copying nothing writes nothing, as net/http's ReadFrom does (the server
+// then answers 200 itself, or an error handler does).
 func (cw *captureWriter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
 	if cw.mode == modeUndecided {
-		cw.WriteHeader(http.StatusOK)
+		var first [1]byte
+		if k, err := io.ReadFull(r, first[:]); k == 0 {
+			if err == io.EOF {
+				err = nil
+			}
+			return 0, err
+		}
+		if _, err := cw.Write(first[:]); err != nil {
+			return 0, err
+		}
+		n = 1
 	}
 	if cw.mode == modePass {
-		return cw.ResponseWriterWrapper.ReadFrom(r)
+		m, err := cw.ResponseWriterWrapper.ReadFrom(r)
+		return n + m, err
 	}
-	return io.Copy(writerOnly{cw}, r)
+	m, err := io.Copy(writerOnly{cw}, r)
+	return n + m, err
 }
 
 // writerOnly hides ReadFrom so io.Copy uses Write (as caddy's encode does).

@@ -141,3 +141,34 @@ func TestCaptureUnwantedStatusPassesThrough(t *testing.T) {
 		t.Fatalf("release: %v %d %q", err, held.Code, held.Body.String())
 	}
 }
+
+// TestCaptureReadFromNothing: copying an empty reader writes nothing, not
+// even a status, as net/http's ReadFrom does: the server (or an error
+// handler) still decides the status. One that copies bytes is decided by
+// its first byte, as Write is, and copies every byte.
+func TestCaptureReadFromNothing(t *testing.T) {
+	w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
+	cw := newCaptureWriter(w, httptest.NewRequest(http.MethodPost, "/", nil), 32, true, nil)
+	if n, err := cw.ReadFrom(strings.NewReader("")); n != 0 || err != nil {
+		t.Fatalf("ReadFrom(empty) = %d, %v", n, err)
+	}
+	if err := cw.release(); err != nil {
+		t.Fatal(err)
+	}
+	if w.sent || cw.status != 0 {
+		t.Fatalf("an empty copy wrote a status (%d) or bytes", cw.status)
+	}
+	for _, max := range []int64{32, 4} { // held, and streamed past max_body
+		w := &sentWriter{ResponseRecorder: httptest.NewRecorder()}
+		cw := newCaptureWriter(w, httptest.NewRequest(http.MethodPost, "/", nil), max, true, nil)
+		if n, err := cw.ReadFrom(strings.NewReader("from a reader")); n != 13 || err != nil {
+			t.Fatalf("max %d: ReadFrom = %d, %v", max, n, err)
+		}
+		if err := cw.release(); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != http.StatusOK || w.Body.String() != "from a reader" {
+			t.Fatalf("max %d: client got %d %q", max, w.Code, w.Body.String())
+		}
+	}
+}
