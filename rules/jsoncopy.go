@@ -335,16 +335,8 @@ func (c *copier) markHidden(dst []byte) ([]byte, bool) {
 	return appendQuotedMark(dst, markRedacted, []byte(c.in[start:c.pos])), true
 }
 
-func (c *copier) skipWS() {
-	for c.pos < len(c.in) {
-		switch c.in[c.pos] {
-		case ' ', '\t', '\n', '\r':
-			c.pos++
-		default:
-			return
-		}
-	}
-}
+// skipWS moves past whitespace.
+func (c *copier) skipWS() { c.pos = skipWS(c.in, c.pos) }
 
 // str reads the string at c.pos (its opening quote). A string without escapes
 // is returned as a slice of the input; otherwise it is unescaped through

@@ -102,7 +102,7 @@ func (x *jsonIndexer) run(b []byte) bool {
 	i := 0
 	for {
 		// a value
-		i = skipWSBytes(b, i)
+		i = skipWS(b, i)
 		if i >= len(b) {
 			return false
 		}
@@ -112,7 +112,7 @@ func (x *jsonIndexer) run(b []byte) bool {
 		}
 		switch {
 		case c == '{' || c == '[':
-			i = skipWSBytes(b, i+1)
+			i = skipWS(b, i+1)
 			if i < len(b) && b[i] == c+2 {
 				i++
 				break
@@ -136,7 +136,7 @@ func (x *jsonIndexer) run(b []byte) bool {
 			if len(stack) <= x.watch {
 				x.valueEnd(len(stack), i)
 			}
-			i = skipWSBytes(b, i)
+			i = skipWS(b, i)
 			if len(stack) == 0 {
 				return i == len(b)
 			}
@@ -161,17 +161,10 @@ func (x *jsonIndexer) run(b []byte) bool {
 	}
 }
 
-func skipWSBytes(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
 // readKey reads `"key" :` at b[*i:], a member's key in the object that
 // depth open containers hold.
 func (x *jsonIndexer) readKey(b []byte, i *int, depth int) bool {
-	j := skipWSBytes(b, *i)
+	j := skipWS(b, *i)
 	ks := j
 	if j >= len(b) || b[j] != '"' || !validString(b, &j) {
 		return false
@@ -179,7 +172,7 @@ func (x *jsonIndexer) readKey(b []byte, i *int, depth int) bool {
 	if depth <= x.watch {
 		x.key(depth, ks+1, j-1)
 	}
-	j = skipWSBytes(b, j)
+	j = skipWS(b, j)
 	if j >= len(b) || b[j] != ':' {
 		return false
 	}

@@ -30,7 +30,9 @@ func (m *member) hasKey(obj, k string) bool {
 	return gjson.Parse(obj[m.keyStart-1:m.keyEnd+1]).Str == k
 }
 
-func skipWS(s string, i int) int {
+// skipWS returns the index of the first byte at or after s[i] that is not
+// JSON whitespace (for a body's bytes or a string of JSON alike).
+func skipWS[T ~string | ~[]byte](s T, i int) int {
 	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
 		i++
 	}
