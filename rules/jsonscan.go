@@ -166,14 +166,53 @@ func scanList(s string, max int) (elems []listElem, total int, ok bool) {
 	return elems, total, ok
 }
 
+// listCursor steps through the elements of a JSON list: next gives where
+// the next element starts, past moves on from where it ended.
+type listCursor struct {
+	s    string
+	i    int
+	done bool // the list ended, or stopped making sense
+}
+
+// openList returns a cursor on the JSON list s; false when s is not one.
+func openList(s string) (listCursor, bool) {
+	i := skipWS(s, 0)
+	if i >= len(s) || s[i] != '[' {
+		return listCursor{}, false
+	}
+	return listCursor{s: s, i: i + 1}, true
+}
+
+// next returns where the next element starts; false at the list's end.
+func (c *listCursor) next() (int, bool) {
+	if c.done {
+		return 0, false
+	}
+	c.i = skipWS(c.s, c.i)
+	if c.i >= len(c.s) || c.s[c.i] == ']' {
+		return 0, false
+	}
+	return c.i, true
+}
+
+// past moves on from an element that ended just before s[end]: past its
+// comma, or to the end when there is none.
+func (c *listCursor) past(end int) {
+	c.i = skipWS(c.s, end)
+	if c.i < len(c.s) && c.s[c.i] == ',' {
+		c.i++
+	} else {
+		c.done = true
+	}
+}
+
 // scanListInto is scanList appending the elements to elems and their
 // members to flat (reused buffers; nil for new ones).
 func scanListInto(elems []listElem, flat []member, s string, max int) ([]listElem, []member, int, bool) {
-	i := skipWS(s, 0)
-	if i >= len(s) || s[i] != '[' {
+	c, ok := openList(s)
+	if !ok {
 		return elems, flat, 0, false
 	}
-	i++
 	total := 0
 	// one allocation for the members of every element, in the usual case
 	if flat == nil {
@@ -183,25 +222,20 @@ func scanListInto(elems []listElem, flat []member, s string, max int) ([]listEle
 		elems = make([]listElem, 0, min(len(s)/64+1, max))
 	}
 	for {
-		i = skipWS(s, i)
-		if i >= len(s) || s[i] == ']' {
+		start, more := c.next()
+		if !more {
 			return elems, flat, total, true
 		}
-		start := i
+		var end int
 		if total < max {
 			before := len(flat)
-			flat, i = scanObject(flat, s, i, maxIndexedMembers)
-			elems = append(elems, listElem{raw: s[start:i], off: start, members: flat[before:len(flat):len(flat)]})
+			flat, end = scanObject(flat, s, start, maxIndexedMembers)
+			elems = append(elems, listElem{raw: s[start:end], off: start, members: flat[before:len(flat):len(flat)]})
 		} else {
-			i = valueEnd(s, i)
+			end = valueEnd(s, start)
 		}
 		total++
-		i = skipWS(s, i)
-		if i < len(s) && s[i] == ',' {
-			i++
-			continue
-		}
-		return elems, flat, total, true
+		c.past(end)
 	}
 }
 
@@ -211,26 +245,21 @@ func scanListInto(elems []listElem, flat []member, s string, max int) ([]listEle
 // element to element: fn must not keep them), until fn returns false. It
 // returns buf, grown, and whether s is a list.
 func walkList(s string, buf []member, fn func(raw string, members []member) bool) ([]member, bool) {
-	i := skipWS(s, 0)
-	if i >= len(s) || s[i] != '[' {
+	c, ok := openList(s)
+	if !ok {
 		return buf, false
 	}
-	i++
 	for {
-		i = skipWS(s, i)
-		if i >= len(s) || s[i] == ']' {
+		start, more := c.next()
+		if !more {
 			return buf, true
 		}
-		start := i
-		buf, i = scanObject(buf[:0], s, i, maxIndexedMembers)
-		if !fn(s[start:i], buf[:len(buf):len(buf)]) {
+		var end int
+		buf, end = scanObject(buf[:0], s, start, maxIndexedMembers)
+		if !fn(s[start:end], buf[:len(buf):len(buf)]) {
 			return buf, true
 		}
-		i = skipWS(s, i)
-		if i >= len(s) || s[i] != ',' {
-			return buf, true
-		}
-		i++
+		c.past(end)
 	}
 }
 
