@@ -260,20 +260,12 @@ func (m *Match) Batch(ex *Exchange) (Batch, error) {
 		// filled in place: copying a whole Exchange in costs write barriers for every pointer in it
 		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
-		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
-		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+		sr.fill(sub, ex, root, reqHeader)
 		sub.Status, sub.ResponseBody = status, respBody
-		sub.parent, sub.subIndex = root, int32(sr.index)
 		sub.synthResp, sub.subLoc = true, loc
-		// the bodies are JSON values cut from a valid body: no need to check them again
-		if sr.body != nil {
-			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
-		}
 		if respBody != nil {
+			// a JSON value cut from a valid body: no need to check it again
 			sub.bodies[1] = parsedBody{done: true, ok: true, json: respBody}
-		}
-		if len(ex.Lookups) > 0 {
-			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
 		}
 		out.Subs = append(out.Subs, sub)
 	}
@@ -328,18 +320,25 @@ func (m *Match) BatchRequests(ex *Exchange) ([]*Exchange, error) {
 		}
 		subs = subs[:len(subs)+1]
 		sub := &subs[len(subs)-1]
-		sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
-		sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
-		sub.parent, sub.subIndex = root, int32(sr.index)
-		if sr.body != nil {
-			sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
-		}
-		if len(ex.Lookups) > 0 {
-			sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
-		}
+		sr.fill(sub, ex, root, reqHeader)
 		out = append(out, sub)
 	}
 	return out, err
+}
+
+// fill gives sub, a sub-exchange of the envelope ex (whose root is root),
+// the request side of sr: what Batch and BatchRequests give it alike.
+func (sr *subReq) fill(sub, ex, root *Exchange, reqHeader http.Header) {
+	sub.Method, sub.Host, sub.Path, sub.RawQuery = sr.method, ex.Host, sr.path, sr.query
+	sub.RequestHeader, sub.RequestBody = reqHeader, sr.body
+	sub.parent, sub.subIndex = root, int32(sr.index)
+	if sr.body != nil {
+		// a JSON value cut from a valid body: no need to check it again
+		sub.bodies[0] = parsedBody{done: true, ok: true, json: sr.body}
+	}
+	if len(ex.Lookups) > 0 {
+		sub.Lookups = maps.Clone(ex.Lookups) // canned answers of inline tests
+	}
 }
 
 func (m *Match) tooManyOps(total int) error {
