@@ -23,8 +23,12 @@ const (
 	maxArenaBytes = 8 << 10
 )
 
-// eventSlots returns room for n events: a slice of length 0 and capacity n.
+// eventSlots returns room for n events: a slice of length 0 and capacity n
+// (an allocation of its own from a nil arena).
 func (a *eventArena) eventSlots(n int) []Event {
+	if a == nil {
+		return make([]Event, 0, n)
+	}
 	if cap(a.slots)-len(a.slots) < n {
 		size := max(min(2*cap(a.slots), maxArenaSlots), 2, n)
 		a.slots = make([]Event, 0, size)
@@ -34,9 +38,10 @@ func (a *eventArena) eventSlots(n int) []Event {
 	return a.slots[at : at : at+n]
 }
 
-// alloc returns n zeroed bytes.
+// alloc returns n zeroed bytes (an allocation of their own from a nil
+// arena, or when n is large).
 func (a *eventArena) alloc(n int) []byte {
-	if n > maxArenaBytes/4 {
+	if a == nil || n > maxArenaBytes/4 {
 		return make([]byte, n)
 	}
 	if cap(a.bytes)-len(a.bytes) < n {

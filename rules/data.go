@@ -134,12 +134,7 @@ func (e *emitSpec) renderData(rc *renderCtx, reserve int, arena *eventArena) (da
 		*bp = make([]byte, 0, hint)
 	}
 	buf := e.data.render((*bp)[:0], rc, make([]string, 0, 8), 0)
-	var out []byte
-	if arena != nil {
-		out = arena.alloc(len(buf) + reserve)
-	} else {
-		out = make([]byte, len(buf)+reserve)
-	}
+	out := arena.alloc(len(buf) + reserve)
 	n := copy(out, buf)
 	if cap(buf) <= maxPooledData {
 		*bp = buf[:0]

@@ -194,12 +194,7 @@ func (m *Match) Events(ex *Exchange, o EmitOptions) ([]Event, []error) {
 	for _, e := range m.Rule.emits {
 		ev, ok, err := m.buildEvent(e, ex, o, ts, arena)
 		if events == nil && ok {
-			// no regrowing for a rule of several emits
-			if arena != nil {
-				events = arena.eventSlots(len(m.Rule.emits))
-			} else {
-				events = make([]Event, 0, len(m.Rule.emits))
-			}
+			events = arena.eventSlots(len(m.Rule.emits)) // no regrowing for a rule of several emits
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -371,12 +366,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 		}
 		return pa.sub - pb.sub
 	})
-	var events []Event
-	if arena != nil {
-		events = arena.eventSlots(len(built))
-	} else {
-		events = make([]Event, 0, len(built))
-	}
+	events := arena.eventSlots(len(built))
 	for _, i := range order {
 		events = append(events, built[i])
 	}
