@@ -79,11 +79,7 @@ func (el *elemCtx) get(path string) gjson.Result {
 	if !plainKey(path) {
 		return gjson.Get(el.raw, path)
 	}
-	if !el.indexed {
-		el.indexed = true
-		el.own, _ = scanObject(el.own[:0], el.raw, skipWS(el.raw, 0), maxIndexedMembers)
-		el.members = el.own
-	}
+	el.readMembers()
 	for i := range el.members {
 		if m := &el.members[i]; m.hasKey(el.raw, path) {
 			r := gjson.Parse(el.raw[m.valStart:m.valEnd])
@@ -97,15 +93,20 @@ func (el *elemCtx) get(path string) gjson.Result {
 	return gjson.Result{}
 }
 
-// member returns the raw value of the element's member key (a plainKey),
-// read from its members; ok is false when the element has no such member
-// as far as they tell (see get for what they do not).
-func (el *elemCtx) member(key string) (raw string, start int, found, known bool) {
+// readMembers reads the element's members, the first time one is asked for.
+func (el *elemCtx) readMembers() {
 	if !el.indexed {
 		el.indexed = true
 		el.own, _ = scanObject(el.own[:0], el.raw, skipWS(el.raw, 0), maxIndexedMembers)
 		el.members = el.own
 	}
+}
+
+// member returns the raw value of the element's member key (a plainKey),
+// read from its members; ok is false when the element has no such member
+// as far as they tell (see get for what they do not).
+func (el *elemCtx) member(key string) (raw string, start int, found, known bool) {
+	el.readMembers()
 	for i := range el.members {
 		if m := &el.members[i]; m.hasKey(el.raw, key) {
 			return el.raw[m.valStart:m.valEnd], int(m.valStart), true, true
