@@ -8,10 +8,9 @@ import (
 	"testing"
 )
 
-// scimRules are the rules of a small SCIM 2.0 service (RFC 7644): users
-// created, replaced and deleted, group members changed by PATCH, and /Bulk,
-// whose operations the same rules match.
-const scimRules = `version: 1
+// scimUserRules are the SCIM 2.0 user rules (created, replaced, deleted)
+// that scimRules and the events benchmarks share.
+const scimUserRules = `version: 1
 rules:
   - name: scim-user-created
     match: {method: POST, path: /scim/v2/Users, status: 201, request: {header: {Authorization: exists}}}
@@ -25,7 +24,12 @@ rules:
   - name: scim-user-deleted
     match: {method: DELETE, path: "/scim/v2/Users/{id}", status: 204}
     emit: {type: user.deleted, subject: "{path.id}", data: {id: "{path.id}"}}
-  - name: scim-group-members
+`
+
+// scimRules are the rules of a small SCIM 2.0 service (RFC 7644): users
+// created, replaced and deleted, group members changed by PATCH, and /Bulk,
+// whose operations the same rules match.
+const scimRules = scimUserRules + `  - name: scim-group-members
     match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
     emit:
       - type: group.member_added

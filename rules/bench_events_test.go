@@ -10,21 +10,7 @@ import (
 // benchSCIMRules are the SCIM 2.0 user and group rules of a /Bulk (the
 // shape of the batch benchmark's), the group's two member adds written as
 // two emits.
-const benchSCIMRules = `version: 1
-rules:
-  - name: scim-user-created
-    match: {method: POST, path: /scim/v2/Users, status: 201, request: {header: {Authorization: exists}}}
-    emit:
-      type: user.created
-      subject: "{response.body.id}"
-      data: {id: "{response.body.id}", userName: "{request.body.userName}", location: "{response.header.Location}"}
-  - name: scim-user-replaced
-    match: {method: PUT, path: "/scim/v2/Users/{id}"}
-    emit: {type: user.updated, subject: "{path.id}", data: {id: "{path.id}", active: "{response.body.active}"}}
-  - name: scim-user-deleted
-    match: {method: DELETE, path: "/scim/v2/Users/{id}", status: 204}
-    emit: {type: user.deleted, subject: "{path.id}", data: {id: "{path.id}"}}
-  - name: scim-group-members
+const benchSCIMRules = scimUserRules + `  - name: scim-group-members
     match: {method: PATCH, path: "/scim/v2/Groups/{id}"}
     emit:
       - type: group.member_added
