@@ -72,35 +72,27 @@ func freshSCIM55(exs, src []Exchange) {
 // their 55 events: the per-event cost of the shared event builder, which a
 // batch of 50 sub-exchanges pays too. BenchmarkEvents55Match is its
 // matching share; the difference over 55 is the cost of building one event.
-func BenchmarkEvents55(b *testing.B) {
-	s, src := benchSCIM55(b)
-	exs := make([]Exchange, len(src))
-	o := EmitOptions{Source: "bench"}
-	b.ReportAllocs()
-	b.ResetTimer()
-	defer reportCPUMicros(b)()
-	for i := 0; i < b.N; i++ {
-		freshSCIM55(exs, src)
-		n := 0
-		for j := range exs {
-			for _, m := range s.Match(&exs[j]) {
-				evs, _ := m.Events(&exs[j], o)
-				n += len(evs)
-			}
-		}
-		if n != 55 {
-			b.Fatalf("%d events", n)
-		}
-	}
-}
+func BenchmarkEvents55(b *testing.B) { benchEvents55(b, false, true) }
 
 // BenchmarkEvents55Parsed is BenchmarkEvents55 with the bodies known to be
 // JSON already, as a batch's sub-exchanges are (cut from a body checked
 // once): what building the events costs without checking the bodies.
-func BenchmarkEvents55Parsed(b *testing.B) {
+func BenchmarkEvents55Parsed(b *testing.B) { benchEvents55(b, true, true) }
+
+// BenchmarkEvents55Match is BenchmarkEvents55 without building the events.
+func BenchmarkEvents55Match(b *testing.B) { benchEvents55(b, false, false) }
+
+// benchEvents55 runs the events benchmarks: each round, fresh exchanges
+// (their bodies marked as JSON already when parsed), matched, and their
+// events built when build says so.
+func benchEvents55(b *testing.B, parsed, build bool) {
 	s, src := benchSCIM55(b)
 	exs := make([]Exchange, len(src))
 	o := EmitOptions{Source: "bench"}
+	want := 50 // matches
+	if build {
+		want = 55 // events
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	defer reportCPUMicros(b)()
@@ -109,38 +101,25 @@ func BenchmarkEvents55Parsed(b *testing.B) {
 		n := 0
 		for j := range exs {
 			ex := &exs[j]
-			if ex.RequestBody != nil {
-				ex.bodies[0] = parsedBody{done: true, ok: true, json: ex.RequestBody}
-			}
-			if ex.ResponseBody != nil {
-				ex.bodies[1] = parsedBody{done: true, ok: true, json: ex.ResponseBody}
+			if parsed {
+				if ex.RequestBody != nil {
+					ex.bodies[0] = parsedBody{done: true, ok: true, json: ex.RequestBody}
+				}
+				if ex.ResponseBody != nil {
+					ex.bodies[1] = parsedBody{done: true, ok: true, json: ex.ResponseBody}
+				}
 			}
 			for _, m := range s.Match(ex) {
+				if !build {
+					n++
+					continue
+				}
 				evs, _ := m.Events(ex, o)
 				n += len(evs)
 			}
 		}
-		if n != 55 {
-			b.Fatalf("%d events", n)
-		}
-	}
-}
-
-// BenchmarkEvents55Match is BenchmarkEvents55 without building the events.
-func BenchmarkEvents55Match(b *testing.B) {
-	s, src := benchSCIM55(b)
-	exs := make([]Exchange, len(src))
-	b.ReportAllocs()
-	b.ResetTimer()
-	defer reportCPUMicros(b)()
-	for i := 0; i < b.N; i++ {
-		freshSCIM55(exs, src)
-		n := 0
-		for j := range exs {
-			n += len(s.Match(&exs[j]))
-		}
-		if n != 50 {
-			b.Fatalf("%d matches", n)
+		if n != want {
+			b.Fatalf("%d, want %d", n, want)
 		}
 	}
 }
