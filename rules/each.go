@@ -69,7 +69,8 @@ func (el *elemCtx) set(raw string, index, pos, sub int) {
 	el.members, el.indexed = el.own[:0], false
 }
 
-// setMembers gives el the members already found for it (scanList).
+// setMembers gives el the members already found for it (scanListInto,
+// walkList, the indexer).
 func (el *elemCtx) setMembers(m []member) { el.members, el.indexed = m, true }
 
 // get is gjson.Get(el.raw, path), answered from the element's members when

@@ -158,14 +158,6 @@ type listElem struct {
 	members []member
 }
 
-// scanList splits the JSON array s into its first max elements, each with
-// its members, in one pass, and counts all of them. ok is false when s is
-// not an array.
-func scanList(s string, max int) (elems []listElem, total int, ok bool) {
-	elems, _, total, ok = scanListInto(nil, nil, s, max)
-	return elems, total, ok
-}
-
 // listCursor steps through the elements of a JSON list: next gives where
 // the next element starts, past moves on from where it ended.
 type listCursor struct {
@@ -206,8 +198,10 @@ func (c *listCursor) past(end int) {
 	}
 }
 
-// scanListInto is scanList appending the elements to elems and their
-// members to flat (reused buffers; nil for new ones).
+// scanListInto splits the JSON array s into its first max elements, each
+// with its members, in one pass, and counts all of them, appending the
+// elements to elems and their members to flat (reused buffers; nil for new
+// ones). ok is false when s is not an array.
 func scanListInto(elems []listElem, flat []member, s string, max int) ([]listElem, []member, int, bool) {
 	c, ok := openList(s)
 	if !ok {

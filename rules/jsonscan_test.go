@@ -9,6 +9,12 @@ import (
 	"github.com/tidwall/gjson"
 )
 
+// scanList is scanListInto into new buffers.
+func scanList(s string, max int) (elems []listElem, total int, ok bool) {
+	elems, _, total, ok = scanListInto(nil, nil, s, max)
+	return elems, total, ok
+}
+
 // checkScanAgainstGJSON holds scanList to gjson on a valid JSON list: the
 // same elements, and for each object the same first value per key.
 func checkScanAgainstGJSON(t *testing.T, s string) {
