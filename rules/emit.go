@@ -297,7 +297,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 	// the events in the order they were built, and where each goes: at the
 	// place of its emit (plain) or of its each's group, a group's events by
 	// their element's place in the list
-	type place struct{ at, each, pos, sub int }
+	type place struct{ at, each, pos, sub, built int }
 	var builtBuf [4]Event
 	var placesBuf [8]place
 	built, places := builtBuf[:0], placesBuf[:0]
@@ -314,7 +314,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			if ev, ok, err := m.buildEvent(e, ex, o, ts, arena); err != nil {
 				errs = append(errs, err)
 			} else if ok {
-				built, places = append(built, ev), append(places, place{at: i})
+				built, places = append(built, ev), append(places, place{at: i, built: len(built)})
 			}
 			continue
 		}
@@ -339,7 +339,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 			if !ok {
 				return true
 			}
-			built, places = append(built, ev), append(places, place{at: e.each.group, each: 1, pos: el.pos, sub: el.sub})
+			built, places = append(built, ev), append(places, place{at: e.each.group, each: 1, pos: el.pos, sub: el.sub, built: len(built)})
 			return true
 		})
 		if refused > 0 {
@@ -350,12 +350,7 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 	if len(built) == 0 {
 		return nil, errs
 	}
-	order := make([]int, len(built))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int {
-		pa, pb := &places[a], &places[b]
+	slices.SortStableFunc(places, func(pa, pb place) int {
 		switch {
 		case pa.at != pb.at:
 			return pa.at - pb.at
@@ -367,8 +362,8 @@ func (m *Match) eachEvents(ex *Exchange, o EmitOptions, ts time.Time) ([]Event, 
 		return pa.sub - pb.sub
 	})
 	events := arena.eventSlots(len(built))
-	for _, i := range order {
-		events = append(events, built[i])
+	for _, p := range places {
+		events = append(events, built[p.built])
 	}
 	return events, errs
 }
