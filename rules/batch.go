@@ -181,8 +181,9 @@ func (m *Match) IsBatch() bool { return m.Rule.batch != nil }
 //
 // The sub-exchanges' bodies are slices of the envelope's (not copies), and
 // their Location values views of its response body, so they are valid
-// while the envelope's bodies are; their other strings are their own. When BatchRequests split the same envelope's request side before,
-// Batch reuses that work unless the request side reads the response.
+// while the envelope's bodies are; their other strings are their own.
+// When BatchRequests split the same envelope's request side before, Batch
+// reuses that work unless the request side reads the response.
 func (m *Match) Batch(ex *Exchange) (Batch, error) {
 	b := m.Rule.batch
 	if b == nil {
